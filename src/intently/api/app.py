@@ -1,0 +1,80 @@
+"""The ASGI application: Starlette routing, msgspec bodies, no per-request framework magic."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from intently._version import __version__
+from intently.api.events import post_events
+from intently.api.metrics import LatencyMiddleware
+from intently.api.openapi import Health, build_openapi
+from intently.engine import Engine
+
+_encode = msgspec.json.Encoder().encode
+
+
+async def health(request: Request) -> Response:
+    engine: Engine = request.app.state.engine
+    body = Health(status="ok", version=__version__, last_seq=engine.log.last_seq)
+    return Response(_encode(body), media_type="application/json")
+
+
+async def metrics(request: Request) -> Response:
+    engine: Engine = request.app.state.engine
+    return Response(engine.metrics.render(), media_type=engine.metrics.content_type)
+
+
+async def openapi(request: Request) -> Response:
+    return Response(request.app.state.openapi, media_type="application/json")
+
+
+async def bench_hello(request: Request) -> Response:
+    """The ceiling for bench/ingest.py: same server, same middleware, no work."""
+    await request.body()
+    return Response(b'{"hello":"world"}', media_type="application/json")
+
+
+def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
+    """The HTTP API over `engine`. With `close_engine`, the app closes it on shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if close_engine:
+                engine.close()
+
+    routes = [
+        Route("/v1/events", post_events, methods=["POST"]),
+        Route("/healthz", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+    if engine.settings.bench_endpoints:
+        routes.append(Route("/_bench/hello", bench_hello, methods=["POST"]))
+    middleware = []
+    if engine.settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(engine.settings.cors_origins),
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["Authorization", "Content-Type"],
+                max_age=3600,
+            )
+        )
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app.state.engine = engine
+    app.state.openapi = msgspec.json.encode(build_openapi())
+    return LatencyMiddleware(app, engine.metrics)

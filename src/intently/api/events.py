@@ -1,0 +1,97 @@
+"""`POST /v1/events`: one event or a batch, validated, enriched, durable, acknowledged."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from intently.api.auth import bearer_key, unauthorized
+from intently.api.problems import problem
+from intently.engine import Engine
+from intently.events.validate import BodyError, decode_body
+from intently.log.eventlog import LogClosed
+from intently.pipeline import ClientInfo
+
+log = logging.getLogger(__name__)
+
+# sendBeacon sends text/plain; both carry JSON.
+_JSON_TYPES = ("application/json", "text/plain", "")
+_encode = msgspec.json.Encoder().encode
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than `limit` bytes without reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def post_events(request: Request) -> Response:
+    engine: Engine = request.app.state.engine
+    settings = engine.settings
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type not in _JSON_TYPES:
+        return problem(
+            415, "unsupported-media-type",
+            f"send JSON as application/json (or text/plain for sendBeacon), not {media_type}",
+        )  # fmt: skip
+    header_key = bearer_key(request)
+    if header_key is not None and engine.keys.role_of(header_key) is None:
+        return unauthorized("the key in the Authorization header is not valid")
+    try:
+        body = await read_body(request, settings.max_body_bytes)
+    except BodyTooLarge:
+        return problem(
+            413, "body-too-large", f"the body is larger than {settings.max_body_bytes} bytes"
+        )
+    try:
+        decoded = decode_body(body, settings.max_batch)
+    except BodyError as error:
+        engine.metrics.rejected.labels(error.code).inc()
+        return problem(error.status, error.code, error.detail, pointer=error.pointer)
+    if header_key is None and engine.keys.role_of(decoded.write_key) is None:
+        detail = (
+            "the writeKey in the body is not valid"
+            if decoded.write_key
+            else "send the write key as 'Authorization: Bearer KEY' or as writeKey in the body"
+        )
+        return unauthorized(detail)
+    engine.metrics.count_rejected(decoded.errors)
+    if not decoded.events:
+        detail = (
+            "no event was usable; see errors"
+            if decoded.errors
+            else "the batch is empty: send at least one event"
+        )
+        return problem(400, "no-usable-event", detail, errors=decoded.errors or None)
+    client = ClientInfo(
+        request.client.host if request.client else None, request.headers.get("user-agent")
+    )
+    try:
+        result = await engine.pipeline.ingest(decoded.events, client)
+    except (LogClosed, sqlite3.Error):
+        log.exception("could not make events durable")
+        return problem(
+            503, "log-unavailable",
+            "the event log could not store the events; nothing was acknowledged, retry later",
+            headers={"Retry-After": "1"},
+        )  # fmt: skip
+    engine.metrics.duplicates.inc(result.duplicates)
+    result.rejected = decoded.errors
+    return Response(_encode(result), media_type="application/json")

@@ -1,0 +1,56 @@
+"""Errors as RFC 9457 problem details (`application/problem+json`).
+
+Every 4xx names what is wrong: `detail` in words, `pointer` (RFC 6901, into the request
+body) or `errors` (one per rejected event, with its index and field) for the machine.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+import msgspec
+from msgspec import Struct
+from starlette.responses import Response
+
+from intently.events.validate import FieldError
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+TYPE_PREFIX = "urn:intently:problem:"
+
+
+class Problem(Struct, omit_defaults=True):
+    """An RFC 9457 problem, with two extensions: `pointer` to the field at fault and
+    `errors` when several events were rejected."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    pointer: str | None = None
+    errors: list[FieldError] | None = None
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def problem(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    pointer: str | None = None,
+    errors: list[FieldError] | None = None,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body = Problem(
+        type=TYPE_PREFIX + code,
+        title=HTTPStatus(status).phrase,
+        status=status,
+        detail=detail,
+        instance=instance,
+        pointer=pointer or None,
+        errors=errors,
+    )
+    return Response(_encode(body), status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)

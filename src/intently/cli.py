@@ -1,0 +1,183 @@
+"""The `intently` command: serve the engine, replay history into it, export its log."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from intently._version import __version__
+from intently.config import Settings, load_settings
+from intently.events.geo import IP_MODES
+
+DATA_DIR_HELP = "Where the embedded store keeps its files (default ./intently-data)."
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return load_settings(overrides)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="intently")
+def main() -> None:
+    """intently: real-time personalization that decides with what the visitor does now."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port to listen on (default 8000).")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help=DATA_DIR_HELP)
+@click.option(
+    "--ip-mode",
+    type=click.Choice(IP_MODES),
+    default=None,
+    help="What is stored of visitors' IPs after geolocation (default truncate).",
+)
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    help="An origin allowed to call the API from browsers (repeatable; '*' for any).",
+)
+@click.option("--log-level", default="info", show_default=True, help="Logging level.")
+def serve(
+    host: str | None,
+    port: int | None,
+    data_dir: Path | None,
+    ip_mode: str | None,
+    cors_origins: tuple[str, ...],
+    log_level: str,
+) -> None:
+    """Run the engine's HTTP API on its embedded store."""
+    import uvicorn
+
+    from intently.api.app import create_app
+    from intently.engine import DataDirLocked, Engine
+
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    settings = _settings(
+        host=host, port=port, data_dir=data_dir, ip_mode=ip_mode, cors_origins=cors_origins or None
+    )
+    try:
+        engine = Engine(settings)
+    except DataDirLocked as error:
+        raise click.ClickException(str(error)) from None
+    _announce(engine.keys.write_key, engine.keys.secret_key, engine.keys_created, settings)
+    uvicorn.run(
+        create_app(engine, close_engine=True),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=log_level.lower(),
+        proxy_headers=True,
+        forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+    )
+
+
+def _announce(write_key: str, secret_key: str, created: bool, settings: Settings) -> None:
+    url = f"http://{settings.host}:{settings.port}"
+    if created:
+        click.echo("Created API keys (stored in %s):" % (settings.data_dir / "keys.json"))
+    else:
+        click.echo("API keys (from %s or the environment):" % (settings.data_dir / "keys.json"))
+    click.echo(f"  write key  (browsers, SDKs): {write_key}")
+    click.echo(f"  secret key (admin):          {secret_key}")
+    click.echo(f"intently {__version__} listening on {url}  (data in {settings.data_dir})")
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help=DATA_DIR_HELP)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def replay(file: Path, data_dir: Path | None, quiet: bool) -> None:
+    """Feed historical events (JSONL) through the live pipeline.
+
+    Each line is a Segment event, or a line of `intently export events`. Events keep their
+    own receivedAt; duplicates (same messageId) are stored once. The engine must not be
+    serving the same data dir meanwhile.
+    """
+    from intently.engine import DataDirLocked, Engine
+    from intently.log.replay import replay_lines
+
+    settings = _settings(data_dir=data_dir)
+    try:
+        engine = Engine(settings)
+    except DataDirLocked as error:
+        raise click.ClickException(str(error)) from None
+    try:
+        with (
+            file.open("rb") as lines,
+            click.progressbar(
+                length=file.stat().st_size,
+                label="replaying",
+                file=io.StringIO() if quiet else sys.stderr,
+            ) as bar,
+        ):
+            report = replay_lines(engine.pipeline, lines, bar.update)
+    finally:
+        engine.close()
+    for line, rejection in report.rejected[:20]:
+        click.echo(f"line {line}: {rejection.field}: {rejection.detail}", err=True)
+    if len(report.rejected) > 20:
+        click.echo(f"... and {len(report.rejected) - 20} more rejected lines", err=True)
+    click.echo(
+        f"replayed {report.lines} lines: {report.accepted} accepted, "
+        f"{report.duplicates} duplicates, {len(report.rejected)} rejected"
+    )
+    if report.rejected:
+        sys.exit(1)
+
+
+@main.group()
+def export() -> None:
+    """Write stored data as JSONL to standard output."""
+
+
+@export.command("events")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help=DATA_DIR_HELP)
+@click.option(
+    "--since",
+    default=None,
+    help="Only events received at or after this time (ISO 8601, e.g. 2026-11-23T10:00:00Z).",
+)
+@click.option("--after-seq", type=int, default=0, help="Only events after this log position.")
+def export_events_command(data_dir: Path | None, since: str | None, after_seq: int) -> None:
+    """Export the event log: one Segment event per line, with `seq` and `enrichment`.
+
+    Safe while the engine is serving: it reads a consistent snapshot.
+    """
+    from intently.log.eventlog import EventLog
+    from intently.log.replay import export_events
+
+    settings = _settings(data_dir=data_dir)
+    since_ms = None
+    if since is not None:
+        try:
+            moment = datetime.fromisoformat(since.replace("Z", "+00:00"))
+        except ValueError:
+            raise click.BadParameter(
+                f"not an ISO 8601 time: {since}", param_hint="--since"
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        since_ms = int(moment.timestamp() * 1000)
+    if not settings.event_log_path.exists():
+        raise click.ClickException(f"no event log in {settings.data_dir}")
+    log = EventLog.reader(settings.event_log_path)
+    export_events(log, sys.stdout.buffer, since_ms=since_ms, after_seq=after_seq)
+    sys.stdout.buffer.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Settings: defaults, overridden by environment variables, overridden by the command line.
+
+Every setting has an `INTENTLY_*` variable (12-factor); `intently serve --help` lists the
+command-line flags for the common ones.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from msgspec import Struct
+
+from intently.events.geo import IP_MODES, IpMode
+from intently.log.eventlog import Synchronous
+
+
+class Settings(Struct, kw_only=True):
+    """How one engine runs."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("intently-data")
+    # Keys: None means "read from the data dir, creating them on first start".
+    write_key: str | None = None
+    secret_key: str | None = None
+    # Origins allowed to call the API from a browser (CORS); "*" for any.
+    cors_origins: tuple[str, ...] = ()
+    ip_mode: IpMode = "truncate"
+    # None: the packaged DB-IP Lite City database; Path("off") disables geolocation.
+    geoip_db: Path | None = None
+    dedupe_window_seconds: int = 24 * 3600
+    dedupe_max_entries: int = 2_000_000
+    max_body_bytes: int = 512 * 1024
+    max_batch: int = 500
+    synchronous: Synchronous = "FULL"
+    # Hosts of the site itself beyond the page's own (referrers from them are internal).
+    internal_hosts: tuple[str, ...] = ()
+    # Serve POST /_bench/hello, the ceiling that bench/ingest.py measures against.
+    bench_endpoints: bool = False
+
+    def __post_init__(self) -> None:
+        if self.ip_mode not in IP_MODES:
+            raise ValueError(f"ip_mode must be one of {', '.join(IP_MODES)}, not {self.ip_mode!r}")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be 1-65535, not {self.port}")
+        if self.max_batch < 1 or self.max_body_bytes < 1024:
+            raise ValueError("max_batch must be >= 1 and max_body_bytes >= 1024")
+        if self.synchronous not in ("FULL", "NORMAL"):
+            raise ValueError("synchronous must be FULL or NORMAL")
+
+    @property
+    def event_log_path(self) -> Path:
+        return self.data_dir / "events.db"
+
+
+# INTENTLY_<NAME> -> field; lists are comma-separated.
+_ENV_FIELDS = {
+    "HOST": "host",
+    "PORT": "port",
+    "DATA_DIR": "data_dir",
+    "WRITE_KEY": "write_key",
+    "SECRET_KEY": "secret_key",
+    "CORS_ORIGINS": "cors_origins",
+    "IP_MODE": "ip_mode",
+    "GEOIP_DB": "geoip_db",
+    "DEDUPE_WINDOW_SECONDS": "dedupe_window_seconds",
+    "DEDUPE_MAX_ENTRIES": "dedupe_max_entries",
+    "MAX_BODY_BYTES": "max_body_bytes",
+    "MAX_BATCH": "max_batch",
+    "SYNCHRONOUS": "synchronous",
+    "INTERNAL_HOSTS": "internal_hosts",
+    "BENCH_ENDPOINTS": "bench_endpoints",
+}
+_LISTS = {"cors_origins", "internal_hosts"}
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from the environment, then `overrides` (None values are ignored)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for suffix, name in _ENV_FIELDS.items():
+        raw = env.get(f"INTENTLY_{suffix}")
+        if raw is None or raw == "":
+            continue
+        if name in _LISTS:
+            values[name] = [item.strip() for item in raw.split(",") if item.strip()]
+        elif name == "bench_endpoints":
+            values[name] = raw.lower() in {"1", "true", "yes", "on"}
+        else:
+            values[name] = raw
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return msgspec.convert(values, Settings, strict=False, dec_hook=_decode_path)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"invalid setting: {exc}") from None
+
+
+def _decode_path(kind: type, value: Any) -> Any:
+    if kind is Path and isinstance(value, str | Path):
+        return Path(value)
+    raise NotImplementedError

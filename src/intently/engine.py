@@ -1,0 +1,84 @@
+"""The engine: one object that owns the log, the enrichment databases and the pipeline.
+
+The HTTP app, `intently replay` and the tests all build an `Engine` from `Settings`, so
+they run the same parts.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from pathlib import Path
+
+from intently.api.metrics import Metrics
+from intently.clock import Clock, SystemClock
+from intently.config import Settings
+from intently.events.enrich import Enricher
+from intently.events.geo import GeoLocator
+from intently.events.referrer import ReferrerClassifier
+from intently.keys import Keys, load_or_create_keys
+from intently.log.dedupe import MessageIdWindow
+from intently.log.eventlog import EventLog
+from intently.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+class DataDirLocked(RuntimeError):
+    pass
+
+
+def _lock(data_dir: Path) -> int:
+    """Hold an exclusive lock on the data dir: two engines writing one log would each
+    believe their in-memory state was the whole truth."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(data_dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise DataDirLocked(
+            f"another intently process is using {data_dir}; stop it first "
+            "(`intently export` can read a data dir that is in use)"
+        ) from None
+    return descriptor
+
+
+class Engine:
+    """Everything a running intently holds. Close it to flush and release the log."""
+
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self._lock = _lock(settings.data_dir)
+        keys = load_or_create_keys(settings.data_dir, settings.write_key, settings.secret_key)
+        self.keys: Keys = keys.keys
+        self.keys_created = keys.created
+        geoip = settings.geoip_db
+        self.geo = None if geoip == Path("off") else GeoLocator(geoip)
+        self.enricher = Enricher(
+            self.geo, ReferrerClassifier(frozenset(settings.internal_hosts)), settings.ip_mode
+        )
+        self.log = EventLog.open(settings.event_log_path, synchronous=settings.synchronous)
+        self.metrics = Metrics()
+        window_ms = settings.dedupe_window_seconds * 1000
+        self.pipeline = Pipeline(
+            self.log,
+            self.enricher,
+            self.clock,
+            MessageIdWindow(window_ms, settings.dedupe_max_entries),
+            sinks=[self.metrics],
+        )
+        # Rebuild the dedupe window from the log's most recent window of receive time.
+        latest = self.log.latest_received_ms()
+        if latest is not None:
+            loaded = self.pipeline.prime_dedupe(latest - window_ms, latest)
+            log.info("loaded %d recent messageIds for deduplication", loaded)
+        self.metrics.log_seq.set(self.log.last_seq)
+
+    def close(self) -> None:
+        self.log.close()
+        if self.geo is not None:
+            self.geo.close()
+        os.close(self._lock)

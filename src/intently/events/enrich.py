@@ -1,0 +1,118 @@
+"""Enrichment at ingest: device, geo, referrer, campaign and local time, added once.
+
+Later stages read these fields instead of re-parsing user agents and URLs. The IP is
+geolocated first and only then truncated or dropped, as the privacy setting says, so the
+stored event never holds more of it than allowed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from msgspec import Struct
+
+from intently.events.geo import GeoInfo, GeoLocator, IpMode, anonymize_ip
+from intently.events.referrer import Referrer, ReferrerClassifier, campaign_from_url
+from intently.events.schema import Campaign, Context, Event
+from intently.events.useragent import DeviceInfo, parse_user_agent
+
+
+class LocalTime(Struct, frozen=True):
+    """The visitor's wall clock when the event happened: hour 0-23, weekday 0 (Monday)-6."""
+
+    timezone: str
+    hour: int
+    weekday: int
+
+
+class Enrichment(Struct, omit_defaults=True):
+    """What intently adds to an event at ingest."""
+
+    referrer: Referrer
+    device: DeviceInfo | None = None
+    geo: GeoInfo | None = None
+    campaign: Campaign | None = None
+    local: LocalTime | None = None
+
+
+class Enricher:
+    """Adds `Enrichment` to events; one per process, it holds the databases."""
+
+    def __init__(
+        self,
+        geo: GeoLocator | None,
+        referrers: ReferrerClassifier,
+        ip_mode: IpMode = "truncate",
+    ) -> None:
+        self._geo = geo
+        self._referrers = referrers
+        self._ip_mode: IpMode = ip_mode
+
+    def __call__(
+        self, event: Event, client_ip: str | None = None, client_user_agent: str | None = None
+    ) -> Enrichment:
+        """Enrich `event`, whose `timestamp` is already corrected.
+
+        The request's own address and User-Agent stand in when the event's context lacks
+        them (a browser sending its own events). `event.context.ip` is rewritten to what the
+        privacy setting allows.
+        """
+        context = event.context if event.context is not None else Context()
+        event.context = context
+        ip = context.ip or _valid_ip(client_ip)
+        user_agent = context.user_agent or client_user_agent
+        device = parse_user_agent(user_agent) if user_agent else None
+        geo = self._geo.locate(ip) if ip and self._geo is not None else None
+        context.ip = anonymize_ip(ip, self._ip_mode) if ip else None
+        context.user_agent = user_agent
+        page = context.page
+        url = page.url if page else None
+        if page is not None and page.search and url and "?" not in url:
+            url += page.search
+        campaign = _merge_campaign(context.campaign, campaign_from_url(url))
+        referrer_url = page.referrer if page else None
+        if referrer_url is None and context.referrer:
+            found = context.referrer.get("url")
+            referrer_url = found if isinstance(found, str) else None
+        timezone = context.timezone or (geo.timezone if geo else None)
+        return Enrichment(
+            referrer=self._referrers(referrer_url, url, campaign),
+            device=device,
+            geo=geo,
+            campaign=campaign,
+            local=local_time(event.timestamp, timezone),
+        )
+
+
+def local_time(moment: datetime | None, timezone: str | None) -> LocalTime | None:
+    """The local hour and weekday of `moment` in `timezone` (an IANA name)."""
+    if moment is None or not timezone:
+        return None
+    local = moment.astimezone(ZoneInfo(timezone))
+    return LocalTime(timezone, local.hour, local.weekday())
+
+
+def _valid_ip(candidate: str | None) -> str | None:
+    """The transport's peer address, if it is one (test transports use names)."""
+    if candidate is None:
+        return None
+    try:
+        ipaddress.ip_address(candidate)
+    except ValueError:
+        return None
+    return candidate
+
+
+def _merge_campaign(sent: Campaign | None, from_url: Campaign | None) -> Campaign | None:
+    """Explicit `context.campaign` fields win; the landing URL's UTM tags fill the rest."""
+    if sent is None or from_url is None:
+        return sent or from_url
+    return Campaign(
+        source=sent.source or from_url.source,
+        medium=sent.medium or from_url.medium,
+        name=sent.name or from_url.name,
+        term=sent.term or from_url.term,
+        content=sent.content or from_url.content,
+    )

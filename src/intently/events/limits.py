@@ -1,0 +1,56 @@
+"""Bounds on free-form data (`properties`, `traits`, parts of `context`).
+
+Typed fields carry their bounds in the schema; free-form maps are walked once here, so a
+deeply nested or oversized value is rejected with the path that breaks the bound instead
+of being stored, re-read and re-walked by every later stage.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MAX_DEPTH = 10
+MAX_STRING = 16 * 1024
+MAX_KEYS = 500
+MAX_LIST = 1000
+
+
+class LimitError(ValueError):
+    """A free-form value breaks a bound; `path` names where, as a list of keys/indexes."""
+
+    def __init__(self, path: list[str | int], detail: str) -> None:
+        super().__init__(detail)
+        self.path = path
+        self.detail = detail
+
+
+def check_free_form(value: Any, path: list[str | int]) -> None:
+    """Raise `LimitError` at the first place `value` breaks a bound."""
+    _walk(value, path, 0)
+
+
+def _walk(value: Any, path: list[str | int], depth: int) -> None:
+    if isinstance(value, str):
+        if len(value) > MAX_STRING:
+            raise LimitError(path, f"string longer than {MAX_STRING} characters")
+        return
+    if isinstance(value, dict):
+        if depth >= MAX_DEPTH:
+            raise LimitError(path, f"nested deeper than {MAX_DEPTH} levels")
+        if len(value) > MAX_KEYS:
+            raise LimitError(path, f"object with more than {MAX_KEYS} keys")
+        for key, item in value.items():
+            if len(key) > 256:
+                raise LimitError([*path, key[:32] + "..."], "key longer than 256 characters")
+            # Scalars are the common case: skip the call for them.
+            if isinstance(item, dict | list) or (isinstance(item, str) and len(item) > MAX_STRING):
+                _walk(item, [*path, key], depth + 1)
+        return
+    if isinstance(value, list):
+        if depth >= MAX_DEPTH:
+            raise LimitError(path, f"nested deeper than {MAX_DEPTH} levels")
+        if len(value) > MAX_LIST:
+            raise LimitError(path, f"array with more than {MAX_LIST} items")
+        for index, item in enumerate(value):
+            if isinstance(item, dict | list) or (isinstance(item, str) and len(item) > MAX_STRING):
+                _walk(item, [*path, index], depth + 1)

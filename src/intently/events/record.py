@@ -1,0 +1,51 @@
+"""An accepted event as the log holds it: the event, its times fixed, and its enrichment."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from msgspec import Struct
+
+from intently.events.enrich import Enrichment
+from intently.events.schema import Event
+
+
+class EventRecord(Struct, omit_defaults=True):
+    """One entry of the event log. `seq` is its position in the log (1, 2, ...), assigned
+    when it is written; 0 before that."""
+
+    event: Event
+    enrichment: Enrichment
+    seq: int = 0
+
+
+def stamp(event: Event, received_at: datetime) -> None:
+    """Give `event` a messageId if it has none, and fix its times the way Segment does.
+
+    The client's clock may be wrong, but the difference between when it created the event
+    and when it sent it is right, so `timestamp = receivedAt - (sentAt - originalTimestamp)`.
+    Without `sentAt` the client's time is kept; without any client time, `receivedAt` is
+    used. `originalTimestamp` keeps the client's own time.
+    """
+    if event.message_id is None:
+        event.message_id = str(uuid.uuid4())
+    event.received_at = received_at
+    client_time = _aware(event.original_timestamp or event.timestamp)
+    sent_at = _aware(event.sent_at)
+    event.original_timestamp = client_time
+    event.sent_at = sent_at
+    if client_time is None:
+        event.timestamp = received_at
+    elif sent_at is None:
+        event.timestamp = client_time
+    else:
+        event.timestamp = received_at - (sent_at - client_time)
+    event.write_key = None
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """Times without an offset are taken as UTC, as Segment's API does."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)

@@ -1,0 +1,263 @@
+"""Decode a request body into events, one verdict per event.
+
+A body is one event or `{"batch": [...]}`. Each event of a batch is decoded on its own,
+so one bad event is reported with its index and field while the others go on. Only a body
+that cannot be read at all (not JSON, not UTF-8, too many events) fails as a whole.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from functools import cache
+from typing import Any
+from zoneinfo import available_timezones
+
+import msgspec
+from msgspec import Struct
+
+from intently.events.ecommerce import commerce_properties, is_ecommerce
+from intently.events.limits import LimitError, check_free_form
+from intently.events.schema import (
+    AliasEvent,
+    Batch,
+    Context,
+    Event,
+    IdentifyEvent,
+    TrackEvent,
+)
+
+MAX_BATCH = 500
+
+Path = list[str | int]
+
+
+class FieldError(Struct, omit_defaults=True):
+    """Why one event was rejected: the field at fault (dotted, as sent) and a JSON pointer
+    to it within the request body."""
+
+    field: str
+    pointer: str
+    detail: str
+    reason: str
+    index: int | None = None
+
+
+class BodyError(ValueError):
+    """The body as a whole is unusable."""
+
+    def __init__(self, status: int, code: str, detail: str, pointer: str = "") -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.pointer = pointer
+
+
+class Decoded(Struct):
+    """A decoded body: the usable events with their index in the batch (None when the
+    body was a single event), the rejected ones, and the write key found in the body."""
+
+    events: list[tuple[int | None, Event]]
+    errors: list[FieldError]
+    write_key: str | None
+
+
+class _Envelope(Struct, forbid_unknown_fields=False):
+    batch: list[msgspec.Raw] | None = None
+
+
+_envelope = msgspec.json.Decoder(_Envelope)
+_batch = msgspec.json.Decoder(Batch)
+_event = msgspec.json.Decoder(Event)
+
+
+def decode_body(body: bytes, max_batch: int = MAX_BATCH) -> Decoded:
+    """Decode `body`; raises `BodyError` only when nothing in it can be used."""
+    envelope = _read_json(body, _envelope)
+    if envelope.batch is None:
+        event, error = decode_event(body, None)
+        events: list[tuple[int | None, Event]] = [] if event is None else [(None, event)]
+        return Decoded(events, [] if error is None else [error], _body_write_key(event))
+    if len(envelope.batch) > max_batch:
+        raise BodyError(
+            413,
+            "batch-too-large",
+            f"a batch holds at most {max_batch} events; this one has {len(envelope.batch)}",
+            "/batch",
+        )
+    batch = _read_json(body, _batch)
+    defaults = _batch_context(batch)
+    decoded = Decoded([], [], batch.write_key)
+    for index, raw in enumerate(batch.batch):
+        event, error = decode_event(raw, index)
+        if error is not None:
+            decoded.errors.append(error)
+            continue
+        assert event is not None
+        if event.sent_at is None:
+            event.sent_at = batch.sent_at
+        if defaults is not None:
+            event.context = _merge_context(event.context, defaults)
+        decoded.write_key = decoded.write_key or event.write_key
+        decoded.events.append((index, event))
+    return decoded
+
+
+def decode_event(
+    raw: bytes | msgspec.Raw, index: int | None
+) -> tuple[Event | None, FieldError | None]:
+    """Decode and check one event: (event, None) if usable, else (None, why)."""
+    try:
+        event = _event.decode(raw)
+        _check_identity(event)
+        _check_context(event.context)
+        _check_free_form(event)
+        if isinstance(event, TrackEvent) and is_ecommerce(event):
+            try:
+                commerce_properties(event)
+            except msgspec.ValidationError as exc:
+                detail, path = _split_msgspec_error(str(exc))
+                raise _Invalid(["properties", *path], detail, "ecommerce-schema") from None
+    except msgspec.ValidationError as exc:
+        detail, path = _split_msgspec_error(str(exc))
+        reason = "unknown-type" if path == ["type"] else "schema"
+        return None, _field_error(index, path, detail, reason)
+    except msgspec.DecodeError as exc:
+        return None, _field_error(index, [], f"malformed JSON: {exc}", "malformed-json")
+    except _Invalid as exc:
+        return None, _field_error(index, exc.path, exc.detail, exc.reason)
+    except LimitError as exc:
+        return None, _field_error(index, exc.path, exc.detail, "limits")
+    return event, None
+
+
+class _Invalid(ValueError):
+    def __init__(self, path: Path, detail: str, reason: str = "invalid-value") -> None:
+        super().__init__(detail)
+        self.path = path
+        self.detail = detail
+        self.reason = reason
+
+
+def _check_identity(event: Event) -> None:
+    if isinstance(event, AliasEvent):
+        if event.user_id is None:
+            raise _Invalid(
+                ["userId"], "alias needs userId, the identity previousId merges into", "no-id"
+            )
+        return
+    if event.anonymous_id is None and event.user_id is None:
+        raise _Invalid(["anonymousId"], "an event needs anonymousId or userId (or both)", "no-id")
+
+
+def _check_context(context: Context | None) -> None:
+    if context is None:
+        return
+    if context.ip is not None:
+        try:
+            ipaddress.ip_address(context.ip)
+        except ValueError:
+            raise _Invalid(["context", "ip"], "not an IPv4 or IPv6 address") from None
+    if context.timezone is not None and context.timezone not in _timezones():
+        raise _Invalid(["context", "timezone"], "not an IANA timezone name (e.g. Europe/Paris)")
+
+
+@cache
+def _timezones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def _check_free_form(event: Event) -> None:
+    if isinstance(event, IdentifyEvent):
+        check_free_form(event.traits, ["traits"])
+    elif not isinstance(event, AliasEvent):
+        check_free_form(event.properties, ["properties"])
+    if event.integrations is not None:
+        check_free_form(event.integrations, ["integrations"])
+    context = event.context
+    if context is not None:
+        for name in _FREE_FORM_CONTEXT:
+            value = getattr(context, name)
+            if value is not None:
+                check_free_form(value, ["context", name])
+
+
+# Context fields that are free-form maps; each is a single word, so the same on the wire.
+_FREE_FORM_CONTEXT = (
+    "referrer", "traits", "library", "app", "device", "os", "screen", "network", "location",
+)  # fmt: skip
+
+
+def _read_json(body: bytes, decoder: msgspec.json.Decoder[Any]) -> Any:
+    try:
+        return decoder.decode(body)
+    except UnicodeDecodeError:
+        raise BodyError(400, "invalid-utf8", "the body is not valid UTF-8") from None
+    except RecursionError:
+        raise BodyError(400, "too-deep", "the body is nested too deeply to read") from None
+    except msgspec.ValidationError as exc:
+        detail, path = _split_msgspec_error(str(exc))
+        raise BodyError(400, "invalid-body", detail, _pointer(None, path)) from None
+    except msgspec.DecodeError as exc:
+        raise BodyError(400, "malformed-json", f"the body is not valid JSON: {exc}") from None
+
+
+def _batch_context(batch: Batch) -> Context | None:
+    if not batch.context:
+        return None
+    try:
+        return msgspec.convert(batch.context, Context)
+    except msgspec.ValidationError as exc:
+        detail, path = _split_msgspec_error(str(exc))
+        raise BodyError(400, "invalid-body", detail, _pointer(None, ["context", *path])) from None
+
+
+def _merge_context(own: Context | None, defaults: Context) -> Context:
+    """Fill the fields an event's context lacks from the batch's context."""
+    if own is None:
+        return msgspec.structs.replace(defaults)
+    for name in Context.__struct_fields__:
+        if getattr(own, name) is None:
+            setattr(own, name, getattr(defaults, name))
+    return own
+
+
+def _body_write_key(event: Event | None) -> str | None:
+    return None if event is None else event.write_key
+
+
+# msgspec reports "<detail> - at `$.a.b[0]`"; a missing field is named in backticks.
+_AT = re.compile(r"^(?P<detail>.*?)(?: - at `(?P<path>\$[^`]*)`)?$", re.DOTALL)
+_STEP = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
+_MISSING = re.compile(r"missing required field `([^`]+)`")
+
+
+def _split_msgspec_error(message: str) -> tuple[str, Path]:
+    match = _AT.match(message)
+    detail = match["detail"] if match else message
+    path: Path = []
+    if match and match["path"]:
+        for key, item in _STEP.findall(match["path"]):
+            if key:
+                path.append(key)
+            elif item.isdigit():
+                path.append(int(item))
+    missing = _MISSING.search(detail)
+    if missing:
+        path.append(missing.group(1))
+    return detail, path
+
+
+def _field_error(index: int | None, path: Path, detail: str, reason: str) -> FieldError:
+    field = ".".join(f"[{p}]" if isinstance(p, int) else p for p in path).replace(".[", "[")
+    return FieldError(
+        field=field or "$", pointer=_pointer(index, path), detail=detail, reason=reason, index=index
+    )
+
+
+def _pointer(index: int | None, path: Path) -> str:
+    """An RFC 6901 JSON pointer into the request body."""
+    steps: Path = [] if index is None else ["batch", index]
+    steps = steps + path
+    return "".join("/" + str(s).replace("~", "~0").replace("/", "~1") for s in steps)

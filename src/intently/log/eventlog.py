@@ -1,0 +1,361 @@
+"""The durable event log: SQLite in WAL mode, written by one thread with group commit.
+
+An event is acknowledged only after the transaction holding it has committed, and with
+`synchronous=FULL` a commit returns only after the WAL is fsynced, so neither a kill -9
+nor a power cut loses an acknowledged event. Fsyncs are shared: while one commit is on
+disk, the appends that arrive queue up and go into the next transaction together, so the
+cost of durability is paid per group, not per event.
+
+A crash in the middle of a commit leaves a torn tail in the WAL. SQLite checksums every WAL
+frame and, at the next open, replays only the frames up to the last complete commit, so
+the torn transaction (never acknowledged) is skipped. `EventLog.open` reports when the
+previous run did not close cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future as ThreadFuture
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+Synchronous = Literal["FULL", "NORMAL"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq          INTEGER PRIMARY KEY,
+    message_id   TEXT    NOT NULL,
+    received_ms  INTEGER NOT NULL,
+    timestamp_ms INTEGER NOT NULL,
+    type         TEXT    NOT NULL,
+    anonymous_id TEXT,
+    user_id      TEXT,
+    body         BLOB    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_received ON events (received_ms);
+"""
+_INSERT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+# Appends grouped into one transaction, at most.
+MAX_GROUP_ROWS = 20_000
+
+
+class LogRow(NamedTuple):
+    """What the log stores of an event (the body is the encoded `EventRecord`)."""
+
+    message_id: str
+    received_ms: int
+    timestamp_ms: int
+    type: str
+    anonymous_id: str | None
+    user_id: str | None
+    body: bytes
+
+
+class StoredRow(NamedTuple):
+    seq: int
+    message_id: str
+    received_ms: int
+    body: bytes
+
+
+class LogClosed(RuntimeError):
+    pass
+
+
+@dataclass
+class _Append:
+    rows: Sequence[LogRow]
+    notify: Callable[[int, BaseException | None], None]
+    first_seq: int = field(default=0)
+
+
+class EventLogReader:
+    """Read access to an event log; safe while another process writes it (WAL readers
+    see a consistent snapshot)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def scan(
+        self, since_seq: int = 0, since_ms: int | None = None, chunk: int = 2000
+    ) -> Iterator[StoredRow]:
+        """Rows in log order, from `since_seq` (exclusive) and/or `since_ms` received."""
+        connection = self._connect(readonly=True)
+        try:
+            if since_ms is not None:
+                found = connection.execute(
+                    "SELECT min(seq) FROM events WHERE received_ms >= ?", (since_ms,)
+                ).fetchone()[0]
+                if found is None:
+                    return
+                since_seq = max(since_seq, found - 1)
+            while True:
+                rows = connection.execute(
+                    "SELECT seq, message_id, received_ms, body FROM events"
+                    " WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (since_seq, chunk),
+                ).fetchall()
+                for row in rows:
+                    yield StoredRow(*row)
+                if len(rows) < chunk:
+                    return
+                since_seq = rows[-1][0]
+        finally:
+            connection.close()
+
+    def message_ids(self, from_ms: int, to_ms: int) -> list[tuple[str, int]]:
+        """(messageId, received_ms) of the events received in [from_ms, to_ms]."""
+        connection = self._connect(readonly=True)
+        try:
+            return connection.execute(
+                "SELECT message_id, received_ms FROM events"
+                " WHERE received_ms BETWEEN ? AND ? ORDER BY received_ms",
+                (from_ms, to_ms),
+            ).fetchall()
+        finally:
+            connection.close()
+
+    def latest_received_ms(self) -> int | None:
+        connection = self._connect(readonly=True)
+        try:
+            value: int | None = connection.execute(
+                "SELECT received_ms FROM events ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            return value[0] if value else None  # type: ignore[index]
+        finally:
+            connection.close()
+
+    def count(self) -> int:
+        connection = self._connect(readonly=True)
+        try:
+            return int(connection.execute("SELECT count(*) FROM events").fetchone()[0])
+        finally:
+            connection.close()
+
+    def _connect(self, readonly: bool = False) -> sqlite3.Connection:
+        if readonly:
+            uri = f"file:{self.path}?mode=ro"
+            connection = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        else:
+            connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA busy_timeout = 5000")
+        return connection
+
+
+class EventLog(EventLogReader):
+    """Append-only, durable, ordered by `seq`.
+
+    >>> import tempfile, pathlib
+    >>> log = EventLog.open(pathlib.Path(tempfile.mkdtemp()) / "events.db")
+    >>> log.append_sync([LogRow("m1", 0, 0, "track", "a1", None, b"{}")])
+    1
+    >>> [row.message_id for row in log.scan()]
+    ['m1']
+    >>> log.close()
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        synchronous: Synchronous,
+        checkpoint_seconds: float,
+    ) -> None:
+        super().__init__(path)
+        self._synchronous = synchronous
+        self._queue: queue.SimpleQueue[_Append | None] = queue.SimpleQueue()
+        self._closed = False
+        self.unclean_shutdown = False
+        writer = self._connect()
+        self._prepare(writer)
+        self.last_seq: int = writer.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[
+            0
+        ]
+        self._writer_thread = threading.Thread(
+            target=self._write_loop, args=(writer,), name="intently-log-writer", daemon=True
+        )
+        self._writer_thread.start()
+        self._stop_checkpoints = threading.Event()
+        self._checkpointer: threading.Thread | None = None
+        if checkpoint_seconds > 0:
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop,
+                args=(checkpoint_seconds,),
+                name="intently-log-checkpoint",
+                daemon=True,
+            )
+            self._checkpointer.start()
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        *,
+        synchronous: Synchronous = "FULL",
+        checkpoint_seconds: float = 1.0,
+    ) -> EventLog:
+        """Open (or create) the log at `path`. `synchronous="NORMAL"` survives a crash of
+        the process but not of the machine; `checkpoint_seconds=0` leaves all frames in
+        the WAL until close (used by crash tests)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return cls(path, synchronous, checkpoint_seconds)
+
+    @staticmethod
+    def reader(path: Path) -> EventLogReader:
+        """Read-only access, for tools that run beside a serving engine."""
+        return EventLogReader(path)
+
+    # -- writing -------------------------------------------------------------------------
+
+    async def append(self, rows: Sequence[LogRow]) -> int:
+        """Append `rows`; returns once they are durable, with the seq of the first."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+
+        def notify(first_seq: int, error: BaseException | None) -> None:
+            loop.call_soon_threadsafe(_settle, future, first_seq, error)
+
+        self._enqueue(_Append(rows, notify))
+        return await future
+
+    def append_sync(self, rows: Sequence[LogRow]) -> int:
+        """Blocking `append`, for tools outside an event loop."""
+        future: ThreadFuture[int] = ThreadFuture()
+
+        def notify(first_seq: int, error: BaseException | None) -> None:
+            if error is None:
+                future.set_result(first_seq)
+            else:
+                future.set_exception(error)
+
+        self._enqueue(_Append(rows, notify))
+        return future.result()
+
+    def _enqueue(self, item: _Append) -> None:
+        if self._closed:
+            raise LogClosed("the event log is closed")
+        self._queue.put(item)
+
+    def _write_loop(self, connection: sqlite3.Connection) -> None:
+        next_seq = self.last_seq + 1
+        while True:
+            first = self._queue.get()
+            if first is None:
+                break
+            group = [first]
+            count = len(first.rows)
+            stop = False
+            while count < MAX_GROUP_ROWS:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                group.append(item)
+                count += len(item.rows)
+            seq = next_seq
+            values = []
+            for item in group:
+                item.first_seq = seq
+                for row in item.rows:
+                    values.append((seq, *row))
+                    seq += 1
+            try:
+                connection.execute("BEGIN")
+                connection.executemany(_INSERT, values)
+                connection.execute("COMMIT")
+            except BaseException as error:  # report every failure to the waiting requests
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+                log.exception("event log write failed")
+                for item in group:
+                    item.notify(0, error)
+            else:
+                next_seq = seq
+                self.last_seq = seq - 1
+                for item in group:
+                    item.notify(item.first_seq, None)
+            if stop:
+                break
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        connection.execute("UPDATE meta SET value = 'clean' WHERE key = 'shutdown'")
+        connection.close()
+
+    def _checkpoint_loop(self, seconds: float) -> None:
+        # Checkpoints copy the WAL into the database. Running them here, off the writer,
+        # keeps their fsyncs out of the commit path (autocheckpoint is off for the writer).
+        connection = self._connect()
+        try:
+            while not self._stop_checkpoints.wait(seconds):
+                try:
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.OperationalError:  # busy: try again next time
+                    continue
+        finally:
+            connection.close()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Write what is queued, checkpoint, and mark a clean shutdown."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_checkpoints.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join()
+        self._queue.put(None)
+        self._writer_thread.join()
+
+    def _prepare(self, connection: sqlite3.Connection) -> None:
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute(f"PRAGMA synchronous = {self._synchronous}")
+        connection.execute("PRAGMA wal_autocheckpoint = 0")
+        connection.executescript(_SCHEMA)
+        version = connection.execute(
+            "SELECT value FROM meta WHERE key = 'schema_version'"
+        ).fetchone()
+        if version is None:
+            connection.execute(
+                "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        elif int(version[0]) > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path} has schema version {version[0]}, newer than this intently "
+                f"understands ({SCHEMA_VERSION}): upgrade intently"
+            )
+        shutdown = connection.execute("SELECT value FROM meta WHERE key = 'shutdown'").fetchone()
+        self.unclean_shutdown = shutdown is not None and shutdown[0] != "clean"
+        if self.unclean_shutdown:
+            log.warning(
+                "%s: the previous run did not close cleanly; recovered up to its last "
+                "complete commit",
+                self.path,
+            )
+        connection.execute("INSERT OR REPLACE INTO meta VALUES ('shutdown', 'running')")
+
+
+def _settle(future: asyncio.Future[int], first_seq: int, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is None:
+        future.set_result(first_seq)
+    else:
+        future.set_exception(error)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -1,0 +1,153 @@
+"""The one pipeline every event goes through, live or replayed (kappa architecture).
+
+    validate (at the edge) -> stamp times -> deduplicate -> enrich -> append to the log
+    (durable) -> apply to state -> acknowledge
+
+HTTP requests and `intently replay` call the same `Pipeline.ingest`; there is no second
+code path for history. State stages (sessions, profiles, segments, rewards) plug in as
+`EventSink`s and see each event after it is durable and before it is acknowledged, so a
+request that starts after the acknowledgement reads its effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import datetime
+from typing import NamedTuple, Protocol
+
+import msgspec
+from msgspec import Struct
+
+from intently.clock import Clock
+from intently.events.enrich import Enricher
+from intently.events.record import EventRecord, stamp
+from intently.events.schema import Event
+from intently.events.validate import FieldError
+from intently.log.dedupe import MessageIdWindow
+from intently.log.eventlog import EventLog, LogRow
+
+
+class EventSink(Protocol):
+    """A stage that updates state from durable events, in log order."""
+
+    def apply_many(self, records: Sequence[EventRecord]) -> None: ...
+
+
+class ClientInfo(NamedTuple):
+    """What the transport knows about the sender, used when the event's context lacks it."""
+
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+class IngestResult(Struct, omit_defaults=True):
+    """The answer to an ingest: how many events were accepted (newly stored), how many
+    were duplicates (acknowledged, not applied again) and which were rejected, and why."""
+
+    accepted: int
+    duplicates: int = 0
+    rejected: list[FieldError] = msgspec.field(default_factory=list)
+
+
+_encode = msgspec.json.Encoder().encode
+_NO_CLIENT = ClientInfo()
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+class Pipeline:
+    """Ingest events: durable, deduplicated, enriched and applied before acknowledged."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        enricher: Enricher,
+        clock: Clock,
+        dedupe: MessageIdWindow,
+        sinks: Sequence[EventSink] = (),
+    ) -> None:
+        self.log = log
+        self.enricher = enricher
+        self.clock = clock
+        self.dedupe = dedupe
+        self.sinks = list(sinks)
+        # messageId -> the append that is making it durable; a retry that arrives meanwhile
+        # is acknowledged only once that append has succeeded.
+        self._in_flight: dict[str, asyncio.Future[int]] = {}
+
+    async def ingest(
+        self,
+        events: Sequence[tuple[int | None, Event]],
+        client: ClientInfo = _NO_CLIENT,
+        *,
+        replay: bool = False,
+    ) -> IngestResult:
+        """Ingest decoded events. With `replay`, an event's own `receivedAt` is kept (it
+        is history); live events are received now."""
+        now = self.clock.now()
+        records: list[EventRecord] = []
+        rows: list[LogRow] = []
+        waits: list[asyncio.Future[int]] = []
+        duplicates = 0
+        for _, event in events:
+            received_at = event.received_at if replay and event.received_at else now
+            stamp(event, received_at)
+            message_id = event.message_id
+            assert message_id is not None
+            assert event.timestamp is not None
+            received_ms = _ms(received_at)
+            if not self.dedupe.add(message_id, received_ms):
+                duplicates += 1
+                if (pending := self._in_flight.get(message_id)) is not None:
+                    waits.append(pending)
+                continue
+            record = EventRecord(event, self.enricher(event, client.ip, client.user_agent))
+            records.append(record)
+            rows.append(
+                LogRow(
+                    message_id,
+                    received_ms,
+                    _ms(event.timestamp),
+                    _type_of(event),
+                    event.anonymous_id,
+                    event.user_id,
+                    _encode(record),
+                )
+            )
+        if rows:
+            await self._append(records, rows)
+        if waits:
+            await asyncio.gather(*waits)
+        return IngestResult(accepted=len(records), duplicates=duplicates)
+
+    async def _append(self, records: list[EventRecord], rows: list[LogRow]) -> None:
+        future = asyncio.ensure_future(self.log.append(rows))
+        ids = [row.message_id for row in rows]
+        for message_id in ids:
+            self._in_flight[message_id] = future
+        try:
+            first_seq = await future
+        except BaseException:
+            for message_id in ids:
+                self.dedupe.discard(message_id)
+            raise
+        finally:
+            for message_id in ids:
+                self._in_flight.pop(message_id, None)
+        for offset, record in enumerate(records):
+            record.seq = first_seq + offset
+        for sink in self.sinks:
+            sink.apply_many(records)
+
+    def prime_dedupe(self, from_ms: int, to_ms: int) -> int:
+        """Load the messageIds the log holds for [from_ms, to_ms] into the window."""
+        return self.dedupe.load(self.log.message_ids(from_ms, to_ms))
+
+
+def _type_of(event: Event) -> str:
+    tag = type(event).__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
