@@ -124,7 +124,7 @@ class Pipeline:
         return IngestResult(accepted=len(records), duplicates=duplicates)
 
     async def _append(self, records: list[EventRecord], rows: list[LogRow]) -> None:
-        future = asyncio.ensure_future(self.log.append(rows))
+        future = self.log.append(rows)
         ids = [row.message_id for row in rows]
         for message_id in ids:
             self._in_flight[message_id] = future

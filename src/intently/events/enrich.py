@@ -7,8 +7,8 @@ stored event never holds more of it than allowed.
 
 from __future__ import annotations
 
-import ipaddress
 from datetime import datetime
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from msgspec import Struct
@@ -17,9 +17,10 @@ from intently.events.geo import GeoInfo, GeoLocator, IpMode, anonymize_ip
 from intently.events.referrer import Referrer, ReferrerClassifier, campaign_from_url
 from intently.events.schema import Campaign, Context, Event
 from intently.events.useragent import DeviceInfo, parse_user_agent
+from intently.events.validate import is_ip_address
 
 
-class LocalTime(Struct, frozen=True):
+class LocalTime(Struct, frozen=True, gc=False):
     """The visitor's wall clock when the event happened: hour 0-23, weekday 0 (Monday)-6."""
 
     timezone: str
@@ -27,7 +28,7 @@ class LocalTime(Struct, frozen=True):
     weekday: int
 
 
-class Enrichment(Struct, omit_defaults=True):
+class Enrichment(Struct, omit_defaults=True, gc=False):
     """What intently adds to an event at ingest."""
 
     referrer: Referrer
@@ -90,19 +91,18 @@ def local_time(moment: datetime | None, timezone: str | None) -> LocalTime | Non
     """The local hour and weekday of `moment` in `timezone` (an IANA name)."""
     if moment is None or not timezone:
         return None
-    local = moment.astimezone(ZoneInfo(timezone))
+    local = moment.astimezone(_zone(timezone))
     return LocalTime(timezone, local.hour, local.weekday())
+
+
+# ZoneInfo keeps only 8 zones strongly cached; visitors come from hundreds, and a miss
+# reads the zone file from disk again.
+_zone = lru_cache(maxsize=1024)(ZoneInfo)
 
 
 def _valid_ip(candidate: str | None) -> str | None:
     """The transport's peer address, if it is one (test transports use names)."""
-    if candidate is None:
-        return None
-    try:
-        ipaddress.ip_address(candidate)
-    except ValueError:
-        return None
-    return candidate
+    return candidate if candidate is not None and is_ip_address(candidate) else None
 
 
 def _merge_campaign(sent: Campaign | None, from_url: Campaign | None) -> Campaign | None:

@@ -21,7 +21,7 @@ IpMode = Literal["keep", "truncate", "drop"]
 IP_MODES: tuple[IpMode, ...] = ("keep", "truncate", "drop")
 
 
-class GeoInfo(Struct, omit_defaults=True, frozen=True):
+class GeoInfo(Struct, omit_defaults=True, frozen=True, gc=False):
     """Where an IP address is, as far as the database knows."""
 
     country: str | None = None
@@ -94,6 +94,7 @@ def _english(record: dict[str, Any]) -> str | None:
     return str(name) if name is not None else None
 
 
+@lru_cache(maxsize=65_536)
 def anonymize_ip(ip: str, mode: IpMode) -> str | None:
     """The IP as the privacy setting allows it to be stored.
 

@@ -11,7 +11,7 @@ from intently.events.enrich import Enrichment
 from intently.events.schema import Event
 
 
-class EventRecord(Struct, omit_defaults=True):
+class EventRecord(Struct, omit_defaults=True, gc=False):
     """One entry of the event log. `seq` is its position in the log (1, 2, ...), assigned
     when it is written; 0 before that."""
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
@@ -50,7 +50,7 @@ _UTM_KEYS = {"utm_source": "source", "utm_medium": "medium", "utm_campaign": "na
              "utm_term": "term", "utm_content": "content"}  # fmt: skip
 
 
-class Referrer(Struct, omit_defaults=True, frozen=True):
+class Referrer(Struct, omit_defaults=True, frozen=True, gc=False):
     """How the visitor arrived: medium, and where known the source, the search term and
     the referring host."""
 
@@ -93,30 +93,38 @@ class ReferrerClassifier:
     def __init__(self, internal_hosts: frozenset[str] = frozenset()) -> None:
         self._table = _load_database()
         self._internal = frozenset(h.lower() for h in internal_hosts)
-        self._lookup = lru_cache(maxsize=8192)(self._lookup_uncached)
+        # Visits repeat referrers, landing pages and campaigns: classify each combination once.
+        self._classify = lru_cache(maxsize=16_384)(self._classify_uncached)
 
     def __call__(
         self, referrer: str | None, page_url: str | None, campaign: Campaign | None = None
     ) -> Referrer:
-        page = urlsplit(page_url) if page_url else None
+        page = page_facts(page_url) if page_url else _NO_PAGE
+        return self._classify(referrer or None, page.host, page.paid_click, campaign)
+
+    def _classify_uncached(
+        self,
+        referrer: str | None,
+        page_host: str | None,
+        paid_click: bool,
+        campaign: Campaign | None,
+    ) -> Referrer:
         ref = urlsplit(referrer) if referrer else None
         ref_host = (ref.hostname or None) if ref else None
-        by_campaign = _medium_of_campaign(page, campaign)
+        by_campaign = PAID if paid_click else _medium_of_campaign(campaign)
         if by_campaign is not None:
             source = campaign.source if campaign and campaign.source else None
             return Referrer(by_campaign, source=source, host=ref_host)
         if ref is None or ref_host is None:
             return Referrer(DIRECT)
-        if page is not None and page.hostname and _same_site(ref_host, page.hostname):
-            return Referrer(INTERNAL, host=ref_host)
-        if ref_host in self._internal:
+        if (page_host and _same_site(ref_host, page_host)) or ref_host in self._internal:
             return Referrer(INTERNAL, host=ref_host)
         entry = self._lookup(ref_host, ref.path)
         if entry is None:
             return Referrer(REFERRAL, host=ref_host)
         return Referrer(entry.medium, entry.source, _search_term(ref.query, entry), ref_host)
 
-    def _lookup_uncached(self, host: str, path: str) -> _Entry | None:
+    def _lookup(self, host: str, path: str) -> _Entry | None:
         # Like referer-parser: host with its first path segment, then the host, then the
         # host without its leftmost labels, one at a time.
         first_segment = path.split("/", 2)[1] if path.count("/") >= 1 else ""
@@ -129,20 +137,38 @@ class ReferrerClassifier:
         return None
 
 
+class PageFacts(NamedTuple):
+    """What attribution needs from a page URL."""
+
+    host: str | None
+    campaign: Campaign | None
+    paid_click: bool
+
+
+_NO_PAGE = PageFacts(None, None, False)
+
+
+@lru_cache(maxsize=16_384)
+def page_facts(page_url: str) -> PageFacts:
+    """Host, UTM tags and ad click ids of a page URL (parsed once per distinct URL)."""
+    parts = urlsplit(page_url)
+    if not parts.query:
+        return PageFacts(parts.hostname, None, False)
+    query = parse_qs(parts.query)
+    found = {field: query[key][0][:2048] for key, field in _UTM_KEYS.items() if query.get(key)}
+    return PageFacts(
+        parts.hostname,
+        Campaign(**found) if found else None,
+        any(click_id in query for click_id in _PAID_CLICK_IDS),
+    )
+
+
 def campaign_from_url(page_url: str | None) -> Campaign | None:
     """The UTM tags of a landing-page URL, as a `Campaign`."""
-    if not page_url or "utm_" not in page_url:
-        return None
-    query = parse_qs(urlsplit(page_url).query)
-    found = {field: query[key][0][:2048] for key, field in _UTM_KEYS.items() if query.get(key)}
-    return Campaign(**found) if found else None
+    return page_facts(page_url).campaign if page_url else None
 
 
-def _medium_of_campaign(page: Any, campaign: Campaign | None) -> str | None:
-    if page is not None and page.query:
-        query = parse_qs(page.query)
-        if any(click_id in query for click_id in _PAID_CLICK_IDS):
-            return PAID
+def _medium_of_campaign(campaign: Campaign | None) -> str | None:
     if campaign is None or not campaign.medium:
         return None
     medium = campaign.medium.strip().lower()

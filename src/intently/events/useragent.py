@@ -28,7 +28,7 @@ _MOBILE_OS = frozenset(
 )  # fmt: skip
 
 
-class DeviceInfo(Struct, omit_defaults=True, frozen=True):
+class DeviceInfo(Struct, omit_defaults=True, frozen=True, gc=False):
     """What the user agent says about the visitor's software and device."""
 
     type: str

@@ -7,8 +7,8 @@ that cannot be read at all (not JSON, not UTF-8, too many events) fails as a who
 
 from __future__ import annotations
 
-import ipaddress
 import re
+import socket
 from functools import cache
 from typing import Any
 from zoneinfo import available_timezones
@@ -154,13 +154,20 @@ def _check_identity(event: Event) -> None:
 def _check_context(context: Context | None) -> None:
     if context is None:
         return
-    if context.ip is not None:
-        try:
-            ipaddress.ip_address(context.ip)
-        except ValueError:
-            raise _Invalid(["context", "ip"], "not an IPv4 or IPv6 address") from None
+    if context.ip is not None and not is_ip_address(context.ip):
+        raise _Invalid(["context", "ip"], "not an IPv4 or IPv6 address")
     if context.timezone is not None and context.timezone not in _timezones():
         raise _Invalid(["context", "timezone"], "not an IANA timezone name (e.g. Europe/Paris)")
+
+
+def is_ip_address(text: str) -> bool:
+    """Whether `text` is an IPv4 or IPv6 address (inet_pton: C speed, no objects built)."""
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+    try:
+        socket.inet_pton(family, text)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 @cache

@@ -1,0 +1,348 @@
+"""Ingest benchmark: the real server, driven from other processes over loopback.
+
+Measures, in one run and on one server process:
+
+- the ceiling: `POST /_bench/hello` (same server, same middleware, reads the body, no work);
+- single-event requests: `POST /v1/events` with one event each;
+- 100-event batches: `POST /v1/events` with `{"batch": [...100 events]}`;
+
+each at saturation with wrk (closed loop, C, so the client does not take the server's
+CPU), then hello and single events at a fixed 1,000 requests/s with an open-loop client
+that measures latency from the scheduled send time (no coordinated omission).
+
+Every event carries a unique messageId, a user agent and an IP from a pool of 1,000
+visitors, so dedupe, enrichment caches and the durable log all do their real work.
+Events are durable (synchronous=FULL: fsync before the acknowledgement).
+
+    python bench/ingest.py [--seconds 10] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+WRITE_KEY = "wk_bench_write_key"
+SECRET_KEY = "sk_bench_secret_key"
+
+USER_AGENTS = [
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/12{v}.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Version/17.{v} Safari/605.1.15",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_{v} like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/17.{v} Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/12{v}.0.0.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:1{v}.0) Gecko/20100101 Firefox/1{v}.0",
+]
+REFERRERS = ["https://www.google.com/", "https://www.facebook.com/", "", "https://news.ycombinator.com/"]
+EVENTS = ["Product Viewed", "Product Added", "Products Searched", "Product Clicked"]
+
+
+def visitor_events(count: int, seed: int = 7) -> list[dict[str, Any]]:
+    """Realistic events from a pool of 1,000 visitors (no messageId: added per request)."""
+    rng = random.Random(seed)
+    visitors = [
+        {
+            "anonymousId": f"anon-{i}",
+            "ip": f"{rng.randint(11, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
+            "ua": rng.choice(USER_AGENTS).format(v=rng.randint(0, 9)),
+            "ref": rng.choice(REFERRERS),
+        }
+        for i in range(1000)
+    ]
+    events = []
+    for _ in range(count):
+        v = rng.choice(visitors)
+        product = f"p{rng.randint(1, 10_000)}"
+        events.append(
+            {
+                "type": "track",
+                "event": rng.choice(EVENTS),
+                "anonymousId": v["anonymousId"],
+                "timestamp": "2026-11-23T10:00:00.000Z",
+                "sentAt": "2026-11-23T10:00:00.150Z",
+                "properties": {
+                    "product_id": product,
+                    "category": rng.choice(["running", "trail", "tennis", "yoga"]),
+                    "brand": rng.choice(["Asics", "Brooks", "Hoka", "Nike"]),
+                    "price": round(rng.uniform(20, 200), 2),
+                    "quantity": 1,
+                },
+                "context": {
+                    "ip": v["ip"],
+                    "userAgent": v["ua"],
+                    "locale": "en-US",
+                    "page": {
+                        "url": f"https://shop.example/products/{product}?utm_source=news&utm_medium=email",
+                        "path": f"/products/{product}",
+                        "referrer": v["ref"],
+                        "title": "Running shoes",
+                    },
+                },
+            }
+        )
+    return events
+
+
+def _lua_string(text: str) -> str:
+    return "[==[" + text + "]==]"
+
+
+def wrk_script(events: list[dict[str, Any]], batch: int) -> str:
+    """A wrk Lua script that sends `batch` events per request (1: a bare event), each with a
+    messageId unique across threads and requests."""
+    templates = []
+    for event in events:
+        body = json.dumps(event, separators=(",", ":"))
+        head = '{"messageId":"'
+        tail = '",' + body[1:]
+        templates.append((head, tail))
+    table = ",\n".join("{" + _lua_string(h) + "," + _lua_string(t) + "}" for h, t in templates)
+    return f"""
+local templates = {{ {table} }}
+local n = #templates
+local counter = 0
+local prefix = tostring(math.random(1, 1e9))
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {WRITE_KEY}"
+function setup(thread)
+  thread:set("id", tostring(math.random(1, 1e9)))
+end
+function init(args)
+  prefix = (id or prefix) .. "-" .. tostring(math.random(1, 1e9))
+end
+local function event()
+  counter = counter + 1
+  local t = templates[(counter % n) + 1]
+  return t[1] .. prefix .. "-" .. counter .. t[2]
+end
+function request()
+  if {batch} == 1 then
+    return wrk.format(nil, nil, nil, event())
+  end
+  local parts = {{}}
+  for i = 1, {batch} do parts[i] = event() end
+  return wrk.format(nil, nil, nil, '{{"batch":[' .. table.concat(parts, ",") .. ']}}')
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    def __init__(self, data_dir: Path, port: int) -> None:
+        env = dict(os.environ)
+        env.update(
+            INTENTLY_WRITE_KEY=WRITE_KEY,
+            INTENTLY_SECRET_KEY=SECRET_KEY,
+            INTENTLY_BENCH_ENDPOINTS="1",
+        )
+        self.port = port
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "intently", "serve", "--port", str(port),
+             "--data-dir", str(data_dir), "--log-level", "warning"],
+            env=env, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("the server did not start within 30 s")
+
+    def health(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as r:
+            return dict(json.loads(r.read()))
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+_WRK_RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
+_WRK_PCT = re.compile(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+_WRK_ERRORS = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+_UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def run_wrk(url: str, script: Path, seconds: int, connections: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    rps = float(_WRK_RPS.search(out).group(1))  # type: ignore[union-attr]
+    pct = {f"p{p}_ms": float(v) * _UNIT[u] for p, v, u in _WRK_PCT.findall(out)}
+    errors = _WRK_ERRORS.search(out)
+    return {"requests_per_s": rps, **pct, "non_2xx": float(errors.group(1)) if errors else 0.0}
+
+
+async def open_loop(
+    port: int, path: str, bodies: list[bytes], rate: int, seconds: float, connections: int = 16
+) -> dict[str, float]:
+    """Send `rate` requests/s for `seconds`, on a pool of keep-alive connections; latency
+    counted from each request's scheduled time."""
+    latencies: list[float] = []
+    errors = 0
+    queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+
+    async def worker() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while (item := await queue.get()) is not None:
+            scheduled, body = item
+            writer.write(
+                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                f"Authorization: Bearer {WRITE_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            status_line = await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - scheduled)
+            if b" 200 " not in status_line:
+                errors += 1
+        writer.close()
+
+    workers = [asyncio.create_task(worker()) for _ in range(connections)]
+    start = time.perf_counter()
+    total = int(rate * seconds)
+    for i in range(total):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        queue.put_nowait((scheduled, bodies[i % len(bodies)]))
+    for _ in workers:
+        queue.put_nowait(None)
+    await asyncio.gather(*workers)
+    elapsed = time.perf_counter() - start
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
+
+    return {
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "max_ms": latencies[-1] * 1000,
+        "non_2xx": float(errors),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=8, help="per saturation run")
+    parser.add_argument("--rounds", type=int, default=3, help="hello/single rounds")
+    parser.add_argument("--warmup", type=int, default=15, help="seconds of warm-up load")
+    parser.add_argument(
+        "--pause", type=float, default=3.0,
+        help="seconds between runs, for the log's checkpoints to finish",
+    )  # fmt: skip
+    parser.add_argument("--rate-seconds", type=int, default=10, help="per fixed-rate run")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections")
+    parser.add_argument("--json", action="store_true", help="print JSON only")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench/ingest.py needs wrk: apt-get install wrk (make bench does)")
+
+    events = visitor_events(2000)
+    work = Path(tempfile.mkdtemp(prefix="intently-bench-"))
+    single_lua, batch_lua = work / "single.lua", work / "batch.lua"
+    single_lua.write_text(wrk_script(events, 1))
+    batch_lua.write_text(wrk_script(events, 100))
+    port = free_port()
+    server = Server(work / "data", port)
+    base = f"http://127.0.0.1:{port}"
+    results: dict[str, Any] = {"cpus": os.cpu_count(), "seconds": args.seconds}
+    try:
+        # Warm-up to steady state: enrichment caches filled, and the WAL and database
+        # files grown to their working size (a new data dir pays for file growth in its
+        # first minute; a running server does not).
+        run_wrk(f"{base}/v1/events", single_lua, args.warmup, args.connections)
+        # Saturation: hello and single interleaved, median of the rounds, so drift in the
+        # machine's state hits both alike.
+        rounds: dict[str, list[dict[str, float]]] = {"hello": [], "single": []}
+        for _ in range(args.rounds):
+            for name, path in (("hello", "/_bench/hello"), ("single", "/v1/events")):
+                time.sleep(args.pause)
+                rounds[name].append(run_wrk(f"{base}{path}", single_lua, args.seconds, args.connections))
+        for name, runs in rounds.items():
+            runs.sort(key=lambda r: r["requests_per_s"])
+            results[name] = runs[len(runs) // 2]
+            results[name]["rounds_requests_per_s"] = [r["requests_per_s"] for r in runs]
+        results["single"]["events_per_s"] = results["single"]["requests_per_s"]
+        time.sleep(args.pause)
+        results["batch100"] = run_wrk(f"{base}/v1/events", batch_lua, args.seconds, args.connections)
+        results["batch100"]["events_per_s"] = results["batch100"]["requests_per_s"] * 100
+        results["single_vs_hello"] = (
+            results["single"]["requests_per_s"] / results["hello"]["requests_per_s"]
+        )
+        # Latency at a fixed 1,000 requests/s, open loop, once the batch run's writes are
+        # checkpointed.
+        time.sleep(args.pause * 3)
+        bodies = [
+            json.dumps({**e, "messageId": f"rate-{i}"}).encode() for i, e in enumerate(events)
+        ]
+        results["hello_at_1000"] = asyncio.run(
+            open_loop(port, "/_bench/hello", bodies, 1000, args.rate_seconds)
+        )
+        time.sleep(args.pause)
+        results["single_at_1000"] = asyncio.run(
+            open_loop(port, "/v1/events", bodies, 1000, args.rate_seconds)
+        )
+        results["durable_events"] = server.health()["last_seq"]
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"intently ingest benchmark ({results['cpus']} CPUs, {args.seconds}s per saturation run)")
+    print(f"{'run':<18}{'req/s':>10}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
+    print("(saturation: wrk, 1 thread, %d connections; *_at_1000: open loop)" % args.connections)
+    for name in ("hello", "single", "batch100", "hello_at_1000", "single_at_1000"):
+        r = results[name]
+        print(
+            f"{name:<18}{r['requests_per_s']:>10.0f}{r.get('events_per_s', 0):>11.0f}"
+            f"{r.get('p50_ms', 0):>9.2f}{r.get('p99_ms', 0):>9.2f}{r['non_2xx']:>9.0f}"
+        )
+    print(f"hello rounds req/s:  {results['hello']['rounds_requests_per_s']}")
+    print(f"single rounds req/s: {results['single']['rounds_requests_per_s']}")
+    print(f"single-event req/s as share of hello-world (medians): {results['single_vs_hello']:.0%}")
+    print(f"durable events in the log at the end: {results['durable_events']}")
+
+
+if __name__ == "__main__":
+    main()
