@@ -52,6 +52,7 @@ class Engine:
         self.settings = settings
         self.clock = clock or SystemClock()
         self._lock = _lock(settings.data_dir)
+        self._closed = False
         keys = load_or_create_keys(settings.data_dir, settings.write_key, settings.secret_key)
         self.keys: Keys = keys.keys
         self.keys_created = keys.created
@@ -78,6 +79,9 @@ class Engine:
         self.metrics.log_seq.set(self.log.last_seq)
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self.log.close()
         if self.geo is not None:
             self.geo.close()

@@ -77,6 +77,8 @@ def decode_body(body: bytes, max_batch: int = MAX_BATCH) -> Decoded:
     envelope = _read_json(body, _envelope)
     if envelope.batch is None:
         event, error = decode_event(body, None)
+        if error is not None and error.reason in _UNREADABLE:
+            raise BodyError(400, error.reason, error.detail)
         events: list[tuple[int | None, Event]] = [] if event is None else [(None, event)]
         return Decoded(events, [] if error is None else [error], _body_write_key(event))
     if len(envelope.batch) > max_batch:
@@ -125,6 +127,11 @@ def decode_event(
         return None, _field_error(index, path, detail, reason)
     except msgspec.DecodeError as exc:
         return None, _field_error(index, [], f"malformed JSON: {exc}", "malformed-json")
+    except UnicodeDecodeError:
+        # The envelope skips over strings it does not need, so bad bytes surface here.
+        return None, _field_error(index, [], _NOT_UTF8, "invalid-utf8")
+    except RecursionError:
+        return None, _field_error(index, [], _TOO_DEEP, "too-deep")
     except _Invalid as exc:
         return None, _field_error(index, exc.path, exc.detail, exc.reason)
     except LimitError as exc:
@@ -196,13 +203,18 @@ _FREE_FORM_CONTEXT = (
 )  # fmt: skip
 
 
+_NOT_UTF8 = "the body is not valid UTF-8"
+_TOO_DEEP = "the body is nested too deeply to read"
+_UNREADABLE = frozenset({"invalid-utf8", "too-deep"})
+
+
 def _read_json(body: bytes, decoder: msgspec.json.Decoder[Any]) -> Any:
     try:
         return decoder.decode(body)
     except UnicodeDecodeError:
-        raise BodyError(400, "invalid-utf8", "the body is not valid UTF-8") from None
+        raise BodyError(400, "invalid-utf8", _NOT_UTF8) from None
     except RecursionError:
-        raise BodyError(400, "too-deep", "the body is nested too deeply to read") from None
+        raise BodyError(400, "too-deep", _TOO_DEEP) from None
     except msgspec.ValidationError as exc:
         detail, path = _split_msgspec_error(str(exc))
         raise BodyError(400, "invalid-body", detail, _pointer(None, path)) from None

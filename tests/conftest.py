@@ -1,0 +1,35 @@
+"""Shared fixtures: a real engine on a temporary data dir, and an HTTP client bound to it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from support import START, client_for, make_settings
+
+from intently import Engine, ManualClock
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(START)
+
+
+@pytest.fixture
+def engine(tmp_path: Path, clock: ManualClock) -> Iterator[Engine]:
+    eng = Engine(make_settings(tmp_path / "data"), clock=clock)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture
+async def client(engine: Engine) -> AsyncIterator[httpx.AsyncClient]:
+    async with client_for(engine) as c:
+        yield c

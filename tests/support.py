@@ -1,0 +1,55 @@
+"""Helpers shared by the tests (importable as `support`)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from intently import Engine, Settings, load_settings
+from intently.api.app import create_app
+
+WRITE_KEY = "wk_test_write"
+SECRET_KEY = "sk_test_secret"
+START = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC)
+IPHONE = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1"
+)
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    return load_settings(
+        {"data_dir": data_dir, "write_key": WRITE_KEY, "secret_key": SECRET_KEY, **overrides},
+        environ={},
+    )
+
+
+def client_for(engine: Engine, key: str | None = WRITE_KEY) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    transport = httpx.ASGITransport(app=create_app(engine), client=("203.0.113.9", 50000))
+    return httpx.AsyncClient(transport=transport, base_url="http://intently.test", headers=headers)
+
+
+def track(**fields: Any) -> dict[str, Any]:
+    """A valid track event; keyword arguments override or add fields."""
+    event: dict[str, Any] = {
+        "type": "track",
+        "event": "Product Viewed",
+        "anonymousId": "anon-1",
+        "properties": {"product_id": "p1", "price": 42.5, "category": "running"},
+        "context": {"ip": "8.8.8.8", "userAgent": IPHONE},
+    }
+    event.update(fields)
+    return event
+
+
+def stored_events(engine: Engine) -> list[dict[str, Any]]:
+    """The events in the engine's log, as `intently export events` writes them."""
+    import msgspec
+
+    from intently.log.replay import export_lines
+
+    return [msgspec.json.decode(line) for line in export_lines(engine.log, None, 0)]
