@@ -70,6 +70,6 @@ class MessageIdWindow:
         seen = self._seen
         while seen:
             oldest = next(iter(seen))
-            if seen[oldest] >= horizon:
+            if seen[oldest] > horizon:
                 return
             seen.popitem(last=False)
