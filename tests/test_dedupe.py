@@ -57,3 +57,17 @@ def test_load_counts_what_it_added() -> None:
 def test_invalid_construction_fails_fast(window_ms: int, max_entries: int) -> None:
     with pytest.raises(ValueError, match="must be positive"):
         MessageIdWindow(window_ms, max_entries)
+
+
+def test_history_out_of_order_expires_nothing() -> None:
+    window = MessageIdWindow(window_ms=10, max_entries=100)
+    assert window.add("late", 1000, expire=False)
+    assert window.add("early", 0, expire=False)
+    assert not window.add("early", 5, expire=False)
+    assert not window.add("late", 1001, expire=False)
+    # Ids read back from the log do not move the live watermark either.
+    window.load([("future", 10_000)])
+    assert window.add("live", 20)
+    assert "future" in window
+    # Whatever memory still holds, an id outside the window is new again.
+    assert window.add("early", 20)

@@ -99,7 +99,7 @@ class Pipeline:
             assert message_id is not None
             assert event.timestamp is not None
             received_ms = _ms(received_at)
-            if not self.dedupe.add(message_id, received_ms):
+            if not self.dedupe.add(message_id, received_ms, expire=not replay):
                 duplicates += 1
                 if (pending := self._in_flight.get(message_id)) is not None:
                     waits.append(pending)

@@ -40,9 +40,15 @@ class MessageIdWindow:
     def __contains__(self, message_id: str) -> bool:
         return message_id in self._seen
 
-    def add(self, message_id: str, received_ms: int) -> bool:
-        """Record `message_id`; False if it was already seen within the window."""
-        if received_ms > self._watermark:
+    def add(self, message_id: str, received_ms: int, *, expire: bool = True) -> bool:
+        """Record `message_id`; False if it was already seen within the window.
+
+        Live traffic arrives in receive order, so each add moves a watermark and ids older
+        than the window behind it are dropped. History (a replay, or ids read back from the
+        log) need not be in order: it adds with `expire=False`, which neither moves the
+        watermark nor drops anything; only `max_entries` bounds memory then.
+        """
+        if expire and received_ms > self._watermark:
             self._watermark = received_ms
             self._expire()
         previous = self._seen.get(message_id)
@@ -62,7 +68,7 @@ class MessageIdWindow:
         """Add ids read back from the log; returns how many were added."""
         count = 0
         for message_id, received_ms in entries:
-            count += self.add(message_id, received_ms)
+            count += self.add(message_id, received_ms, expire=False)
         return count
 
     def _expire(self) -> None:

@@ -4,7 +4,9 @@ A replayed line goes through exactly what a live request goes through (decode, v
 stamp, deduplicate, enrich, append, apply), except that an event's own `receivedAt` is
 kept. Lines are Segment events, or lines written by `intently export events`, which are
 Segment events with two extra keys (`seq`, `enrichment`) that replay ignores and recomputes.
-Replaying the same file twice stores its events once.
+Replaying the same file twice stores its events once: before each chunk, the messageIds
+the log holds within the dedupe window of the chunk's receive times are loaded. That is
+exact as long as those ids fit in the window's `max_entries` (2,000,000 by default).
 """
 
 from __future__ import annotations
