@@ -51,7 +51,13 @@ USER_AGENTS = [
     "Chrome/12{v}.0.0.0 Mobile Safari/537.36",
     "Mozilla/5.0 (X11; Linux x86_64; rv:1{v}.0) Gecko/20100101 Firefox/1{v}.0",
 ]
-REFERRERS = ["https://www.google.com/", "https://www.facebook.com/", "", "https://news.ycombinator.com/"]
+REFERRERS = [
+    "https://www.google.com/",
+    "https://www.facebook.com/",
+    "",
+    "https://news.ycombinator.com/",
+]
+_OCTETS = ((11, 223), (0, 255), (0, 255), (1, 254))
 EVENTS = ["Product Viewed", "Product Added", "Products Searched", "Product Clicked"]
 
 
@@ -61,7 +67,7 @@ def visitor_events(count: int, seed: int = 7) -> list[dict[str, Any]]:
     visitors = [
         {
             "anonymousId": f"anon-{i}",
-            "ip": f"{rng.randint(11, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
+            "ip": ".".join(str(rng.randint(low, high)) for low, high in _OCTETS),
             "ua": rng.choice(USER_AGENTS).format(v=rng.randint(0, 9)),
             "ref": rng.choice(REFERRERS),
         }
@@ -297,14 +303,18 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, path in (("hello", "/_bench/hello"), ("single", "/v1/events")):
                 time.sleep(args.pause)
-                rounds[name].append(run_wrk(f"{base}{path}", single_lua, args.seconds, args.connections))
+                rounds[name].append(
+                    run_wrk(f"{base}{path}", single_lua, args.seconds, args.connections)
+                )
         for name, runs in rounds.items():
             runs.sort(key=lambda r: r["requests_per_s"])
             results[name] = runs[len(runs) // 2]
             results[name]["rounds_requests_per_s"] = [r["requests_per_s"] for r in runs]
         results["single"]["events_per_s"] = results["single"]["requests_per_s"]
         time.sleep(args.pause)
-        results["batch100"] = run_wrk(f"{base}/v1/events", batch_lua, args.seconds, args.connections)
+        results["batch100"] = run_wrk(
+            f"{base}/v1/events", batch_lua, args.seconds, args.connections
+        )
         results["batch100"]["events_per_s"] = results["batch100"]["requests_per_s"] * 100
         results["single_vs_hello"] = (
             results["single"]["requests_per_s"] / results["hello"]["requests_per_s"]
@@ -331,7 +341,7 @@ def main() -> None:
         return
     print(f"intently ingest benchmark ({results['cpus']} CPUs, {args.seconds}s per saturation run)")
     print(f"{'run':<18}{'req/s':>10}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
-    print("(saturation: wrk, 1 thread, %d connections; *_at_1000: open loop)" % args.connections)
+    print(f"(saturation: wrk, 1 thread, {args.connections} connections; *_at_1000: open loop)")
     for name in ("hello", "single", "batch100", "hello_at_1000", "single_at_1000"):
         r = results[name]
         print(

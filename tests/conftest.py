@@ -7,9 +7,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import START, client_for, make_settings
 
 from intently import Engine, ManualClock
+from support import START, client_for, make_settings
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ from typing import Any
 
 import httpx
 import pytest
-from support import SECRET_KEY, WRITE_KEY, client_for, stored_events, track
 
 from intently import Engine, ManualClock
+from support import SECRET_KEY, WRITE_KEY, client_for, stored_events, track
 
 pytestmark = pytest.mark.anyio
 
@@ -23,7 +23,8 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str
     body: dict[str, Any] = response.json()
     assert body["status"] == status
     assert body["type"] == f"urn:intently:problem:{code}"
-    assert body["title"] and body["detail"]
+    assert body["title"]
+    assert body["detail"]
     return body
 
 
@@ -91,7 +92,9 @@ async def test_nothing_usable_is_a_400_listing_every_event(client: httpx.AsyncCl
 
 
 async def test_empty_batch_is_a_400(client: httpx.AsyncClient) -> None:
-    body = assert_problem(await client.post("/v1/events", json={"batch": []}), 400, "no-usable-event")
+    body = assert_problem(
+        await client.post("/v1/events", json={"batch": []}), 400, "no-usable-event"
+    )
     assert "empty" in body["detail"]
 
 
@@ -100,7 +103,7 @@ async def test_empty_batch_is_a_400(client: httpx.AsyncClient) -> None:
     [
         (track(timestamp="yesterday"), "timestamp"),
         (track(properties={"product_id": "p1", "price": "cheap"}), "properties.price"),
-        (track(properties={"products": [{"price": 1}, {"quantity": "two"}]}, event="Order Completed"),
+        (track(properties={"products": [{"price": 1}, {"quantity": "2x"}]}, event="Order Updated"),
          "properties.products[1].quantity"),
         (track(context={"page": {"url": 7}}), "context.page.url"),
         (track(context={"ip": "999.1.1.1"}), "context.ip"),
@@ -137,8 +140,14 @@ async def test_numeric_strings_are_accepted_for_commerce_numbers(
         (b'{"batch": 5}', "invalid-body", "/batch"),
         (b'{"type":"track","event":"\xff\xfe","anonymousId":"a"}', "invalid-utf8", None),
         (b"[" * 100_000 + b"]" * 100_000, "invalid-body", None),
-        (b'{"type":"page","anonymousId":"a","properties":{"x":' + b"[" * 100_000 + b"]" * 100_000
-         + b"}}", "too-deep", None),
+        (
+            b'{"type":"page","anonymousId":"a","properties":{"x":'
+            + b"[" * 100_000
+            + b"]" * 100_000
+            + b"}}",
+            "too-deep",
+            None,
+        ),
         (b'{"batch": [], "sentAt": "noon"}', "invalid-body", "/sentAt"),
     ],
 )
@@ -171,7 +180,9 @@ async def test_oversized_body_is_413_with_or_without_content_length(
 
 async def test_batch_of_more_than_500_is_413(client: httpx.AsyncClient, engine: Engine) -> None:
     batch = [{"type": "page", "anonymousId": "a"} for _ in range(501)]
-    body = assert_problem(await client.post("/v1/events", json={"batch": batch}), 413, "batch-too-large")
+    body = assert_problem(
+        await client.post("/v1/events", json={"batch": batch}), 413, "batch-too-large"
+    )
     assert "501" in body["detail"]
     assert stored_events(engine) == []
     ok = await client.post("/v1/events", json={"batch": batch[:500]})
@@ -210,7 +221,9 @@ async def test_write_key_in_body_for_send_beacon(engine: Engine) -> None:
         )
         assert response.json() == {"accepted": 1}
         batch = json.dumps({"writeKey": WRITE_KEY, "batch": [track(messageId="b2")]})
-        response = await beacon.post("/v1/events", content=batch, headers={"content-type": "text/plain"})
+        response = await beacon.post(
+            "/v1/events", content=batch, headers={"content-type": "text/plain"}
+        )
         assert response.json() == {"accepted": 1}
     stored = stored_events(engine)
     assert [e["messageId"] for e in stored] == ["b1", "b2"]
@@ -296,10 +309,8 @@ async def test_metrics_count_accepted_rejected_and_duplicates(client: httpx.Asyn
     assert 'intently_events_rejected_total{reason="unknown-type"} 1.0' in text
     assert 'intently_events_rejected_total{reason="malformed-json"} 1.0' in text
     assert "intently_events_duplicate_total 1.0" in text
-    assert (
-        'intently_http_request_duration_seconds_count{method="POST",route="/v1/events",status="200"} 2.0'
-        in text
-    )
+    count = "intently_http_request_duration_seconds_count"
+    assert f'{count}{{method="POST",route="/v1/events",status="200"}} 2.0' in text
     assert 'route="/v1/events",status="400"' in text
 
 

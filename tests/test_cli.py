@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from support import track
 
 from intently.cli import main
+from support import track
 
 
 @pytest.fixture
@@ -19,9 +19,7 @@ def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     return CliRunner()
 
 
-@pytest.mark.parametrize(
-    "command", [[], ["serve"], ["replay"], ["export"], ["export", "events"]]
-)
+@pytest.mark.parametrize("command", [[], ["serve"], ["replay"], ["export"], ["export", "events"]])
 def test_every_command_has_help(runner: CliRunner, command: list[str]) -> None:
     result = runner.invoke(main, [*command, "--help"])
     assert result.exit_code == 0, result.output
@@ -72,7 +70,10 @@ def test_replay_then_export_round_trips(runner: CliRunner, tmp_path: Path) -> No
     dump = tmp_path / "export.jsonl"
     dump.write_text(exported.stdout)
     copy = tmp_path / "copy"
-    assert runner.invoke(main, ["replay", str(dump), "--data-dir", str(copy), "--quiet"]).exit_code == 0
+    assert (
+        runner.invoke(main, ["replay", str(dump), "--data-dir", str(copy), "--quiet"]).exit_code
+        == 0
+    )
     again = runner.invoke(main, ["export", "events", "--data-dir", str(copy)]).stdout
     assert again == exported.stdout
 
@@ -102,7 +103,9 @@ def test_export_since(runner: CliRunner, tmp_path: Path) -> None:
     data = tmp_path / "data"
     runner.invoke(main, ["replay", str(source), "--data-dir", str(data)])
     # Received times cycle through March 1..9; the log order is the file's.
-    result = runner.invoke(main, ["export", "events", "--data-dir", str(data), "--since", "2025-03-09T00:00:00Z"])
+    result = runner.invoke(
+        main, ["export", "events", "--data-dir", str(data), "--since", "2025-03-09T00:00:00Z"]
+    )
     events = [json.loads(line) for line in result.stdout.splitlines()]
     assert events[0]["messageId"] == "h8"
     after = runner.invoke(main, ["export", "events", "--data-dir", str(data), "--after-seq", "85"])

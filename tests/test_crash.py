@@ -18,9 +18,9 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from support import SECRET_KEY, WRITE_KEY
 
 from intently.log.eventlog import EventLog, LogRow
+from support import SECRET_KEY, WRITE_KEY
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).parent
@@ -78,7 +78,13 @@ def test_kill_9_under_load_loses_no_acknowledged_event(tmp_path: Path) -> None:
         stop = threading.Event()
         lock = threading.Lock()
 
-        def send(worker: int, port: int = port, stop: threading.Event = stop) -> None:
+        def send(
+            worker: int,
+            port: int = port,
+            stop: threading.Event = stop,
+            lock: threading.Lock = lock,
+            round_: int = round_,
+        ) -> None:
             while not stop.is_set():
                 ids = [f"r{round_}-w{worker}-{uuid.uuid4().hex[:8]}" for _ in range(10)]
                 batch = [
@@ -119,7 +125,9 @@ def test_kill_9_under_load_loses_no_acknowledged_event(tmp_path: Path) -> None:
         server.wait(timeout=30)
     connection = sqlite3.connect(data_dir / "events.db")
     assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    assert connection.execute("SELECT value FROM meta WHERE key='shutdown'").fetchone() == ("clean",)
+    assert connection.execute("SELECT value FROM meta WHERE key='shutdown'").fetchone() == (
+        "clean",
+    )
 
 
 def run_writer_and_kill(path: Path, groups: int, size: int) -> list[tuple[int, int]]:
@@ -153,7 +161,7 @@ def test_torn_last_write_is_detected_and_skipped(tmp_path: Path) -> None:
         assert log.unclean_shutdown
         stored = list(log.scan())
         # Every group but the torn one is whole; the torn one is gone entirely.
-        last_first, last_count = acked[-1]
+        last_first, _ = acked[-1]
         assert [r.seq for r in stored] == list(range(1, last_first))
         assert len(stored) == sum(count for _, count in acked[:-1])
         # The log goes on from there.

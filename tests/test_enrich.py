@@ -143,7 +143,10 @@ def test_search_term_from_the_referrer(referrers: ReferrerClassifier) -> None:
 
 def test_configured_internal_hosts() -> None:
     classify = ReferrerClassifier(frozenset({"checkout.payments.example"}))
-    assert classify("https://checkout.payments.example/x", "https://shop.example/").medium == "internal"
+    assert (
+        classify("https://checkout.payments.example/x", "https://shop.example/").medium
+        == "internal"
+    )
 
 
 def test_utm_parameters_from_the_page_url() -> None:

@@ -46,7 +46,9 @@ def test_group_commit_under_concurrency_keeps_every_append_whole(tmp_path: Path)
     # Each append's rows are contiguous and start at the seq it was told.
     by_seq = {r.seq: r.message_id for r in stored}
     for n, first in enumerate(firsts):
-        assert [by_seq[first + i] for i in range(1 + n % 7)] == [f"r{n}-{i}" for i in range(1 + n % 7)]
+        assert [by_seq[first + i] for i in range(1 + n % 7)] == [
+            f"r{n}-{i}" for i in range(1 + n % 7)
+        ]
 
 
 def test_large_appends_span_several_statements(tmp_path: Path) -> None:

@@ -17,12 +17,18 @@ from intently.events.schema import AliasEvent, IdentifyEvent, PageEvent, TrackEv
 from intently.events.validate import BodyError, decode_body, decode_event
 
 ids = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=40)
-json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=30) | (
-    st.floats(allow_nan=False, allow_infinity=False)
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.text(max_size=30)
+    | (st.floats(allow_nan=False, allow_infinity=False))
 )
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 times = st.datetimes(
@@ -157,7 +163,9 @@ def test_commerce_properties_are_typed() -> None:
 def test_commerce_properties_of_the_wrong_type_are_rejected(
     properties: dict[str, Any], field: str
 ) -> None:
-    raw = json.dumps({"type": "track", "event": "Product Added", "userId": "u", "properties": properties})
+    raw = json.dumps(
+        {"type": "track", "event": "Product Added", "userId": "u", "properties": properties}
+    )
     event, error = decode_event(raw.encode(), 3)
     assert event is None
     assert error is not None
@@ -168,6 +176,7 @@ def test_non_commerce_events_keep_free_properties() -> None:
     raw = b'{"type":"track","event":"Video Played","userId":"u","properties":{"price":"free"}}'
     event, error = decode_event(raw, None)
     assert error is None
+    assert isinstance(event, TrackEvent)
 
 
 class TestStamp:

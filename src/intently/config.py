@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
-from intently.events.geo import IP_MODES, IpMode
+from intently.events.geo import IpMode
 from intently.log.eventlog import Synchronous
 
 
@@ -43,14 +43,10 @@ class Settings(Struct, kw_only=True):
     bench_endpoints: bool = False
 
     def __post_init__(self) -> None:
-        if self.ip_mode not in IP_MODES:
-            raise ValueError(f"ip_mode must be one of {', '.join(IP_MODES)}, not {self.ip_mode!r}")
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be 1-65535, not {self.port}")
         if self.max_batch < 1 or self.max_body_bytes < 1024:
             raise ValueError("max_batch must be >= 1 and max_body_bytes >= 1024")
-        if self.synchronous not in ("FULL", "NORMAL"):
-            raise ValueError("synchronous must be FULL or NORMAL")
 
     @property
     def event_log_path(self) -> Path:

@@ -100,21 +100,23 @@ class ReferrerClassifier:
         self, referrer: str | None, page_url: str | None, campaign: Campaign | None = None
     ) -> Referrer:
         page = page_facts(page_url) if page_url else _NO_PAGE
-        return self._classify(referrer or None, page.host, page.paid_click, campaign)
+        medium = campaign.medium if campaign else None
+        source = campaign.source if campaign else None
+        return self._classify(referrer or None, page.host, page.paid_click, medium, source)
 
     def _classify_uncached(
         self,
         referrer: str | None,
         page_host: str | None,
         paid_click: bool,
-        campaign: Campaign | None,
+        utm_medium: str | None,
+        utm_source: str | None,
     ) -> Referrer:
         ref = urlsplit(referrer) if referrer else None
         ref_host = (ref.hostname or None) if ref else None
-        by_campaign = PAID if paid_click else _medium_of_campaign(campaign)
+        by_campaign = PAID if paid_click else _medium_of_campaign(utm_medium)
         if by_campaign is not None:
-            source = campaign.source if campaign and campaign.source else None
-            return Referrer(by_campaign, source=source, host=ref_host)
+            return Referrer(by_campaign, source=utm_source or None, host=ref_host)
         if ref is None or ref_host is None:
             return Referrer(DIRECT)
         if (page_host and _same_site(ref_host, page_host)) or ref_host in self._internal:
@@ -168,10 +170,10 @@ def campaign_from_url(page_url: str | None) -> Campaign | None:
     return page_facts(page_url).campaign if page_url else None
 
 
-def _medium_of_campaign(campaign: Campaign | None) -> str | None:
-    if campaign is None or not campaign.medium:
+def _medium_of_campaign(utm_medium: str | None) -> str | None:
+    if not utm_medium:
         return None
-    medium = campaign.medium.strip().lower()
+    medium = utm_medium.strip().lower()
     for ours, values in _UTM_MEDIUMS.items():
         if medium in values:
             return ours

@@ -42,7 +42,7 @@ class PageContext(_Wire):
     search: Url | None = None
 
 
-class Campaign(_Wire, frozen=True):
+class Campaign(_Wire):
     """`context.campaign`: the UTM parameters of the visit (`utm_name` is `name`)."""
 
     source: Text | None = None
