@@ -32,8 +32,12 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
+# pytest exits 5 when it collected no test; make would turn that into a bare "Error 5".
+# A suite with no tests is broken, so say so and fail.
 pytest: $(VENV)/.dev
-	$(BIN)/pytest
+	@$(BIN)/pytest; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; fi; \
+	exit $$status
 
 test: lint typecheck pytest
 
