@@ -53,3 +53,28 @@ def stored_events(engine: Engine) -> list[dict[str, Any]]:
     from intently.log.replay import export_lines
 
     return [msgspec.json.decode(line) for line in export_lines(engine.log, None, 0)]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(port: int, process: Any = None, seconds: float = 30) -> None:
+    """Wait until a server answers /healthz; fail early if its process died."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+            return
+        except OSError:
+            if process is not None and process.poll() is not None:
+                raise AssertionError(f"server exited with {process.returncode}") from None
+            time.sleep(0.05)
+    raise AssertionError(f"server on port {port} not ready after {seconds} s")

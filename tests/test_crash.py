@@ -20,18 +20,10 @@ import msgspec
 import pytest
 
 from intently.log.eventlog import EventLog, LogRow
-from support import SECRET_KEY, WRITE_KEY
+from support import SECRET_KEY, WRITE_KEY, free_port, wait_ready
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).parent
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
@@ -39,19 +31,10 @@ def start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [sys.executable, "-m", "intently", "serve", "--port", str(port), "--data-dir",
          str(data_dir), "--log-level", "warning"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env, stdout=subprocess.DEVNULL,
     )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
-            return process
-        except OSError:
-            if process.poll() is not None:
-                raise RuntimeError(process.stderr.read().decode()) from None  # type: ignore[union-attr]
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("server did not start")
+    wait_ready(port, process)
+    return process
 
 
 def post(port: int, body: dict[str, object]) -> dict[str, object]:

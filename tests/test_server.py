@@ -9,13 +9,12 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from test_crash import free_port
+from support import free_port, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -30,17 +29,6 @@ def serve(
          str(data_dir), *extra],
         env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-
-
-def wait_ready(port: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("server not ready")
 
 
 def stop(process: subprocess.Popen[str]) -> str:
