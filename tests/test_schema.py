@@ -32,7 +32,7 @@ json_values = st.recursive(
     max_leaves=20,
 )
 times = st.datetimes(
-    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+    min_value=datetime(1970, 1, 1), max_value=datetime(2199, 12, 31), timezones=st.just(UTC)
 ).map(lambda d: d.isoformat().replace("+00:00", "Z"))
 
 
@@ -216,3 +216,32 @@ class TestStamp:
         first = (event.timestamp, event.original_timestamp, event.message_id)
         stamp(event, self.received)
         assert (event.timestamp, event.original_timestamp, event.message_id) == first
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("timestamp", "0001-01-01T00:00:00Z"),
+        ("sentAt", "9999-12-31T00:00:00Z"),
+        ("originalTimestamp", "1969-12-31T23:59:59Z"),
+        ("receivedAt", "2300-01-01T00:00:00"),
+    ],
+)
+def test_times_out_of_range_are_rejected_before_skew_correction(field: str, value: str) -> None:
+    raw = json.dumps({"type": "page", "anonymousId": "a", field: value}).encode()
+    event, error = decode_event(raw, None)
+    assert event is None
+    assert error is not None
+    assert (error.field, error.reason) == (field, "time-range")
+
+
+@given(times, times)
+def test_skew_correction_never_overflows_in_range(timestamp: str, sent_at: str) -> None:
+    raw = json.dumps(
+        {"type": "page", "anonymousId": "a", "timestamp": timestamp, "sentAt": sent_at}
+    )
+    event, error = decode_event(raw.encode(), None)
+    assert error is None
+    assert event is not None
+    stamp(event, datetime(2026, 11, 23, tzinfo=UTC))
+    assert event.timestamp is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import socket
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 from zoneinfo import available_timezones
@@ -113,6 +114,7 @@ def decode_event(
     try:
         event = _event.decode(raw)
         _check_identity(event)
+        _check_times(event)
         _check_context(event.context)
         _check_free_form(event)
         if isinstance(event, TrackEvent) and is_ecommerce(event):
@@ -156,6 +158,29 @@ def _check_identity(event: Event) -> None:
         return
     if event.anonymous_id is None and event.user_id is None:
         raise _Invalid(["anonymousId"], "an event needs anonymousId or userId (or both)", "no-id")
+
+
+# Times outside these bounds are client bugs; inside them, clock-skew correction and local
+# time conversion cannot overflow.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+_TIME_FIELDS = (
+    ("timestamp", "timestamp"),
+    ("original_timestamp", "originalTimestamp"),
+    ("sent_at", "sentAt"),
+    ("received_at", "receivedAt"),
+)
+
+
+def _check_times(event: Event) -> None:
+    for attribute, wire_name in _TIME_FIELDS:
+        moment: datetime | None = getattr(event, attribute)
+        if moment is None:
+            continue
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        if not EARLIEST <= moment <= LATEST:
+            raise _Invalid([wire_name], "must be between 1970-01-01 and 2200-01-01", "time-range")
 
 
 def _check_context(context: Context | None) -> None:
