@@ -319,3 +319,17 @@ async def test_health(client: httpx.AsyncClient) -> None:
     body = (await client.get("/healthz")).json()
     assert body["status"] == "ok"
     assert body["last_seq"] == 1
+
+
+async def test_odd_but_valid_context_is_accepted_not_a_500(
+    client: httpx.AsyncClient, engine: Engine
+) -> None:
+    odd = [
+        track(context={"page": {"url": "http://[::1", "referrer": "http://[::1"}}),
+        track(context={"page": {"url": "https://shop.example:99999/"}, "ip": "::1"}),
+        track(context={"ip": "2001:db8::1", "timezone": "Pacific/Kiritimati"},
+              timestamp="2199-12-31T23:59:59Z", sentAt="1970-01-01T00:00:00Z"),
+    ]  # fmt: skip
+    response = await client.post("/v1/events", json={"batch": odd})
+    assert response.json() == {"accepted": 3}
+    assert len(stored_events(engine)) == 3

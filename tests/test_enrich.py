@@ -207,3 +207,17 @@ def test_browser_timezone_wins_over_geo(geo: GeoLocator, referrers: ReferrerClas
     local = Enricher(geo, referrers)(event).local
     assert local is not None
     assert (local.timezone, local.hour, local.weekday) == ("Asia/Tokyo", 7, 1)
+
+
+@pytest.mark.parametrize(
+    ("referrer", "page", "medium"),
+    [
+        ("http://[::1", "https://shop.example/", "direct"),
+        ("https://www.google.com/", "http://[::1/x?utm_medium=email", "search"),
+        ("https://a.example:99999/", "https://shop.example/", "direct"),
+    ],
+)
+def test_malformed_urls_are_tolerated(
+    referrers: ReferrerClassifier, referrer: str, page: str, medium: str
+) -> None:
+    assert referrers(referrer, page).medium == medium

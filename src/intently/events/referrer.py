@@ -22,7 +22,7 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib import resources
 from typing import Any, NamedTuple
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 import yaml
 from msgspec import Struct
@@ -112,7 +112,7 @@ class ReferrerClassifier:
         utm_medium: str | None,
         utm_source: str | None,
     ) -> Referrer:
-        ref = urlsplit(referrer) if referrer else None
+        ref = _split(referrer) if referrer else None
         ref_host = (ref.hostname or None) if ref else None
         by_campaign = PAID if paid_click else _medium_of_campaign(utm_medium)
         if by_campaign is not None:
@@ -153,7 +153,9 @@ _NO_PAGE = PageFacts(None, None, False)
 @lru_cache(maxsize=16_384)
 def page_facts(page_url: str) -> PageFacts:
     """Host, UTM tags and ad click ids of a page URL (parsed once per distinct URL)."""
-    parts = urlsplit(page_url)
+    parts = _split(page_url)
+    if parts is None:
+        return _NO_PAGE
     if not parts.query:
         return PageFacts(parts.hostname, None, False)
     query = parse_qs(parts.query)
@@ -163,6 +165,18 @@ def page_facts(page_url: str) -> PageFacts:
         Campaign(**found) if found else None,
         any(click_id in query for click_id in _PAID_CLICK_IDS),
     )
+
+
+def _split(url: str) -> SplitResult | None:
+    """The parts of a URL, or None for one that cannot be parsed (an unclosed IPv6
+    bracket, a bad port): a malformed referrer is no reason to refuse the event."""
+    try:
+        parts = urlsplit(url)
+        parts.hostname  # noqa: B018  (parses the host: raises on a malformed one)
+        parts.port  # noqa: B018
+    except ValueError:
+        return None
+    return parts
 
 
 def campaign_from_url(page_url: str | None) -> Campaign | None:
