@@ -333,3 +333,25 @@ async def test_odd_but_valid_context_is_accepted_not_a_500(
     response = await client.post("/v1/events", json={"batch": odd})
     assert response.json() == {"accepted": 3}
     assert len(stored_events(engine)) == 3
+
+
+async def test_a_failure_before_the_log_forgets_the_ids_so_a_retry_is_stored(
+    client: httpx.AsyncClient, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = engine.pipeline.enricher
+    calls = 0
+
+    def flaky(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("enrichment broke")
+        return real(*args)
+
+    monkeypatch.setattr(engine.pipeline, "enricher", flaky)
+    batch = {"batch": [track(messageId="r1"), track(messageId="r2")]}
+    with pytest.raises(RuntimeError):
+        await client.post("/v1/events", json=batch)
+    retry = await client.post("/v1/events", json=batch)
+    assert retry.json() == {"accepted": 2}
+    assert [e["messageId"] for e in stored_events(engine)] == ["r1", "r2"]

@@ -92,31 +92,40 @@ class Pipeline:
         rows: list[LogRow] = []
         waits: list[asyncio.Future[int]] = []
         duplicates = 0
-        for _, event in events:
-            received_at = event.received_at if replay and event.received_at else now
-            stamp(event, received_at)
-            message_id = event.message_id
-            assert message_id is not None
-            assert event.timestamp is not None
-            received_ms = _ms(received_at)
-            if not self.dedupe.add(message_id, received_ms, expire=not replay):
-                duplicates += 1
-                if (pending := self._in_flight.get(message_id)) is not None:
-                    waits.append(pending)
-                continue
-            record = EventRecord(event, self.enricher(event, client.ip, client.user_agent))
-            records.append(record)
-            rows.append(
-                LogRow(
-                    message_id,
-                    received_ms,
-                    _ms(event.timestamp),
-                    _type_of(event),
-                    event.anonymous_id,
-                    event.user_id,
-                    _encode(record),
+        marked: list[str] = []
+        try:
+            for _, event in events:
+                received_at = event.received_at if replay and event.received_at else now
+                stamp(event, received_at)
+                message_id = event.message_id
+                assert message_id is not None
+                assert event.timestamp is not None
+                received_ms = _ms(received_at)
+                if not self.dedupe.add(message_id, received_ms, expire=not replay):
+                    duplicates += 1
+                    if (pending := self._in_flight.get(message_id)) is not None:
+                        waits.append(pending)
+                    continue
+                marked.append(message_id)
+                record = EventRecord(event, self.enricher(event, client.ip, client.user_agent))
+                records.append(record)
+                rows.append(
+                    LogRow(
+                        message_id,
+                        received_ms,
+                        _ms(event.timestamp),
+                        _type_of(event),
+                        event.anonymous_id,
+                        event.user_id,
+                        _encode(record),
+                    )
                 )
-            )
+        except BaseException:
+            # Nothing of this call is stored: forget its ids, or a retry would be taken
+            # for a duplicate of an event that was never made durable.
+            for message_id in marked:
+                self.dedupe.discard(message_id)
+            raise
         if rows:
             await self._append(records, rows)
         if waits:
