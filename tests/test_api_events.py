@@ -355,3 +355,51 @@ async def test_a_failure_before_the_log_forgets_the_ids_so_a_retry_is_stored(
     retry = await client.post("/v1/events", json=batch)
     assert retry.json() == {"accepted": 2}
     assert [e["messageId"] for e in stored_events(engine)] == ["r1", "r2"]
+
+
+@pytest.mark.parametrize(
+    ("batch_fields", "pointer"),
+    [
+        ({"sentAt": "9999-01-01T00:00:00Z"}, "/sentAt"),
+        ({"context": {"ip": "nope"}}, "/context/ip"),
+        ({"context": {"timezone": "Nowhere/X"}}, "/context/timezone"),
+        ({"context": {"traits": {"k": "v" * 20_000}}}, "/context/traits/k"),
+    ],
+)
+async def test_bad_batch_level_fields_are_a_400_naming_them(
+    client: httpx.AsyncClient, engine: Engine, batch_fields: dict[str, Any], pointer: str
+) -> None:
+    # Batch-level sentAt and context are copied into every event, so they are checked too.
+    body = {"batch": [track()], **batch_fields}
+    problem = assert_problem(await client.post("/v1/events", json=body), 400, "invalid-body")
+    assert problem["pointer"] == pointer
+    assert stored_events(engine) == []
+
+
+async def test_a_request_cancelled_while_its_append_commits_is_still_applied(
+    engine: Engine,
+) -> None:
+    # The client went away after the log took the events: they are stored, the state
+    # stages see them, and a retry is a duplicate, not a second copy.
+    import asyncio
+
+    from intently.events.validate import decode_body
+
+    seen: list[str] = []
+
+    class Sink:
+        def apply_many(self, records: Any) -> None:
+            seen.extend(r.event.message_id for r in records)
+
+    engine.pipeline.sinks.append(Sink())
+    decoded = decode_body(json.dumps({"batch": [track(messageId="c1")]}).encode())
+    task = asyncio.create_task(engine.pipeline.ingest(decoded.events))
+    await asyncio.sleep(0)  # the append is queued; cancel before it is settled
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    retry = decode_body(json.dumps({"batch": [track(messageId="c1")]}).encode())
+    result = await engine.pipeline.ingest(retry.events)
+    assert (result.accepted, result.duplicates) == (0, 1)
+    assert [e["messageId"] for e in stored_events(engine)] == ["c1"]
+    assert seen == ["c1"]

@@ -69,6 +69,17 @@ def test_scan_since_receive_time_and_seq(tmp_path: Path) -> None:
     log.close()
 
 
+def test_history_appended_late_is_judged_by_its_receive_time(tmp_path: Path) -> None:
+    # A replay appends old events after newer ones: scans by receive time and the newest
+    # receive time must look at every row, not at log order.
+    log = EventLog.open(tmp_path / "events.db")
+    log.append_sync(rows("live", 3, start_ms=5000))
+    log.append_sync(rows("old", 3, start_ms=1000))
+    assert [r.message_id for r in log.scan(since_ms=5001)] == ["live1", "live2"]
+    assert log.latest_received_ms() == 5002
+    log.close()
+
+
 def test_a_reader_sees_the_log_while_it_is_written(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
     log = EventLog.open(path)
@@ -76,7 +87,7 @@ def test_a_reader_sees_the_log_while_it_is_written(tmp_path: Path) -> None:
     reader = EventLog.reader(path)
     assert reader.count() == 5
     log.append_sync(rows("b", 1))
-    assert reader.latest_received_ms() == 0
+    assert reader.latest_received_ms() == 4
     assert reader.count() == 6
     log.close()
 
@@ -105,3 +116,27 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         connection.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(RuntimeError, match="newer than this intently"):
         EventLog.open(path)
+
+
+def test_a_waiter_whose_loop_closed_does_not_stop_the_writer(tmp_path: Path) -> None:
+    import asyncio
+
+    log = EventLog.open(tmp_path / "events.db", checkpoint_seconds=0)
+    loop = asyncio.new_event_loop()
+
+    async def append_and_leave() -> None:
+        log.append(rows("gone", 1))  # never awaited: the loop closes first
+
+    # Hold the writer so the append is settled only after its loop has closed.
+    gate = log._connect()
+    gate.execute("BEGIN IMMEDIATE")
+    loop.run_until_complete(append_and_leave())
+    loop.close()
+    gate.execute("ROLLBACK")
+    gate.close()
+    assert log.append_sync(rows("next", 1)) == 2
+    log.close()
+    assert [r.message_id for r in EventLog.reader(tmp_path / "events.db").scan()] == [
+        "gone0",
+        "next0",
+    ]

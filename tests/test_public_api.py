@@ -68,3 +68,13 @@ def test_roles() -> None:
     assert keys.role_of(None) is None
     with pytest.raises(ValueError, match="must differ"):
         load_or_create_keys(Path("/nonexistent"), write_key="same", secret_key="same")
+
+
+def test_an_engine_that_fails_to_open_releases_the_data_dir(tmp_path: Path) -> None:
+    from intently import Engine
+    from intently.events.geo import GeoDatabaseMissing
+    from support import make_settings
+
+    with pytest.raises(GeoDatabaseMissing):
+        Engine(make_settings(tmp_path, geoip_db=tmp_path / "missing.mmdb"))
+    Engine(make_settings(tmp_path)).close()  # not DataDirLocked

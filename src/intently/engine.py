@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+from contextlib import ExitStack
 from pathlib import Path
 
 from intently.api.metrics import Metrics
@@ -51,17 +52,29 @@ class Engine:
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
-        self._lock = _lock(settings.data_dir)
-        self._closed = False
+        # Everything opened is closed in reverse order, also when a later part fails to
+        # open (a missing GeoIP file must not leave the data dir locked).
+        self._resources = ExitStack()
+        self._resources.callback(os.close, _lock(settings.data_dir))
+        try:
+            self._open(settings)
+        except BaseException:
+            self._resources.close()
+            raise
+
+    def _open(self, settings: Settings) -> None:
         keys = load_or_create_keys(settings.data_dir, settings.write_key, settings.secret_key)
         self.keys: Keys = keys.keys
         self.keys_created = keys.created
         geoip = settings.geoip_db
         self.geo = None if geoip == Path("off") else GeoLocator(geoip)
+        if self.geo is not None:
+            self._resources.callback(self.geo.close)
         self.enricher = Enricher(
             self.geo, ReferrerClassifier(frozenset(settings.internal_hosts)), settings.ip_mode
         )
         self.log = EventLog.open(settings.event_log_path, synchronous=settings.synchronous)
+        self._resources.callback(self.log.close)
         self.metrics = Metrics()
         window_ms = settings.dedupe_window_seconds * 1000
         self.pipeline = Pipeline(
@@ -79,10 +92,5 @@ class Engine:
         self.metrics.log_seq.set(self.log.last_seq)
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self.log.close()
-        if self.geo is not None:
-            self.geo.close()
-        os.close(self._lock)
+        """Flush and release everything; closing twice is harmless."""
+        self._resources.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import datetime
+from functools import partial
 from typing import NamedTuple, Protocol
 
 import msgspec
@@ -21,7 +22,7 @@ from msgspec import Struct
 
 from intently.clock import Clock
 from intently.events.enrich import Enricher
-from intently.events.record import EventRecord, stamp
+from intently.events.record import EventRecord, aware_utc, stamp
 from intently.events.schema import Event
 from intently.events.validate import FieldError
 from intently.log.dedupe import MessageIdWindow
@@ -95,7 +96,10 @@ class Pipeline:
         marked: list[str] = []
         try:
             for _, event in events:
-                received_at = event.received_at if replay and event.received_at else now
+                received_at = now
+                if replay and event.received_at is not None:
+                    # History keeps its own receive time; one without an offset is UTC.
+                    received_at = aware_utc(event.received_at)
                 stamp(event, received_at)
                 message_id = event.message_id
                 assert message_id is not None
@@ -127,25 +131,38 @@ class Pipeline:
                 self.dedupe.discard(message_id)
             raise
         if rows:
-            await self._append(records, rows)
-        if waits:
-            await asyncio.gather(*waits)
+            try:
+                future = self.log.append(rows)
+            except BaseException:
+                for message_id in marked:
+                    self.dedupe.discard(message_id)
+                raise
+            for message_id in marked:
+                self._in_flight[message_id] = future
+            future.add_done_callback(partial(self._committed, records, marked))
+            waits.append(future)
+        for pending in waits:
+            # Shielded: a request cancelled while it waits (client gone, shutdown) must
+            # not cancel the append, which the log goes on to commit and the state stages
+            # go on to apply.
+            await asyncio.shield(pending)
         return IngestResult(accepted=len(records), duplicates=duplicates)
 
-    async def _append(self, records: list[EventRecord], rows: list[LogRow]) -> None:
-        future = self.log.append(rows)
-        ids = [row.message_id for row in rows]
+    def _committed(
+        self, records: list[EventRecord], ids: list[str], future: asyncio.Future[int]
+    ) -> None:
+        """Runs on the event loop as soon as an append is settled, in commit order and
+        before the waiting request resumes (it was registered first), whether or not that
+        request is still there."""
         for message_id in ids:
-            self._in_flight[message_id] = future
-        try:
-            first_seq = await future
-        except BaseException:
+            self._in_flight.pop(message_id, None)
+        error = None if future.cancelled() else future.exception()
+        if future.cancelled() or error is not None:
+            # Not stored: forget the ids, so a retry is stored.
             for message_id in ids:
                 self.dedupe.discard(message_id)
-            raise
-        finally:
-            for message_id in ids:
-                self._in_flight.pop(message_id, None)
+            return
+        first_seq = future.result()
         for offset, record in enumerate(records):
             record.seq = first_seq + offset
         for sink in self.sinks:

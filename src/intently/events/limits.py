@@ -41,7 +41,7 @@ def _walk(value: Any, path: list[str | int], depth: int) -> None:
             raise LimitError(path, f"object with more than {MAX_KEYS} keys")
         for key, item in value.items():
             if len(key) > 256:
-                raise LimitError([*path, key[:32] + "..."], "key longer than 256 characters")
+                raise LimitError([*path, key], "key longer than 256 characters")
             # Scalars are the common case: skip the call for them.
             if isinstance(item, dict | list) or (isinstance(item, str) and len(item) > MAX_STRING):
                 _walk(item, [*path, key], depth + 1)

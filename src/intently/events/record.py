@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import overload
 
 from msgspec import Struct
 
@@ -31,8 +32,8 @@ def stamp(event: Event, received_at: datetime) -> None:
     if event.message_id is None:
         event.message_id = str(uuid.uuid4())
     event.received_at = received_at
-    client_time = _aware(event.original_timestamp or event.timestamp)
-    sent_at = _aware(event.sent_at)
+    client_time = aware_utc(event.original_timestamp or event.timestamp)
+    sent_at = aware_utc(event.sent_at)
     event.original_timestamp = client_time
     event.sent_at = sent_at
     if client_time is None:
@@ -44,7 +45,19 @@ def stamp(event: Event, received_at: datetime) -> None:
     event.write_key = None
 
 
-def _aware(moment: datetime | None) -> datetime | None:
+@overload
+def aware_utc(moment: datetime) -> datetime: ...
+
+
+@overload
+def aware_utc(moment: None) -> None: ...
+
+
+@overload
+def aware_utc(moment: datetime | None) -> datetime | None: ...
+
+
+def aware_utc(moment: datetime | None) -> datetime | None:
     """Times without an offset are taken as UTC, as Segment's API does."""
     if moment is None or moment.tzinfo is not None:
         return moment

@@ -91,6 +91,7 @@ def decode_body(body: bytes, max_batch: int = MAX_BATCH) -> Decoded:
         )
     batch = _read_json(body, _batch)
     defaults = _batch_context(batch)
+    _check_batch_fields(batch, defaults)
     decoded = Decoded([], [], batch.write_key)
     for index, raw in enumerate(batch.batch):
         event, error = decode_event(raw, index)
@@ -175,12 +176,15 @@ _TIME_FIELDS = (
 def _check_times(event: Event) -> None:
     for attribute, wire_name in _TIME_FIELDS:
         moment: datetime | None = getattr(event, attribute)
-        if moment is None:
-            continue
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        if not EARLIEST <= moment <= LATEST:
-            raise _Invalid([wire_name], "must be between 1970-01-01 and 2200-01-01", "time-range")
+        if moment is not None:
+            _check_time(moment, wire_name)
+
+
+def _check_time(moment: datetime, wire_name: str) -> None:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if not EARLIEST <= moment <= LATEST:
+        raise _Invalid([wire_name], "must be between 1970-01-01 and 2200-01-01", "time-range")
 
 
 def _check_context(context: Context | None) -> None:
@@ -255,6 +259,24 @@ def _batch_context(batch: Batch) -> Context | None:
     except msgspec.ValidationError as exc:
         detail, path = _split_msgspec_error(str(exc))
         raise BodyError(400, "invalid-body", detail, _pointer(None, ["context", *path])) from None
+
+
+def _check_batch_fields(batch: Batch, defaults: Context | None) -> None:
+    """The batch's `sentAt` and `context` are copied into its events after they were
+    checked, so they get the same checks here, as errors of the body."""
+    try:
+        if batch.sent_at is not None:
+            _check_time(batch.sent_at, "sentAt")
+        _check_context(defaults)
+        if defaults is not None:
+            for name in _FREE_FORM_CONTEXT:
+                value = getattr(defaults, name)
+                if value is not None:
+                    check_free_form(value, ["context", name])
+    except _Invalid as exc:
+        raise BodyError(400, "invalid-body", exc.detail, _pointer(None, exc.path)) from None
+    except LimitError as exc:
+        raise BodyError(400, "invalid-body", exc.detail, _pointer(None, exc.path)) from None
 
 
 def _merge_context(own: Context | None, defaults: Context) -> Context:

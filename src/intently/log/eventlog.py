@@ -121,6 +121,9 @@ class EventLogReader:
                 if found is None:
                     return
                 since_seq = max(since_seq, found - 1)
+            # Replayed history can sit later in the log than newer events: the receive
+            # time filter holds on every row, not only on where the scan starts.
+            floor_ms = -(2**62) if since_ms is None else since_ms
             while True:
                 rows = connection.execute(
                     "SELECT seq, message_id, received_ms, body FROM events"
@@ -128,7 +131,8 @@ class EventLogReader:
                     (since_seq, chunk),
                 ).fetchall()
                 for row in rows:
-                    yield StoredRow(*row)
+                    if row[2] >= floor_ms:
+                        yield StoredRow(*row)
                 if len(rows) < chunk:
                     return
                 since_seq = rows[-1][0]
@@ -150,10 +154,11 @@ class EventLogReader:
     def latest_received_ms(self) -> int | None:
         connection = self._connect(readonly=True)
         try:
+            # The newest receive time, not the last row's: a replay appends old history.
             value: int | None = connection.execute(
-                "SELECT received_ms FROM events ORDER BY seq DESC LIMIT 1"
-            ).fetchone()
-            return value[0] if value else None  # type: ignore[index]
+                "SELECT max(received_ms) FROM events"
+            ).fetchone()[0]
+            return value
         finally:
             connection.close()
 
@@ -200,10 +205,14 @@ class EventLog(EventLogReader):
         self._closed = False
         self.unclean_shutdown = False
         writer = self._connect()
-        self._prepare(writer)
-        self.last_seq: int = writer.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[
-            0
-        ]
+        try:
+            self._prepare(writer)
+            self.last_seq: int = writer.execute(
+                "SELECT coalesce(max(seq), 0) FROM events"
+            ).fetchone()[0]
+        except BaseException:
+            writer.close()
+            raise
         self._writer_thread = threading.Thread(
             target=self._write_loop, args=(writer,), name="intently-log-writer", daemon=True
         )
@@ -306,12 +315,12 @@ class EventLog(EventLogReader):
                     connection.execute("ROLLBACK")
                 log.exception("event log write failed")
                 for item in group:
-                    item.notify(0, error)
+                    _notify(item, 0, error)
             else:
                 next_seq = seq
                 self.last_seq = seq - 1
                 for item in group:
-                    item.notify(item.first_seq, None)
+                    _notify(item, item.first_seq, None)
             if stop:
                 break
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -370,6 +379,15 @@ class EventLog(EventLogReader):
                 self.path,
             )
         connection.execute("INSERT OR REPLACE INTO meta VALUES ('shutdown', 'running')")
+
+
+def _notify(item: _Append, first_seq: int, error: BaseException | None) -> None:
+    """Tell one waiter; a waiter that is gone (its event loop closed) must not stop the
+    writer, or every later append would wait forever."""
+    try:
+        item.notify(first_seq, error)
+    except Exception:
+        log.warning("an append's waiter is gone; its rows are stored", exc_info=True)
 
 
 def _settle(future: asyncio.Future[int], first_seq: int, error: BaseException | None) -> None:
