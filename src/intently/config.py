@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
+from intently.context.settings import DAY_MS, MINUTE_MS, ContextSettings
 from intently.events.geo import IpMode
 from intently.log.eventlog import Synchronous
 
@@ -39,6 +40,14 @@ class Settings(Struct, kw_only=True):
     synchronous: Synchronous = "FULL"
     # Hosts of the site itself beyond the page's own (referrers from them are internal).
     internal_hosts: tuple[str, ...] = ()
+    # Where profiles and sessions live: "embedded" (memory + SQLite in the data dir).
+    state_store: str = "embedded"
+    state_flush_seconds: float = 1.0
+    session_timeout_minutes: float = 30
+    anonymous_retention_days: float = 30
+    # Purposes granted when a visitor has said nothing: all three is an opt-out regime;
+    # "analytics" alone (or nothing) is opt-in.
+    default_consent: tuple[str, ...] = ("analytics", "personalization", "marketing")
     # Serve POST /_bench/hello, the ceiling that bench/ingest.py measures against.
     bench_endpoints: bool = False
 
@@ -47,10 +56,29 @@ class Settings(Struct, kw_only=True):
             raise ValueError(f"port must be 1-65535, not {self.port}")
         if self.max_batch < 1 or self.max_body_bytes < 1024:
             raise ValueError("max_batch must be >= 1 and max_body_bytes >= 1024")
+        if self.session_timeout_minutes <= 0 or self.anonymous_retention_days <= 0:
+            raise ValueError("session_timeout_minutes and anonymous_retention_days must be > 0")
+        unknown = set(self.default_consent) - {"analytics", "personalization", "marketing"}
+        if unknown:
+            raise ValueError(
+                f"default_consent: unknown purposes {sorted(unknown)}; "
+                "use analytics, personalization, marketing"
+            )
 
     @property
     def event_log_path(self) -> Path:
         return self.data_dir / "events.db"
+
+    @property
+    def state_path(self) -> Path:
+        return self.data_dir / "state.db"
+
+    def context_settings(self) -> ContextSettings:
+        return ContextSettings(
+            session_timeout_ms=int(self.session_timeout_minutes * MINUTE_MS),
+            anonymous_retention_ms=int(self.anonymous_retention_days * DAY_MS),
+            default_consent=self.default_consent,
+        )
 
 
 # INTENTLY_<NAME> -> field; lists are comma-separated.
@@ -70,8 +98,13 @@ _ENV_FIELDS = {
     "SYNCHRONOUS": "synchronous",
     "INTERNAL_HOSTS": "internal_hosts",
     "BENCH_ENDPOINTS": "bench_endpoints",
+    "STATE_STORE": "state_store",
+    "STATE_FLUSH_SECONDS": "state_flush_seconds",
+    "SESSION_TIMEOUT_MINUTES": "session_timeout_minutes",
+    "ANONYMOUS_RETENTION_DAYS": "anonymous_retention_days",
+    "DEFAULT_CONSENT": "default_consent",
 }
-_LISTS = {"cors_origins", "internal_hosts"}
+_LISTS = {"cors_origins", "internal_hosts", "default_consent"}
 
 
 def load_settings(

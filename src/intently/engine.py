@@ -15,6 +15,7 @@ from pathlib import Path
 from intently.api.metrics import Metrics
 from intently.clock import Clock, SystemClock
 from intently.config import Settings
+from intently.context.stage import ContextStage
 from intently.events.enrich import Enricher
 from intently.events.geo import GeoLocator
 from intently.events.referrer import ReferrerClassifier
@@ -22,6 +23,7 @@ from intently.keys import Keys, load_or_create_keys
 from intently.log.dedupe import MessageIdWindow
 from intently.log.eventlog import EventLog
 from intently.pipeline import Pipeline
+from intently.stores.embedded import EmbeddedStore
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,16 @@ def _lock(data_dir: Path) -> int:
             "(`intently export` can read a data dir that is in use)"
         ) from None
     return descriptor
+
+
+def open_store(settings: Settings) -> EmbeddedStore:
+    """The state store named in the settings."""
+    if settings.state_store == "embedded":
+        return EmbeddedStore(settings.state_path, settings.state_flush_seconds)
+    raise ValueError(
+        f"unknown state_store {settings.state_store!r}: this version has 'embedded' "
+        "(Redis and PostgreSQL backends come later)"
+    )
 
 
 class Engine:
@@ -75,6 +87,9 @@ class Engine:
         )
         self.log = EventLog.open(settings.event_log_path, synchronous=settings.synchronous)
         self._resources.callback(self.log.close)
+        self.store = open_store(settings)
+        self._resources.callback(self.store.close)
+        self.context = ContextStage(self.store, settings.context_settings())
         self.metrics = Metrics()
         window_ms = settings.dedupe_window_seconds * 1000
         self.pipeline = Pipeline(
@@ -82,14 +97,21 @@ class Engine:
             self.enricher,
             self.clock,
             MessageIdWindow(window_ms, settings.dedupe_max_entries),
-            sinks=[self.metrics],
+            sinks=[self.context, self.metrics],
         )
+        # The store persists in batches: re-apply the events it had not persisted yet.
+        caught_up = self.context.catch_up(self.log)
+        if caught_up:
+            log.info("re-applied %d logged events to the state store", caught_up)
         # Rebuild the dedupe window from the log's most recent window of receive time.
         latest = self.log.latest_received_ms()
         if latest is not None:
             loaded = self.pipeline.prime_dedupe(latest - window_ms, latest)
             log.info("loaded %d recent messageIds for deduplication", loaded)
         self.metrics.log_seq.set(self.log.last_seq)
+
+    def now_ms(self) -> int:
+        return int(self.clock.now().timestamp() * 1000)
 
     def close(self) -> None:
         """Flush and release everything; closing twice is harmless."""

@@ -18,6 +18,7 @@ from intently._version import __version__
 from intently.api.events import post_events
 from intently.api.metrics import LatencyMiddleware
 from intently.api.openapi import Health, build_openapi
+from intently.api.profiles import delete_profile, export_profile, get_profile, put_consent
 from intently.engine import Engine
 
 _encode = msgspec.json.Encoder().encode
@@ -57,6 +58,10 @@ def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
 
     routes = [
         Route("/v1/events", post_events, methods=["POST"]),
+        Route("/v1/profiles/{id}", get_profile, methods=["GET"]),
+        Route("/v1/profiles/{id}", delete_profile, methods=["DELETE"]),
+        Route("/v1/profiles/{id}/export", export_profile, methods=["GET"]),
+        Route("/v1/profiles/{id}/consent", put_consent, methods=["PUT"]),
         Route("/healthz", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
@@ -69,7 +74,7 @@ def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(engine.settings.cors_origins),
-                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
                 allow_headers=["Authorization", "Content-Type"],
                 max_age=3600,
             )

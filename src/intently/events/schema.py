@@ -52,6 +52,15 @@ class Campaign(_Wire):
     content: Text | None = None
 
 
+class Consent(_Wire):
+    """`context.consent` (Segment's consent spec): the purposes the visitor allowed or
+    refused. intently reads `analytics`, `personalization` and `marketing`."""
+
+    category_preferences: Annotated[dict[Name, bool], Meta(max_length=64)] = msgspec.field(
+        default_factory=dict
+    )
+
+
 class Context(_Wire):
     """`context`: facts about the client. The ones intently reads are typed; the other
     fields of the Segment spec are kept as sent."""
@@ -72,6 +81,7 @@ class Context(_Wire):
     network: FreeForm | None = None
     location: FreeForm | None = None
     group_id: Id | None = None
+    consent: Consent | None = None
 
 
 class _Event(_Wire, tag_field="type", kw_only=True):

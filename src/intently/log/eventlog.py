@@ -162,6 +162,22 @@ class EventLogReader:
         finally:
             connection.close()
 
+    def rows_of(self, anonymous_ids: Sequence[str], user_ids: Sequence[str]) -> list[StoredRow]:
+        """The events of one person, in log order: every event with one of `user_ids`,
+        and every event with one of `anonymous_ids` and no other user's id (a browser
+        shared without a reset does not hand one person's events to another)."""
+        where, parameters = _person_filter(anonymous_ids, user_ids)
+        connection = self._connect(readonly=True)
+        try:
+            rows = connection.execute(
+                f"SELECT seq, message_id, received_ms, body FROM events WHERE {where}"  # noqa: S608
+                " ORDER BY seq",
+                parameters,
+            ).fetchall()
+            return [StoredRow(*row) for row in rows]
+        finally:
+            connection.close()
+
     def count(self) -> int:
         connection = self._connect(readonly=True)
         try:
@@ -340,6 +356,29 @@ class EventLog(EventLogReader):
         finally:
             connection.close()
 
+    def erase(self, anonymous_ids: Sequence[str], user_ids: Sequence[str]) -> int:
+        """Delete one person's events (as `rows_of` selects them) so that no copy stays on
+        disk: freed pages are zeroed (`secure_delete`) and the WAL, which still holds the
+        old pages, is checkpointed and truncated. Returns how many events were deleted."""
+        where, parameters = _person_filter(anonymous_ids, user_ids)
+        connection = self._connect()
+        try:
+            connection.execute("PRAGMA secure_delete = ON")
+            deleted = connection.execute(
+                f"DELETE FROM events WHERE {where}",  # noqa: S608
+                parameters,
+            ).rowcount
+            for _ in range(500):
+                busy = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                if not busy:
+                    break
+                time.sleep(0.01)
+            else:
+                log.warning("%s: the WAL could not be truncated after an erasure", self.path)
+            return int(deleted)
+        finally:
+            connection.close()
+
     # -- lifecycle -----------------------------------------------------------------------
 
     def close(self) -> None:
@@ -379,6 +418,21 @@ class EventLog(EventLogReader):
                 self.path,
             )
         connection.execute("INSERT OR REPLACE INTO meta VALUES ('shutdown', 'running')")
+
+
+def _person_filter(anonymous_ids: Sequence[str], user_ids: Sequence[str]) -> tuple[str, list[str]]:
+    users = ",".join("?" * len(user_ids))
+    anonymous = ",".join("?" * len(anonymous_ids))
+    clauses = []
+    if user_ids:
+        clauses.append(f"user_id IN ({users})")
+    if anonymous_ids:
+        owned = f" OR user_id IN ({users})" if user_ids else ""
+        clauses.append(f"(anonymous_id IN ({anonymous}) AND (user_id IS NULL{owned}))")
+    if not clauses:
+        return "0", []
+    parameters = list(user_ids) + list(anonymous_ids) + (list(user_ids) if anonymous_ids else [])
+    return " OR ".join(clauses), parameters
 
 
 def _notify(item: _Append, first_seq: int, error: BaseException | None) -> None:

@@ -1,0 +1,142 @@
+"""`/v1/profiles/{id}`: read, export, erase a person, and set their consent (admin key).
+
+`{id}` may be the canonical profile id, a userId or an anonymousId.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+from msgspec import Struct
+from starlette.requests import Request
+from starlette.responses import Response
+
+from intently.api.auth import require
+from intently.api.events import BodyTooLarge, read_body
+from intently.api.problems import problem
+from intently.context.profile import Profile
+from intently.engine import Engine
+from intently.events.schema import Consent, Context, TrackEvent
+from intently.keys import Role
+
+_encode = msgspec.json.Encoder().encode
+
+
+class ConsentUpdate(Struct, forbid_unknown_fields=True):
+    """`PUT /v1/profiles/{id}/consent`: the purposes to grant (true) or refuse (false);
+    purposes left out keep what they were."""
+
+    analytics: bool | None = None
+    personalization: bool | None = None
+    marketing: bool | None = None
+
+
+class Erased(Struct):
+    profile: str
+    events: int
+    identities: int
+
+
+_consent_decoder = msgspec.json.Decoder(ConsentUpdate)
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(_encode(body), status, media_type="application/json")
+
+
+def _not_found(any_id: str) -> Response:
+    return problem(
+        404, "profile-not-found",
+        f"no profile has the id, userId or anonymousId {any_id!r}",
+        pointer="/id",
+    )  # fmt: skip
+
+
+def _profile(request: Request) -> tuple[Engine, str, Profile | None]:
+    engine: Engine = request.app.state.engine
+    any_id = request.path_params["id"]
+    return engine, any_id, engine.context.lookup(any_id)
+
+
+@require(Role.ADMIN)
+async def get_profile(request: Request) -> Response:
+    """The profile, its live session's features, its segments and its consent."""
+    engine, any_id, profile = _profile(request)
+    if profile is None:
+        return _not_found(any_id)
+    return _json(engine.context.describe(profile, engine.now_ms()))
+
+
+@require(Role.ADMIN)
+async def export_profile(request: Request) -> Response:
+    """Everything held about the person: the profile as stored, its identity links and
+    every event of theirs in the log."""
+    engine, any_id, profile = _profile(request)
+    if profile is None:
+        return _not_found(any_id)
+    rows = await asyncio.to_thread(
+        engine.log.rows_of, list(profile.anonymous_ids), list(profile.user_ids)
+    )
+    body = {
+        "profile": engine.context.describe(profile, engine.now_ms()),
+        "stored": msgspec.to_builtins(profile),
+        "identities": {
+            "user_ids": list(profile.user_ids),
+            "anonymous_ids": list(profile.anonymous_ids),
+        },
+        "events": [msgspec.Raw(row.body) for row in rows],
+    }
+    return _json(body)
+
+
+@require(Role.ADMIN)
+async def delete_profile(request: Request) -> Response:
+    """Erase the person: events from the log, then profile and links from the store.
+
+    In that order: if the process dies in between, the profile is still there to find
+    and the erasure can be asked again; the other order would lose the ids needed to find
+    the events."""
+    engine, any_id, profile = _profile(request)
+    if profile is None:
+        return _not_found(any_id)
+    anonymous_ids, user_ids = list(profile.anonymous_ids), list(profile.user_ids)
+    events = await asyncio.to_thread(engine.log.erase, anonymous_ids, user_ids)
+    engine.context.forget(profile)
+    engine.store.compact()
+    return _json(Erased(profile.id, events, len(anonymous_ids) + len(user_ids)))
+
+
+@require(Role.ADMIN)
+async def put_consent(request: Request) -> Response:
+    """Record consent as an event of the person's, so the log (and any replay) holds it."""
+    engine, any_id, profile = _profile(request)
+    if profile is None:
+        return _not_found(any_id)
+    try:
+        update = _consent_decoder.decode(await read_body(request, 4096))
+    except BodyTooLarge:
+        return problem(413, "body-too-large", "a consent update is at most 4096 bytes")
+    except msgspec.ValidationError as exc:
+        return problem(400, "invalid-body", str(exc))
+    except msgspec.DecodeError as exc:
+        return problem(400, "malformed-json", f"the body is not valid JSON: {exc}")
+    preferences = {
+        name: value for name in ConsentUpdate.__struct_fields__
+        if (value := getattr(update, name)) is not None
+    }  # fmt: skip
+    if not preferences:
+        return problem(
+            400, "invalid-body", "name at least one purpose: analytics, personalization, marketing"
+        )
+    event = TrackEvent(
+        event="Consent Updated",
+        user_id=profile.user_ids[0] if profile.user_ids else None,
+        anonymous_id=None if profile.user_ids else profile.anonymous_ids[0],
+        properties=dict(preferences),
+        context=Context(consent=Consent(category_preferences=preferences)),
+    )
+    await engine.pipeline.ingest([(None, event)])
+    refreshed = engine.context.lookup(profile.id) or profile
+    return _json(engine.context.describe(refreshed, engine.now_ms())["consent"])

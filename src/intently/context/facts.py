@@ -1,0 +1,241 @@
+"""What an event says, read once into plain facts that the session and profile update from.
+
+Event names follow Segment's e-commerce spec (`Product Viewed`, `Product Added`,
+`Order Completed`, ...). Behaviour that spec does not cover uses these track events, which
+the browser tag sends:
+
+- `Scroll Depth` with `properties.depth` (percent, 0-100);
+- `Exit Intent` (the pointer left towards the browser chrome, or a mobile back gesture);
+- `Element Clicked` with `properties.target` (a selector): three clicks on one target, each
+  within 700 ms of the last, are one rage click; `Rage Click` reports one directly.
+
+Consent arrives on any event as `context.consent.categoryPreferences` (Segment's consent
+spec) or through the profile API, which logs an event of its own.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+from msgspec import Struct
+
+from intently.events.ecommerce import CommerceProperties, Product, commerce_properties
+from intently.events.record import EventRecord
+from intently.events.schema import (
+    AliasEvent,
+    Event,
+    IdentifyEvent,
+    PageEvent,
+    ScreenEvent,
+    TrackEvent,
+)
+
+# Pages whose long visits mean the visitor is unsure (delivery costs, returns, help).
+_HELP_PAGE = re.compile(
+    r"(shipping|delivery|return|refund|help|faq|support|contact|warranty|size-guide)",
+    re.IGNORECASE,
+)
+CHECKOUT_STAGES = ("browsing", "cart", "checkout", "shipping", "payment", "purchased")
+_STAGE_OF_EVENT = {
+    "Cart Viewed": 1,
+    "Product Added": 1,
+    "Checkout Started": 2,
+    "Checkout Step Viewed": 3,
+    "Checkout Step Completed": 3,
+    "Payment Info Entered": 4,
+    "Order Completed": 5,
+}
+_CLICK_EVENTS = frozenset({"Element Clicked", "Clicked"})
+
+
+class Line(Struct, array_like=True, gc=False):
+    """A product in a cart or an order."""
+
+    product_id: str
+    quantity: int
+    price: float | None
+    category: str | None
+
+
+class Facts(Struct, gc=False, kw_only=True):
+    """The parts of one event the context layer uses. `kind` counts events: the track
+    event's name, or the type of the other events (`page`, `identify`, ...)."""
+
+    kind: str
+    at_ms: int
+    anonymous_id: str | None
+    user_id: str | None
+    previous_id: str | None = None
+    page_path: str | None = None
+    help_page: bool = False
+    product: Line | None = None
+    brand: str | None = None
+    query: str | None = None
+    added: Line | None = None
+    removed: Line | None = None
+    cart: list[Line] | None = None
+    order_revenue: float | None = None
+    order_lines: list[Line] | None = None
+    checkout_stage: int = 0
+    checkout_step: int | None = None
+    scroll_depth: float | None = None
+    exit_intent: bool = False
+    rage_click: bool = False
+    click_target: str | None = None
+    traits: dict[str, Any] | None = None
+    consent: dict[str, bool] | None = None
+    # Where the visit came from and what it runs on (from enrichment).
+    campaign: str | None = None
+    medium: str | None = None
+    source: str | None = None
+    device: str | None = None
+    country: str | None = None
+    region: str | None = None
+    city: str | None = None
+    local_hour: int | None = None
+    weekday: int | None = None
+
+
+def facts_of(record: EventRecord) -> Facts:
+    event = record.event
+    assert event.timestamp is not None
+    facts = Facts(
+        kind=_kind(event),
+        at_ms=int(event.timestamp.timestamp() * 1000),
+        anonymous_id=event.anonymous_id,
+        user_id=event.user_id,
+    )
+    enrichment = record.enrichment
+    campaign = enrichment.campaign
+    if campaign is not None and (campaign.name or campaign.source):
+        facts.campaign = "|".join(
+            p or "" for p in (campaign.source, campaign.medium, campaign.name)
+        )
+    facts.medium = enrichment.referrer.medium
+    facts.source = enrichment.referrer.source
+    if enrichment.device is not None:
+        facts.device = enrichment.device.type
+    if enrichment.geo is not None:
+        facts.country = enrichment.geo.country
+        facts.region = enrichment.geo.region
+        facts.city = enrichment.geo.city
+    if enrichment.local is not None:
+        facts.local_hour = enrichment.local.hour
+        facts.weekday = enrichment.local.weekday
+    context = event.context
+    if context is not None and context.consent is not None:
+        facts.consent = dict(context.consent.category_preferences)
+    if isinstance(event, PageEvent | ScreenEvent):
+        page = context.page if context is not None else None
+        facts.page_path = (page.path if page else None) or event.name
+        facts.help_page = _is_help_page(facts.page_path, event.category, event.name)
+    elif isinstance(event, TrackEvent):
+        _read_track(event, facts)
+    elif isinstance(event, IdentifyEvent):
+        facts.traits = event.traits
+    elif isinstance(event, AliasEvent):
+        facts.previous_id = event.previous_id
+    return facts
+
+
+def _kind(event: Event) -> str:
+    if isinstance(event, TrackEvent):
+        return event.event
+    tag = type(event).__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
+
+
+def _is_help_page(*names: str | None) -> bool:
+    return any(name and _HELP_PAGE.search(name) for name in names)
+
+
+def _read_track(event: TrackEvent, facts: Facts) -> None:
+    name = event.event
+    facts.checkout_stage = _STAGE_OF_EVENT.get(name, 0)
+    if name in _CLICK_EVENTS:
+        target = event.properties.get("target")
+        facts.click_target = target if isinstance(target, str) else None
+        return
+    if name == "Scroll Depth":
+        depth = event.properties.get("depth")
+        if isinstance(depth, int | float) and not isinstance(depth, bool):
+            facts.scroll_depth = min(100.0, max(0.0, float(depth)))
+        return
+    if name == "Exit Intent":
+        facts.exit_intent = True
+        return
+    if name == "Rage Click":
+        facts.rage_click = True
+        return
+    if not name[:1].isupper() or name not in _COMMERCE_READERS:
+        return
+    try:
+        properties = commerce_properties(event)
+    except msgspec.ValidationError:  # checked at ingest; history from before may differ
+        return
+    _COMMERCE_READERS[name](properties, facts)
+
+
+def _line(product: Product, quantity: int | None = None) -> Line | None:
+    if product.product_id is None:
+        return None
+    count = product.quantity if quantity is None else quantity
+    return Line(
+        str(product.product_id), 1 if count is None else count, product.price, product.category
+    )
+
+
+def _viewed(properties: CommerceProperties, facts: Facts) -> None:
+    facts.product = _line(properties)
+    facts.brand = properties.brand
+
+
+def _searched(properties: CommerceProperties, facts: Facts) -> None:
+    if properties.query:
+        facts.query = " ".join(properties.query.lower().split())
+
+
+def _added(properties: CommerceProperties, facts: Facts) -> None:
+    facts.added = _line(properties)
+    facts.brand = properties.brand
+
+
+def _removed(properties: CommerceProperties, facts: Facts) -> None:
+    facts.removed = _line(properties)
+
+
+def _cart_viewed(properties: CommerceProperties, facts: Facts) -> None:
+    if properties.products is not None:
+        facts.cart = [line for p in properties.products if (line := _line(p)) is not None]
+
+
+def _checkout_step(properties: CommerceProperties, facts: Facts) -> None:
+    facts.checkout_step = properties.step
+
+
+def _order_completed(properties: CommerceProperties, facts: Facts) -> None:
+    lines = [line for p in properties.products or () if (line := _line(p)) is not None]
+    facts.order_lines = lines
+    revenue = properties.revenue
+    if revenue is None:
+        revenue = properties.total
+    if revenue is None:
+        revenue = sum((line.price or 0.0) * line.quantity for line in lines)
+    facts.order_revenue = revenue
+
+
+_COMMERCE_READERS = {
+    "Product Viewed": _viewed,
+    "Products Searched": _searched,
+    "Product Added": _added,
+    "Wishlist Product Added to Cart": _added,
+    "Product Removed": _removed,
+    "Cart Viewed": _cart_viewed,
+    "Checkout Started": _cart_viewed,
+    "Checkout Step Viewed": _checkout_step,
+    "Checkout Step Completed": _checkout_step,
+    "Order Completed": _order_completed,
+}

@@ -1,0 +1,313 @@
+"""The long-term profile: one person across sessions and devices, updated with every event
+together with the live session it holds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from msgspec import Struct, field
+
+from intently.context.decay import DecayedScores
+from intently.context.facts import Facts
+from intently.context.session import (
+    CART_WEIGHT,
+    PURCHASE_WEIGHT,
+    VIEW_WEIGHT,
+    Session,
+    SessionRules,
+)
+from intently.context.settings import DAY_MS, ContextSettings
+
+PURPOSES = ("analytics", "personalization", "marketing")
+# Long-term price level: an exponential moving average of the prices seen.
+_PRICE_ALPHA = 0.1
+# Without two sessions to measure from, a visitor is expected back within a month.
+_DEFAULT_RETURN_MS = 30 * DAY_MS
+
+
+class Profile(Struct, gc=False, kw_only=True):
+    id: str
+    user_ids: list[str] = field(default_factory=list)
+    anonymous_ids: list[str] = field(default_factory=list)
+    first_ms: int
+    last_ms: int
+    sessions: int = 0
+    # Sum of the gaps between session starts, and the last start: for churn risk.
+    session_gap_ms: int = 0
+    session_start_ms: int | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    purchases: int = 0
+    revenue: float = 0.0
+    last_purchase_ms: int | None = None
+    categories_bought: dict[str, int] = field(default_factory=dict)
+    affinity_base_ms: int = 0
+    categories: dict[str, float] = field(default_factory=dict)
+    brands: dict[str, float] = field(default_factory=dict)
+    price_level: float | None = None
+    traits: dict[str, Any] = field(default_factory=dict)
+    # purpose -> [granted, when it was said]; absent purposes follow the default.
+    consent: dict[str, tuple[bool, int]] = field(default_factory=dict)
+    session: Session | None = None
+    # segment name -> when the profile entered it
+    segments: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def known(self) -> bool:
+        return bool(self.user_ids)
+
+
+class ProfileRules:
+    """Updates, merges and describes profiles (and the sessions they hold)."""
+
+    def __init__(self, settings: ContextSettings) -> None:
+        self.settings = settings
+        self.sessions = SessionRules(settings)
+        self.affinity = DecayedScores(settings.profile_half_life_ms, settings.max_affinities)
+
+    def new(self, profile_id: str, at_ms: int) -> Profile:
+        return Profile(id=profile_id, first_ms=at_ms, last_ms=at_ms, affinity_base_ms=at_ms)
+
+    def consents(self, profile: Profile, purpose: str) -> bool:
+        said = profile.consent.get(purpose)
+        return purpose in self.settings.default_consent if said is None else said[0]
+
+    def apply(self, profile: Profile, facts: Facts) -> None:
+        """Update `profile` and its live session with one event."""
+        at = facts.at_ms
+        if facts.consent:
+            for purpose, granted in facts.consent.items():
+                if purpose in PURPOSES:
+                    held = profile.consent.get(purpose)
+                    if held is None or held[1] <= at:
+                        profile.consent[purpose] = (granted, at)
+        personal = self.consents(profile, "personalization")
+        profile.first_ms = min(profile.first_ms, at)
+        profile.last_ms = max(profile.last_ms, at)
+        counts = profile.counts
+        if facts.kind in counts or len(counts) < self.settings.max_counts:
+            counts[facts.kind] = counts.get(facts.kind, 0) + 1
+        session = profile.session
+        if session is None or self.sessions.is_over(session, facts):
+            if profile.session_start_ms is not None:
+                profile.session_gap_ms += max(0, at - profile.session_start_ms)
+            profile.session_start_ms = at
+            profile.sessions += 1
+            session = self.sessions.start(facts, profile.sessions)
+            profile.session = session
+        self.sessions.apply(session, facts, personal=personal)
+        if facts.order_revenue is not None:
+            profile.purchases += 1
+            profile.revenue += facts.order_revenue
+            profile.last_purchase_ms = max(profile.last_purchase_ms or at, at)
+        if not personal:
+            return
+        if facts.traits:
+            self._traits(profile, facts.traits)
+        if facts.product is not None:
+            self._interest(profile, facts.product.category, facts.brand, VIEW_WEIGHT, at)
+            if facts.product.price is not None:
+                self._price(profile, facts.product.price)
+        if facts.added is not None:
+            self._interest(profile, facts.added.category, facts.brand, CART_WEIGHT, at)
+        for line in facts.order_lines or ():
+            self._interest(profile, line.category, None, PURCHASE_WEIGHT, at)
+            if line.category is not None:
+                bought = profile.categories_bought
+                if line.category in bought or len(bought) < self.settings.max_affinities:
+                    bought[line.category] = bought.get(line.category, 0) + line.quantity
+            if line.price is not None:
+                self._price(profile, line.price)
+
+    def _traits(self, profile: Profile, traits: dict[str, Any]) -> None:
+        held = profile.traits
+        for key, value in traits.items():
+            if key in held or len(held) < self.settings.max_traits:
+                held[key] = value
+
+    def _interest(
+        self, profile: Profile, category: str | None, brand: str | None, weight: float, at: int
+    ) -> None:
+        if category is not None:
+            profile.affinity_base_ms = self.affinity.add(
+                profile.categories, profile.affinity_base_ms, category, weight, at
+            )
+        if brand is not None:
+            profile.affinity_base_ms = self.affinity.add(
+                profile.brands, profile.affinity_base_ms, brand, weight, at
+            )
+
+    def _price(self, profile: Profile, price: float) -> None:
+        level = profile.price_level
+        profile.price_level = price if level is None else level + _PRICE_ALPHA * (price - level)
+
+    def end_session(self, profile: Profile) -> None:
+        """Drop the live session (it idled out); everything it taught the profile stays."""
+        profile.session = None
+
+    def merge(self, into: Profile, other: Profile) -> None:
+        """Fold `other` into `into`: nothing of either is lost."""
+        into.user_ids.extend(i for i in other.user_ids if i not in into.user_ids)
+        into.anonymous_ids.extend(i for i in other.anonymous_ids if i not in into.anonymous_ids)
+        into.first_ms = min(into.first_ms, other.first_ms)
+        into.last_ms = max(into.last_ms, other.last_ms)
+        into.sessions += other.sessions
+        into.session_gap_ms += other.session_gap_ms
+        into.session_start_ms = _latest(into.session_start_ms, other.session_start_ms)
+        for kind, count in other.counts.items():
+            into.counts[kind] = into.counts.get(kind, 0) + count
+        into.purchases += other.purchases
+        into.revenue += other.revenue
+        if other.last_purchase_ms is not None:
+            into.last_purchase_ms = max(into.last_purchase_ms or 0, other.last_purchase_ms)
+        for category, count in other.categories_bought.items():
+            into.categories_bought[category] = into.categories_bought.get(category, 0) + count
+        base = self.affinity.merge_into(
+            into.categories, into.affinity_base_ms, other.categories, other.affinity_base_ms
+        )
+        if base != into.affinity_base_ms:
+            self.affinity.rebase(into.brands, into.affinity_base_ms, base)
+            into.affinity_base_ms = base
+        into.affinity_base_ms = self.affinity.merge_into(
+            into.brands, into.affinity_base_ms, other.brands, other.affinity_base_ms
+        )
+        if into.price_level is None:
+            into.price_level = other.price_level
+        elif other.price_level is not None:
+            into.price_level = (into.price_level + other.price_level) / 2
+        for key, value in other.traits.items():  # the known profile's traits win
+            into.traits.setdefault(key, value)
+        for purpose, said in other.consent.items():  # the latest word per purpose wins
+            held = into.consent.get(purpose)
+            if held is None or held[1] < said[1]:
+                into.consent[purpose] = said
+        if other.session is not None:
+            if into.session is None:
+                into.session = other.session
+            else:
+                self.sessions.merge(into.session, other.session)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def scores(self, profile: Profile, now_ms: int) -> dict[str, Any]:
+        """Transparent scores, each with the terms that make it (a model can replace
+        them later; these must stay explainable)."""
+        session = profile.session
+        terms = {
+            "bias": -3.0,
+            "past_purchases": 1.2 * math.log1p(profile.purchases),
+            "cart": 1.0 if session is not None and session.cart else 0.0,
+            "checkout": 0.6 * (session.checkout_stage if session is not None else 0),
+            "engagement": 0.3 * math.log1p(session.evidence) if session is not None else 0.0,
+            "struggle": -0.4 * _struggles(session) if session is not None else 0.0,
+        }
+        propensity = 1.0 / (1.0 + math.exp(-sum(terms.values())))
+        expected_return = (
+            profile.session_gap_ms / (profile.sessions - 1)
+            if profile.sessions > 1 and profile.session_gap_ms > 0
+            else _DEFAULT_RETURN_MS
+        )
+        idle = max(0, now_ms - profile.last_ms)
+        churn = 1.0 - 2.0 ** (-idle / expected_return)
+        return {
+            "purchase_propensity": {"value": propensity, "terms": terms},
+            "churn_risk": {
+                "value": churn,
+                "idle_ms": idle,
+                "expected_return_ms": expected_return,
+            },
+        }
+
+    def blended(self, profile: Profile, now_ms: int) -> dict[str, Any]:
+        """Interest today: session and profile affinities, each normalized, weighted by
+        `w = e / (e + pivot)` where `e` is the session's evidence. A profile with a long
+        history of premium purchases that spends this session on budget gifts is, today,
+        mostly a budget gift shopper."""
+        session = profile.session
+        evidence = session.evidence if session is not None else 0.0
+        weight = evidence / (evidence + self.settings.blend_pivot)
+        session_rules = self.sessions
+        blended: dict[str, dict[str, float]] = {}
+        for name in ("categories", "brands"):
+            long_term = _normalized(
+                self.affinity.top(getattr(profile, name), profile.affinity_base_ms, now_ms, 20)
+            )
+            short_term = (
+                _normalized(
+                    session_rules.affinity.top(
+                        getattr(session, name), session.affinity_base_ms, now_ms, 20
+                    )
+                )
+                if session is not None
+                else {}
+            )
+            mixed = {
+                key: weight * short_term.get(key, 0.0) + (1 - weight) * long_term.get(key, 0.0)
+                for key in short_term.keys() | long_term.keys()
+            }
+            blended[name] = dict(sorted(mixed.items(), key=lambda kv: (-kv[1], kv[0]))[:10])
+        session_price = _median(session.prices) if session is not None else None
+        if session_price is None:
+            price = profile.price_level
+        elif profile.price_level is None:
+            price = session_price
+        else:
+            price = weight * session_price + (1 - weight) * profile.price_level
+        return {"session_weight": weight, **blended, "price": price}
+
+    def describe(self, profile: Profile, now_ms: int) -> dict[str, Any]:
+        top = self.affinity.top
+        session = profile.session
+        return {
+            "id": profile.id,
+            "user_ids": list(profile.user_ids),
+            "anonymous_ids": list(profile.anonymous_ids),
+            "first_seen": profile.first_ms,
+            "last_seen": profile.last_ms,
+            "sessions": profile.sessions,
+            "counts": dict(profile.counts),
+            "purchases": {
+                "count": profile.purchases,
+                "revenue": profile.revenue,
+                "average_order_value": (
+                    profile.revenue / profile.purchases if profile.purchases else None
+                ),
+                "last": profile.last_purchase_ms,
+                "categories": dict(profile.categories_bought),
+            },
+            "categories": dict(top(profile.categories, profile.affinity_base_ms, now_ms, 10)),
+            "brands": dict(top(profile.brands, profile.affinity_base_ms, now_ms, 10)),
+            "price_level": profile.price_level,
+            "traits": dict(profile.traits),
+            "consent": {p: self.consents(profile, p) for p in PURPOSES},
+            "scores": self.scores(profile, now_ms),
+            "blended": self.blended(profile, now_ms),
+            "session": None if session is None else self.sessions.describe(session, now_ms),
+        }
+
+
+def _latest(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _struggles(session: Session) -> int:
+    return (
+        session.rage_clicks
+        + session.repeated_searches
+        + session.long_help_stays
+        + session.back_and_forth
+    )
+
+
+def _normalized(items: list[tuple[str, float]]) -> dict[str, float]:
+    total = sum(value for _, value in items)
+    return {key: value / total for key, value in items} if total > 0 else {}
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2

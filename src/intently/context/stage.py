@@ -1,0 +1,125 @@
+"""The context stage of the pipeline: identity -> profile and session -> (segments).
+
+It is an `EventSink`: the pipeline hands it each event once it is durable and before it
+is acknowledged, in log order, so a request that starts after the acknowledgement reads
+the new state. At start-up it re-applies the log's events that the store had not yet
+persisted, through the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from intently.context.facts import Facts, facts_of
+from intently.context.identity import IdentityGraph, anonymous_key, user_key
+from intently.context.profile import Profile, ProfileRules
+from intently.context.settings import ContextSettings
+from intently.events.record import EventRecord
+from intently.log.eventlog import EventLogReader
+from intently.stores.protocol import Changes, StateStore
+
+log = logging.getLogger(__name__)
+
+# Expire idle sessions and anonymous profiles every this many events, a bounded number
+# at a time, so expiry never stalls ingestion.
+_SWEEP_EVERY = 1024
+_SWEEP_LIMIT = 2048
+
+# Called after an event changed a profile, within the same atomic change.
+ProfileHook = Callable[[Profile, Facts | None, Changes], None]
+
+
+class ContextStage:
+    def __init__(self, store: StateStore, settings: ContextSettings | None = None) -> None:
+        self.store = store
+        self.settings = settings or ContextSettings()
+        self.rules = ProfileRules(self.settings)
+        self.identity = IdentityGraph(store, self.rules)
+        self.hooks: list[ProfileHook] = []
+        # The latest event time applied: "now" for expiry, so that replayed history
+        # expires by its own clock and the same events always give the same state.
+        self.watermark_ms = 0
+        self._until_sweep = _SWEEP_EVERY
+        self.applied = 0
+
+    # -- the pipeline step -------------------------------------------------------------------
+
+    def apply_many(self, records: Sequence[EventRecord]) -> None:
+        for record in records:
+            self.apply(record)
+
+    def apply(self, record: EventRecord) -> None:
+        facts = facts_of(record)
+        changes = Changes(record.seq)
+        profile = self.identity.profile_for(facts, changes)
+        self.rules.apply(profile, facts)
+        changes.put(profile)
+        for hook in self.hooks:
+            hook(profile, facts, changes)
+        self.store.commit(changes)
+        self.applied += 1
+        if facts.at_ms > self.watermark_ms:
+            self.watermark_ms = facts.at_ms
+        self._until_sweep -= 1
+        if self._until_sweep <= 0:
+            self._until_sweep = _SWEEP_EVERY
+            self.expire(self.watermark_ms)
+
+    def expire(self, now_ms: int, limit: int = _SWEEP_LIMIT) -> int:
+        """End sessions idle past the timeout and forget anonymous profiles idle past
+        their retention. Returns how many profiles changed."""
+        settings, store = self.settings, self.store
+        changes = Changes(store.applied_seq)
+        for profile_id in store.idle_sessions(now_ms - settings.session_timeout_ms, limit):
+            profile = store.get(profile_id)
+            if profile is not None:
+                self.rules.end_session(profile)
+                changes.put(profile)
+        for profile_id in store.idle_anonymous(now_ms - settings.anonymous_retention_ms, limit):
+            profile = store.get(profile_id)
+            if profile is not None:
+                self._remove(profile, changes)
+        if changes.profiles or changes.removed:
+            for profile in changes.profiles.values():
+                for hook in self.hooks:
+                    hook(profile, None, changes)
+            store.commit(changes)
+        return len(changes.profiles) + len(changes.removed)
+
+    def _remove(self, profile: Profile, changes: Changes) -> None:
+        for user_id in profile.user_ids:
+            changes.unlink(user_key(user_id))
+        for anonymous_id in profile.anonymous_ids:
+            changes.unlink(anonymous_key(anonymous_id))
+        changes.remove(profile)
+
+    # -- start-up --------------------------------------------------------------------------
+
+    def catch_up(self, log_reader: EventLogReader) -> int:
+        """Re-apply the logged events the store has not persisted; returns how many."""
+        decode = msgspec.json.Decoder(EventRecord).decode
+        replayed = 0
+        for row in log_reader.scan(since_seq=self.store.applied_seq):
+            record = decode(row.body)
+            record.seq = row.seq
+            self.apply(record)
+            replayed += 1
+        return replayed
+
+    # -- reading and erasing ---------------------------------------------------------------------
+
+    def lookup(self, any_id: str) -> Profile | None:
+        return self.identity.lookup(any_id)
+
+    def describe(self, profile: Profile, now_ms: int) -> dict[str, Any]:
+        return self.rules.describe(profile, now_ms)
+
+    def forget(self, profile: Profile) -> None:
+        """Remove the profile and its identity links (the caller erases its events)."""
+        changes = Changes(self.store.applied_seq)
+        self._remove(profile, changes)
+        self.store.commit(changes)

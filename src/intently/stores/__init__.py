@@ -1,0 +1,1 @@
+"""Where state lives: a narrow protocol and one implementation per backend."""

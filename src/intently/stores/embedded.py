@@ -1,0 +1,249 @@
+"""The embedded store: state in memory, made durable in SQLite, no server to run.
+
+Every committed change is applied to dicts in memory at once (reads see it immediately).
+Changed profiles and links are written to `state.db` in the background about once a
+second, in one transaction that also records the log position they reflect. The event
+log is the source of truth: after a restart, or a kill -9, the store loads `state.db` and
+the engine re-applies the log's events after that position, so the state is exactly what
+it was, and start-up replays at most a few seconds of events.
+
+Encoding happens on the caller's thread, between two events, so each write is a
+consistent cut; only the SQLite work runs on the writer thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import msgspec
+
+from intently.context.profile import Profile
+from intently.stores.protocol import Changes
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS profiles (id TEXT PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS links (key TEXT PRIMARY KEY, profile_id TEXT NOT NULL) WITHOUT ROWID;
+"""
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(Profile).decode
+
+
+class _Batch(msgspec.Struct):
+    seq: int
+    profiles: list[tuple[str, bytes]]
+    removed: list[str]
+    links: list[tuple[str, str]]
+    unlinked: list[str]
+
+
+class EmbeddedStore:
+    """`StateStore` in process memory, persisted to one SQLite file."""
+
+    name = "embedded"
+
+    def __init__(self, path: Path, flush_seconds: float = 1.0) -> None:
+        self.path = path
+        self.flush_seconds = flush_seconds
+        self._profiles: dict[str, Profile] = {}
+        self._links: dict[str, str] = {}
+        # Activity order, for expiry without a scan: profile id -> last activity.
+        self._live: OrderedDict[str, int] = OrderedDict()
+        self._anonymous: OrderedDict[str, int] = OrderedDict()
+        self._dirty: set[str] = set()
+        self._dirty_links: set[str] = set()
+        self._applied_seq = 0
+        self._last_flush = time.monotonic()
+        self._writing: Future[None] | None = None
+        self._lock = threading.Lock()  # one SQLite transaction at a time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            self._db.execute("PRAGMA journal_mode = WAL")
+            # The log is the source of truth: a state write lost to a power cut is
+            # re-applied from the log, so NORMAL (no fsync per commit) is enough here.
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            # Erased people must not linger in freed pages.
+            self._db.execute("PRAGMA secure_delete = ON")
+            self._db.executescript(_SCHEMA)
+            self._load()
+        except BaseException:
+            self._db.close()
+            raise
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="intently-state-writer")
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, profile_id: str) -> Profile | None:
+        return self._profiles.get(profile_id)
+
+    def resolve(self, key: str) -> str | None:
+        return self._links.get(key)
+
+    @property
+    def applied_seq(self) -> int:
+        return self._applied_seq
+
+    def profile_count(self) -> int:
+        return len(self._profiles)
+
+    def profiles(self) -> Iterator[Profile]:
+        return iter(list(self._profiles.values()))
+
+    def links(self) -> dict[str, str]:
+        return dict(self._links)
+
+    def idle_sessions(self, before_ms: int, limit: int) -> list[str]:
+        return _oldest(self._live, before_ms, limit)
+
+    def idle_anonymous(self, before_ms: int, limit: int) -> list[str]:
+        return _oldest(self._anonymous, before_ms, limit)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def commit(self, changes: Changes) -> None:
+        profiles, dirty = self._profiles, self._dirty
+        for profile_id, profile in changes.profiles.items():
+            profiles[profile_id] = profile
+            dirty.add(profile_id)
+            self._index(profile)
+        for profile_id in changes.removed:
+            profiles.pop(profile_id, None)
+            dirty.add(profile_id)
+            self._live.pop(profile_id, None)
+            self._anonymous.pop(profile_id, None)
+        if changes.links or changes.unlinked:
+            self._links.update(changes.links)
+            self._dirty_links.update(changes.links)
+            for key in changes.unlinked:
+                self._links.pop(key, None)
+            self._dirty_links.update(changes.unlinked)
+        self._applied_seq = max(self._applied_seq, changes.seq)
+        if time.monotonic() - self._last_flush >= self.flush_seconds:
+            self._flush_in_background()
+
+    def _index(self, profile: Profile) -> None:
+        profile_id = profile.id
+        if profile.session is not None:
+            self._live[profile_id] = profile.session.last_ms
+            self._live.move_to_end(profile_id)
+        else:
+            self._live.pop(profile_id, None)
+        if profile.user_ids:
+            self._anonymous.pop(profile_id, None)
+        else:
+            self._anonymous[profile_id] = profile.last_ms
+            self._anonymous.move_to_end(profile_id)
+
+    def _take_batch(self) -> _Batch:
+        """Encode what changed since the last write (a consistent cut) and forget it."""
+        profiles, links = self._profiles, self._links
+        written: list[tuple[str, bytes]] = []
+        removed: list[str] = []
+        for profile_id in self._dirty:
+            profile = profiles.get(profile_id)
+            if profile is None:
+                removed.append(profile_id)
+            else:
+                written.append((profile_id, _encode(profile)))
+        linked: list[tuple[str, str]] = []
+        unlinked: list[str] = []
+        for key in self._dirty_links:
+            target = links.get(key)
+            if target is None:
+                unlinked.append(key)
+            else:
+                linked.append((key, target))
+        self._dirty.clear()
+        self._dirty_links.clear()
+        self._last_flush = time.monotonic()
+        return _Batch(self._applied_seq, written, removed, linked, unlinked)
+
+    def _flush_in_background(self) -> None:
+        if self._writing is not None and not self._writing.done():
+            return  # the previous write is still on disk; this one waits for the next turn
+        if self._writing is not None:
+            self._writing.result()  # surface a failed write
+        self._writing = self._writer.submit(self._write, self._take_batch())
+
+    def flush(self) -> None:
+        if self._writing is not None:
+            self._writing.result()
+            self._writing = None
+        self._write(self._take_batch())
+
+    def _write(self, batch: _Batch) -> None:
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN")
+            try:
+                if batch.removed:
+                    db.executemany(
+                        "DELETE FROM profiles WHERE id = ?", [(i,) for i in batch.removed]
+                    )
+                if batch.profiles:
+                    db.executemany("INSERT OR REPLACE INTO profiles VALUES (?, ?)", batch.profiles)
+                if batch.unlinked:
+                    db.executemany(
+                        "DELETE FROM links WHERE key = ?", [(k,) for k in batch.unlinked]
+                    )
+                if batch.links:
+                    db.executemany("INSERT OR REPLACE INTO links VALUES (?, ?)", batch.links)
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('applied_seq', ?)", (str(batch.seq),)
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def compact(self) -> None:
+        """Flush, then leave no copy of removed rows in the WAL (after an erasure)."""
+        self.flush()
+        with self._lock:
+            for _ in range(50):
+                busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                if not busy:
+                    return
+                time.sleep(0.01)
+            log.warning("%s: the WAL could not be truncated (readers busy)", self.path)
+
+    def close(self) -> None:
+        try:
+            self.flush()
+            self._writer.shutdown()
+            with self._lock:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self._db.close()
+
+    def _load(self) -> None:
+        db = self._db
+        row = db.execute("SELECT value FROM meta WHERE key = 'applied_seq'").fetchone()
+        self._applied_seq = int(row[0]) if row else 0
+        loaded = sorted(
+            (_decode(body) for (body,) in db.execute("SELECT body FROM profiles")),
+            key=lambda p: p.last_ms,
+        )
+        for profile in loaded:  # in activity order, so expiry order is right
+            self._profiles[profile.id] = profile
+            self._index(profile)
+        self._links = dict(db.execute("SELECT key, profile_id FROM links"))
+
+
+def _oldest(order: OrderedDict[str, int], before_ms: int, limit: int) -> list[str]:
+    found: list[str] = []
+    for profile_id, last_ms in order.items():
+        if last_ms >= before_ms or len(found) >= limit:
+            break
+        found.append(profile_id)
+    return found
