@@ -14,6 +14,7 @@ from msgspec import Struct
 
 from intently._version import __version__
 from intently.api.problems import PROBLEM_MEDIA_TYPE, Problem
+from intently.api.profiles import ConsentUpdate, Erased
 from intently.events.schema import BatchForSchema, Event
 from intently.pipeline import IngestResult
 
@@ -35,11 +36,35 @@ def _problem(description: str) -> dict[str, Any]:
     }
 
 
+_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "The canonical profile id, a userId or an anonymousId.",
+    "schema": {"type": "string"},
+}
+
+
+def _object(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+
+
+_ADMIN_ERRORS = {
+    "401": _problem("Missing or invalid key."),
+    "403": _problem("The route needs the secret (admin) key."),
+    "404": _problem("No profile has this id."),
+}
+
+
 def build_openapi() -> dict[str, Any]:
-    (event, batch, ingest, _problem_schema, health), components = msgspec.json.schema_components(
-        [Event, BatchForSchema, IngestResult, Problem, Health],
+    schemas, components = msgspec.json.schema_components(
+        [Event, BatchForSchema, IngestResult, Problem, Health, Erased, ConsentUpdate],
         ref_template="#/components/schemas/{name}",
     )
+    event, batch, ingest, _problem_schema, health, erased, consent = schemas
     components["Event"] = event
     json_body = {"schema": {"oneOf": [_ref("Event"), batch]}}
     return {
@@ -88,6 +113,57 @@ def build_openapi() -> dict[str, Any]:
                         "503": _problem("The event log cannot store events now; retry."),
                     },
                 }
+            },
+            "/v1/profiles/{id}": {
+                "parameters": [_ID],
+                "get": {
+                    "operationId": "getProfile",
+                    "summary": "A person's profile, live session features, segments and consent.",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": _object("The profile."),
+                        **_ADMIN_ERRORS,
+                    },
+                },
+                "delete": {
+                    "operationId": "deleteProfile",
+                    "summary": "Erase a person: profile, identity links, sessions and events.",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": {
+                            "description": "Erased.",
+                            "content": {"application/json": {"schema": erased}},
+                        },
+                        **_ADMIN_ERRORS,
+                    },
+                },
+            },
+            "/v1/profiles/{id}/export": {
+                "parameters": [_ID],
+                "get": {
+                    "operationId": "exportProfile",
+                    "summary": "Everything held about a person, with every event of theirs.",
+                    "security": [{"bearer": []}],
+                    "responses": {"200": _object("The export."), **_ADMIN_ERRORS},
+                },
+            },
+            "/v1/profiles/{id}/consent": {
+                "parameters": [_ID],
+                "put": {
+                    "operationId": "putConsent",
+                    "summary": "Grant or refuse purposes (recorded as an event of the person).",
+                    "security": [{"bearer": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": consent}},
+                    },
+                    "responses": {
+                        "200": _object("The consent now held, per purpose."),
+                        "400": _problem("The body is not a consent update."),
+                        "413": _problem("The body is too large."),
+                        **_ADMIN_ERRORS,
+                    },
+                },
             },
             "/healthz": {
                 "get": {
