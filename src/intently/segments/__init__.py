@@ -1,0 +1,1 @@
+"""Segments: live membership from a small, safe expression language."""

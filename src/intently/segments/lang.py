@@ -1,0 +1,417 @@
+"""The segment expression language: parsed, type-checked, compiled to closures.
+
+    session.cart.value > 100 and geo.country == "IN"
+    "running" in session.top_categories
+    profile.purchases.count == 0 and session.exit_intent
+
+Grammar (LALR, by lark): `or`, `and`, `not`; comparisons `== != < <= > >=`, `in`,
+`not in` (a value in a list, or a substring in a string); `+ - * /` on numbers; literals
+(numbers, "strings", true, false, null, [lists of literals]); and dotted field names from
+the closed list in `fields.py`.
+
+Safety is by construction, not by filtering: the language has no calls, no attribute
+access on values, no indexing, no imports, no power operator, and names resolve only to
+the listed fields, so an expression can read what a segment may read and do nothing else.
+(Apache Unomi's CVE-2020-13942 came from evaluating conditions with a general-purpose
+expression engine; this one is not general-purpose.) Sizes are bounded before parsing and
+the tree depth before compiling, so no expression can exhaust memory or the stack.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lark import Lark, Token, Tree
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from intently.context.profile import Profile
+from intently.segments.fields import FieldCatalog, Type
+
+MAX_LENGTH = 2000
+MAX_DEPTH = 40
+MAX_STRING = 256
+MAX_NUMBER_CHARS = 24
+MAX_LIST = 256
+
+_GRAMMAR = r"""
+?start: or_test
+?or_test: and_test | or_test "or" and_test -> or_
+?and_test: not_test | and_test "and" not_test -> and_
+?not_test: "not" not_test -> not_ | comparison
+?comparison: sum
+    | sum COMPARE sum -> compare
+    | sum "in" sum -> in_
+    | sum "not" "in" sum -> not_in
+?sum: term | sum ADD term -> arith
+?term: factor | term MUL factor -> arith
+?factor: "-" factor -> neg | atom
+?atom: NUMBER -> number
+    | STRING -> string
+    | "true" -> true
+    | "false" -> false
+    | "null" -> null
+    | "[" [literal ("," literal)*] "]" -> list_
+    | path
+    | "(" or_test ")"
+?literal: NUMBER -> number | STRING -> string | "-" NUMBER -> negative_number
+path: NAME ("." NAME)*
+COMPARE: "==" | "!=" | "<=" | ">=" | "<" | ">"
+ADD: "+" | "-"
+MUL: "*" | "/"
+NAME: /[A-Za-z_][A-Za-z0-9_]*/
+NUMBER: /[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?/
+STRING: /"([^"\\\n]|\\.)*"/ | /'([^'\\\n]|\\.)*'/
+%ignore /[ \t\r\n]+/
+"""
+_parser = Lark(_GRAMMAR, parser="lalr", propagate_positions=True, maybe_placeholders=False)
+
+Evaluate = Callable[[Profile, int], Any]
+
+
+class ExpressionError(ValueError):
+    """An expression that cannot be a segment: `position` is the 0-based offset of the
+    problem in the text."""
+
+    def __init__(self, position: int, problem: str) -> None:
+        super().__init__(f"at position {position}: {problem}")
+        self.position = position
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    type: Type
+    nullable: bool
+    evaluate: Evaluate
+    topics: frozenset[str]
+    constant: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """A checked expression: `matches(profile, now_ms)` and the topics it reads."""
+
+    source: str
+    matches: Callable[[Profile, int], bool]
+    topics: frozenset[str]
+    fields: frozenset[str]
+
+
+def compile_expression(source: str, catalog: FieldCatalog) -> Compiled:
+    """Parse, check and compile `source`; raises `ExpressionError` naming the position."""
+    if len(source) > MAX_LENGTH:
+        raise ExpressionError(MAX_LENGTH, f"longer than {MAX_LENGTH} characters")
+    if not source.strip():
+        raise ExpressionError(0, "the expression is empty")
+    tree = _parse(source)
+    _check_depth(tree)
+    compiler = _Compiler(catalog)
+    node = compiler.build(tree)
+    if node.type not in ("bool", "any"):
+        raise ExpressionError(0, f"a segment must be true or false, and this is a {node.type}")
+    evaluate = node.evaluate
+
+    def matches(profile: Profile, now_ms: int) -> bool:
+        return evaluate(profile, now_ms) is True
+
+    return Compiled(source, matches, node.topics, frozenset(compiler.fields))
+
+
+def _parse(source: str) -> Tree[Token]:
+    try:
+        return _parser.parse(source)
+    except UnexpectedCharacters as exc:
+        position = exc.pos_in_stream or 0
+        raise ExpressionError(position, f"unexpected character {source[position]!r}") from None
+    except UnexpectedEOF:
+        raise ExpressionError(len(source), "the expression ends too early") from None
+    except UnexpectedToken as exc:
+        token = exc.token
+        position = token.start_pos if token.start_pos is not None else len(source)
+        if token.type == "$END":
+            raise ExpressionError(len(source), "the expression ends too early") from None
+        raise ExpressionError(position, _unexpected(str(token))) from None
+    except UnexpectedInput as exc:  # any other parse failure
+        raise ExpressionError(exc.pos_in_stream or 0, "cannot parse the expression") from None
+
+
+_WHY_UNEXPECTED = {
+    "(": "there are no functions to call; parentheses only group",
+    "[": "values cannot be indexed; use 'in' to look in a list",
+    "*": "there is no power operator",
+}
+
+
+def _unexpected(text: str) -> str:
+    why = _WHY_UNEXPECTED.get(text)
+    return f"unexpected {text!r}" + (f": {why}" if why else "")
+
+
+def _check_depth(tree: Tree[Token]) -> None:
+    stack: list[tuple[Tree[Token] | Token, int]] = [(tree, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            position = item.meta.start_pos if isinstance(item, Tree) else 0
+            raise ExpressionError(position, f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(item, Tree):
+            stack.extend((child, depth + 1) for child in item.children)
+
+
+def _position(tree: Tree[Token] | Token) -> int:
+    if isinstance(tree, Token):
+        return tree.start_pos or 0
+    return tree.meta.start_pos if not tree.meta.empty else 0
+
+
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality without Python's `True == 1`: values of different kinds are never equal."""
+    if _is_number(a) and _is_number(b):
+        return bool(a == b)
+    return type(a) is type(b) and a == b
+
+
+class _Compiler:
+    def __init__(self, catalog: FieldCatalog) -> None:
+        self.catalog = catalog
+        self.fields: set[str] = set()
+
+    def build(self, tree: Tree[Token] | Token) -> Node:
+        if isinstance(tree, Token):  # pragma: no cover - the grammar wraps every token
+            raise ExpressionError(_position(tree), f"unexpected {tree!s}")
+        method = getattr(self, "_" + tree.data, None)
+        if method is None:  # pragma: no cover - every rule has a method
+            raise ExpressionError(_position(tree), f"unsupported {tree.data}")
+        node: Node = method(tree)
+        return node
+
+    # -- literals ---------------------------------------------------------------------------
+
+    def _number(self, tree: Tree[Token]) -> Node:
+        token = tree.children[0]
+        assert isinstance(token, Token)
+        return self._constant("number", _number_value(token, 1))
+
+    def _negative_number(self, tree: Tree[Token]) -> Node:
+        token = tree.children[0]
+        assert isinstance(token, Token)
+        return self._constant("number", _number_value(token, -1))
+
+    def _string(self, tree: Tree[Token]) -> Node:
+        token = tree.children[0]
+        assert isinstance(token, Token)
+        text = _unquote(token)
+        if len(text) > MAX_STRING:
+            raise ExpressionError(_position(token), f"string longer than {MAX_STRING} characters")
+        return self._constant("string", text)
+
+    def _true(self, tree: Tree[Token]) -> Node:
+        return self._constant("bool", True)
+
+    def _false(self, tree: Tree[Token]) -> Node:
+        return self._constant("bool", False)
+
+    def _null(self, tree: Tree[Token]) -> Node:
+        return Node("null", True, lambda _p, _n: None, frozenset(), constant=True)
+
+    def _list_(self, tree: Tree[Token]) -> Node:
+        items = [self.build(child) for child in tree.children if isinstance(child, Tree)]
+        if len(items) > MAX_LIST:
+            raise ExpressionError(_position(tree), f"a list holds at most {MAX_LIST} items")
+        kinds = {item.type for item in items}
+        if len(kinds) > 1:
+            raise ExpressionError(_position(tree), "a list must hold one kind of value")
+        values = [item.evaluate(None, 0) for item in items]  # type: ignore[arg-type]
+        return Node("list", False, lambda _p, _n: values, frozenset(), constant=True)
+
+    def _constant(self, type_: Type, value: Any) -> Node:
+        return Node(type_, False, lambda _p, _n: value, frozenset(), constant=True)
+
+    # -- names ----------------------------------------------------------------------------
+
+    def _path(self, tree: Tree[Token]) -> Node:
+        name = ".".join(str(child) for child in tree.children)
+        field = self.catalog.get(name)
+        if field is None:
+            hint = "; fields start with session., profile., geo., device. or local."
+            if any(part.startswith("_") for part in name.split(".")):
+                hint = "; names starting with '_' are never fields"
+            raise ExpressionError(_position(tree), f"unknown field {name!r}{hint}")
+        self.fields.add(name)
+        return Node(field.type, field.nullable, field.get, field.topics)
+
+    # -- operators --------------------------------------------------------------------------
+
+    def _not_(self, tree: Tree[Token]) -> Node:
+        operand = self._boolean(tree.children[0])
+        inner = operand.evaluate
+        return Node("bool", False, lambda p, n: inner(p, n) is False, operand.topics)
+
+    def _and_(self, tree: Tree[Token]) -> Node:
+        left, right = (self._boolean(child) for child in tree.children)
+        a, b = left.evaluate, right.evaluate
+        return Node(
+            "bool", False, lambda p, n: a(p, n) is True and b(p, n) is True,
+            left.topics | right.topics,
+        )  # fmt: skip
+
+    def _or_(self, tree: Tree[Token]) -> Node:
+        left, right = (self._boolean(child) for child in tree.children)
+        a, b = left.evaluate, right.evaluate
+        return Node(
+            "bool", False, lambda p, n: a(p, n) is True or b(p, n) is True,
+            left.topics | right.topics,
+        )  # fmt: skip
+
+    def _boolean(self, child: Tree[Token] | Token) -> Node:
+        node = self.build(child)
+        if node.type not in ("bool", "any"):
+            raise ExpressionError(
+                _position(child), f"expected true/false here, found a {node.type}"
+            )
+        return node
+
+    def _compare(self, tree: Tree[Token]) -> Node:
+        left_tree, op_token, right_tree = tree.children
+        left, right = self.build(left_tree), self.build(right_tree)
+        op = str(op_token)
+        topics = left.topics | right.topics
+        a, b = left.evaluate, right.evaluate
+        if op in ("==", "!="):
+            self._comparable(left, right, tree)
+            negate = op == "!="
+            return Node("bool", False, lambda p, n: _same(a(p, n), b(p, n)) is not negate, topics)
+        for side, side_tree in ((left, left_tree), (right, right_tree)):
+            if side.type not in ("number", "any"):
+                raise ExpressionError(
+                    _position(side_tree), f"{op} compares numbers, not a {side.type}"
+                )
+        compare = _COMPARE[op]
+
+        def ordered(p: Profile, n: int) -> bool:
+            x, y = a(p, n), b(p, n)
+            return _is_number(x) and _is_number(y) and compare(x, y)
+
+        return Node("bool", False, ordered, topics)
+
+    def _comparable(self, left: Node, right: Node, tree: Tree[Token]) -> None:
+        kinds = {left.type, right.type} - {"any"}
+        if "null" in kinds:
+            other = (kinds - {"null"}) or {"null"}
+            nullable = left.nullable if right.type == "null" else right.nullable
+            if not nullable and other != {"null"} and "any" not in (left.type, right.type):
+                raise ExpressionError(
+                    _position(tree), f"this {other.pop()} is never null: compare it to a value"
+                )
+            return
+        if len(kinds) > 1:
+            raise ExpressionError(
+                _position(tree), f"cannot compare a {left.type} with a {right.type}"
+            )
+
+    def _in_(self, tree: Tree[Token]) -> Node:
+        return self._membership(tree, negate=False)
+
+    def _not_in(self, tree: Tree[Token]) -> Node:
+        return self._membership(tree, negate=True)
+
+    def _membership(self, tree: Tree[Token], *, negate: bool) -> Node:
+        left_tree, right_tree = tree.children
+        left, right = self.build(left_tree), self.build(right_tree)
+        if right.type not in ("list", "string", "any"):
+            raise ExpressionError(
+                _position(right_tree), f"'in' looks in a list or a string, not a {right.type}"
+            )
+        if right.type == "string" and left.type not in ("string", "any"):
+            raise ExpressionError(
+                _position(left_tree), f"only a string can be in a string, not a {left.type}"
+            )
+        a, b = left.evaluate, right.evaluate
+
+        def contained(p: Profile, n: int) -> bool:
+            item, container = a(p, n), b(p, n)
+            if isinstance(container, str):
+                found = isinstance(item, str) and item in container
+            elif isinstance(container, list):
+                found = any(_same(item, held) for held in container)
+            else:
+                return False
+            return found is not negate
+
+        return Node("bool", False, contained, left.topics | right.topics)
+
+    def _neg(self, tree: Tree[Token]) -> Node:
+        operand = self._numeric(tree.children[0])
+        inner = operand.evaluate
+
+        def negative(p: Profile, n: int) -> Any:
+            value = inner(p, n)
+            return -value if _is_number(value) else None
+
+        return Node("number", operand.nullable, negative, operand.topics)
+
+    def _arith(self, tree: Tree[Token]) -> Node:
+        left_tree, op_token, right_tree = tree.children
+        left, right = self._numeric(left_tree), self._numeric(right_tree)
+        a, b, op = left.evaluate, right.evaluate, str(op_token)
+
+        def arithmetic(p: Profile, n: int) -> Any:
+            x, y = a(p, n), b(p, n)
+            if not (_is_number(x) and _is_number(y)):
+                return None
+            if op == "+":
+                return x + y
+            if op == "-":
+                return x - y
+            if op == "*":
+                return x * y
+            return x / y if y else None
+
+        return Node("number", True, arithmetic, left.topics | right.topics)
+
+    def _numeric(self, child: Tree[Token] | Token) -> Node:
+        node = self.build(child)
+        if node.type not in ("number", "any"):
+            raise ExpressionError(_position(child), f"arithmetic needs numbers, not a {node.type}")
+        return node
+
+
+def _number_value(token: Token, sign: int) -> float | int:
+    text = str(token)
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ExpressionError(_position(token), f"number longer than {MAX_NUMBER_CHARS} characters")
+    value = float(text) if any(c in text for c in ".eE") else int(text)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ExpressionError(_position(token), "number out of range")
+    return sign * value
+
+
+def _unquote(token: Token) -> str:
+    body = str(token)[1:-1]
+    out: list[str] = []
+    escaped = False
+    for char in body:
+        if escaped:
+            out.append({"n": "\n", "t": "\t"}.get(char, char))
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        else:
+            out.append(char)
+    return "".join(out)
