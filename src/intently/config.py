@@ -48,6 +48,16 @@ class Settings(Struct, kw_only=True):
     # Purposes granted when a visitor has said nothing: all three is an opt-out regime;
     # "analytics" alone (or nothing) is opt-in.
     default_consent: tuple[str, ...] = ("analytics", "personalization", "marketing")
+    # Segments defined by the operator (YAML: `segments: {name: {expression: ...}}`).
+    segments_file: Path | None = None
+    # Signs segment webhooks (HMAC-SHA256); needed once a segment names a webhook.
+    webhook_secret: str | None = None
+    webhook_max_attempts: int = 6
+    webhook_timeout_seconds: float = 5.0
+    # Browser privacy signals: Sec-GPC refuses marketing; DNT refuses personalization
+    # and marketing.
+    honor_gpc: bool = True
+    honor_dnt: bool = False
     # Serve POST /_bench/hello, the ceiling that bench/ingest.py measures against.
     bench_endpoints: bool = False
 
@@ -103,7 +113,14 @@ _ENV_FIELDS = {
     "SESSION_TIMEOUT_MINUTES": "session_timeout_minutes",
     "ANONYMOUS_RETENTION_DAYS": "anonymous_retention_days",
     "DEFAULT_CONSENT": "default_consent",
+    "SEGMENTS_FILE": "segments_file",
+    "WEBHOOK_SECRET": "webhook_secret",
+    "WEBHOOK_MAX_ATTEMPTS": "webhook_max_attempts",
+    "WEBHOOK_TIMEOUT_SECONDS": "webhook_timeout_seconds",
+    "HONOR_GPC": "honor_gpc",
+    "HONOR_DNT": "honor_dnt",
 }
+_FLAGS = {"bench_endpoints", "honor_gpc", "honor_dnt"}
 _LISTS = {"cors_origins", "internal_hosts", "default_consent"}
 
 
@@ -119,7 +136,7 @@ def load_settings(
             continue
         if name in _LISTS:
             values[name] = [item.strip() for item in raw.split(",") if item.strip()]
-        elif name == "bench_endpoints":
+        elif name in _FLAGS:
             values[name] = raw.lower() in {"1", "true", "yes", "on"}
         else:
             values[name] = raw

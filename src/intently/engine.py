@@ -23,6 +23,10 @@ from intently.keys import Keys, load_or_create_keys
 from intently.log.dedupe import MessageIdWindow
 from intently.log.eventlog import EventLog
 from intently.pipeline import Pipeline
+from intently.segments.fields import FieldCatalog
+from intently.segments.membership import Membership
+from intently.segments.registry import ConfigError, Segment, SegmentRegistry, SegmentSpec
+from intently.segments.webhooks import WebhookDispatcher
 from intently.stores.embedded import EmbeddedStore
 
 log = logging.getLogger(__name__)
@@ -90,6 +94,20 @@ class Engine:
         self.store = open_store(settings)
         self._resources.callback(self.store.close)
         self.context = ContextStage(self.store, settings.context_settings())
+        self.segments = SegmentRegistry(
+            FieldCatalog(self.context.rules), settings.data_dir, settings.segments_file
+        )
+        if settings.webhook_secret is None and any(s.webhook for s, _ in self.segments):
+            raise ConfigError("a segment names a webhook: set INTENTLY_WEBHOOK_SECRET to sign it")
+        self.membership = Membership(self.segments, self.context.rules)
+        self.context.hooks.append(self.membership)
+        self.context.removal_hooks.append(self.membership.forget)
+        self.webhooks = WebhookDispatcher(
+            settings.webhook_secret,
+            settings.data_dir / "webhooks-dead.jsonl",
+            max_attempts=settings.webhook_max_attempts,
+            timeout_seconds=settings.webhook_timeout_seconds,
+        )
         self.metrics = Metrics()
         window_ms = settings.dedupe_window_seconds * 1000
         self.pipeline = Pipeline(
@@ -103,12 +121,34 @@ class Engine:
         caught_up = self.context.catch_up(self.log)
         if caught_up:
             log.info("re-applied %d logged events to the state store", caught_up)
+        self.membership.count_members(list(self.store.profiles()))
         # Rebuild the dedupe window from the log's most recent window of receive time.
         latest = self.log.latest_received_ms()
         if latest is not None:
             loaded = self.pipeline.prime_dedupe(latest - window_ms, latest)
             log.info("loaded %d recent messageIds for deduplication", loaded)
         self.metrics.log_seq.set(self.log.last_seq)
+
+    def define_segment(self, name: str, spec: SegmentSpec) -> tuple[Segment, int]:
+        """Add or replace a segment and evaluate it over every profile now; returns the
+        segment and how many profiles entered or left it. Raises `ExpressionError`."""
+        if spec.webhook and self.settings.webhook_secret is None:
+            raise ConfigError("set INTENTLY_WEBHOOK_SECRET before defining webhooks")
+        segment, compiled = self.segments.define(name, spec)
+        self.membership.reindex()
+        profiles = list(self.store.profiles())
+        # Members of a replaced definition that still match stay members (no new entry).
+        changed = self.membership.backfill(segment, compiled, profiles, self.now_ms())
+        self.context.commit_profiles(changed)
+        return segment, len(changed)
+
+    def delete_segment(self, name: str) -> bool:
+        if not self.segments.delete(name):
+            return False
+        self.membership.reindex()
+        changed = self.membership.drop(name, list(self.store.profiles()), self.now_ms())
+        self.context.commit_profiles(changed)
+        return True
 
     def now_ms(self) -> int:
         return int(self.clock.now().timestamp() * 1000)

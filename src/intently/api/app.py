@@ -19,6 +19,7 @@ from intently.api.events import post_events
 from intently.api.metrics import LatencyMiddleware
 from intently.api.openapi import Health, build_openapi
 from intently.api.profiles import delete_profile, export_profile, get_profile, put_consent
+from intently.api.segments import delete_segment, get_segment, list_segments, put_segment
 from intently.engine import Engine
 
 _encode = msgspec.json.Encoder().encode
@@ -50,9 +51,14 @@ def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Segment webhooks run while the app serves (not during start-up catch-up).
+        engine.webhooks.start()
+        engine.membership.listeners.append(engine.webhooks.enqueue)
         try:
             yield
         finally:
+            engine.membership.listeners.remove(engine.webhooks.enqueue)
+            await engine.webhooks.stop()
             if close_engine:
                 engine.close()
 
@@ -62,6 +68,10 @@ def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
         Route("/v1/profiles/{id}", delete_profile, methods=["DELETE"]),
         Route("/v1/profiles/{id}/export", export_profile, methods=["GET"]),
         Route("/v1/profiles/{id}/consent", put_consent, methods=["PUT"]),
+        Route("/v1/segments", list_segments, methods=["GET"]),
+        Route("/v1/segments/{name}", get_segment, methods=["GET"]),
+        Route("/v1/segments/{name}", put_segment, methods=["PUT"]),
+        Route("/v1/segments/{name}", delete_segment, methods=["DELETE"]),
         Route("/healthz", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),

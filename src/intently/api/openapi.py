@@ -17,6 +17,7 @@ from intently.api.problems import PROBLEM_MEDIA_TYPE, Problem
 from intently.api.profiles import ConsentUpdate, Erased
 from intently.events.schema import BatchForSchema, Event
 from intently.pipeline import IngestResult
+from intently.segments.registry import SegmentSpec
 
 
 class Health(Struct):
@@ -52,19 +53,26 @@ def _object(description: str) -> dict[str, Any]:
     }
 
 
-_ADMIN_ERRORS = {
+_AUTH_ERRORS = {
     "401": _problem("Missing or invalid key."),
     "403": _problem("The route needs the secret (admin) key."),
-    "404": _problem("No profile has this id."),
+}
+_ADMIN_ERRORS = {**_AUTH_ERRORS, "404": _problem("No profile has this id.")}
+_NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "description": "The segment's name: 1-64 of a-z, 0-9, '_' and '-'.",
+    "schema": {"type": "string"},
 }
 
 
 def build_openapi() -> dict[str, Any]:
     schemas, components = msgspec.json.schema_components(
-        [Event, BatchForSchema, IngestResult, Problem, Health, Erased, ConsentUpdate],
+        [Event, BatchForSchema, IngestResult, Problem, Health, Erased, ConsentUpdate, SegmentSpec],
         ref_template="#/components/schemas/{name}",
     )
-    event, batch, ingest, _problem_schema, health, erased, consent = schemas
+    event, batch, ingest, _problem_schema, health, erased, consent, segment_spec = schemas
     components["Event"] = event
     json_body = {"schema": {"oneOf": [_ref("Event"), batch]}}
     return {
@@ -162,6 +170,59 @@ def build_openapi() -> dict[str, Any]:
                         "400": _problem("The body is not a consent update."),
                         "413": _problem("The body is too large."),
                         **_ADMIN_ERRORS,
+                    },
+                },
+            },
+            "/v1/segments": {
+                "get": {
+                    "operationId": "listSegments",
+                    "summary": "Every segment with its member count, and the readable fields.",
+                    "security": [{"bearer": []}],
+                    "responses": {"200": _object("Segments and fields."), **_AUTH_ERRORS},
+                },
+            },
+            "/v1/segments/{name}": {
+                "parameters": [_NAME],
+                "get": {
+                    "operationId": "getSegment",
+                    "summary": "One segment.",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": _object("The segment."),
+                        "404": _problem("No such segment."),
+                        **_AUTH_ERRORS,
+                    },
+                },
+                "put": {
+                    "operationId": "putSegment",
+                    "summary": "Create or replace a segment; membership is evaluated at once.",
+                    "description": (
+                        "An expression that does not parse or type-check is a 400 whose "
+                        "`position` is the offset of the problem in the expression."
+                    ),
+                    "security": [{"bearer": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": segment_spec}},
+                    },
+                    "responses": {
+                        "200": _object("Replaced."),
+                        "201": _object("Created."),
+                        "400": _problem("Bad name, body or expression."),
+                        "409": _problem("The segment comes from the segments file."),
+                        "413": _problem("The body is too large."),
+                        **_AUTH_ERRORS,
+                    },
+                },
+                "delete": {
+                    "operationId": "deleteSegment",
+                    "summary": "Delete a segment; its members leave it.",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "204": {"description": "Deleted."},
+                        "404": _problem("No such segment."),
+                        "409": _problem("The segment comes from the segments file."),
+                        **_AUTH_ERRORS,
                     },
                 },
             },

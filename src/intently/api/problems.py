@@ -29,6 +29,8 @@ class Problem(Struct, omit_defaults=True):
     instance: str | None = None
     pointer: str | None = None
     errors: list[FieldError] | None = None
+    # Where in a text field (a segment expression) the problem is: a 0-based offset.
+    position: int | None = None
 
 
 _encode = msgspec.json.Encoder().encode
@@ -43,6 +45,7 @@ def problem(
     errors: list[FieldError] | None = None,
     instance: str | None = None,
     headers: dict[str, str] | None = None,
+    position: int | None = None,
 ) -> Response:
     body = Problem(
         type=TYPE_PREFIX + code,
@@ -52,5 +55,6 @@ def problem(
         instance=instance,
         pointer=pointer or None,
         errors=errors,
+        position=position,
     )
     return Response(_encode(body), status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)

@@ -25,6 +25,15 @@ PURPOSES = ("analytics", "personalization", "marketing")
 _PRICE_ALPHA = 0.1
 # Without two sessions to measure from, a visitor is expected back within a month.
 _DEFAULT_RETURN_MS = 30 * DAY_MS
+_SEGMENT_HISTORY = 20
+
+
+class SegmentChange(Struct, array_like=True, gc=False):
+    """A profile entered (`entered`) or left a segment at `at_ms`."""
+
+    segment: str
+    entered: bool
+    at_ms: int
 
 
 class Profile(Struct, gc=False, kw_only=True):
@@ -50,8 +59,9 @@ class Profile(Struct, gc=False, kw_only=True):
     # purpose -> [granted, when it was said]; absent purposes follow the default.
     consent: dict[str, tuple[bool, int]] = field(default_factory=dict)
     session: Session | None = None
-    # segment name -> when the profile entered it
+    # segment name -> when the profile entered it; and the latest entries and exits
     segments: dict[str, int] = field(default_factory=dict)
+    segment_history: list[SegmentChange] = field(default_factory=list)
 
     @property
     def known(self) -> bool:
@@ -142,6 +152,16 @@ class ProfileRules:
         level = profile.price_level
         profile.price_level = price if level is None else level + _PRICE_ALPHA * (price - level)
 
+    def record_segment(self, profile: Profile, segment: str, entered: bool, at_ms: int) -> None:
+        if entered:
+            profile.segments[segment] = at_ms
+        else:
+            profile.segments.pop(segment, None)
+        history = profile.segment_history
+        history.append(SegmentChange(segment, entered, at_ms))
+        if len(history) > _SEGMENT_HISTORY:
+            del history[0]
+
     def end_session(self, profile: Profile) -> None:
         """Drop the live session (it idled out); everything it taught the profile stays."""
         profile.session = None
@@ -182,6 +202,11 @@ class ProfileRules:
             held = into.consent.get(purpose)
             if held is None or held[1] < said[1]:
                 into.consent[purpose] = said
+        for name, entered_ms in other.segments.items():
+            into.segments[name] = min(entered_ms, into.segments.get(name, entered_ms))
+        into.segment_history = sorted(
+            into.segment_history + other.segment_history, key=lambda c: c.at_ms
+        )[-_SEGMENT_HISTORY:]
         if other.session is not None:
             if into.session is None:
                 into.session = other.session
@@ -281,6 +306,13 @@ class ProfileRules:
             "price_level": profile.price_level,
             "traits": dict(profile.traits),
             "consent": {p: self.consents(profile, p) for p in PURPOSES},
+            "segments": {
+                "current": dict(profile.segments),
+                "history": [
+                    {"segment": c.segment, "entered": c.entered, "at": c.at_ms}
+                    for c in profile.segment_history
+                ],
+            },
             "scores": self.scores(profile, now_ms),
             "blended": self.blended(profile, now_ms),
             "session": None if session is None else self.sessions.describe(session, now_ms),

@@ -40,6 +40,7 @@ class ContextStage:
         self.rules = ProfileRules(self.settings)
         self.identity = IdentityGraph(store, self.rules)
         self.hooks: list[ProfileHook] = []
+        self.removal_hooks: list[Callable[[Profile], None]] = []
         # The latest event time applied: "now" for expiry, so that replayed history
         # expires by its own clock and the same events always give the same state.
         self.watermark_ms = 0
@@ -91,6 +92,8 @@ class ContextStage:
         return len(changes.profiles) + len(changes.removed)
 
     def _remove(self, profile: Profile, changes: Changes) -> None:
+        for hook in self.removal_hooks:
+            hook(profile)
         for user_id in profile.user_ids:
             changes.unlink(user_key(user_id))
         for anonymous_id in profile.anonymous_ids:
@@ -117,6 +120,13 @@ class ContextStage:
 
     def describe(self, profile: Profile, now_ms: int) -> dict[str, Any]:
         return self.rules.describe(profile, now_ms)
+
+    def commit_profiles(self, profiles: Sequence[Profile]) -> None:
+        """Persist profiles changed outside an event (a segment definition changed)."""
+        changes = Changes(self.store.applied_seq)
+        for profile in profiles:
+            changes.put(profile)
+        self.store.commit(changes)
 
     def forget(self, profile: Profile) -> None:
         """Remove the profile and its identity links (the caller erases its events)."""

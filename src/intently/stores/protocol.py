@@ -74,6 +74,10 @@ class StateStore(Protocol):
 
     def profile_count(self) -> int: ...
 
+    def profiles(self) -> Iterable[Profile]:
+        """Every profile (for re-evaluating a changed segment definition)."""
+        ...
+
     def flush(self) -> None:
         """Make every committed change durable before returning."""
         ...

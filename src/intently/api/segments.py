@@ -1,0 +1,101 @@
+"""`/v1/segments`: define, read and delete segments (admin key)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from intently.api.auth import require
+from intently.api.events import BodyTooLarge, read_body
+from intently.api.problems import problem
+from intently.engine import Engine
+from intently.keys import Role
+from intently.segments.lang import ExpressionError
+from intently.segments.registry import ConfigError, Segment, SegmentSpec, valid_name
+
+_encode = msgspec.json.Encoder().encode
+_spec = msgspec.json.Decoder(SegmentSpec)
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(_encode(body), status, media_type="application/json")
+
+
+def _view(engine: Engine, segment: Segment) -> dict[str, Any]:
+    return {**msgspec.to_builtins(segment), "members": engine.membership.members[segment.name]}
+
+
+def _missing(name: str) -> Response:
+    return problem(404, "segment-not-found", f"there is no segment {name!r}", pointer="/name")
+
+
+@require(Role.ADMIN)
+async def list_segments(request: Request) -> Response:
+    engine: Engine = request.app.state.engine
+    return _json(
+        {
+            "segments": [_view(engine, segment) for segment, _ in engine.segments],
+            "fields": engine.segments.catalog.describe(),
+        }
+    )
+
+
+@require(Role.ADMIN)
+async def get_segment(request: Request) -> Response:
+    engine: Engine = request.app.state.engine
+    name = request.path_params["name"]
+    segment = engine.segments.get(name)
+    return _missing(name) if segment is None else _json(_view(engine, segment))
+
+
+@require(Role.ADMIN)
+async def put_segment(request: Request) -> Response:
+    """Create or replace a segment; its membership is evaluated over every profile."""
+    engine: Engine = request.app.state.engine
+    name = request.path_params["name"]
+    if not valid_name(name):
+        return problem(
+            400, "invalid-name",
+            "a segment name is 1-64 of a-z, 0-9, '_' and '-', starting with a letter or digit",
+            pointer="/name",
+        )  # fmt: skip
+    existing = engine.segments.get(name)
+    if existing is not None and existing.source == "config":
+        return problem(
+            409, "read-only", f"segment {name!r} comes from the segments file; change it there"
+        )
+    try:
+        spec = _spec.decode(await read_body(request, 16 * 1024))
+    except BodyTooLarge:
+        return problem(413, "body-too-large", "a segment definition is at most 16 KB")
+    except msgspec.ValidationError as exc:
+        return problem(400, "invalid-body", str(exc))
+    except msgspec.DecodeError as exc:
+        return problem(400, "malformed-json", f"the body is not valid JSON: {exc}")
+    try:
+        segment, changed = engine.define_segment(name, spec)
+    except ExpressionError as exc:
+        return problem(
+            400, "invalid-expression", str(exc), pointer="/expression", position=exc.position
+        )
+    except ConfigError as exc:
+        return problem(400, "webhook-secret-missing", str(exc), pointer="/webhook")
+    return _json({**_view(engine, segment), "changed": changed}, 201 if existing is None else 200)
+
+
+@require(Role.ADMIN)
+async def delete_segment(request: Request) -> Response:
+    engine: Engine = request.app.state.engine
+    name = request.path_params["name"]
+    existing = engine.segments.get(name)
+    if existing is None:
+        return _missing(name)
+    if existing.source == "config":
+        return problem(
+            409, "read-only", f"segment {name!r} comes from the segments file; change it there"
+        )
+    engine.delete_segment(name)
+    return Response(status_code=204)
