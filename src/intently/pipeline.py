@@ -23,7 +23,7 @@ from msgspec import Struct
 from intently.clock import Clock
 from intently.events.enrich import Enricher
 from intently.events.record import EventRecord, aware_utc, stamp
-from intently.events.schema import Event
+from intently.events.schema import Consent, Context, Event
 from intently.events.validate import FieldError
 from intently.log.dedupe import MessageIdWindow
 from intently.log.eventlog import EventLog, LogRow
@@ -40,6 +40,8 @@ class ClientInfo(NamedTuple):
 
     ip: str | None = None
     user_agent: str | None = None
+    # Purposes the request's privacy signals refuse (Sec-GPC, DNT), as configured.
+    refused: tuple[str, ...] = ()
 
 
 class IngestResult(Struct, omit_defaults=True):
@@ -111,6 +113,8 @@ class Pipeline:
                         waits.append(pending)
                     continue
                 marked.append(message_id)
+                if client.refused:
+                    _refuse(event, client.refused)
                 record = EventRecord(event, self.enricher(event, client.ip, client.user_agent))
                 records.append(record)
                 rows.append(
@@ -171,6 +175,17 @@ class Pipeline:
     def prime_dedupe(self, from_ms: int, to_ms: int) -> int:
         """Load the messageIds the log holds for [from_ms, to_ms] into the window."""
         return self.dedupe.load(self.log.message_ids(from_ms, to_ms))
+
+
+def _refuse(event: Event, purposes: tuple[str, ...]) -> None:
+    """Record the request's privacy signal on the event itself, so the log (and every
+    replay) holds the refusal, not only this request."""
+    context = event.context if event.context is not None else Context()
+    event.context = context
+    if context.consent is None:
+        context.consent = Consent()
+    for purpose in purposes:
+        context.consent.category_preferences[purpose] = False
 
 
 def _type_of(event: Event) -> str:

@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from intently.api.auth import bearer_key, unauthorized
 from intently.api.problems import problem
+from intently.config import Settings
 from intently.engine import Engine
 from intently.events.validate import BodyError, decode_body
 from intently.log.eventlog import LogClosed
@@ -40,6 +41,19 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise BodyTooLarge
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def privacy_refusals(request: Request, settings: Settings) -> tuple[str, ...]:
+    """The purposes this request's browser privacy signals refuse, as configured:
+    Global Privacy Control (`Sec-GPC: 1`) opts out of marketing (sale/sharing); Do Not
+    Track (`DNT: 1`) opts out of personalization and marketing."""
+    refused: tuple[str, ...] = ()
+    headers = request.headers
+    if settings.honor_dnt and headers.get("dnt") == "1":
+        refused = ("personalization", "marketing")
+    elif settings.honor_gpc and headers.get("sec-gpc") == "1":
+        refused = ("marketing",)
+    return refused
 
 
 async def post_events(request: Request) -> Response:
@@ -81,7 +95,9 @@ async def post_events(request: Request) -> Response:
         )
         return problem(400, "no-usable-event", detail, errors=decoded.errors or None)
     client = ClientInfo(
-        request.client.host if request.client else None, request.headers.get("user-agent")
+        request.client.host if request.client else None,
+        request.headers.get("user-agent"),
+        privacy_refusals(request, settings),
     )
     try:
         result = await engine.pipeline.ingest(decoded.events, client)
