@@ -77,7 +77,7 @@ async def test_identify_merges_the_anonymous_profile_into_the_known_one(
     merged = await profile(admin, "anon-a")
     assert merged == await profile(admin, "u-1") == await profile(admin, known_id)
     assert merged["id"] == known_id
-    assert merged["user_ids"] == ["u-1"] and merged["anonymous_ids"] == ["anon-a"]
+    assert (merged["user_ids"], merged["anonymous_ids"]) == (["u-1"], ["anon-a"])
     assert merged["counts"] == {"Product Viewed": 3, "identify": 1}
     assert set(merged["categories"]) == {"running", "hiking"}
     assert merged["traits"] == {"email": "a@example.test"}
@@ -129,7 +129,7 @@ async def test_two_known_profiles_never_merge_through_an_anonymous_id(
     await send(client, identify("dev-1", "dave", 2))  # dev-1 is Carol's
     carol, dave = await profile(admin, "carol"), await profile(admin, "dave")
     assert carol["id"] != dave["id"]
-    assert carol["anonymous_ids"] == ["dev-1"] and dave["anonymous_ids"] == ["dev-2"]
+    assert (carol["anonymous_ids"], dave["anonymous_ids"]) == (["dev-1"], ["dev-2"])
 
 
 async def test_alias_merges_and_an_alias_to_itself_changes_nothing(
