@@ -246,12 +246,16 @@ class _Compiler:
     # -- names ----------------------------------------------------------------------------
 
     def _path(self, tree: Tree[Token]) -> Node:
-        name = ".".join(str(child) for child in tree.children)
+        parts = [str(child) for child in tree.children]
+        name = ".".join(parts)
+        if any(part.startswith("_") for part in parts):
+            # Not even as a trait name: nothing here should look like a way into Python.
+            raise ExpressionError(
+                _position(tree), f"unknown field {name!r}; names starting with '_' are never fields"
+            )
         field = self.catalog.get(name)
         if field is None:
             hint = "; fields start with session., profile., geo., device. or local."
-            if any(part.startswith("_") for part in name.split(".")):
-                hint = "; names starting with '_' are never fields"
             raise ExpressionError(_position(tree), f"unknown field {name!r}{hint}")
         self.fields.add(name)
         return Node(field.type, field.nullable, field.get, field.topics)
