@@ -156,6 +156,9 @@ class WebhookDispatcher:
             delivery = await self.queue.get()
             try:
                 await self._attempt(delivery)
+            except asyncio.CancelledError:
+                self._dead_letter(delivery, "shutdown during delivery")
+                raise
             except Exception:  # a bug here must not kill the worker
                 log.exception("webhook delivery %s failed unexpectedly", delivery.id)
                 self._dead_letter(delivery, "internal error")
