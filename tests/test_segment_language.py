@@ -169,5 +169,5 @@ def test_topics_are_what_the_expression_reads() -> None:
         'session.cart.value > 1 and geo.country == "IN" and profile.traits.vip == true',
         CATALOG,
     )
-    assert compiled.topics == {"cart", "where", "traits"}
+    assert compiled.topics == {"cart", "purchases", "where", "traits", "session"}
     assert compiled.fields == {"session.cart.value", "geo.country", "profile.traits.vip"}

@@ -136,18 +136,21 @@ class Engine:
             raise ConfigError("set INTENTLY_WEBHOOK_SECRET before defining webhooks")
         segment, compiled = self.segments.define(name, spec)
         self.membership.reindex()
-        profiles = list(self.store.profiles())
         # Members of a replaced definition that still match stay members (no new entry).
-        changed = self.membership.backfill(segment, compiled, profiles, self.now_ms())
-        self.context.commit_profiles(changed)
-        return segment, len(changed)
+        changes = self.context.changes()
+        moved = self.membership.backfill(
+            segment, compiled, list(self.store.profiles()), self.now_ms(), changes
+        )
+        self.context.commit(changes)
+        return segment, moved
 
     def delete_segment(self, name: str) -> bool:
         if not self.segments.delete(name):
             return False
         self.membership.reindex()
-        changed = self.membership.drop(name, list(self.store.profiles()), self.now_ms())
-        self.context.commit_profiles(changed)
+        changes = self.context.changes()
+        self.membership.drop(name, list(self.store.profiles()), self.now_ms(), changes)
+        self.context.commit(changes)
         return True
 
     def now_ms(self) -> int:

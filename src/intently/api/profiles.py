@@ -60,13 +60,29 @@ def _profile(request: Request) -> tuple[Engine, str, Profile | None]:
     return engine, any_id, engine.context.lookup(any_id)
 
 
+def describe(engine: Engine, profile: Profile) -> dict[str, Any]:
+    """The profile as the API shows it: features, scores, and segments with their entry
+    times and the latest entries and exits."""
+    body = engine.context.describe(profile, engine.now_ms())
+    history = engine.store.segment_history(profile.id, 20)
+    entered: dict[str, int] = {}
+    for change in history:
+        if change.entered:
+            entered[change.segment] = change.at_ms
+    body["segments"] = {
+        "current": {name: entered.get(name) for name in profile.segments},
+        "history": [{"segment": c.segment, "entered": c.entered, "at": c.at_ms} for c in history],
+    }
+    return body
+
+
 @require(Role.ADMIN)
 async def get_profile(request: Request) -> Response:
     """The profile, its live session's features, its segments and its consent."""
     engine, any_id, profile = _profile(request)
     if profile is None:
         return _not_found(any_id)
-    return _json(engine.context.describe(profile, engine.now_ms()))
+    return _json(describe(engine, profile))
 
 
 @require(Role.ADMIN)
@@ -80,7 +96,7 @@ async def export_profile(request: Request) -> Response:
         engine.log.rows_of, list(profile.anonymous_ids), list(profile.user_ids)
     )
     body = {
-        "profile": engine.context.describe(profile, engine.now_ms()),
+        "profile": describe(engine, profile),
         "stored": msgspec.to_builtins(profile),
         "identities": {
             "user_ids": list(profile.user_ids),

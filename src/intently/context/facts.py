@@ -16,6 +16,7 @@ spec) or through the profile API, which logs an event of its own.
 from __future__ import annotations
 
 import re
+from sys import intern
 from typing import Any
 
 import msgspec
@@ -102,7 +103,7 @@ def facts_of(record: EventRecord) -> Facts:
     event = record.event
     assert event.timestamp is not None
     facts = Facts(
-        kind=_kind(event),
+        kind=intern(_kind(event)),
         at_ms=int(event.timestamp.timestamp() * 1000),
         anonymous_id=event.anonymous_id,
         user_id=event.user_id,
@@ -190,7 +191,7 @@ def _line(product: Product, quantity: int | None = None) -> Line | None:
 
 def _viewed(properties: CommerceProperties, facts: Facts) -> None:
     facts.product = _line(properties)
-    facts.brand = properties.brand
+    facts.brand = intern(properties.brand) if properties.brand is not None else None
 
 
 def _searched(properties: CommerceProperties, facts: Facts) -> None:

@@ -25,15 +25,18 @@ PURPOSES = ("analytics", "personalization", "marketing")
 _PRICE_ALPHA = 0.1
 # Without two sessions to measure from, a visitor is expected back within a month.
 _DEFAULT_RETURN_MS = 30 * DAY_MS
-_SEGMENT_HISTORY = 20
 
 
-class SegmentChange(Struct, array_like=True, gc=False):
-    """A profile entered (`entered`) or left a segment at `at_ms`."""
+class SegmentChange(Struct, frozen=True, array_like=True, gc=False):
+    """A profile entered or left a segment at `at_ms`, because of the event at log
+    position `seq` (0 when a definition changed). The store keeps these durably; the
+    profile itself holds only the names of its current segments."""
 
+    profile_id: str
     segment: str
     entered: bool
     at_ms: int
+    seq: int
 
 
 class Profile(Struct, gc=False, kw_only=True):
@@ -50,18 +53,17 @@ class Profile(Struct, gc=False, kw_only=True):
     purchases: int = 0
     revenue: float = 0.0
     last_purchase_ms: int | None = None
-    categories_bought: dict[str, int] = field(default_factory=dict)
+    categories_bought: dict[str, int] | None = None
     affinity_base_ms: int = 0
-    categories: dict[str, float] = field(default_factory=dict)
-    brands: dict[str, float] = field(default_factory=dict)
+    categories: dict[str, float] | None = None
+    brands: dict[str, float] | None = None
     price_level: float | None = None
-    traits: dict[str, Any] = field(default_factory=dict)
+    traits: dict[str, Any] | None = None
     # purpose -> [granted, when it was said]; absent purposes follow the default.
-    consent: dict[str, tuple[bool, int]] = field(default_factory=dict)
+    consent: dict[str, tuple[bool, int]] | None = None
     session: Session | None = None
-    # segment name -> when the profile entered it; and the latest entries and exits
-    segments: dict[str, int] = field(default_factory=dict)
-    segment_history: list[SegmentChange] = field(default_factory=list)
+    # The segments the profile is in (entries and exits, with times, are in the store).
+    segments: list[str] = field(default_factory=list)
 
     @property
     def known(self) -> bool:
@@ -80,18 +82,21 @@ class ProfileRules:
         return Profile(id=profile_id, first_ms=at_ms, last_ms=at_ms, affinity_base_ms=at_ms)
 
     def consents(self, profile: Profile, purpose: str) -> bool:
-        said = profile.consent.get(purpose)
+        said = profile.consent.get(purpose) if profile.consent else None
         return purpose in self.settings.default_consent if said is None else said[0]
 
     def apply(self, profile: Profile, facts: Facts) -> None:
         """Update `profile` and its live session with one event."""
         at = facts.at_ms
         if facts.consent:
+            consent = profile.consent
+            if consent is None:
+                consent = profile.consent = {}
             for purpose, granted in facts.consent.items():
                 if purpose in PURPOSES:
-                    held = profile.consent.get(purpose)
+                    held = consent.get(purpose)
                     if held is None or held[1] <= at:
-                        profile.consent[purpose] = (granted, at)
+                        consent[purpose] = (granted, at)
         personal = self.consents(profile, "personalization")
         profile.first_ms = min(profile.first_ms, at)
         profile.last_ms = max(profile.last_ms, at)
@@ -125,6 +130,8 @@ class ProfileRules:
             self._interest(profile, line.category, None, PURCHASE_WEIGHT, at)
             if line.category is not None:
                 bought = profile.categories_bought
+                if bought is None:
+                    bought = profile.categories_bought = {}
                 if line.category in bought or len(bought) < self.settings.max_affinities:
                     bought[line.category] = bought.get(line.category, 0) + line.quantity
             if line.price is not None:
@@ -132,6 +139,8 @@ class ProfileRules:
 
     def _traits(self, profile: Profile, traits: dict[str, Any]) -> None:
         held = profile.traits
+        if held is None:
+            held = profile.traits = {}
         for key, value in traits.items():
             if key in held or len(held) < self.settings.max_traits:
                 held[key] = value
@@ -140,10 +149,14 @@ class ProfileRules:
         self, profile: Profile, category: str | None, brand: str | None, weight: float, at: int
     ) -> None:
         if category is not None:
+            if profile.categories is None:
+                profile.categories = {}
             profile.affinity_base_ms = self.affinity.add(
                 profile.categories, profile.affinity_base_ms, category, weight, at
             )
         if brand is not None:
+            if profile.brands is None:
+                profile.brands = {}
             profile.affinity_base_ms = self.affinity.add(
                 profile.brands, profile.affinity_base_ms, brand, weight, at
             )
@@ -152,15 +165,14 @@ class ProfileRules:
         level = profile.price_level
         profile.price_level = price if level is None else level + _PRICE_ALPHA * (price - level)
 
-    def record_segment(self, profile: Profile, segment: str, entered: bool, at_ms: int) -> None:
+    def record_segment(
+        self, profile: Profile, segment: str, entered: bool, at_ms: int, seq: int
+    ) -> SegmentChange:
         if entered:
-            profile.segments[segment] = at_ms
+            profile.segments.append(segment)
         else:
-            profile.segments.pop(segment, None)
-        history = profile.segment_history
-        history.append(SegmentChange(segment, entered, at_ms))
-        if len(history) > _SEGMENT_HISTORY:
-            del history[0]
+            profile.segments.remove(segment)
+        return SegmentChange(profile.id, segment, entered, at_ms, seq)
 
     def end_session(self, profile: Profile) -> None:
         """Drop the live session (it idled out); everything it taught the profile stays."""
@@ -181,32 +193,36 @@ class ProfileRules:
         into.revenue += other.revenue
         if other.last_purchase_ms is not None:
             into.last_purchase_ms = max(into.last_purchase_ms or 0, other.last_purchase_ms)
-        for category, count in other.categories_bought.items():
-            into.categories_bought[category] = into.categories_bought.get(category, 0) + count
+        if other.categories_bought:
+            bought = into.categories_bought = into.categories_bought or {}
+            for category, count in other.categories_bought.items():
+                bought[category] = bought.get(category, 0) + count
+        into.categories = into.categories or {}
+        into.brands = into.brands or {}
         base = self.affinity.merge_into(
-            into.categories, into.affinity_base_ms, other.categories, other.affinity_base_ms
+            into.categories, into.affinity_base_ms, other.categories or {}, other.affinity_base_ms
         )
         if base != into.affinity_base_ms:
             self.affinity.rebase(into.brands, into.affinity_base_ms, base)
             into.affinity_base_ms = base
         into.affinity_base_ms = self.affinity.merge_into(
-            into.brands, into.affinity_base_ms, other.brands, other.affinity_base_ms
+            into.brands, into.affinity_base_ms, other.brands or {}, other.affinity_base_ms
         )
         if into.price_level is None:
             into.price_level = other.price_level
         elif other.price_level is not None:
             into.price_level = (into.price_level + other.price_level) / 2
-        for key, value in other.traits.items():  # the known profile's traits win
-            into.traits.setdefault(key, value)
-        for purpose, said in other.consent.items():  # the latest word per purpose wins
-            held = into.consent.get(purpose)
-            if held is None or held[1] < said[1]:
-                into.consent[purpose] = said
-        for name, entered_ms in other.segments.items():
-            into.segments[name] = min(entered_ms, into.segments.get(name, entered_ms))
-        into.segment_history = sorted(
-            into.segment_history + other.segment_history, key=lambda c: c.at_ms
-        )[-_SEGMENT_HISTORY:]
+        if other.traits:
+            traits = into.traits = into.traits or {}
+            for key, value in other.traits.items():  # the known profile's traits win
+                traits.setdefault(key, value)
+        if other.consent:
+            consent = into.consent = into.consent or {}
+            for purpose, said in other.consent.items():  # the latest word per purpose wins
+                held = consent.get(purpose)
+                if held is None or held[1] < said[1]:
+                    consent[purpose] = said
+        into.segments.extend(name for name in other.segments if name not in into.segments)
         if other.session is not None:
             if into.session is None:
                 into.session = other.session
@@ -256,12 +272,14 @@ class ProfileRules:
         blended: dict[str, dict[str, float]] = {}
         for name in ("categories", "brands"):
             long_term = _normalized(
-                self.affinity.top(getattr(profile, name), profile.affinity_base_ms, now_ms, 20)
+                self.affinity.top(
+                    getattr(profile, name) or {}, profile.affinity_base_ms, now_ms, 20
+                )
             )
             short_term = (
                 _normalized(
                     session_rules.affinity.top(
-                        getattr(session, name), session.affinity_base_ms, now_ms, 20
+                        getattr(session, name) or {}, session.affinity_base_ms, now_ms, 20
                     )
                 )
                 if session is not None
@@ -272,7 +290,7 @@ class ProfileRules:
                 for key in short_term.keys() | long_term.keys()
             }
             blended[name] = dict(sorted(mixed.items(), key=lambda kv: (-kv[1], kv[0]))[:10])
-        session_price = _median(session.prices) if session is not None else None
+        session_price = _median(session.prices or []) if session is not None else None
         if session_price is None:
             price = profile.price_level
         elif profile.price_level is None:
@@ -299,20 +317,13 @@ class ProfileRules:
                     profile.revenue / profile.purchases if profile.purchases else None
                 ),
                 "last": profile.last_purchase_ms,
-                "categories": dict(profile.categories_bought),
+                "categories": dict(profile.categories_bought or {}),
             },
-            "categories": dict(top(profile.categories, profile.affinity_base_ms, now_ms, 10)),
-            "brands": dict(top(profile.brands, profile.affinity_base_ms, now_ms, 10)),
+            "categories": dict(top(profile.categories or {}, profile.affinity_base_ms, now_ms, 10)),
+            "brands": dict(top(profile.brands or {}, profile.affinity_base_ms, now_ms, 10)),
             "price_level": profile.price_level,
-            "traits": dict(profile.traits),
+            "traits": dict(profile.traits or {}),
             "consent": {p: self.consents(profile, p) for p in PURPOSES},
-            "segments": {
-                "current": dict(profile.segments),
-                "history": [
-                    {"segment": c.segment, "entered": c.entered, "at": c.at_ms}
-                    for c in profile.segment_history
-                ],
-            },
             "scores": self.scores(profile, now_ms),
             "blended": self.blended(profile, now_ms),
             "session": None if session is None else self.sessions.describe(session, now_ms),

@@ -26,30 +26,33 @@ _MAX_DWELL_MS = 30 * 60_000
 
 
 class Session(Struct, gc=False, kw_only=True):
+    """Containers that most sessions never fill are None until used: an empty list or
+    dict costs 56-64 bytes, and there are a hundred thousand live sessions."""
+
     number: int
     start_ms: int
     last_ms: int
     events: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     pages: int = 0
-    recent_pages: list[str] = field(default_factory=list)
+    recent_pages: list[str] | None = None
     max_scroll: float = 0.0
     products: list[str] = field(default_factory=list)
     product_categories: list[str | None] = field(default_factory=list)
     affinity_base_ms: int = 0
-    categories: dict[str, float] = field(default_factory=dict)
-    brands: dict[str, float] = field(default_factory=dict)
-    prices: list[float] = field(default_factory=list)
+    categories: dict[str, float] | None = None
+    brands: dict[str, float] | None = None
+    prices: list[float] | None = None
     price_min: float | None = None
     price_max: float | None = None
-    searches: list[str] = field(default_factory=list)
+    searches: list[str] | None = None
     repeated_searches: int = 0
-    cart: list[Line] = field(default_factory=list)
+    cart: list[Line] | None = None
     checkout_stage: int = 0
     checkout_step: int | None = None
     purchases: int = 0
     revenue: float = 0.0
-    dwells: list[int] = field(default_factory=list)
+    dwells: list[int] | None = None
     last_page_ms: int | None = None
     last_page_help: bool = False
     help_ms: int = 0
@@ -121,13 +124,16 @@ class SessionRules:
         if facts.product is not None:
             self._viewed(session, facts.product, facts.brand, at)
         if facts.query is not None:
-            if facts.query in session.searches:
+            searches = session.searches
+            if searches is None:
+                searches = session.searches = []
+            elif facts.query in searches:
                 session.repeated_searches += 1
-            _push(session.searches, facts.query, settings.recent_searches)
+            _push(searches, facts.query, settings.recent_searches)
             session.evidence += SEARCH_WEIGHT
         if facts.added is not None:
             self._add_to_cart(session, facts.added, facts.brand, at)
-        if facts.removed is not None:
+        if facts.removed is not None and session.cart:
             _remove_from_cart(session.cart, facts.removed)
         if facts.cart is not None:
             session.cart = facts.cart[: settings.max_cart_lines]
@@ -151,6 +157,8 @@ class SessionRules:
         if session.last_page_ms is not None:
             dwell = facts.at_ms - session.last_page_ms
             if 0 <= dwell <= _MAX_DWELL_MS:
+                if session.dwells is None:
+                    session.dwells = []
                 _push(session.dwells, dwell, settings.recent_dwells)
                 if session.last_page_help:
                     session.help_ms += dwell
@@ -159,6 +167,8 @@ class SessionRules:
         session.last_page_ms = facts.at_ms
         session.last_page_help = facts.help_page
         if facts.page_path is not None:
+            if session.recent_pages is None:
+                session.recent_pages = []
             _push(session.recent_pages, facts.page_path, settings.recent_pages)
 
     def _viewed(self, session: Session, product: Line, brand: str | None, at: int) -> None:
@@ -176,6 +186,8 @@ class SessionRules:
         self._interest(session, product.category, brand, VIEW_WEIGHT, at)
 
     def _price(self, session: Session, price: float) -> None:
+        if session.prices is None:
+            session.prices = []
         _push(session.prices, price, self.settings.recent_prices)
         if session.price_min is None or price < session.price_min:
             session.price_min = price
@@ -187,15 +199,21 @@ class SessionRules:
     ) -> None:
         session.evidence += weight
         if category is not None:
+            if session.categories is None:
+                session.categories = {}
             session.affinity_base_ms = self.affinity.add(
                 session.categories, session.affinity_base_ms, category, weight, at
             )
         if brand is not None:
+            if session.brands is None:
+                session.brands = {}
             session.affinity_base_ms = self.affinity.add(
                 session.brands, session.affinity_base_ms, brand, weight, at
             )
 
     def _add_to_cart(self, session: Session, line: Line, brand: str | None, at: int) -> None:
+        if session.cart is None:
+            session.cart = []
         for held in session.cart:
             if held.product_id == line.product_id:
                 held.quantity += line.quantity
@@ -210,7 +228,7 @@ class SessionRules:
     def _purchased(self, session: Session, facts: Facts, at: int) -> None:
         session.purchases += 1
         session.revenue += facts.order_revenue or 0.0
-        session.cart = []
+        session.cart = None
         for line in facts.order_lines or ():
             self._interest(session, line.category, None, PURCHASE_WEIGHT, at)
 
@@ -239,26 +257,30 @@ class SessionRules:
         into.pages += other.pages
         into.max_scroll = max(into.max_scroll, other.max_scroll)
         # Recent lists: the session active last contributes the most recent entries.
-        into.recent_pages = _joined(first.recent_pages, second.recent_pages, settings.recent_pages)
+        into.recent_pages = _joined_optional(
+            first.recent_pages, second.recent_pages, settings.recent_pages
+        )
         into.products = _joined(first.products, second.products, settings.recent_products)
         into.product_categories = _joined(
             first.product_categories, second.product_categories, settings.recent_products
         )
-        into.prices = _joined(first.prices, second.prices, settings.recent_prices)
-        into.searches = _joined(first.searches, second.searches, settings.recent_searches)
-        into.dwells = _joined(first.dwells, second.dwells, settings.recent_dwells)
+        into.prices = _joined_optional(first.prices, second.prices, settings.recent_prices)
+        into.searches = _joined_optional(first.searches, second.searches, settings.recent_searches)
+        into.dwells = _joined_optional(first.dwells, second.dwells, settings.recent_dwells)
         into.price_min = _min(into.price_min, other.price_min)
         into.price_max = _max(into.price_max, other.price_max)
+        into.categories = into.categories or {}
+        into.brands = into.brands or {}
         base = self.affinity.merge_into(
-            into.categories, into.affinity_base_ms, other.categories, other.affinity_base_ms
+            into.categories, into.affinity_base_ms, other.categories or {}, other.affinity_base_ms
         )
         if base != into.affinity_base_ms:  # rebased categories: bring brands along
             self.affinity.rebase(into.brands, into.affinity_base_ms, base)
             into.affinity_base_ms = base
         into.affinity_base_ms = self.affinity.merge_into(
-            into.brands, into.affinity_base_ms, other.brands, other.affinity_base_ms
+            into.brands, into.affinity_base_ms, other.brands or {}, other.affinity_base_ms
         )
-        for line in other.cart:
+        for line in other.cart or ():
             self._add_to_cart_quietly(into, line)
         into.checkout_stage = max(into.checkout_stage, other.checkout_stage)
         into.checkout_step = second.checkout_step or first.checkout_step
@@ -277,6 +299,8 @@ class SessionRules:
                 setattr(into, name, getattr(second, name))
 
     def _add_to_cart_quietly(self, session: Session, line: Line) -> None:
+        if session.cart is None:
+            session.cart = []
         for held in session.cart:
             if held.product_id == line.product_id:
                 held.quantity += line.quantity
@@ -286,7 +310,8 @@ class SessionRules:
 
     def describe(self, session: Session, now_ms: int) -> dict[str, Any]:
         """The session's features, as the API and segments see them."""
-        prices = session.prices
+        prices = session.prices or []
+        cart = session.cart or []
         top = self.affinity.top
         return {
             "number": session.number,
@@ -296,17 +321,17 @@ class SessionRules:
             "events": session.events,
             "counts": dict(session.counts),
             "pages_viewed": session.pages,
-            "recent_pages": list(session.recent_pages),
+            "recent_pages": list(session.recent_pages or ()),
             "max_scroll_depth": session.max_scroll,
             "recent_products": list(session.products),
-            "categories": dict(top(session.categories, session.affinity_base_ms, now_ms, 10)),
-            "brands": dict(top(session.brands, session.affinity_base_ms, now_ms, 10)),
+            "categories": dict(top(session.categories or {}, session.affinity_base_ms, now_ms, 10)),
+            "brands": dict(top(session.brands or {}, session.affinity_base_ms, now_ms, 10)),
             "price": {
                 "min": session.price_min,
                 "max": session.price_max,
                 "median": median(prices) if prices else None,
             },
-            "recent_searches": list(session.searches),
+            "recent_searches": list(session.searches or ()),
             "cart": {
                 "items": [
                     {
@@ -315,9 +340,9 @@ class SessionRules:
                         "price": line.price,
                         "category": line.category,
                     }
-                    for line in session.cart
+                    for line in cart
                 ],
-                "count": sum(line.quantity for line in session.cart),
+                "count": sum(line.quantity for line in cart),
                 "value": cart_value(session),
             },
             "checkout": {
@@ -348,15 +373,16 @@ class SessionRules:
 
 
 def cart_value(session: Session) -> float:
-    return sum((line.price or 0.0) * line.quantity for line in session.cart)
+    return sum((line.price or 0.0) * line.quantity for line in session.cart or ())
 
 
 def engagement(session: Session) -> str:
     """`rapid` browsing (pages a few seconds apart), `deep` reading, `steady` between, or
     `unknown` before two page-to-page dwell times are known."""
-    if len(session.dwells) < 2:
+    dwells = session.dwells
+    if dwells is None or len(dwells) < 2:
         return "unknown"
-    typical = median(session.dwells)
+    typical = median(dwells)
     if typical < 10_000:
         return "rapid"
     if typical >= 45_000:
@@ -378,6 +404,16 @@ def _push(items: list[Any], item: Any, bound: int) -> None:
 
 
 def _joined(first: list[Any], second: list[Any], bound: int) -> list[Any]:
+    return (first + second)[-bound:]
+
+
+def _joined_optional(
+    first: list[Any] | None, second: list[Any] | None, bound: int
+) -> list[Any] | None:
+    if not first:
+        return second
+    if not second:
+        return first
     return (first + second)[-bound:]
 
 

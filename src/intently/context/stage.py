@@ -33,6 +33,10 @@ _SWEEP_LIMIT = 2048
 ProfileHook = Callable[[Profile, Facts | None, Changes], None]
 
 
+def _next_sweep_after(seq: int) -> int:
+    return (seq // _SWEEP_EVERY + 1) * _SWEEP_EVERY
+
+
 class ContextStage:
     def __init__(self, store: StateStore, settings: ContextSettings | None = None) -> None:
         self.store = store
@@ -42,9 +46,11 @@ class ContextStage:
         self.hooks: list[ProfileHook] = []
         self.removal_hooks: list[Callable[[Profile], None]] = []
         # The latest event time applied: "now" for expiry, so that replayed history
-        # expires by its own clock and the same events always give the same state.
-        self.watermark_ms = 0
-        self._until_sweep = _SWEEP_EVERY
+        # expires by its own clock. Sweeps run at fixed log positions (every
+        # _SWEEP_EVERY), and the watermark is saved with the state, so re-applying the
+        # log after a crash expires exactly what the crashed run expired.
+        self.watermark_ms = store.watermark_ms
+        self._next_sweep = _next_sweep_after(store.applied_seq)
         self.applied = 0
 
     # -- the pipeline step -------------------------------------------------------------------
@@ -55,7 +61,9 @@ class ContextStage:
 
     def apply(self, record: EventRecord) -> None:
         facts = facts_of(record)
-        changes = Changes(record.seq)
+        if facts.at_ms > self.watermark_ms:
+            self.watermark_ms = facts.at_ms
+        changes = Changes(record.seq, watermark_ms=self.watermark_ms)
         profile = self.identity.profile_for(facts, changes)
         self.rules.apply(profile, facts)
         changes.put(profile)
@@ -63,18 +71,15 @@ class ContextStage:
             hook(profile, facts, changes)
         self.store.commit(changes)
         self.applied += 1
-        if facts.at_ms > self.watermark_ms:
-            self.watermark_ms = facts.at_ms
-        self._until_sweep -= 1
-        if self._until_sweep <= 0:
-            self._until_sweep = _SWEEP_EVERY
+        if record.seq >= self._next_sweep:
+            self._next_sweep = _next_sweep_after(record.seq)
             self.expire(self.watermark_ms)
 
     def expire(self, now_ms: int, limit: int = _SWEEP_LIMIT) -> int:
         """End sessions idle past the timeout and forget anonymous profiles idle past
         their retention. Returns how many profiles changed."""
         settings, store = self.settings, self.store
-        changes = Changes(store.applied_seq)
+        changes = Changes(store.applied_seq, watermark_ms=self.watermark_ms)
         for profile_id in store.idle_sessions(now_ms - settings.session_timeout_ms, limit):
             profile = store.get(profile_id)
             if profile is not None:
@@ -121,15 +126,15 @@ class ContextStage:
     def describe(self, profile: Profile, now_ms: int) -> dict[str, Any]:
         return self.rules.describe(profile, now_ms)
 
-    def commit_profiles(self, profiles: Sequence[Profile]) -> None:
-        """Persist profiles changed outside an event (a segment definition changed)."""
-        changes = Changes(self.store.applied_seq)
-        for profile in profiles:
-            changes.put(profile)
+    def changes(self) -> Changes:
+        """A change set outside any event (a segment definition changed)."""
+        return Changes(self.store.applied_seq, watermark_ms=self.watermark_ms)
+
+    def commit(self, changes: Changes) -> None:
         self.store.commit(changes)
 
     def forget(self, profile: Profile) -> None:
         """Remove the profile and its identity links (the caller erases its events)."""
-        changes = Changes(self.store.applied_seq)
+        changes = self.changes()
         self._remove(profile, changes)
         self.store.commit(changes)

@@ -22,10 +22,11 @@ Getter = Callable[[Profile, int], Any]
 
 # Topics: what an event can change. A segment is re-evaluated only after events that
 # touch a topic it reads.
-ACTIVITY = "activity"  # any event: counts, times, session boundaries
+ACTIVITY = "activity"  # any event: counts, times
 TOPICS = frozenset(
-    {ACTIVITY, "products", "cart", "purchases", "search", "signals", "where", "traits", "consent"}
-)
+    {ACTIVITY, "pages", "products", "cart", "purchases", "search", "signals", "where",
+     "identity", "traits", "consent", "session"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,29 +39,37 @@ class Field:
     doc: str
 
 
-def topics_changed(facts: Facts, new_session: bool) -> frozenset[str]:
-    """The topics an event may have changed."""
-    if new_session:
+SESSION_BOUNDARY = frozenset({"session"})
+
+
+def topics_changed(facts: Facts, new_profile: bool, new_session: bool) -> frozenset[str]:
+    """The topics an event may have changed: everything for a new profile; the session
+    fields when a session begins; and what the event itself touches."""
+    if new_profile:
         return TOPICS
-    topics = {ACTIVITY}
+    topics = [ACTIVITY]
+    if new_session:
+        topics.append("session")
+    if facts.kind in ("page", "screen"):
+        topics.append("pages")
     if facts.product is not None:
-        topics.add("products")
+        topics.append("products")
     if facts.added or facts.removed or facts.cart is not None or facts.checkout_stage:
-        topics.add("cart")
+        topics.append("cart")
     if facts.order_revenue is not None:
-        topics.update(("purchases", "cart"))
+        topics.append("purchases")
     if facts.query is not None:
-        topics.add("search")
-    if facts.exit_intent or facts.rage_click or facts.click_target or facts.kind == "page":
-        topics.add("signals")
-    if facts.scroll_depth is not None or facts.product is not None:
-        topics.add("signals")
+        topics.append("search")
+    if facts.exit_intent or facts.rage_click or facts.click_target or facts.scroll_depth:
+        topics.append("signals")
     if facts.country is not None or facts.device is not None or facts.local_hour is not None:
-        topics.add("where")
+        topics.append("where")
+    if facts.user_id is not None or facts.previous_id is not None:
+        topics.append("identity")
     if facts.traits:
-        topics.add("traits")
+        topics.append("traits")
     if facts.consent:
-        topics.add("consent")
+        topics.append("consent")
     return frozenset(topics)
 
 
@@ -116,26 +125,28 @@ class FieldCatalog:
             session = profile.session
             return default if session is None else get(session, now)
 
-        self._add("session." + name, type_, topics, read, doc, nullable=nullable)
+        # Every session field also changes when a session starts or ends.
+        self._add("session." + name, type_, topics + " session", read, doc, nullable=nullable)
 
     def _build(self) -> None:
         rules = self.rules
         sessions = rules.sessions
         s = self._session
         s("events", "number", ACTIVITY, lambda x, _: x.events, 0, "events this session")
-        s("pages", "number", ACTIVITY, lambda x, _: x.pages, 0, "pages viewed this session")
+        s("pages", "number", "pages", lambda x, _: x.pages, 0, "pages viewed this session")
         s("time_on_site", "number", ACTIVITY, lambda x, _: (x.last_ms - x.start_ms) / 1000, 0,
           "seconds from the session's first event to its last")  # fmt: skip
         s("product_views", "number", "products",
           lambda x, _: x.counts.get("Product Viewed", 0), 0,
           "products viewed this session")  # fmt: skip
         s("max_scroll", "number", "signals", lambda x, _: x.max_scroll, 0, "max scroll depth %")
-        s("cart.value", "number", "cart", lambda x, _: cart_value(x), 0.0, "cart value")
-        s("cart.count", "number", "cart", lambda x, _: sum(li.quantity for li in x.cart), 0,
+        cart = "cart purchases"
+        s("cart.value", "number", cart, lambda x, _: cart_value(x), 0.0, "cart value")
+        s("cart.count", "number", cart, lambda x, _: sum(li.quantity for li in x.cart or ()), 0,
           "items in the cart")  # fmt: skip
-        s("cart.products", "list", "cart", lambda x, _: [li.product_id for li in x.cart], [],
+        s("cart.products", "list", cart, lambda x, _: [li.product_id for li in x.cart or ()], [],
           "product ids in the cart")  # fmt: skip
-        s("checkout.stage", "string", "cart", lambda x, _: CHECKOUT_STAGES[x.checkout_stage],
+        s("checkout.stage", "string", cart, lambda x, _: CHECKOUT_STAGES[x.checkout_stage],
           "browsing", "browsing, cart, checkout, shipping, payment or purchased")  # fmt: skip
         s("purchases", "number", "purchases", lambda x, _: x.purchases, 0, "orders this session")
         s("revenue", "number", "purchases", lambda x, _: x.revenue, 0.0, "revenue this session")
@@ -145,18 +156,19 @@ class FieldCatalog:
           "returns to a product just compared with a similar one")  # fmt: skip
         s("repeated_searches", "number", "search", lambda x, _: x.repeated_searches, 0,
           "searches repeating an earlier one")  # fmt: skip
-        s("long_help_stays", "number", "signals", lambda x, _: x.long_help_stays, 0,
+        s("long_help_stays", "number", "pages", lambda x, _: x.long_help_stays, 0,
           "long stays on shipping/returns/help pages")  # fmt: skip
-        s("engagement", "string", ACTIVITY, lambda x, _: engagement(x), "unknown",
+        s("engagement", "string", "pages", lambda x, _: engagement(x), "unknown",
           "rapid, steady, deep or unknown")  # fmt: skip
         s("recent_products", "list", "products", lambda x, _: list(x.products), [],
           "the last product ids viewed")  # fmt: skip
-        s("searches", "list", "search", lambda x, _: list(x.searches), [], "recent queries")
+        s("searches", "list", "search", lambda x, _: list(x.searches or ()), [], "recent queries")
+        top_of = sessions.affinity.top
         s("top_categories", "list", "products cart purchases",
-          lambda x, now: _keys(sessions.affinity.top(x.categories, x.affinity_base_ms, now, 3)),
+          lambda x, now: _keys(top_of(x.categories or {}, x.affinity_base_ms, now, 3)),
           [], "the 3 categories with the highest session affinity")  # fmt: skip
         s("top_brands", "list", "products cart",
-          lambda x, now: _keys(sessions.affinity.top(x.brands, x.affinity_base_ms, now, 3)),
+          lambda x, now: _keys(top_of(x.brands or {}, x.affinity_base_ms, now, 3)),
           [], "the 3 brands with the highest session affinity")  # fmt: skip
         s("price.min", "number", "products", lambda x, _: x.price_min, None, "lowest price viewed",
           nullable=True)  # fmt: skip
@@ -164,9 +176,9 @@ class FieldCatalog:
           "highest price viewed", nullable=True)  # fmt: skip
         s("price.median", "number", "products", lambda x, _: median(x.prices) if x.prices else None,
           None, "median of recent viewed prices", nullable=True)  # fmt: skip
-        s("source.medium", "string", ACTIVITY, lambda x, _: x.medium, None,
+        s("source.medium", "string", "session", lambda x, _: x.medium, None,
           "search, social, email, paid, referral, internal or direct", nullable=True)  # fmt: skip
-        s("source.campaign", "string", ACTIVITY, lambda x, _: x.campaign, None,
+        s("source.campaign", "string", "session", lambda x, _: x.campaign, None,
           "source|medium|name of the UTM campaign", nullable=True)  # fmt: skip
         s("evidence", "number", "products cart search", lambda x, _: x.evidence, 0.0,
           "weighted interest events this session")  # fmt: skip
@@ -180,10 +192,12 @@ class FieldCatalog:
             ("local.weekday", "weekday", "0 Monday ... 6 Sunday, where the visitor is"),
         ):
             kind: Type = "number" if alias.startswith("local.") else "string"
-            self._add(alias, kind, where, _session_attribute(attribute), doc, nullable=True)
+            self._add(
+                alias, kind, where + " session", _session_attribute(attribute), doc, nullable=True
+            )
         p = self._add
-        p("profile.sessions", "number", ACTIVITY, lambda x, _: x.sessions, "sessions so far")
-        p("profile.known", "bool", ACTIVITY, lambda x, _: bool(x.user_ids), "has a userId")
+        p("profile.sessions", "number", "session", lambda x, _: x.sessions, "sessions so far")
+        p("profile.known", "bool", "identity", lambda x, _: bool(x.user_ids), "has a userId")
         p("profile.purchases.count", "number", "purchases", lambda x, _: x.purchases, "orders")
         p("profile.purchases.revenue", "number", "purchases", lambda x, _: x.revenue, "revenue")
         p("profile.purchases.aov", "number", "purchases",
@@ -192,13 +206,14 @@ class FieldCatalog:
         p("profile.days_since_last_purchase", "number", ACTIVITY,
           lambda x, now: (now - x.last_purchase_ms) / 86_400_000 if x.last_purchase_ms else None,
           "days since the last order", nullable=True)  # fmt: skip
-        p("profile.categories_bought", "list", "purchases", lambda x, _: list(x.categories_bought),
-          "categories ever bought")  # fmt: skip
+        p("profile.categories_bought", "list", "purchases",
+          lambda x, _: list(x.categories_bought or ()), "categories ever bought")  # fmt: skip
+        long_top = rules.affinity.top
         p("profile.top_categories", "list", "products cart purchases",
-          lambda x, now: _keys(rules.affinity.top(x.categories, x.affinity_base_ms, now, 3)),
+          lambda x, now: _keys(long_top(x.categories or {}, x.affinity_base_ms, now, 3)),
           "the 3 categories with the highest long-term affinity")  # fmt: skip
         p("profile.top_brands", "list", "products cart purchases",
-          lambda x, now: _keys(rules.affinity.top(x.brands, x.affinity_base_ms, now, 3)),
+          lambda x, now: _keys(long_top(x.brands or {}, x.affinity_base_ms, now, 3)),
           "the 3 brands with the highest long-term affinity")  # fmt: skip
         p("profile.price_level", "number", "products purchases", lambda x, _: x.price_level,
           "long-term average price seen", nullable=True)  # fmt: skip
@@ -226,7 +241,7 @@ def _session_attribute(attribute: str) -> Getter:
 
 def _trait(name: str) -> Getter:
     def read(profile: Profile, _: int) -> Any:
-        return profile.traits.get(name)
+        return profile.traits.get(name) if profile.traits else None
 
     return read
 

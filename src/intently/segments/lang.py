@@ -89,6 +89,7 @@ class Node:
     evaluate: Evaluate
     topics: frozenset[str]
     constant: bool = False
+    value: Any = None  # of a constant
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +115,8 @@ def compile_expression(source: str, catalog: FieldCatalog) -> Compiled:
     if node.type not in ("bool", "any"):
         raise ExpressionError(0, f"a segment must be true or false, and this is a {node.type}")
     evaluate = node.evaluate
+    if node.type == "bool":  # every bool node returns True or False: no wrapper needed
+        return Compiled(source, evaluate, node.topics, frozenset(compiler.fields))
 
     def matches(profile: Profile, now_ms: int) -> bool:
         return evaluate(profile, now_ms) is True
@@ -176,8 +179,12 @@ _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
 }
 
 
+# `type(x) in _NUMBERS` rather than isinstance: it is faster and excludes bool.
+_NUMBERS = (int, float)
+
+
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return type(value) in _NUMBERS
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -237,11 +244,11 @@ class _Compiler:
         kinds = {item.type for item in items}
         if len(kinds) > 1:
             raise ExpressionError(_position(tree), "a list must hold one kind of value")
-        values = [item.evaluate(None, 0) for item in items]  # type: ignore[arg-type]
-        return Node("list", False, lambda _p, _n: values, frozenset(), constant=True)
+        values = [item.value for item in items]
+        return Node("list", False, lambda _p, _n: values, frozenset(), constant=True, value=values)
 
     def _constant(self, type_: Type, value: Any) -> Node:
-        return Node(type_, False, lambda _p, _n: value, frozenset(), constant=True)
+        return Node(type_, False, lambda _p, _n: value, frozenset(), constant=True, value=value)
 
     # -- names ----------------------------------------------------------------------------
 
@@ -300,6 +307,8 @@ class _Compiler:
         if op in ("==", "!="):
             self._comparable(left, right, tree)
             negate = op == "!="
+            if right.constant and not left.constant:
+                return Node("bool", False, _equals_constant(a, right.value, negate), topics)
             return Node("bool", False, lambda p, n: _same(a(p, n), b(p, n)) is not negate, topics)
         for side, side_tree in ((left, left_tree), (right, right_tree)):
             if side.type not in ("number", "any"):
@@ -307,6 +316,14 @@ class _Compiler:
                     _position(side_tree), f"{op} compares numbers, not a {side.type}"
                 )
         compare = _COMPARE[op]
+        if right.constant and not left.constant:
+            limit = right.value
+
+            def against_constant(p: Profile, n: int) -> bool:
+                x = a(p, n)
+                return type(x) in _NUMBERS and compare(x, limit)
+
+            return Node("bool", False, against_constant, topics)
 
         def ordered(p: Profile, n: int) -> bool:
             x, y = a(p, n), b(p, n)
@@ -347,6 +364,26 @@ class _Compiler:
                 _position(left_tree), f"only a string can be in a string, not a {left.type}"
             )
         a, b = left.evaluate, right.evaluate
+        topics = left.topics | right.topics
+        if left.constant and left.type == "string":
+            # A string is `in` a list exactly when some item equals it, and `in` a string
+            # when it is a substring: Python's `in` is both, and never equates kinds.
+            needle = left.value
+
+            def has_constant(p: Profile, n: int) -> bool:
+                container = b(p, n)
+                return type(container) in (list, str) and (needle in container) is not negate
+
+            return Node("bool", False, has_constant, topics)
+        if right.constant and right.type == "list" and right.value:
+            options = frozenset(right.value)
+            kinds = _NUMBERS if _is_number(right.value[0]) else (type(right.value[0]),)
+
+            def among_constants(p: Profile, n: int) -> bool:
+                item = a(p, n)
+                return type(item) in kinds and (item in options) is not negate
+
+            return Node("bool", False, among_constants, topics)
 
         def contained(p: Profile, n: int) -> bool:
             item, container = a(p, n), b(p, n)
@@ -358,7 +395,7 @@ class _Compiler:
                 return False
             return found is not negate
 
-        return Node("bool", False, contained, left.topics | right.topics)
+        return Node("bool", False, contained, topics)
 
     def _neg(self, tree: Tree[Token]) -> Node:
         operand = self._numeric(tree.children[0])
@@ -394,6 +431,28 @@ class _Compiler:
         if node.type not in ("number", "any"):
             raise ExpressionError(_position(child), f"arithmetic needs numbers, not a {node.type}")
         return node
+
+
+def _equals_constant(read: Evaluate, constant: Any, negate: bool) -> Evaluate:
+    """`field == constant`, specialised by the constant's kind (the common case)."""
+    if constant is None:
+        return lambda p, n: (read(p, n) is None) is not negate
+    if type(constant) is bool:
+        return lambda p, n: (read(p, n) is constant) is not negate
+    if type(constant) in _NUMBERS:
+
+        def equals_number(p: Profile, n: int) -> bool:
+            x = read(p, n)
+            return (type(x) in _NUMBERS and x == constant) is not negate
+
+        return equals_number
+    kind = type(constant)
+
+    def equals(p: Profile, n: int) -> bool:
+        x = read(p, n)
+        return (type(x) is kind and x == constant) is not negate
+
+    return equals
 
 
 def _number_value(token: Token, sign: int) -> float | int:

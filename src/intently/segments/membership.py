@@ -8,25 +8,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
-from msgspec import Struct
-
 from intently.context.facts import Facts
-from intently.context.profile import Profile, ProfileRules
-from intently.segments.fields import TOPICS, topics_changed
+from intently.context.profile import Profile, ProfileRules, SegmentChange
+from intently.segments.fields import SESSION_BOUNDARY, TOPICS, topics_changed
 from intently.segments.lang import Compiled
 from intently.segments.registry import Segment, SegmentRegistry
 from intently.stores.protocol import Changes
 
-
-class Transition(Struct, frozen=True):
-    """A profile entered or left a segment. `seq` is the log position of the event that
-    caused it (0 when a definition changed): with profile and segment, a unique id."""
-
-    profile_id: str
-    segment: str
-    entered: bool
-    at_ms: int
-    seq: int
+# A profile entered or left a segment. `seq` is the log position of the event that caused
+# it (0 when a definition changed): with profile, segment and direction, a unique id.
+Transition = SegmentChange
 
 
 Listener = Callable[[Segment, Transition], None]
@@ -42,6 +33,9 @@ class Membership:
         self.members: Counter[str] = Counter()
         self.evaluations = 0
         self._by_topic: dict[str, list[tuple[Segment, Compiled]]] = {}
+        # Candidates per set of changed topics: events come in few shapes, so the union
+        # of the topics' segments is computed once per shape.
+        self._by_topics: dict[frozenset[str], list[tuple[Segment, Compiled]]] = {}
         self.reindex()
 
     def reindex(self) -> None:
@@ -51,24 +45,26 @@ class Membership:
             for topic in compiled.topics or TOPICS:  # constant expressions: always
                 index.setdefault(topic, []).append((segment, compiled))
         self._by_topic = index
+        self._by_topics = {}
 
     def __call__(self, profile: Profile, facts: Facts | None, changes: Changes) -> None:
-        if facts is None:
-            candidates = list(self.registry)
+        if facts is None:  # the session ended: what reads the session may change
+            topics = SESSION_BOUNDARY
             at_ms = profile.last_ms
         else:
             session = profile.session
             new_session = session is not None and session.events == 1
-            topics = topics_changed(facts, new_session)
+            # A new profile, or one that just absorbed another, may have changed anywhere.
+            new_profile = (new_session and profile.sessions == 1) or bool(changes.removed)
+            topics = topics_changed(facts, new_profile, new_session)
             at_ms = facts.at_ms
-            if len(topics) == 1:
-                candidates = self._by_topic.get(next(iter(topics)), [])
-            else:
-                seen: dict[str, tuple[Segment, Compiled]] = {}
-                for topic in topics:
-                    for entry in self._by_topic.get(topic, ()):
-                        seen[entry[0].name] = entry
-                candidates = list(seen.values())
+        candidates = self._by_topics.get(topics)
+        if candidates is None:
+            seen: dict[str, tuple[Segment, Compiled]] = {}
+            for topic in topics:
+                for entry in self._by_topic.get(topic, ()):
+                    seen[entry[0].name] = entry
+            candidates = self._by_topics[topics] = list(seen.values())
         if not candidates and not profile.segments:
             return
         personal = self.rules.consents(profile, "personalization")
@@ -77,48 +73,55 @@ class Membership:
             self.evaluations += 1
             inside = personal and compiled.matches(profile, at_ms)
             if inside != (segment.name in current):
-                self._move(profile, segment, inside, at_ms, changes.seq)
+                self._move(profile, segment, inside, at_ms, changes)
         if not personal and current:  # refused personalization: in no segment at all
             for name in list(current):
                 found = self.registry.get(name)
                 if found is not None:
-                    self._move(profile, found, False, at_ms, changes.seq)
+                    self._move(profile, found, False, at_ms, changes)
         # Segments deleted since the profile entered them are left quietly.
-        for name in [n for n in current if self.registry.get(n) is None]:
-            del current[name]
+        if current:
+            for name in [n for n in current if self.registry.get(n) is None]:
+                current.remove(name)
 
     def _move(
-        self, profile: Profile, segment: Segment, entered: bool, at_ms: int, seq: int
+        self, profile: Profile, segment: Segment, entered: bool, at_ms: int, changes: Changes
     ) -> None:
-        self.rules.record_segment(profile, segment.name, entered, at_ms)
+        transition = self.rules.record_segment(profile, segment.name, entered, at_ms, changes.seq)
+        changes.transitions.append(transition)
+        changes.put(profile)
         self.members[segment.name] += 1 if entered else -1
-        transition = Transition(profile.id, segment.name, entered, at_ms, seq)
         for listener in self.listeners:
             listener(segment, transition)
 
     def backfill(
-        self, segment: Segment, compiled: Compiled, profiles: list[Profile], now_ms: int
-    ) -> list[Profile]:
-        """Evaluate a new or changed definition over every profile; returns the profiles
-        whose membership changed (to be committed by the caller)."""
-        changed = []
+        self,
+        segment: Segment,
+        compiled: Compiled,
+        profiles: list[Profile],
+        now_ms: int,
+        changes: Changes,
+    ) -> int:
+        """Evaluate a new or changed definition over every profile, into `changes` (to
+        be committed by the caller); returns how many profiles entered or left."""
+        moved = 0
         for profile in profiles:
             personal = self.rules.consents(profile, "personalization")
             inside = personal and compiled.matches(profile, now_ms)
             if inside != (segment.name in profile.segments):
-                self._move(profile, segment, inside, now_ms, 0)
-                changed.append(profile)
-        return changed
+                self._move(profile, segment, inside, now_ms, changes)
+                moved += 1
+        return moved
 
-    def drop(self, name: str, profiles: list[Profile], now_ms: int) -> list[Profile]:
+    def drop(self, name: str, profiles: list[Profile], now_ms: int, changes: Changes) -> None:
         """A definition was deleted: its members leave it (recorded as exits)."""
-        changed = []
         for profile in profiles:
             if name in profile.segments:
-                self.rules.record_segment(profile, name, False, now_ms)
-                changed.append(profile)
+                changes.transitions.append(
+                    self.rules.record_segment(profile, name, False, now_ms, changes.seq)
+                )
+                changes.put(profile)
         self.members.pop(name, None)
-        return changed
 
     def forget(self, profile: Profile) -> None:
         """The profile is gone (erased or expired): it leaves its segments' counts."""

@@ -17,14 +17,13 @@ import logging
 import sqlite3
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import msgspec
 
-from intently.context.profile import Profile
+from intently.context.profile import Profile, SegmentChange
 from intently.stores.protocol import Changes
 
 log = logging.getLogger(__name__)
@@ -33,6 +32,11 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS profiles (id TEXT PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS links (key TEXT PRIMARY KEY, profile_id TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS segment_changes (
+    profile_id TEXT NOT NULL, segment TEXT NOT NULL, entered INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL, seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS segment_changes_profile ON segment_changes (profile_id, at_ms);
 """
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(Profile).decode
@@ -40,10 +44,13 @@ _decode = msgspec.msgpack.Decoder(Profile).decode
 
 class _Batch(msgspec.Struct):
     seq: int
+    watermark_ms: int
     profiles: list[tuple[str, bytes]]
     removed: list[str]
     links: list[tuple[str, str]]
     unlinked: list[str]
+    transitions: list[SegmentChange]
+    merged: list[tuple[str, str]]
 
 
 class EmbeddedStore:
@@ -57,13 +64,20 @@ class EmbeddedStore:
         self._profiles: dict[str, Profile] = {}
         self._links: dict[str, str] = {}
         # Activity order, for expiry without a scan: profile id -> last activity.
-        self._live: OrderedDict[str, int] = OrderedDict()
-        self._anonymous: OrderedDict[str, int] = OrderedDict()
+        # (Plain dicts keep insertion order and cost less than OrderedDicts; moving an entry
+        # to the end is a pop and a re-insert.)
+        self._live: dict[str, int] = {}
+        self._anonymous: dict[str, int] = {}
         self._dirty: set[str] = set()
         self._dirty_links: set[str] = set()
         self._applied_seq = 0
+        self._watermark_ms = 0
+        # Written with the next batch, in order.
+        self._transitions: list[SegmentChange] = []
+        self._merged: list[tuple[str, str]] = []
         self._last_flush = time.monotonic()
         self._writing: Future[None] | None = None
+        self._in_flight: _Batch | None = None  # the batch the writer thread is writing
         self._lock = threading.Lock()  # one SQLite transaction at a time
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -92,6 +106,32 @@ class EmbeddedStore:
     @property
     def applied_seq(self) -> int:
         return self._applied_seq
+
+    @property
+    def watermark_ms(self) -> int:
+        return self._watermark_ms
+
+    def segment_history(self, profile_id: str, limit: int) -> list[SegmentChange]:
+        # Written rows, plus what waits for (or is in) the next write; a merge not yet
+        # written means the absorbed profile's rows still carry its old id.
+        batch = self._in_flight
+        pending = (batch.transitions if batch else []) + self._transitions
+        merges = (batch.merged if batch else []) + self._merged
+        ids = {profile_id}
+        for old, into in reversed(merges):
+            if into in ids:
+                ids.add(old)
+        marks = ",".join("?" * len(ids))
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT profile_id, segment, entered, at_ms, seq FROM segment_changes"  # noqa: S608
+                f" WHERE profile_id IN ({marks}) ORDER BY at_ms DESC, rowid DESC LIMIT ?",
+                (*ids, limit),
+            ).fetchall()
+        found = [SegmentChange(p, s, bool(e), a, q) for p, s, e, a, q in reversed(rows)]
+        found.extend(c for c in pending if c.profile_id in ids)
+        found.sort(key=lambda change: change.at_ms)  # stable: equal times keep their order
+        return found[-limit:]
 
     def profile_count(self) -> int:
         return len(self._profiles)
@@ -127,22 +167,24 @@ class EmbeddedStore:
             for key in changes.unlinked:
                 self._links.pop(key, None)
             self._dirty_links.update(changes.unlinked)
+        if changes.transitions:
+            self._transitions.extend(changes.transitions)
+        if changes.merged:
+            self._merged.extend(changes.merged.items())
         self._applied_seq = max(self._applied_seq, changes.seq)
+        self._watermark_ms = max(self._watermark_ms, changes.watermark_ms)
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self._flush_in_background()
 
     def _index(self, profile: Profile) -> None:
         profile_id = profile.id
+        live, anonymous = self._live, self._anonymous
+        live.pop(profile_id, None)
         if profile.session is not None:
-            self._live[profile_id] = profile.session.last_ms
-            self._live.move_to_end(profile_id)
-        else:
-            self._live.pop(profile_id, None)
-        if profile.user_ids:
-            self._anonymous.pop(profile_id, None)
-        else:
-            self._anonymous[profile_id] = profile.last_ms
-            self._anonymous.move_to_end(profile_id)
+            live[profile_id] = profile.session.last_ms
+        anonymous.pop(profile_id, None)
+        if not profile.user_ids:
+            anonymous[profile_id] = profile.last_ms
 
     def _take_batch(self) -> _Batch:
         """Encode what changed since the last write (a consistent cut) and forget it."""
@@ -163,30 +205,51 @@ class EmbeddedStore:
                 unlinked.append(key)
             else:
                 linked.append((key, target))
+        transitions, merged = self._transitions, self._merged
+        self._transitions, self._merged = [], []
         self._dirty.clear()
         self._dirty_links.clear()
         self._last_flush = time.monotonic()
-        return _Batch(self._applied_seq, written, removed, linked, unlinked)
+        return _Batch(
+            self._applied_seq, self._watermark_ms, written, removed, linked, unlinked,
+            transitions, merged,
+        )  # fmt: skip
 
     def _flush_in_background(self) -> None:
         if self._writing is not None and not self._writing.done():
             return  # the previous write is still on disk; this one waits for the next turn
         if self._writing is not None:
             self._writing.result()  # surface a failed write
-        self._writing = self._writer.submit(self._write, self._take_batch())
+        batch = self._in_flight = self._take_batch()
+        self._writing = self._writer.submit(self._write, batch)
 
     def flush(self) -> None:
         if self._writing is not None:
             self._writing.result()
             self._writing = None
-        self._write(self._take_batch())
+        batch = self._in_flight = self._take_batch()
+        self._write(batch)
 
     def _write(self, batch: _Batch) -> None:
         with self._lock:
             db = self._db
             db.execute("BEGIN")
             try:
+                if batch.transitions:
+                    db.executemany(
+                        "INSERT INTO segment_changes VALUES (?, ?, ?, ?, ?)",
+                        [msgspec.structs.astuple(c) for c in batch.transitions],
+                    )
+                if batch.merged:  # the absorbed profile's history follows it
+                    db.executemany(
+                        "UPDATE segment_changes SET profile_id = ? WHERE profile_id = ?",
+                        [(into, old) for old, into in batch.merged],
+                    )
                 if batch.removed:
+                    db.executemany(
+                        "DELETE FROM segment_changes WHERE profile_id = ?",
+                        [(i,) for i in batch.removed],
+                    )
                     db.executemany(
                         "DELETE FROM profiles WHERE id = ?", [(i,) for i in batch.removed]
                     )
@@ -198,13 +261,16 @@ class EmbeddedStore:
                     )
                 if batch.links:
                     db.executemany("INSERT OR REPLACE INTO links VALUES (?, ?)", batch.links)
-                db.execute(
-                    "INSERT OR REPLACE INTO meta VALUES ('applied_seq', ?)", (str(batch.seq),)
+                db.executemany(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                    [("applied_seq", str(batch.seq)), ("watermark_ms", str(batch.watermark_ms))],
                 )
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            finally:
+                self._in_flight = None
 
     def compact(self) -> None:
         """Flush, then leave no copy of removed rows in the WAL (after an erasure)."""
@@ -228,8 +294,9 @@ class EmbeddedStore:
 
     def _load(self) -> None:
         db = self._db
-        row = db.execute("SELECT value FROM meta WHERE key = 'applied_seq'").fetchone()
-        self._applied_seq = int(row[0]) if row else 0
+        meta = dict(db.execute("SELECT key, value FROM meta"))
+        self._applied_seq = int(meta.get("applied_seq", 0))
+        self._watermark_ms = int(meta.get("watermark_ms", 0))
         loaded = sorted(
             (_decode(body) for (body,) in db.execute("SELECT body FROM profiles")),
             key=lambda p: p.last_ms,
@@ -240,7 +307,7 @@ class EmbeddedStore:
         self._links = dict(db.execute("SELECT key, profile_id FROM links"))
 
 
-def _oldest(order: OrderedDict[str, int], before_ms: int, limit: int) -> list[str]:
+def _oldest(order: dict[str, int], before_ms: int, limit: int) -> list[str]:
     found: list[str] = []
     for profile_id, last_ms in order.items():
         if last_ms >= before_ms or len(found) >= limit:

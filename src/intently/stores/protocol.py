@@ -15,7 +15,7 @@ from typing import Protocol
 
 from msgspec import Struct, field
 
-from intently.context.profile import Profile
+from intently.context.profile import Profile, SegmentChange
 
 
 class Changes(Struct):
@@ -26,6 +26,10 @@ class Changes(Struct):
     removed: set[str] = field(default_factory=set)
     links: dict[str, str] = field(default_factory=dict)
     unlinked: set[str] = field(default_factory=set)
+    # Segment entries and exits, and profiles merged into others (their history follows).
+    transitions: list[SegmentChange] = field(default_factory=list)
+    merged: dict[str, str] = field(default_factory=dict)
+    watermark_ms: int = 0
 
     def put(self, profile: Profile) -> None:
         self.profiles[profile.id] = profile
@@ -70,6 +74,15 @@ class StateStore(Protocol):
 
     def idle_anonymous(self, before_ms: int, limit: int) -> Iterable[str]:
         """Anonymous profiles that saw nothing since `before_ms` (oldest first)."""
+        ...
+
+    @property
+    def watermark_ms(self) -> int:
+        """The latest event time applied (the context stage's clock for expiry)."""
+        ...
+
+    def segment_history(self, profile_id: str, limit: int) -> list[SegmentChange]:
+        """The profile's latest segment entries and exits, newest last."""
         ...
 
     def profile_count(self) -> int: ...
