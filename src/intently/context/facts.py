@@ -114,14 +114,15 @@ def facts_of(record: EventRecord) -> Facts:
         facts.campaign = "|".join(
             p or "" for p in (campaign.source, campaign.medium, campaign.name)
         )
-    facts.medium = enrichment.referrer.medium
-    facts.source = enrichment.referrer.source
+    # Interned: a handful of values shared by every session that holds them.
+    facts.medium = intern(enrichment.referrer.medium)
+    facts.source = _interned(enrichment.referrer.source)
     if enrichment.device is not None:
-        facts.device = enrichment.device.type
+        facts.device = intern(enrichment.device.type)
     if enrichment.geo is not None:
-        facts.country = enrichment.geo.country
-        facts.region = enrichment.geo.region
-        facts.city = enrichment.geo.city
+        facts.country = _interned(enrichment.geo.country)
+        facts.region = _interned(enrichment.geo.region)
+        facts.city = _interned(enrichment.geo.city)
     if enrichment.local is not None:
         facts.local_hour = enrichment.local.hour
         facts.weekday = enrichment.local.weekday
@@ -139,6 +140,10 @@ def facts_of(record: EventRecord) -> Facts:
     elif isinstance(event, AliasEvent):
         facts.previous_id = event.previous_id
     return facts
+
+
+def _interned(text: str | None) -> str | None:
+    return None if text is None else intern(text)
 
 
 def _kind(event: Event) -> str:
@@ -191,7 +196,7 @@ def _line(product: Product, quantity: int | None = None) -> Line | None:
 
 def _viewed(properties: CommerceProperties, facts: Facts) -> None:
     facts.product = _line(properties)
-    facts.brand = intern(properties.brand) if properties.brand is not None else None
+    facts.brand = _interned(properties.brand)
 
 
 def _searched(properties: CommerceProperties, facts: Facts) -> None:

@@ -38,7 +38,8 @@ class Session(Struct, gc=False, kw_only=True):
     recent_pages: list[str] | None = None
     max_scroll: float = 0.0
     products: list[str] = field(default_factory=list)
-    product_categories: list[str | None] = field(default_factory=list)
+    # The categories of `products`, index for index; None until one is known.
+    product_categories: list[str | None] | None = None
     affinity_base_ms: int = 0
     categories: dict[str, float] | None = None
     brands: dict[str, float] | None = None
@@ -176,11 +177,14 @@ class SessionRules:
         products, categories = session.products, session.product_categories
         # A -> B -> A between two products alike (same category, or unknown): comparing.
         if len(products) >= 2 and products[-2] == product.product_id != products[-1]:
-            previous = categories[-1]
+            previous = categories[-1] if categories else None
             if previous is None or product.category is None or previous == product.category:
                 session.back_and_forth += 1
         _push(products, product.product_id, settings.recent_products)
-        _push(categories, product.category, settings.recent_products)
+        if categories is None and product.category is not None:
+            categories = session.product_categories = [None] * (len(products) - 1)
+        if categories is not None:
+            _push(categories, product.category, settings.recent_products)
         if product.price is not None:
             self._price(session, product.price)
         self._interest(session, product.category, brand, VIEW_WEIGHT, at)
@@ -260,10 +264,14 @@ class SessionRules:
         into.recent_pages = _joined_optional(
             first.recent_pages, second.recent_pages, settings.recent_pages
         )
+        # Categories first: `_categories` reads the lengths of the unmerged product lists.
+        if first.product_categories is None and second.product_categories is None:
+            into.product_categories = None
+        else:
+            into.product_categories = _joined(
+                _categories(first), _categories(second), settings.recent_products
+            )
         into.products = _joined(first.products, second.products, settings.recent_products)
-        into.product_categories = _joined(
-            first.product_categories, second.product_categories, settings.recent_products
-        )
         into.prices = _joined_optional(first.prices, second.prices, settings.recent_prices)
         into.searches = _joined_optional(first.searches, second.searches, settings.recent_searches)
         into.dwells = _joined_optional(first.dwells, second.dwells, settings.recent_dwells)
@@ -415,6 +423,11 @@ def _joined_optional(
     if not second:
         return first
     return (first + second)[-bound:]
+
+
+def _categories(session: Session) -> list[str | None]:
+    held = session.product_categories
+    return held if held is not None else [None] * len(session.products)
 
 
 def _remove_from_cart(cart: list[Line], line: Line) -> None:
