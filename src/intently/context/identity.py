@@ -157,6 +157,6 @@ class IdentityGraph:
         for anonymous_id in other.anonymous_ids:
             changes.link(anonymous_key(anonymous_id), into.id)
         changes.remove(other)
-        changes.merged[other.id] = into.id
+        changes.merge(other.id, into.id)
         changes.put(into)
         self.merges += 1

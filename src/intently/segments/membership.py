@@ -88,7 +88,7 @@ class Membership:
         self, profile: Profile, segment: Segment, entered: bool, at_ms: int, changes: Changes
     ) -> None:
         transition = self.rules.record_segment(profile, segment.name, entered, at_ms, changes.seq)
-        changes.transitions.append(transition)
+        changes.add_transition(transition)
         changes.put(profile)
         self.members[segment.name] += 1 if entered else -1
         for listener in self.listeners:
@@ -117,7 +117,7 @@ class Membership:
         """A definition was deleted: its members leave it (recorded as exits)."""
         for profile in profiles:
             if name in profile.segments:
-                changes.transitions.append(
+                changes.add_transition(
                     self.rules.record_segment(profile, name, False, now_ms, changes.seq)
                 )
                 changes.put(profile)

@@ -10,42 +10,93 @@ transaction; the embedded store applies it in memory and persists it in batches.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from types import MappingProxyType
 from typing import Protocol
-
-from msgspec import Struct, field
 
 from intently.context.profile import Profile, SegmentChange
 
 
-class Changes(Struct):
-    """What one event changed: profiles written or removed, links set or removed."""
+class Changes:
+    """What one event changed: profiles written or removed, links set or removed,
+    segment entries and exits, profiles merged into others (their history follows).
 
-    seq: int
-    profiles: dict[str, Profile] = field(default_factory=dict)
-    removed: set[str] = field(default_factory=set)
-    links: dict[str, str] = field(default_factory=dict)
-    unlinked: set[str] = field(default_factory=set)
-    # Segment entries and exits, and profiles merged into others (their history follows).
-    transitions: list[SegmentChange] = field(default_factory=list)
-    merged: dict[str, str] = field(default_factory=dict)
-    watermark_ms: int = 0
+    One is made per event, so only `profiles` (always used) is allocated up front; the
+    rest stay shared empties until something is added.
+    """
+
+    __slots__ = ("_links", "_merged", "_removed", "_transitions", "_unlinked", "profiles",
+                 "seq", "watermark_ms")  # fmt: skip
+
+    def __init__(self, seq: int, watermark_ms: int = 0) -> None:
+        self.seq = seq
+        self.watermark_ms = watermark_ms
+        self.profiles: dict[str, Profile] = {}
+        self._removed: set[str] | None = None
+        self._links: dict[str, str] | None = None
+        self._unlinked: set[str] | None = None
+        self._transitions: list[SegmentChange] | None = None
+        self._merged: dict[str, str] | None = None
+
+    @property
+    def removed(self) -> AbstractSet[str]:
+        return self._removed or _NO_IDS
+
+    @property
+    def links(self) -> Mapping[str, str]:
+        return self._links or _NO_LINKS
+
+    @property
+    def unlinked(self) -> AbstractSet[str]:
+        return self._unlinked or _NO_IDS
+
+    @property
+    def transitions(self) -> Sequence[SegmentChange]:
+        return self._transitions or ()
+
+    @property
+    def merged(self) -> Mapping[str, str]:
+        return self._merged or _NO_LINKS
 
     def put(self, profile: Profile) -> None:
         self.profiles[profile.id] = profile
-        self.removed.discard(profile.id)
+        if self._removed:
+            self._removed.discard(profile.id)
 
     def remove(self, profile: Profile) -> None:
         self.profiles.pop(profile.id, None)
-        self.removed.add(profile.id)
+        if self._removed is None:
+            self._removed = set()
+        self._removed.add(profile.id)
 
     def link(self, key: str, profile_id: str) -> None:
-        self.links[key] = profile_id
-        self.unlinked.discard(key)
+        if self._links is None:
+            self._links = {}
+        self._links[key] = profile_id
+        if self._unlinked:
+            self._unlinked.discard(key)
 
     def unlink(self, key: str) -> None:
-        self.links.pop(key, None)
-        self.unlinked.add(key)
+        if self._links:
+            self._links.pop(key, None)
+        if self._unlinked is None:
+            self._unlinked = set()
+        self._unlinked.add(key)
+
+    def add_transition(self, change: SegmentChange) -> None:
+        if self._transitions is None:
+            self._transitions = []
+        self._transitions.append(change)
+
+    def merge(self, absorbed_id: str, into_id: str) -> None:
+        if self._merged is None:
+            self._merged = {}
+        self._merged[absorbed_id] = into_id
+
+
+_NO_IDS: frozenset[str] = frozenset()
+_NO_LINKS: Mapping[str, str] = MappingProxyType({})
 
 
 class StateStore(Protocol):
