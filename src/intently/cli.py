@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from intently._version import __version__
+from intently.clock import epoch_ms
 from intently.config import Settings, load_settings
 from intently.events.geo import IP_MODES
 
@@ -176,7 +177,7 @@ def export_events_command(data_dir: Path | None, since: str | None, after_seq: i
             ) from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
-        since_ms = int(moment.timestamp() * 1000)
+        since_ms = epoch_ms(moment)
     if not settings.event_log_path.exists():
         raise click.ClickException(f"no event log in {settings.data_dir}")
     log = EventLog.reader(settings.event_log_path)

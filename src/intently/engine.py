@@ -13,7 +13,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from intently.api.metrics import Metrics
-from intently.clock import Clock, SystemClock
+from intently.clock import Clock, SystemClock, epoch_ms
 from intently.config import Settings
 from intently.context.stage import ContextStage
 from intently.events.enrich import Enricher
@@ -154,7 +154,7 @@ class Engine:
         return True
 
     def now_ms(self) -> int:
-        return int(self.clock.now().timestamp() * 1000)
+        return epoch_ms(self.clock.now())
 
     def close(self) -> None:
         """Flush and release everything; closing twice is harmless."""

@@ -20,7 +20,7 @@ from typing import NamedTuple, Protocol
 import msgspec
 from msgspec import Struct
 
-from intently.clock import Clock
+from intently.clock import Clock, epoch_ms
 from intently.events.enrich import Enricher
 from intently.events.record import EventRecord, aware_utc, stamp
 from intently.events.schema import Consent, Context, Event
@@ -58,7 +58,7 @@ _NO_CLIENT = ClientInfo()
 
 
 def _ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
+    return epoch_ms(moment)
 
 
 class Pipeline:

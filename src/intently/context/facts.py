@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
+from intently.clock import epoch_ms
 from intently.events.ecommerce import CommerceProperties, Product, commerce_properties
 from intently.events.record import EventRecord
 from intently.events.schema import (
@@ -34,8 +35,10 @@ from intently.events.schema import (
 )
 
 # Pages whose long visits mean the visitor is unsure (delivery costs, returns, help).
+# Whole words only: /help/returns and /pages/shipping-policy, not /blog/helpful-gifts.
 _HELP_PAGE = re.compile(
-    r"(shipping|delivery|return|refund|help|faq|support|contact|warranty|size-guide)",
+    r"(?<![a-z])(shipping|delivery|returns?|refunds?|help|faq|faqs|support|contact|"
+    r"warranty|size-guide)(?![a-z])",
     re.IGNORECASE,
 )
 CHECKOUT_STAGES = ("browsing", "cart", "checkout", "shipping", "payment", "purchased")
@@ -104,7 +107,7 @@ def facts_of(record: EventRecord) -> Facts:
     assert event.timestamp is not None
     facts = Facts(
         kind=intern(_kind(event)),
-        at_ms=int(event.timestamp.timestamp() * 1000),
+        at_ms=epoch_ms(event.timestamp),
         anonymous_id=event.anonymous_id,
         user_id=event.user_id,
     )
@@ -131,7 +134,12 @@ def facts_of(record: EventRecord) -> Facts:
         facts.consent = dict(context.consent.category_preferences)
     if isinstance(event, PageEvent | ScreenEvent):
         page = context.page if context is not None else None
-        facts.page_path = (page.path if page else None) or event.name
+        # Segment's page spec puts the path in properties (server libraries send only
+        # that); the browser's context.page.path wins when both are there.
+        path = event.properties.get("path")
+        facts.page_path = (
+            (page.path if page else None) or (path if isinstance(path, str) else None) or event.name
+        )
         facts.help_page = _is_help_page(facts.page_path, event.category, event.name)
     elif isinstance(event, TrackEvent):
         _read_track(event, facts)
@@ -200,8 +208,9 @@ def _viewed(properties: CommerceProperties, facts: Facts) -> None:
 
 
 def _searched(properties: CommerceProperties, facts: Facts) -> None:
-    if properties.query:
-        facts.query = " ".join(properties.query.lower().split())
+    query = " ".join(properties.query.lower().split()) if properties.query else ""
+    if query:  # a blank search is no search
+        facts.query = query
 
 
 def _added(properties: CommerceProperties, facts: Facts) -> None:

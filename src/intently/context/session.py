@@ -7,6 +7,7 @@ replay of history builds the same sessions as live traffic did.
 
 from __future__ import annotations
 
+import zlib
 from statistics import median
 from typing import Any
 
@@ -21,6 +22,8 @@ VIEW_WEIGHT = 1.0
 CART_WEIGHT = 3.0
 PURCHASE_WEIGHT = 5.0
 SEARCH_WEIGHT = 1.0
+# Distinct queries remembered per session to tell a repeated search.
+_SEARCH_MEMORY = 64
 # Dwell between two page views longer than this is a pause, not reading.
 _MAX_DWELL_MS = 30 * 60_000
 
@@ -47,6 +50,7 @@ class Session(Struct, gc=False, kw_only=True):
     price_min: float | None = None
     price_max: float | None = None
     searches: list[str] | None = None
+    searched: list[int] | None = None  # checksums of the session's distinct queries
     repeated_searches: int = 0
     cart: list[Line] | None = None
     checkout_stage: int = 0
@@ -112,6 +116,8 @@ class SessionRules:
             session.pages += 1
         if at > session.last_ms:
             session.last_ms = at
+        elif at < session.start_ms:  # late, out-of-order: the session began earlier
+            session.start_ms = at
         if not personal:
             return
         if facts.device is not None:
@@ -128,9 +134,17 @@ class SessionRules:
             searches = session.searches
             if searches is None:
                 searches = session.searches = []
-            elif facts.query in searches:
-                session.repeated_searches += 1
             _push(searches, facts.query, settings.recent_searches)
+            # Repeats are found among many more queries than are kept to show: a
+            # stable checksum of each (Python's str hash changes between runs).
+            fingerprint = zlib.crc32(facts.query.encode())
+            seen = session.searched
+            if seen is None:
+                seen = session.searched = []
+            if fingerprint in seen:
+                session.repeated_searches += 1
+            else:
+                _push(seen, fingerprint, _SEARCH_MEMORY)
             session.evidence += SEARCH_WEIGHT
         if facts.added is not None:
             self._add_to_cart(session, facts.added, facts.brand, at)
@@ -274,6 +288,7 @@ class SessionRules:
         into.products = _joined(first.products, second.products, settings.recent_products)
         into.prices = _joined_optional(first.prices, second.prices, settings.recent_prices)
         into.searches = _joined_optional(first.searches, second.searches, settings.recent_searches)
+        into.searched = _joined_optional(first.searched, second.searched, _SEARCH_MEMORY)
         into.dwells = _joined_optional(first.dwells, second.dwells, settings.recent_dwells)
         into.price_min = _min(into.price_min, other.price_min)
         into.price_max = _max(into.price_max, other.price_max)

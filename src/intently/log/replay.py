@@ -19,6 +19,7 @@ from typing import IO, Any
 
 import msgspec
 
+from intently.clock import epoch_ms
 from intently.events.schema import Event
 from intently.events.validate import FieldError, decode_event
 from intently.log.eventlog import EventLogReader
@@ -104,7 +105,7 @@ def _prime(
 
 
 def _ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
+    return epoch_ms(moment)
 
 
 _decode_any = msgspec.json.Decoder()
