@@ -42,7 +42,8 @@ class Settings(Struct, kw_only=True):
     internal_hosts: tuple[str, ...] = ()
     # Where profiles and sessions live: "embedded" (memory + SQLite in the data dir).
     state_store: str = "embedded"
-    state_flush_seconds: float = 1.0
+    # Short, so each write (encoded on the event loop) stays small: no latency spike.
+    state_flush_seconds: float = 0.2
     session_timeout_minutes: float = 30
     anonymous_retention_days: float = 30
     # Purposes granted when a visitor has said nothing: all three is an opt-out regime;
