@@ -20,6 +20,7 @@ finds the ids already linked and changes nothing (idempotent under replay).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 from intently.context.facts import Facts
 from intently.context.profile import Profile, ProfileRules
@@ -40,6 +41,8 @@ class IdentityGraph:
         self.rules = rules
         self.conflicts = 0
         self.merges = 0
+        # Told of a profile about to be absorbed by a merge (the stage shares its list).
+        self.removal_hooks: list[Callable[[Profile], None]] = []
 
     def lookup(self, any_id: str) -> Profile | None:
         """The profile for a canonical id, a userId or an anonymousId (in that order)."""
@@ -151,6 +154,8 @@ class IdentityGraph:
         changes.put(profile)
 
     def _merge(self, into: Profile, other: Profile, changes: Changes) -> None:
+        for hook in self.removal_hooks:
+            hook(other)
         self.rules.merge(into, other)
         for user_id in other.user_ids:
             changes.link(user_key(user_id), into.id)

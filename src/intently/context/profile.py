@@ -222,7 +222,8 @@ class ProfileRules:
                 held = consent.get(purpose)
                 if held is None or held[1] < said[1]:
                     consent[purpose] = said
-        into.segments.extend(name for name in other.segments if name not in into.segments)
+        # Segments are not carried over: the merged profile is re-evaluated at once, and
+        # the absorbed one leaves its segments' counts (its history follows it).
         if other.session is not None:
             if into.session is None:
                 into.session = other.session
