@@ -6,7 +6,7 @@ clicks in 21,210 sessions) as `Product Viewed` events through `ContextStage.appl
 the step every live or replayed event takes after the log, with 50 segments defined.
 Records are built before timing: what is timed is the step, on one thread (one core).
 
-Side by side, in the same run:
+Side by side, in the same run (each measurement in a fresh interpreter):
 - ceiling: the least per-event Python work a state step can do (look up the visitor in a
   dict and bump a counter), over the same records;
 - the step with no segment defined, and with 50.
@@ -25,6 +25,7 @@ import argparse
 import gc
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -164,21 +165,41 @@ def ceiling(records: Sequence[EventRecord]) -> None:
         counts[key] = counts.get(key, 0) + 1
 
 
-def throughput(directory: Path, records: list[EventRecord], rounds: int) -> dict[str, Any]:
-    results: dict[str, list[float]] = {"ceiling": [], "step_0_segments": [], "step_50_segments": []}
-    evaluations = 0
+def measure_one(kind: str) -> float:
+    """Events/s of one configuration, in this (fresh) process."""
+    records = to_records(load_clicks())
+    if kind == "ceiling":
+        return len(records) / timed(lambda: ceiling(records))
+    with tempfile.TemporaryDirectory(prefix="intently-bench-context-") as temporary:
+        stage = build_stage(Path(temporary), int(kind))
+        rate = len(records) / timed(lambda: stage.apply_many(records))
+        stage.store.close()
+    return rate
+
+
+def throughput(rounds: int) -> dict[str, Any]:
+    """Each measurement in a fresh interpreter: measured in one process, later runs came
+    out up to 2x slower than the first (allocator state left by the earlier ones), which
+    would make the order of configurations decide the figures."""
+    kinds = {"ceiling": "ceiling", "0": "step_0_segments", "50": "step_50_segments"}
+    results: dict[str, list[float]] = {key: [] for key in kinds.values()}
     for _ in range(rounds):  # interleaved, medians reported
-        results["ceiling"].append(len(records) / timed(lambda: ceiling(records)))
-        for segments, key in ((0, "step_0_segments"), (50, "step_50_segments")):
-            stage = build_stage(directory, segments)
-            results[key].append(len(records) / timed(lambda: stage.apply_many(records)))
-            if segments:
-                evaluations = stage.hooks[0].evaluations  # type: ignore[attr-defined]
-            stage.store.close()
+        for kind, key in kinds.items():
+            output = subprocess.run(
+                [sys.executable, __file__, "--one", kind],
+                check=True, capture_output=True, text=True,
+            ).stdout  # fmt: skip
+            results[key].append(float(output))
     medians = {key: statistics.median(values) for key, values in results.items()}
+    probe = build_stage(Path(tempfile.mkdtemp(prefix="intently-bench-context-")), 50)
+    records = to_records(load_clicks())
+    probe.apply_many(records)
+    evaluations = probe.hooks[0].evaluations  # type: ignore[attr-defined]
+    probe.store.close()
     return {
         "events": len(records),
         "events_per_s": {key: round(value) for key, value in medians.items()},
+        "all_runs": {key: [round(v) for v in values] for key, values in results.items()},
         "segment_evaluations_per_event": round(evaluations / len(records), 2),
         "rounds": rounds,
     }
@@ -215,12 +236,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sessions", type=int, default=100_000)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one:
+        print(measure_one(args.one))
+        return
     clicks = load_clicks()
+    speed = throughput(args.rounds)
     with tempfile.TemporaryDirectory(prefix="intently-bench-context-") as temporary:
-        directory = Path(temporary)
-        speed = throughput(directory, to_records(clicks), args.rounds)
-        space = memory(directory, clicks, args.sessions)
+        space = memory(Path(temporary), clicks, args.sessions)
     result = {"throughput": speed, "memory": space, "python": sys.version.split()[0]}
     if args.json:
         print(json.dumps(result))
@@ -231,6 +255,7 @@ def main() -> None:
     print(f"  context step, no segments:       {rates['step_0_segments']:>12,} events/s")
     print(f"  context step, 50 segments:       {rates['step_50_segments']:>12,} events/s")
     print(f"  segment evaluations per event:   {speed['segment_evaluations_per_event']}")
+    print(f"  all runs: {speed['all_runs']}")
     print(f"memory: {space['live_sessions']:,} live sessions from {space['events']:,} events")
     print(f"  {space['bytes_total'] / 2**20:,.1f} MiB held, "
           f"{space['bytes_per_live_session']:,} bytes per live session")  # fmt: skip

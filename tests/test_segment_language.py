@@ -171,3 +171,69 @@ def test_topics_are_what_the_expression_reads() -> None:
     )
     assert compiled.topics == {"cart", "purchases", "where", "traits", "session"}
     assert compiled.fields == {"session.cart.value", "geo.country", "profile.traits.vip"}
+
+
+FUSED_EXPRESSIONS = [
+    "session.cart.value > 100",
+    'session.cart.value > 50 and geo.country == "DE"',
+    '"running" in session.top_categories',
+    '"running" not in session.top_categories',
+    "profile.purchases.count == 0 and session.exit_intent",
+    "not session.exit_intent or session.cart.count >= 2",
+    'geo.country in ["IN", "DE"]',
+    'geo.country not in ["IN", "DE"]',
+    "geo.city == null",
+    "geo.city != null",
+    "session.price.max - session.price.min > 10",
+    "profile.traits.vip == true",
+    "profile.traits.vip != true",
+    "profile.traits.age >= 30",
+    'profile.traits.tier == "gold"',
+    "profile.traits.flag",
+    "session.events != 3",
+    "-session.cart.value < -50",
+    '"a" in geo.country',
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cart=st.lists(st.tuples(st.sampled_from(["p1", "p2"]), st.integers(1, 3),
+                            st.floats(0, 200)), max_size=3),
+    country=st.sampled_from([None, "IN", "DE", "US"]),
+    city=st.sampled_from([None, "Pune"]),
+    exit_intent=st.booleans(),
+    categories=st.dictionaries(st.sampled_from(["running", "hiking", "bags", "tea"]),
+                               st.floats(0.1, 10), max_size=4),
+    traits=st.dictionaries(st.sampled_from(["vip", "age", "tier", "flag"]),
+                           st.one_of(st.booleans(), st.integers(0, 90), st.text(max_size=4),
+                                     st.none(), st.lists(st.integers(), max_size=2)),
+                           max_size=4),
+    purchases=st.integers(0, 2),
+    events=st.integers(0, 5),
+)  # fmt: skip
+def test_fused_evaluation_agrees_with_each_segment_on_its_own(
+    cart: list[tuple[str, int, float]],
+    country: str | None,
+    city: str | None,
+    exit_intent: bool,
+    categories: dict[str, float],
+    traits: dict[str, object],
+    purchases: int,
+    events: int,
+) -> None:
+    from intently.segments.fused import fuse
+
+    profile = person(
+        cart=[Line(p, q, price, None) for p, q, price in cart], country=country, city=city,
+        exit_intent=exit_intent, categories=categories or None, affinity_base_ms=NOW,
+        events=events, prices=[price for _, _, price in cart] or None,
+        price_min=min((c[2] for c in cart), default=None),
+        price_max=max((c[2] for c in cart), default=None),
+    )  # fmt: skip
+    profile.traits = traits or None
+    profile.purchases = purchases
+    compiled = [(f"s{i}", compile_expression(e, CATALOG)) for i, e in enumerate(FUSED_EXPRESSIONS)]
+    fused = fuse(compiled, CATALOG)
+    expected = [name for name, c in compiled if c.matches(profile, NOW)]
+    assert fused(profile, NOW) == expected

@@ -23,7 +23,7 @@ import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
@@ -82,6 +82,18 @@ class ExpressionError(ValueError):
         self.problem = problem
 
 
+class Emitter(Protocol):
+    """Names for generated code (see `fused.py`): a local variable holding a field's
+    value, and a name bound to a Python object in the generated code's namespace."""
+
+    def field(self, name: str) -> str: ...
+
+    def bind(self, value: object) -> str: ...
+
+
+Emit = Callable[[Emitter], str]
+
+
 @dataclass(frozen=True, slots=True)
 class Node:
     type: Type
@@ -90,6 +102,14 @@ class Node:
     topics: frozenset[str]
     constant: bool = False
     value: Any = None  # of a constant
+    # Python source computing the same value (for fused evaluation); None: call `evaluate`.
+    emit: Emit | None = None
+    field: str | None = None  # the field a path node reads
+
+    def source(self, emitter: Emitter) -> str:
+        if self.emit is not None:
+            return self.emit(emitter)
+        return f"{emitter.bind(self.evaluate)}(p, n)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +120,8 @@ class Compiled:
     matches: Callable[[Profile, int], bool]
     topics: frozenset[str]
     fields: frozenset[str]
+    # Python source of `matches` as one boolean expression, for fused evaluation.
+    emit: Emit
 
 
 def compile_expression(source: str, catalog: FieldCatalog) -> Compiled:
@@ -115,13 +137,14 @@ def compile_expression(source: str, catalog: FieldCatalog) -> Compiled:
     if node.type not in ("bool", "any"):
         raise ExpressionError(0, f"a segment must be true or false, and this is a {node.type}")
     evaluate = node.evaluate
+    fields = frozenset(compiler.fields)
     if node.type == "bool":  # every bool node returns True or False: no wrapper needed
-        return Compiled(source, evaluate, node.topics, frozenset(compiler.fields))
+        return Compiled(source, evaluate, node.topics, fields, node.source)
 
     def matches(profile: Profile, now_ms: int) -> bool:
         return evaluate(profile, now_ms) is True
 
-    return Compiled(source, matches, node.topics, frozenset(compiler.fields))
+    return Compiled(source, matches, node.topics, fields, lambda e: f"({node.source(e)} is True)")
 
 
 def _parse(source: str) -> Tree[Token]:
@@ -235,7 +258,9 @@ class _Compiler:
         return self._constant("bool", False)
 
     def _null(self, tree: Tree[Token]) -> Node:
-        return Node("null", True, lambda _p, _n: None, frozenset(), constant=True)
+        return Node(
+            "null", True, lambda _p, _n: None, frozenset(), constant=True, emit=lambda _e: "None"
+        )
 
     def _list_(self, tree: Tree[Token]) -> Node:
         items = [self.build(child) for child in tree.children if isinstance(child, Tree)]
@@ -245,10 +270,18 @@ class _Compiler:
         if len(kinds) > 1:
             raise ExpressionError(_position(tree), "a list must hold one kind of value")
         values = [item.value for item in items]
-        return Node("list", False, lambda _p, _n: values, frozenset(), constant=True, value=values)
+        return Node(
+            "list", False, lambda _p, _n: values, frozenset(), constant=True, value=values,
+            emit=lambda e: e.bind(values),
+        )  # fmt: skip
 
     def _constant(self, type_: Type, value: Any) -> Node:
-        return Node(type_, False, lambda _p, _n: value, frozenset(), constant=True, value=value)
+        # repr of a checked str, int, finite float or bool is an inert Python literal.
+        literal = f"({value!r})"
+        return Node(
+            type_, False, lambda _p, _n: value, frozenset(), constant=True, value=value,
+            emit=lambda _e: literal,
+        )  # fmt: skip
 
     # -- names ----------------------------------------------------------------------------
 
@@ -265,14 +298,20 @@ class _Compiler:
             hint = "; fields start with session., profile., geo., device. or local."
             raise ExpressionError(_position(tree), f"unknown field {name!r}{hint}")
         self.fields.add(name)
-        return Node(field.type, field.nullable, field.get, field.topics)
+        return Node(
+            field.type, field.nullable, field.get, field.topics,
+            emit=lambda e: e.field(name), field=name,
+        )  # fmt: skip
 
     # -- operators --------------------------------------------------------------------------
 
     def _not_(self, tree: Tree[Token]) -> Node:
         operand = self._boolean(tree.children[0])
         inner = operand.evaluate
-        return Node("bool", False, lambda p, n: inner(p, n) is False, operand.topics)
+        return Node(
+            "bool", False, lambda p, n: inner(p, n) is False, operand.topics,
+            emit=lambda e: f"({operand.source(e)} is False)",
+        )  # fmt: skip
 
     def _and_(self, tree: Tree[Token]) -> Node:
         left, right = (self._boolean(child) for child in tree.children)
@@ -280,6 +319,7 @@ class _Compiler:
         return Node(
             "bool", False, lambda p, n: a(p, n) is True and b(p, n) is True,
             left.topics | right.topics,
+            emit=lambda e: f"({left.source(e)} is True and {right.source(e)} is True)",
         )  # fmt: skip
 
     def _or_(self, tree: Tree[Token]) -> Node:
@@ -288,6 +328,7 @@ class _Compiler:
         return Node(
             "bool", False, lambda p, n: a(p, n) is True or b(p, n) is True,
             left.topics | right.topics,
+            emit=lambda e: f"({left.source(e)} is True or {right.source(e)} is True)",
         )  # fmt: skip
 
     def _boolean(self, child: Tree[Token] | Token) -> Node:
@@ -308,7 +349,10 @@ class _Compiler:
             self._comparable(left, right, tree)
             negate = op == "!="
             if right.constant and not left.constant:
-                return Node("bool", False, _equals_constant(a, right.value, negate), topics)
+                return Node(
+                    "bool", False, _equals_constant(a, right.value, negate), topics,
+                    emit=_emit_equals(left, right.value, negate),
+                )  # fmt: skip
             return Node("bool", False, lambda p, n: _same(a(p, n), b(p, n)) is not negate, topics)
         for side, side_tree in ((left, left_tree), (right, right_tree)):
             if side.type not in ("number", "any"):
@@ -323,7 +367,10 @@ class _Compiler:
                 x = a(p, n)
                 return type(x) in _NUMBERS and compare(x, limit)
 
-            return Node("bool", False, against_constant, topics)
+            emit = None
+            if left.field is not None:
+                emit = _emit_ordered(left, op, limit)
+            return Node("bool", False, against_constant, topics, emit=emit)
 
         def ordered(p: Profile, n: int) -> bool:
             x, y = a(p, n), b(p, n)
@@ -374,7 +421,10 @@ class _Compiler:
                 container = b(p, n)
                 return type(container) in (list, str) and (needle in container) is not negate
 
-            return Node("bool", False, has_constant, topics)
+            return Node(
+                "bool", False, has_constant, topics,
+                emit=_emit_has(right, needle, negate) if right.field is not None else None,
+            )  # fmt: skip
         if right.constant and right.type == "list" and right.value:
             options = frozenset(right.value)
             kinds = _NUMBERS if _is_number(right.value[0]) else (type(right.value[0]),)
@@ -383,7 +433,10 @@ class _Compiler:
                 item = a(p, n)
                 return type(item) in kinds and (item in options) is not negate
 
-            return Node("bool", False, among_constants, topics)
+            return Node(
+                "bool", False, among_constants, topics,
+                emit=_emit_among(left, options, kinds, negate) if left.field is not None else None,
+            )  # fmt: skip
 
         def contained(p: Profile, n: int) -> bool:
             item, container = a(p, n), b(p, n)
@@ -431,6 +484,50 @@ class _Compiler:
         if node.type not in ("number", "any"):
             raise ExpressionError(_position(child), f"arithmetic needs numbers, not a {node.type}")
         return node
+
+
+def _emit_equals(left: Node, constant: Any, negate: bool) -> Emit | None:
+    """`field == constant` as source (the value is read once into a local)."""
+    if left.field is None:
+        return None
+    test = "is not" if negate else "is"
+
+    def emit(e: Emitter) -> str:
+        x = left.source(e)
+        if constant is None or type(constant) is bool:
+            return f"({x} {test} {constant!r})"
+        kinds = "_NUMBERS" if type(constant) in _NUMBERS else "_STR"
+        return f"((type({x}) in {kinds} and {x} == {constant!r}) {test} True)"
+
+    return emit
+
+
+def _emit_ordered(left: Node, op: str, limit: Any) -> Emit:
+    def emit(e: Emitter) -> str:
+        x = left.source(e)
+        return f"(type({x}) in _NUMBERS and {x} {op} ({limit!r}))"
+
+    return emit
+
+
+def _emit_has(container: Node, needle: str, negate: bool) -> Emit:
+    keyword = "not in" if negate else "in"
+
+    def emit(e: Emitter) -> str:
+        x = container.source(e)
+        return f"(type({x}) in _CONTAINERS and ({needle!r} {keyword} {x}))"
+
+    return emit
+
+
+def _emit_among(item: Node, options: frozenset[Any], kinds: tuple[type, ...], negate: bool) -> Emit:
+    keyword = "not in" if negate else "in"
+
+    def emit(e: Emitter) -> str:
+        x = item.source(e)
+        return f"(type({x}) in {e.bind(kinds)} and ({x} {keyword} {e.bind(options)}))"
+
+    return emit
 
 
 def _equals_constant(read: Evaluate, constant: Any, negate: bool) -> Evaluate:

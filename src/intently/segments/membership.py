@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from typing import NamedTuple
 
 from intently.context.facts import Facts
 from intently.context.profile import Profile, ProfileRules, SegmentChange
 from intently.segments.fields import SESSION_BOUNDARY, TOPICS, topics_changed
+from intently.segments.fused import Fused, fuse
 from intently.segments.lang import Compiled
 from intently.segments.registry import Segment, SegmentRegistry
 from intently.stores.protocol import Changes
@@ -23,6 +25,11 @@ Transition = SegmentChange
 Listener = Callable[[Segment, Transition], None]
 
 
+class _Shape(NamedTuple):
+    segments: dict[str, Segment]  # the candidates, by name
+    fused: Fused
+
+
 class Membership:
     """The stage hook that keeps `profile.segments` true."""
 
@@ -33,9 +40,9 @@ class Membership:
         self.members: Counter[str] = Counter()
         self.evaluations = 0
         self._by_topic: dict[str, list[tuple[Segment, Compiled]]] = {}
-        # Candidates per set of changed topics: events come in few shapes, so the union
-        # of the topics' segments is computed once per shape.
-        self._by_topics: dict[frozenset[str], list[tuple[Segment, Compiled]]] = {}
+        # Per set of changed topics (events come in few shapes): the candidate segments,
+        # their names, and one fused function evaluating them all (see fused.py).
+        self._shapes: dict[frozenset[str], _Shape] = {}
         self.reindex()
 
     def reindex(self) -> None:
@@ -45,7 +52,18 @@ class Membership:
             for topic in compiled.topics or TOPICS:  # constant expressions: always
                 index.setdefault(topic, []).append((segment, compiled))
         self._by_topic = index
-        self._by_topics = {}
+        self._shapes = {}
+
+    def _shape(self, topics: frozenset[str]) -> _Shape:
+        seen: dict[str, tuple[Segment, Compiled]] = {}
+        for topic in topics:
+            for entry in self._by_topic.get(topic, ()):
+                seen[entry[0].name] = entry
+        candidates = list(seen.values())
+        fused = fuse([(s.name, c) for s, c in candidates], self.registry.catalog)
+        shape = _Shape({s.name: s for s, _ in candidates}, fused)
+        self._shapes[topics] = shape
+        return shape
 
     def __call__(self, profile: Profile, facts: Facts | None, changes: Changes) -> None:
         if facts is None:  # the session ended: what reads the session may change
@@ -58,29 +76,29 @@ class Membership:
             new_profile = (new_session and profile.sessions == 1) or bool(changes.removed)
             topics = topics_changed(facts, new_profile, new_session)
             at_ms = facts.at_ms
-        candidates = self._by_topics.get(topics)
-        if candidates is None:
-            seen: dict[str, tuple[Segment, Compiled]] = {}
-            for topic in topics:
-                for entry in self._by_topic.get(topic, ()):
-                    seen[entry[0].name] = entry
-            candidates = self._by_topics[topics] = list(seen.values())
-        if not candidates and not profile.segments:
-            return
-        personal = self.rules.consents(profile, "personalization")
+        shape = self._shapes.get(topics) or self._shape(topics)
         current = profile.segments
-        for segment, compiled in candidates:
-            self.evaluations += 1
-            inside = personal and compiled.matches(profile, at_ms)
-            if inside != (segment.name in current):
-                self._move(profile, segment, inside, at_ms, changes)
-        if not personal and current:  # refused personalization: in no segment at all
+        if not shape.segments and not current:
+            return
+        if not self.rules.consents(profile, "personalization"):
+            # Refused personalization: in no segment at all.
             for name in list(current):
                 found = self.registry.get(name)
                 if found is not None:
                     self._move(profile, found, False, at_ms, changes)
-        # Segments deleted since the profile entered them are left quietly.
+                else:
+                    current.remove(name)
+            return
+        self.evaluations += len(shape.segments)
+        matched = shape.fused(profile, at_ms)
+        candidates = shape.segments
+        for name in matched:
+            if name not in current:
+                self._move(profile, candidates[name], True, at_ms, changes)
         if current:
+            for name in [n for n in current if n in candidates and n not in matched]:
+                self._move(profile, candidates[name], False, at_ms, changes)
+            # Segments deleted since the profile entered them are left quietly.
             for name in [n for n in current if self.registry.get(n) is None]:
                 current.remove(name)
 
