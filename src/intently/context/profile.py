@@ -121,13 +121,13 @@ class ProfileRules:
         if facts.traits:
             self._traits(profile, facts.traits)
         if facts.product is not None:
-            self._interest(profile, facts.product.category, facts.brand, VIEW_WEIGHT, at)
+            self.affinity.add(profile, facts.product.category, facts.brand, VIEW_WEIGHT, at)
             if facts.product.price is not None:
                 self._price(profile, facts.product.price)
         if facts.added is not None:
-            self._interest(profile, facts.added.category, facts.brand, CART_WEIGHT, at)
+            self.affinity.add(profile, facts.added.category, facts.brand, CART_WEIGHT, at)
         for line in facts.order_lines or ():
-            self._interest(profile, line.category, None, PURCHASE_WEIGHT, at)
+            self.affinity.add(profile, line.category, None, PURCHASE_WEIGHT, at)
             if line.category is not None:
                 bought = profile.categories_bought
                 if bought is None:
@@ -144,22 +144,6 @@ class ProfileRules:
         for key, value in traits.items():
             if key in held or len(held) < self.settings.max_traits:
                 held[key] = value
-
-    def _interest(
-        self, profile: Profile, category: str | None, brand: str | None, weight: float, at: int
-    ) -> None:
-        if category is not None:
-            if profile.categories is None:
-                profile.categories = {}
-            profile.affinity_base_ms = self.affinity.add(
-                profile.categories, profile.affinity_base_ms, category, weight, at
-            )
-        if brand is not None:
-            if profile.brands is None:
-                profile.brands = {}
-            profile.affinity_base_ms = self.affinity.add(
-                profile.brands, profile.affinity_base_ms, brand, weight, at
-            )
 
     def _price(self, profile: Profile, price: float) -> None:
         level = profile.price_level
@@ -197,17 +181,7 @@ class ProfileRules:
             bought = into.categories_bought = into.categories_bought or {}
             for category, count in other.categories_bought.items():
                 bought[category] = bought.get(category, 0) + count
-        into.categories = into.categories or {}
-        into.brands = into.brands or {}
-        base = self.affinity.merge_into(
-            into.categories, into.affinity_base_ms, other.categories or {}, other.affinity_base_ms
-        )
-        if base != into.affinity_base_ms:
-            self.affinity.rebase(into.brands, into.affinity_base_ms, base)
-            into.affinity_base_ms = base
-        into.affinity_base_ms = self.affinity.merge_into(
-            into.brands, into.affinity_base_ms, other.brands or {}, other.affinity_base_ms
-        )
+        self.affinity.merge(into, other)
         if into.price_level is None:
             into.price_level = other.price_level
         elif other.price_level is not None:

@@ -216,18 +216,7 @@ class SessionRules:
         self, session: Session, category: str | None, brand: str | None, weight: float, at: int
     ) -> None:
         session.evidence += weight
-        if category is not None:
-            if session.categories is None:
-                session.categories = {}
-            session.affinity_base_ms = self.affinity.add(
-                session.categories, session.affinity_base_ms, category, weight, at
-            )
-        if brand is not None:
-            if session.brands is None:
-                session.brands = {}
-            session.affinity_base_ms = self.affinity.add(
-                session.brands, session.affinity_base_ms, brand, weight, at
-            )
+        self.affinity.add(session, category, brand, weight, at)
 
     def _add_to_cart(self, session: Session, line: Line, brand: str | None, at: int) -> None:
         if session.cart is None:
@@ -292,17 +281,7 @@ class SessionRules:
         into.dwells = _joined_optional(first.dwells, second.dwells, settings.recent_dwells)
         into.price_min = _min(into.price_min, other.price_min)
         into.price_max = _max(into.price_max, other.price_max)
-        into.categories = into.categories or {}
-        into.brands = into.brands or {}
-        base = self.affinity.merge_into(
-            into.categories, into.affinity_base_ms, other.categories or {}, other.affinity_base_ms
-        )
-        if base != into.affinity_base_ms:  # rebased categories: bring brands along
-            self.affinity.rebase(into.brands, into.affinity_base_ms, base)
-            into.affinity_base_ms = base
-        into.affinity_base_ms = self.affinity.merge_into(
-            into.brands, into.affinity_base_ms, other.brands or {}, other.affinity_base_ms
-        )
+        self.affinity.merge(into, other)
         for line in other.cart or ():
             self._add_to_cart_quietly(into, line)
         into.checkout_stage = max(into.checkout_stage, other.checkout_stage)
