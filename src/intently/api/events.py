@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from typing import TypeVar
 
 import msgspec
 from starlette.requests import Request
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 # sendBeacon sends text/plain; both carry JSON.
 _JSON_TYPES = ("application/json", "text/plain", "")
 _encode = msgspec.json.Encoder().encode
+T = TypeVar("T")
 
 
 class BodyTooLarge(Exception):
@@ -54,6 +56,21 @@ def privacy_refusals(request: Request, settings: Settings) -> tuple[str, ...]:
     elif settings.honor_gpc and headers.get("sec-gpc") == "1":
         refused = ("marketing",)
     return refused
+
+
+async def read_json(
+    request: Request, decoder: msgspec.json.Decoder[T], limit: int, what: str
+) -> T | Response:
+    """Decode a small JSON body (an admin request) with `decoder`, or the problem to
+    answer: 413 past `limit` bytes, 400 for JSON that is malformed or of the wrong shape."""
+    try:
+        return decoder.decode(await read_body(request, limit))
+    except BodyTooLarge:
+        return problem(413, "body-too-large", f"{what} is at most {limit} bytes")
+    except msgspec.ValidationError as exc:
+        return problem(400, "invalid-body", str(exc))
+    except msgspec.DecodeError as exc:
+        return problem(400, "malformed-json", f"the body is not valid JSON: {exc}")
 
 
 async def post_events(request: Request) -> Response:

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from intently.api.auth import require
-from intently.api.events import BodyTooLarge, read_body
+from intently.api.events import read_json
 from intently.api.problems import problem
 from intently.context.profile import Profile
 from intently.engine import Engine
@@ -120,7 +120,7 @@ async def delete_profile(request: Request) -> Response:
     anonymous_ids, user_ids = list(profile.anonymous_ids), list(profile.user_ids)
     events = await asyncio.to_thread(engine.log.erase, anonymous_ids, user_ids)
     engine.context.forget(profile)
-    engine.store.compact()
+    await asyncio.wrap_future(engine.store.compact())
     return _json(Erased(profile.id, events, len(anonymous_ids) + len(user_ids)))
 
 
@@ -130,14 +130,9 @@ async def put_consent(request: Request) -> Response:
     engine, any_id, profile = _profile(request)
     if profile is None:
         return _not_found(any_id)
-    try:
-        update = _consent_decoder.decode(await read_body(request, 4096))
-    except BodyTooLarge:
-        return problem(413, "body-too-large", "a consent update is at most 4096 bytes")
-    except msgspec.ValidationError as exc:
-        return problem(400, "invalid-body", str(exc))
-    except msgspec.DecodeError as exc:
-        return problem(400, "malformed-json", f"the body is not valid JSON: {exc}")
+    update = await read_json(request, _consent_decoder, 4096, "a consent update")
+    if isinstance(update, Response):
+        return update
     preferences = {
         name: value for name in ConsentUpdate.__struct_fields__
         if (value := getattr(update, name)) is not None

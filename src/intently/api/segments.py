@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from intently.api.auth import require
-from intently.api.events import BodyTooLarge, read_body
+from intently.api.events import read_json
 from intently.api.problems import problem
 from intently.engine import Engine
 from intently.keys import Role
@@ -67,14 +67,9 @@ async def put_segment(request: Request) -> Response:
         return problem(
             409, "read-only", f"segment {name!r} comes from the segments file; change it there"
         )
-    try:
-        spec = _spec.decode(await read_body(request, 16 * 1024))
-    except BodyTooLarge:
-        return problem(413, "body-too-large", "a segment definition is at most 16 KB")
-    except msgspec.ValidationError as exc:
-        return problem(400, "invalid-body", str(exc))
-    except msgspec.DecodeError as exc:
-        return problem(400, "malformed-json", f"the body is not valid JSON: {exc}")
+    spec = await read_json(request, _spec, 16 * 1024, "a segment definition")
+    if isinstance(spec, Response):
+        return spec
     try:
         segment, changed = engine.define_segment(name, spec)
     except ExpressionError as exc:

@@ -368,13 +368,7 @@ class EventLog(EventLogReader):
                 f"DELETE FROM events WHERE {where}",  # noqa: S608
                 parameters,
             ).rowcount
-            for _ in range(500):
-                busy = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-                if not busy:
-                    break
-                time.sleep(0.01)
-            else:
-                log.warning("%s: the WAL could not be truncated after an erasure", self.path)
+            truncate_wal(connection, self.path)
             return int(deleted)
         finally:
             connection.close()
@@ -418,6 +412,18 @@ class EventLog(EventLogReader):
                 self.path,
             )
         connection.execute("INSERT OR REPLACE INTO meta VALUES ('shutdown', 'running')")
+
+
+def truncate_wal(connection: sqlite3.Connection, path: Path, attempts: int = 500) -> None:
+    """Checkpoint the whole WAL into the database and truncate it, so no old copy of a
+    deleted row stays in the WAL (after an erasure). Readers can hold it busy for a
+    moment: retried every 10 ms, blocking, so call it off the event loop."""
+    for _ in range(attempts):
+        busy = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        if not busy:
+            return
+        time.sleep(0.01)
+    log.warning("%s: the WAL could not be truncated (readers kept it busy)", path)
 
 
 def _person_filter(anonymous_ids: Sequence[str], user_ids: Sequence[str]) -> tuple[str, list[str]]:

@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 
 from intently.context.profile import Profile, SegmentChange
+from intently.log.eventlog import truncate_wal
 from intently.stores.protocol import Changes
 
 log = logging.getLogger(__name__)
@@ -273,16 +274,16 @@ class EmbeddedStore:
             finally:
                 self._in_flight = None
 
-    def compact(self) -> None:
-        """Flush, then leave no copy of removed rows in the WAL (after an erasure)."""
+    def compact(self) -> Future[None]:
+        """Flush (here: encoding is a consistent cut only on the caller's thread), then,
+        on the writer thread, leave no copy of removed rows in the WAL (after an erasure).
+        The returned future is done when the WAL is truncated."""
         self.flush()
+        return self._writer.submit(self._truncate_wal)
+
+    def _truncate_wal(self) -> None:
         with self._lock:
-            for _ in range(50):
-                busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-                if not busy:
-                    return
-                time.sleep(0.01)
-            log.warning("%s: the WAL could not be truncated (readers busy)", self.path)
+            truncate_wal(self._db, self.path)
 
     def close(self) -> None:
         try:

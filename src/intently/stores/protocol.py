@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
+from concurrent.futures import Future
 from types import MappingProxyType
 from typing import Protocol
 
@@ -140,6 +141,11 @@ class StateStore(Protocol):
 
     def profiles(self) -> Iterable[Profile]:
         """Every profile (for re-evaluating a changed segment definition)."""
+        ...
+
+    def compact(self) -> Future[None]:
+        """Persist, then remove every leftover copy of deleted data from disk (after an
+        erasure); the future is done once nothing deleted remains readable."""
         ...
 
     def flush(self) -> None:
