@@ -89,9 +89,6 @@ class FieldCatalog:
                 return Field(name, "any", True, frozenset({"traits"}), _trait(trait), "a trait")
         return found
 
-    def names(self) -> list[str]:
-        return [*sorted(self._fields), "profile.traits.<name>"]
-
     def describe(self) -> list[dict[str, Any]]:
         return [
             {"name": f.name, "type": f.type, "nullable": f.nullable, "doc": f.doc}

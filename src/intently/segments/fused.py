@@ -41,8 +41,7 @@ _ALLOWED = (
 
 
 class _Emitter:
-    def __init__(self, catalog: FieldCatalog) -> None:
-        self.catalog = catalog
+    def __init__(self) -> None:
         self.namespace: dict[str, Any] = {
             "__builtins__": {"type": type},
             "_NUMBERS": (int, float),
@@ -67,7 +66,7 @@ class _Emitter:
 
 def fuse(candidates: Sequence[tuple[str, Compiled]], catalog: FieldCatalog) -> Fused:
     """One function returning the names of the `candidates` a profile matches."""
-    emitter = _Emitter(catalog)
+    emitter = _Emitter()
     tests = []
     for name, compiled in candidates:
         label = emitter.bind(name)

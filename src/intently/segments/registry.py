@@ -71,10 +71,6 @@ class SegmentRegistry:
         found = self._segments.get(name)
         return None if found is None else found[0]
 
-    def compiled(self, name: str) -> Compiled | None:
-        found = self._segments.get(name)
-        return None if found is None else found[1]
-
     def define(self, name: str, spec: SegmentSpec) -> tuple[Segment, Compiled]:
         """Add or replace an API segment; raises `ExpressionError` (nothing changes)."""
         entry = self._put(name, spec, "api")
