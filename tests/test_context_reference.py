@@ -30,8 +30,12 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from intently import Engine, ManualClock
+from intently.context.profile import Profile, ProfileRules
 from intently.context.settings import ContextSettings
 from intently.events.validate import decode_body
+from intently.segments.fields import FieldCatalog
+from intently.segments.fused import fuse
+from intently.segments.lang import compile_expression
 from support import START, make_settings
 
 pytestmark = pytest.mark.anyio
@@ -559,18 +563,139 @@ def differences(actual: Any, expected: Any, path: str = "") -> list[str]:
     return []
 
 
+# -- segment fields ---------------------------------------------------------------------------
+
+
+def reference_fields(expected: dict[str, Any], now: int) -> dict[str, Any]:
+    """What each segment field should read, from the reference (fields the reference does
+    not model, such as geo, traits, consent and scores, are left out)."""
+    session = expected["session"]
+    purchases = expected["purchases"]
+    signals = session["signals"]
+    return {
+        "session.events": session["events"],
+        "session.pages": session["pages_viewed"],
+        "session.time_on_site": session["time_on_site_ms"] / 1000,
+        "session.product_views": session["counts"].get("Product Viewed", 0),
+        "session.max_scroll": session["max_scroll_depth"],
+        "session.cart.value": session["cart"]["value"],
+        "session.cart.count": session["cart"]["count"],
+        "session.cart.products": [item["product_id"] for item in session["cart"]["items"]],
+        "session.checkout.stage": session["checkout"]["stage"],
+        "session.purchases": session["purchases"],
+        "session.revenue": session["revenue"],
+        "session.exit_intent": signals["exit_intent"],
+        "session.rage_clicks": signals["rage_clicks"],
+        "session.back_and_forth": signals["back_and_forth"],
+        "session.repeated_searches": signals["repeated_searches"],
+        "session.long_help_stays": signals["long_help_stays"],
+        "session.engagement": session["engagement"],
+        "session.recent_products": session["recent_products"],
+        "session.searches": session["recent_searches"],
+        "session.price.min": session["price"]["min"],
+        "session.price.max": session["price"]["max"],
+        "session.price.median": session["price"]["median"],
+        "session.source.campaign": session["campaign"],
+        "session.evidence": session["evidence"],
+        "profile.sessions": expected["sessions"],
+        "profile.known": False,
+        "profile.purchases.count": purchases["count"],
+        "profile.purchases.revenue": purchases["revenue"],
+        "profile.purchases.aov": purchases["average_order_value"],
+        "profile.days_since_last_purchase": (
+            (now - purchases["last"]) / DAY if purchases["last"] else None
+        ),
+        "profile.categories_bought": sorted(purchases["categories"]),
+        "profile.price_level": expected["price_level"],
+    }
+
+
+# Fields ranked by decayed scores: compared with a tolerance for near-ties (below).
+TOP_FIELDS = {
+    "session.top_categories": ("session", "categories"),
+    "session.top_brands": ("session", "brands"),
+    "profile.top_categories": (None, "categories"),
+    "profile.top_brands": (None, "brands"),
+}
+
+
+def is_top_three(shown: list[str], scores: dict[str, float]) -> bool:
+    """Whether `shown` is the three strongest of `scores`, strongest first, allowing
+    rounding differences between two ways of computing the same decayed score."""
+    if len(shown) != min(3, len(scores)) or not set(shown) <= set(scores):
+        return False
+    slack = 1 + 1e-9
+    ordered = all(scores[a] * slack >= scores[b] for a, b in itertools.pairwise(shown))
+    weakest = min((scores[key] for key in shown), default=0.0)
+    return ordered and all(scores[k] <= weakest * slack for k in scores if k not in shown)
+
+
+CATALOG = FieldCatalog(ProfileRules(ContextSettings()))
+
+
+def expressions_over_every_field() -> list[str]:
+    """Tests of every kind over every field: the typed shortcuts fused evaluation takes
+    must agree with the closures everywhere."""
+    found: list[str] = []
+    for field in CATALOG.describe():
+        name, kind = field["name"], field["type"]
+        if kind == "number":
+            found += [f"{name} > 1", f"{name} == 0", f"{name} != 2", f"{name} <= 0.5",
+                      f"{name} in [0, 1, 3]", f"{name} not in [1]", f"{name} - 1 > 0",
+                      f"{name} / 2 < 1"]  # fmt: skip
+        elif kind == "string":
+            found += [f'{name} == "rapid"', f'{name} != "cart"', f'"a" in {name}',
+                      f'{name} in ["deep", "browsing", "newsletter||spring"]',
+                      f'{name} not in ["unknown"]', f'"i" not in {name}']  # fmt: skip
+        elif kind == "list":
+            found += [f'"p1" in {name}', f'"shoes" not in {name}']
+        elif kind == "bool":
+            found += [name, f"not {name}", f"{name} == true", f"{name} != false"]
+        if field["nullable"]:
+            found += [f"{name} == null", f"{name} != null"]
+    return found
+
+
+EVERY_FIELD = [(f"t{i}", compile_expression(e, CATALOG)) for i, e in
+               enumerate(expressions_over_every_field())]  # fmt: skip
+FUSED = fuse(EVERY_FIELD, CATALOG)
+
+
+def check_segment_fields(profile: Profile, expected: dict[str, Any], now: int) -> None:
+    """Segment fields read what the reference computed, and fused evaluation of tests over
+    every field agrees with evaluating each on its own."""
+    fields = {field["name"]: CATALOG.get(field["name"]) for field in CATALOG.describe()}
+    read = {name: fields[name].get(profile, now) for name in reference_fields(expected, now)}  # type: ignore[union-attr]
+    read["profile.categories_bought"] = sorted(read["profile.categories_bought"])
+    found = differences(read, reference_fields(expected, now))
+    for name, (horizon, kind) in TOP_FIELDS.items():
+        source = expected["session"] if horizon else expected
+        shown = fields[name].get(profile, now)  # type: ignore[union-attr]
+        if not is_top_three(shown, source[kind]):
+            found.append(f"{name}: {shown} are not the top three of {source[kind]}")
+    assert not found, "segment fields != reference:\n  " + "\n  ".join(found)
+    matched = [name for name, c in EVERY_FIELD if c.matches(profile, now)]
+    everything = [name for name, _ in EVERY_FIELD]
+    assert FUSED(profile, now, []) == matched
+    assert FUSED(profile, now, everything) == [n for n in everything if n not in matched]
+
+
 def compare(engine: Engine, events: list[Sent], now: int | None = None) -> dict[str, Any]:
     """Compare the product with the reference for one visitor's `events` (all ingested) at
     `now` (by default the latest event time); returns the product's view."""
     now = max(at for at, _ in events) if now is None else now
     actual = product_view(engine, events[0][1]["anonymousId"], now)
-    found = differences(actual, reference_profile(events, now))
+    expected = reference_profile(events, now)
+    found = differences(actual, expected)
     assert not found, (
         "product != reference:\n  "
         + "\n  ".join(found)
         + "\nevents:\n"
         + "\n".join(f"  {at - events[0][0]:>+10} ms  {json.dumps(event)}" for at, event in events)
     )
+    profile = engine.context.lookup(events[0][1]["anonymousId"])
+    assert profile is not None
+    check_segment_fields(profile, expected, now)
     return actual
 
 

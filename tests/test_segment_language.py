@@ -185,6 +185,11 @@ FUSED_EXPRESSIONS = [
     "geo.city == null",
     "geo.city != null",
     "session.price.max - session.price.min > 10",
+    "session.cart.value / session.cart.count > 20",
+    "session.cart.value / 0 > 1",
+    "session.cart.value * 2 + 1 > 50",
+    "session.events + 1 == 3",
+    "profile.traits.age * 2 >= 60",
     "profile.traits.vip == true",
     "profile.traits.vip != true",
     "profile.traits.age >= 30",
@@ -236,4 +241,7 @@ def test_fused_evaluation_agrees_with_each_segment_on_its_own(
     compiled = [(f"s{i}", compile_expression(e, CATALOG)) for i, e in enumerate(FUSED_EXPRESSIONS)]
     fused = fuse(compiled, CATALOG)
     expected = [name for name, c in compiled if c.matches(profile, NOW)]
-    assert fused(profile, NOW) == expected
+    # Flips against no membership are the matches; against every segment, the misses.
+    assert fused(profile, NOW, []) == expected
+    everything = [name for name, _ in compiled]
+    assert fused(profile, NOW, everything) == [n for n in everything if n not in expected]

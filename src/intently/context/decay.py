@@ -52,6 +52,8 @@ class DecayedScores:
         self, owner: Affinities, category: str | None, brand: str | None, weight: float, at_ms: int
     ) -> None:
         """Add `weight` of interest in `category` and `brand` (either may be None)."""
+        if category is None and brand is None:
+            return
         if (at_ms - owner.affinity_base_ms) / self.half_life_ms > _MAX_EXPONENT:
             self._rebase(owner, at_ms)
         scaled = weight * 2.0 ** ((at_ms - owner.affinity_base_ms) / self.half_life_ms)

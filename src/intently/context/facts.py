@@ -52,6 +52,7 @@ _STAGE_OF_EVENT = {
     "Order Completed": 5,
 }
 _CLICK_EVENTS = frozenset({"Element Clicked", "Clicked"})
+_PAGE_EVENTS = (PageEvent, ScreenEvent)
 
 
 class Line(Struct, array_like=True, gc=False):
@@ -132,7 +133,7 @@ def facts_of(record: EventRecord) -> Facts:
     context = event.context
     if context is not None and context.consent is not None:
         facts.consent = dict(context.consent.category_preferences)
-    if isinstance(event, PageEvent | ScreenEvent):
+    if isinstance(event, _PAGE_EVENTS):
         page = context.page if context is not None else None
         # Segment's page spec puts the path in properties (server libraries send only
         # that); the browser's context.page.path wins when both are there.

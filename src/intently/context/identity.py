@@ -61,6 +61,12 @@ class IdentityGraph:
         if facts.previous_id is not None:
             return self._alias(facts, changes)
         user_id, anonymous_id = facts.user_id, facts.anonymous_id
+        if user_id is None and anonymous_id is not None:
+            # Most events: a known anonymous visitor (the change set is still empty).
+            store = self.store
+            found = store.resolve("a:" + anonymous_id)
+            if found is not None and (profile := store.get(found)) is not None:
+                return profile
         by_user = self._find(user_key(user_id), changes) if user_id is not None else None
         by_anonymous = (
             self._find(anonymous_key(anonymous_id), changes) if anonymous_id is not None else None

@@ -77,6 +77,7 @@ class ProfileRules:
         self.settings = settings
         self.sessions = SessionRules(settings)
         self.affinity = DecayedScores(settings.profile_half_life_ms, settings.max_affinities)
+        self._personal_by_default = "personalization" in settings.default_consent
 
     def new(self, profile_id: str, at_ms: int) -> Profile:
         return Profile(id=profile_id, first_ms=at_ms, last_ms=at_ms, affinity_base_ms=at_ms)
@@ -84,6 +85,12 @@ class ProfileRules:
     def consents(self, profile: Profile, purpose: str) -> bool:
         said = profile.consent.get(purpose) if profile.consent else None
         return purpose in self.settings.default_consent if said is None else said[0]
+
+    def personalizes(self, profile: Profile) -> bool:
+        """`consents(profile, "personalization")`, fast for a profile that said nothing."""
+        if profile.consent is None:
+            return self._personal_by_default
+        return self.consents(profile, "personalization")
 
     def apply(self, profile: Profile, facts: Facts) -> None:
         """Update `profile` and its live session with one event."""
@@ -97,9 +104,11 @@ class ProfileRules:
                     held = consent.get(purpose)
                     if held is None or held[1] <= at:
                         consent[purpose] = (granted, at)
-        personal = self.consents(profile, "personalization")
-        profile.first_ms = min(profile.first_ms, at)
-        profile.last_ms = max(profile.last_ms, at)
+        personal = self.personalizes(profile)
+        if at < profile.first_ms:
+            profile.first_ms = at
+        if at > profile.last_ms:
+            profile.last_ms = at
         counts = profile.counts
         if facts.kind in counts or len(counts) < self.settings.max_counts:
             counts[facts.kind] = counts.get(facts.kind, 0) + 1

@@ -375,7 +375,10 @@ class SessionRules:
 
 
 def cart_value(session: Session) -> float:
-    return sum((line.price or 0.0) * line.quantity for line in session.cart or ())
+    cart = session.cart
+    if not cart:
+        return 0.0
+    return sum((line.price or 0.0) * line.quantity for line in cart)
 
 
 def engagement(session: Session) -> str:

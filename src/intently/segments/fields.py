@@ -1,16 +1,23 @@
-"""The fields segment expressions may read: a closed list, each with a type, a getter and
-the topics of change it depends on.
+"""The fields segment expressions may read: a closed list, each with a type, the topics of
+change it depends on, and how to read it.
 
 Nothing outside this list is reachable from an expression: there is no attribute access,
 only these names. `profile.traits.<name>` is the one open family; traits are free-form,
 so their type is `any` (a comparison with the wrong type is simply false).
+
+How a field is read is written once, as a small Python expression over `p` (the profile),
+`s` (its live session; session fields are read only when there is one, else their
+`default`) and `n` (now, in epoch milliseconds), calling helpers from `HELPERS` by their
+`h_` names. The same text becomes the field's getter (for evaluating one segment) and is
+inlined into fused evaluation (`fused.py`), so both read exactly the same value. These
+templates are this module's own code; nothing of an expression's text is ever in them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from statistics import median
+from functools import partial
 from typing import Any, Literal
 
 from intently.context.facts import CHECKOUT_STAGES, Facts
@@ -21,12 +28,23 @@ Type = Literal["number", "string", "bool", "list", "any", "null"]
 Getter = Callable[[Profile, int], Any]
 
 # Topics: what an event can change. A segment is re-evaluated only after events that
-# touch a topic it reads.
+# touch a topic it reads. Each topic is one bit, so an event's topics are one int.
 ACTIVITY = "activity"  # any event: counts, times
-TOPICS = frozenset(
-    {ACTIVITY, "pages", "products", "cart", "purchases", "search", "signals", "where",
-     "identity", "traits", "consent", "session"}
-)  # fmt: skip
+_TOPIC_NAMES = ("activity", "pages", "products", "cart", "purchases", "search", "signals",
+                "where", "identity", "traits", "consent", "session")  # fmt: skip
+TOPICS = frozenset(_TOPIC_NAMES)
+TOPIC_BITS = {name: 1 << index for index, name in enumerate(_TOPIC_NAMES)}
+ALL_TOPICS = (1 << len(_TOPIC_NAMES)) - 1
+_ACTIVITY, _PAGES, _PRODUCTS, _CART, _PURCHASES, _SEARCH, _SIGNALS, _WHERE, _IDENTITY, \
+    _TRAITS, _CONSENT, _SESSION = (TOPIC_BITS[name] for name in _TOPIC_NAMES)  # fmt: skip
+SESSION_BOUNDARY = _SESSION
+
+
+def topic_mask(topics: frozenset[str]) -> int:
+    mask = 0
+    for topic in topics:
+        mask |= TOPIC_BITS[topic]
+    return mask
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,40 +55,92 @@ class Field:
     topics: frozenset[str]
     get: Getter
     doc: str
+    # How to read it, as Python source (see the module docstring); None: call `get`.
+    source: str | None = None
+    # For session fields: the source of the value when there is no live session.
+    default: str | None = None
 
 
-SESSION_BOUNDARY = frozenset({"session"})
-
-
-def topics_changed(facts: Facts, new_profile: bool, new_session: bool) -> frozenset[str]:
-    """The topics an event may have changed: everything for a new profile; the session
-    fields when a session begins; and what the event itself touches."""
+def topics_changed(facts: Facts, new_profile: bool, new_session: bool) -> int:
+    """The topics an event may have changed, as a mask of `TOPIC_BITS`: everything for a
+    new profile; the session fields when a session begins; and what the event touches."""
     if new_profile:
-        return TOPICS
-    topics = [ACTIVITY]
+        return ALL_TOPICS
+    topics = _ACTIVITY
     if new_session:
-        topics.append("session")
+        topics |= _SESSION
     if facts.kind in ("page", "screen"):
-        topics.append("pages")
+        topics |= _PAGES
     if facts.product is not None:
-        topics.append("products")
+        topics |= _PRODUCTS
     if facts.added or facts.removed or facts.cart is not None or facts.checkout_stage:
-        topics.append("cart")
+        topics |= _CART
     if facts.order_revenue is not None:
-        topics.append("purchases")
+        topics |= _PURCHASES
     if facts.query is not None:
-        topics.append("search")
+        topics |= _SEARCH
     if facts.exit_intent or facts.rage_click or facts.click_target or facts.scroll_depth:
-        topics.append("signals")
+        topics |= _SIGNALS
     if facts.country is not None or facts.device is not None or facts.local_hour is not None:
-        topics.append("where")
+        topics |= _WHERE
     if facts.user_id is not None or facts.previous_id is not None:
-        topics.append("identity")
+        topics |= _IDENTITY
     if facts.traits:
-        topics.append("traits")
+        topics |= _TRAITS
     if facts.consent:
-        topics.append("consent")
-    return frozenset(topics)
+        topics |= _CONSENT
+    return topics
+
+
+def top_keys(scores: dict[str, float] | None, count: int) -> list[str]:
+    """The `count` strongest keys of decayed scores, strongest first, ties by key. All
+    entries share one base time, so the order of the raw values is the order at any time
+    (see `context/decay.py`): no decay needs computing to rank them."""
+    if not scores:
+        return []
+    if len(scores) == 1:
+        return list(scores)
+    # Keys ascending, then a stable sort by score descending: ties stay by key.
+    return sorted(sorted(scores), key=scores.__getitem__, reverse=True)[:count]
+
+
+def median_of(values: list[float] | None) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _cart_count(session: Session) -> int:
+    cart = session.cart
+    return sum(line.quantity for line in cart) if cart else 0
+
+
+def _cart_products(session: Session) -> list[str]:
+    cart = session.cart
+    return [line.product_id for line in cart] if cart else []
+
+
+def _stage(session: Session) -> str:
+    return CHECKOUT_STAGES[session.checkout_stage]
+
+
+def _keys(mapping: dict[str, Any] | None) -> list[str]:
+    return list(mapping or ())
+
+
+# What field sources may call, by name. Pure functions of their arguments.
+HELPERS: dict[str, Any] = {
+    "h_top3": partial(top_keys, count=3),
+    "h_median": median_of,
+    "h_cart_value": cart_value,
+    "h_cart_count": _cart_count,
+    "h_cart_products": _cart_products,
+    "h_stage": _stage,
+    "h_engagement": engagement,
+    "h_keys": _keys,
+}
 
 
 class FieldCatalog:
@@ -79,6 +149,8 @@ class FieldCatalog:
     def __init__(self, rules: ProfileRules) -> None:
         self.rules = rules
         self._fields: dict[str, Field] = {}
+        # Helpers bound to these rules, added to `HELPERS` for this catalog's fields.
+        self.helpers: dict[str, Any] = dict(HELPERS)
         self._build()
 
     def get(self, name: str) -> Field | None:
@@ -96,90 +168,81 @@ class FieldCatalog:
         ]
 
     def _add(
-        self,
-        name: str,
-        type_: Type,
-        topics: str,
-        get: Getter,
-        doc: str,
-        *,
-        nullable: bool = False,
-    ) -> None:
-        self._fields[name] = Field(name, type_, nullable, frozenset(topics.split()), get, doc)
+        self, name: str, type_: Type, topics: str, source: str, doc: str, *,
+        nullable: bool = False, default: str | None = None,
+    ) -> None:  # fmt: skip
+        getter = _getter(source, default, self.helpers)
+        self._fields[name] = Field(
+            name, type_, nullable, frozenset(topics.split()), getter, doc, source, default
+        )
 
     def _session(
-        self,
-        name: str,
-        type_: Type,
-        topics: str,
-        get: Callable[[Session, int], Any],
-        default: Any,
-        doc: str,
-        *,
+        self, name: str, type_: Type, topics: str, source: str, default: str, doc: str, *,
         nullable: bool = False,
-    ) -> None:
-        def read(profile: Profile, now: int) -> Any:
-            session = profile.session
-            return default if session is None else get(session, now)
-
+    ) -> None:  # fmt: skip
         # Every session field also changes when a session starts or ends.
-        self._add("session." + name, type_, topics + " session", read, doc, nullable=nullable)
+        self._add(name, type_, topics + " session", source, doc, nullable=nullable,
+                  default=default)  # fmt: skip
 
     def _build(self) -> None:
         rules = self.rules
-        sessions = rules.sessions
+        self.helpers["h_propensity"] = lambda p, n: rules.scores(p, n)["purchase_propensity"][
+            "value"
+        ]
+        self.helpers["h_churn"] = lambda p, n: rules.scores(p, n)["churn_risk"]["value"]
+        for purpose in ("analytics", "personalization", "marketing"):
+            self.helpers[f"h_consent_{purpose}"] = _consent(rules, purpose)
+
+        def top(scores: str) -> str:  # no call at all for no scores (most reads)
+            return f"(h_top3({scores}) if {scores} else [])"
+
         s = self._session
-        s("events", "number", ACTIVITY, lambda x, _: x.events, 0, "events this session")
-        s("pages", "number", "pages", lambda x, _: x.pages, 0, "pages viewed this session")
-        s("time_on_site", "number", ACTIVITY, lambda x, _: (x.last_ms - x.start_ms) / 1000, 0,
+        s("session.events", "number", ACTIVITY, "s.events", "0", "events this session")
+        s("session.pages", "number", "pages", "s.pages", "0", "pages viewed this session")
+        s("session.time_on_site", "number", ACTIVITY, "(s.last_ms - s.start_ms) / 1000", "0",
           "seconds from the session's first event to its last")  # fmt: skip
-        s("product_views", "number", "products",
-          lambda x, _: x.counts.get("Product Viewed", 0), 0,
-          "products viewed this session")  # fmt: skip
-        s("max_scroll", "number", "signals", lambda x, _: x.max_scroll, 0, "max scroll depth %")
+        s("session.product_views", "number", "products", "s.counts.get('Product Viewed', 0)",
+          "0", "products viewed this session")  # fmt: skip
+        s("session.max_scroll", "number", "signals", "s.max_scroll", "0", "max scroll depth %")
         cart = "cart purchases"
-        s("cart.value", "number", cart, lambda x, _: cart_value(x), 0.0, "cart value")
-        s("cart.count", "number", cart, lambda x, _: sum(li.quantity for li in x.cart or ()), 0,
-          "items in the cart")  # fmt: skip
-        s("cart.products", "list", cart, lambda x, _: [li.product_id for li in x.cart or ()], [],
+        s("session.cart.value", "number", cart, "h_cart_value(s)", "0.0", "cart value")
+        s("session.cart.count", "number", cart, "h_cart_count(s)", "0", "items in the cart")
+        s("session.cart.products", "list", cart, "h_cart_products(s)", "[]",
           "product ids in the cart")  # fmt: skip
-        s("checkout.stage", "string", cart, lambda x, _: CHECKOUT_STAGES[x.checkout_stage],
-          "browsing", "browsing, cart, checkout, shipping, payment or purchased")  # fmt: skip
-        s("purchases", "number", "purchases", lambda x, _: x.purchases, 0, "orders this session")
-        s("revenue", "number", "purchases", lambda x, _: x.revenue, 0.0, "revenue this session")
-        s("exit_intent", "bool", "signals", lambda x, _: x.exit_intent, False, "exit intent seen")
-        s("rage_clicks", "number", "signals", lambda x, _: x.rage_clicks, 0, "rage clicks")
-        s("back_and_forth", "number", "products", lambda x, _: x.back_and_forth, 0,
+        s("session.checkout.stage", "string", cart, "h_stage(s)", "'browsing'",
+          "browsing, cart, checkout, shipping, payment or purchased")  # fmt: skip
+        s("session.purchases", "number", "purchases", "s.purchases", "0", "orders this session")
+        s("session.revenue", "number", "purchases", "s.revenue", "0.0", "revenue this session")
+        s("session.exit_intent", "bool", "signals", "s.exit_intent", "False", "exit intent seen")
+        s("session.rage_clicks", "number", "signals", "s.rage_clicks", "0", "rage clicks")
+        s("session.back_and_forth", "number", "products", "s.back_and_forth", "0",
           "returns to a product just compared with a similar one")  # fmt: skip
-        s("repeated_searches", "number", "search", lambda x, _: x.repeated_searches, 0,
+        s("session.repeated_searches", "number", "search", "s.repeated_searches", "0",
           "searches repeating an earlier one")  # fmt: skip
-        s("long_help_stays", "number", "pages", lambda x, _: x.long_help_stays, 0,
+        s("session.long_help_stays", "number", "pages", "s.long_help_stays", "0",
           "long stays on shipping/returns/help pages")  # fmt: skip
-        s("engagement", "string", "pages", lambda x, _: engagement(x), "unknown",
+        s("session.engagement", "string", "pages", "h_engagement(s)", "'unknown'",
           "rapid, steady, deep or unknown")  # fmt: skip
-        s("recent_products", "list", "products", lambda x, _: list(x.products), [],
+        # Lists are handed out as held: expressions only test membership, never mutate.
+        s("session.recent_products", "list", "products", "s.products", "[]",
           "the last product ids viewed")  # fmt: skip
-        s("searches", "list", "search", lambda x, _: list(x.searches or ()), [], "recent queries")
-        top_of = sessions.affinity.top
-        s("top_categories", "list", "products cart purchases",
-          lambda x, now: _keys(top_of(x.categories or {}, x.affinity_base_ms, now, 3)),
-          [], "the 3 categories with the highest session affinity")  # fmt: skip
-        s("top_brands", "list", "products cart",
-          lambda x, now: _keys(top_of(x.brands or {}, x.affinity_base_ms, now, 3)),
-          [], "the 3 brands with the highest session affinity")  # fmt: skip
-        s("price.min", "number", "products", lambda x, _: x.price_min, None, "lowest price viewed",
-          nullable=True)  # fmt: skip
-        s("price.max", "number", "products", lambda x, _: x.price_max, None,
+        s("session.searches", "list", "search", "(s.searches or [])", "[]", "recent queries")
+        s("session.top_categories", "list", "products cart purchases", top("s.categories"),
+          "[]", "the 3 categories with the highest session affinity")  # fmt: skip
+        s("session.top_brands", "list", "products cart", top("s.brands"), "[]",
+          "the 3 brands with the highest session affinity")  # fmt: skip
+        s("session.price.min", "number", "products", "s.price_min", "None",
+          "lowest price viewed", nullable=True)  # fmt: skip
+        s("session.price.max", "number", "products", "s.price_max", "None",
           "highest price viewed", nullable=True)  # fmt: skip
-        s("price.median", "number", "products", lambda x, _: median(x.prices) if x.prices else None,
-          None, "median of recent viewed prices", nullable=True)  # fmt: skip
-        s("source.medium", "string", "session", lambda x, _: x.medium, None,
+        s("session.price.median", "number", "products", "h_median(s.prices)", "None",
+          "median of recent viewed prices", nullable=True)  # fmt: skip
+        s("session.source.medium", "string", "session", "s.medium", "None",
           "search, social, email, paid, referral, internal or direct", nullable=True)  # fmt: skip
-        s("source.campaign", "string", "session", lambda x, _: x.campaign, None,
+        s("session.source.campaign", "string", "session", "s.campaign", "None",
           "source|medium|name of the UTM campaign", nullable=True)  # fmt: skip
-        s("evidence", "number", "products cart search", lambda x, _: x.evidence, 0.0,
+        s("session.evidence", "number", "products cart search", "s.evidence", "0.0",
           "weighted interest events this session")  # fmt: skip
-        where = "where"
         for alias, attribute, doc in (
             ("geo.country", "country", "ISO country code"),
             ("geo.region", "region", "region name"),
@@ -189,51 +252,53 @@ class FieldCatalog:
             ("local.weekday", "weekday", "0 Monday ... 6 Sunday, where the visitor is"),
         ):
             kind: Type = "number" if alias.startswith("local.") else "string"
-            self._add(
-                alias, kind, where + " session", _session_attribute(attribute), doc, nullable=True
-            )
+            s(alias, kind, "where", "s." + attribute, "None", doc, nullable=True)
         p = self._add
-        p("profile.sessions", "number", "session", lambda x, _: x.sessions, "sessions so far")
-        p("profile.known", "bool", "identity", lambda x, _: bool(x.user_ids), "has a userId")
-        p("profile.purchases.count", "number", "purchases", lambda x, _: x.purchases, "orders")
-        p("profile.purchases.revenue", "number", "purchases", lambda x, _: x.revenue, "revenue")
+        p("profile.sessions", "number", "session", "p.sessions", "sessions so far")
+        p("profile.known", "bool", "identity", "(p.user_ids != [])", "has a userId")
+        p("profile.purchases.count", "number", "purchases", "p.purchases", "orders")
+        p("profile.purchases.revenue", "number", "purchases", "p.revenue", "revenue")
         p("profile.purchases.aov", "number", "purchases",
-          lambda x, _: x.revenue / x.purchases if x.purchases else None,
-          "average order value", nullable=True)  # fmt: skip
+          "(p.revenue / p.purchases if p.purchases else None)", "average order value",
+          nullable=True)  # fmt: skip
         p("profile.days_since_last_purchase", "number", ACTIVITY,
-          lambda x, now: (now - x.last_purchase_ms) / 86_400_000 if x.last_purchase_ms else None,
+          "((n - p.last_purchase_ms) / 86400000 if p.last_purchase_ms else None)",
           "days since the last order", nullable=True)  # fmt: skip
-        p("profile.categories_bought", "list", "purchases",
-          lambda x, _: list(x.categories_bought or ()), "categories ever bought")  # fmt: skip
-        long_top = rules.affinity.top
-        p("profile.top_categories", "list", "products cart purchases",
-          lambda x, now: _keys(long_top(x.categories or {}, x.affinity_base_ms, now, 3)),
+        p("profile.categories_bought", "list", "purchases", "h_keys(p.categories_bought)",
+          "categories ever bought")  # fmt: skip
+        p("profile.top_categories", "list", "products cart purchases", top("p.categories"),
           "the 3 categories with the highest long-term affinity")  # fmt: skip
-        p("profile.top_brands", "list", "products cart purchases",
-          lambda x, now: _keys(long_top(x.brands or {}, x.affinity_base_ms, now, 3)),
+        p("profile.top_brands", "list", "products cart purchases", top("p.brands"),
           "the 3 brands with the highest long-term affinity")  # fmt: skip
-        p("profile.price_level", "number", "products purchases", lambda x, _: x.price_level,
+        p("profile.price_level", "number", "products purchases", "p.price_level",
           "long-term average price seen", nullable=True)  # fmt: skip
-        p("profile.scores.purchase_propensity", "number", "activity",
-          lambda x, now: rules.scores(x, now)["purchase_propensity"]["value"],
+        p("profile.scores.purchase_propensity", "number", "activity", "h_propensity(p, n)",
           "0-1, transparent purchase propensity")  # fmt: skip
-        p("profile.scores.churn_risk", "number", "activity",
-          lambda x, now: rules.scores(x, now)["churn_risk"]["value"], "0-1 churn risk")  # fmt: skip
+        p("profile.scores.churn_risk", "number", "activity", "h_churn(p, n)", "0-1 churn risk")
         for purpose in ("analytics", "personalization", "marketing"):
-            p(f"profile.consent.{purpose}", "bool", "consent",
-              _consent(rules, purpose), f"consent for {purpose}")  # fmt: skip
+            p(f"profile.consent.{purpose}", "bool", "consent", f"h_consent_{purpose}(p)",
+              f"consent for {purpose}")  # fmt: skip
 
 
-def _keys(items: list[tuple[str, float]]) -> list[str]:
-    return [key for key, _ in items]
+def read_source(field: Field) -> str:
+    """One expression reading `field` from `p`, `s` and `n` (`s` may be None)."""
+    assert field.source is not None
+    if field.default is None:
+        return field.source
+    return f"({field.source} if s is not None else {field.default})"
 
 
-def _session_attribute(attribute: str) -> Getter:
-    def read(profile: Profile, _: int) -> Any:
-        session = profile.session
-        return None if session is None else getattr(session, attribute)
+def _getter(source: str, default: str | None, helpers: dict[str, Any]) -> Getter:
+    field = Field("", "any", True, frozenset(), _unread, "", source, default)
+    text = f"def get(p, n):\n    s = p.session\n    return {read_source(field)}\n"
+    namespace: dict[str, Any] = {"__builtins__": {}, **helpers}
+    exec(compile(text, "<field>", "exec"), namespace)  # noqa: S102 - this module's own text
+    getter: Getter = namespace["get"]
+    return getter
 
-    return read
+
+def _unread(_profile: Profile, _now: int) -> Any:  # pragma: no cover - never called
+    raise AssertionError("a placeholder getter")
 
 
 def _trait(name: str) -> Getter:
@@ -243,8 +308,8 @@ def _trait(name: str) -> Getter:
     return read
 
 
-def _consent(rules: ProfileRules, purpose: str) -> Getter:
-    def read(profile: Profile, _: int) -> Any:
+def _consent(rules: ProfileRules, purpose: str) -> Callable[[Profile], bool]:
+    def read(profile: Profile) -> bool:
         return rules.consents(profile, purpose)
 
     return read

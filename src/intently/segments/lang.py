@@ -105,6 +105,9 @@ class Node:
     # Python source computing the same value (for fused evaluation); None: call `evaluate`.
     emit: Emit | None = None
     field: str | None = None  # the field a path node reads
+    # Whether `source` is cheap enough to repeat inside one test (a local, a literal, or
+    # arithmetic on those), so tests may read it twice instead of calling `evaluate`.
+    cheap: bool = False
 
     def source(self, emitter: Emitter) -> str:
         if self.emit is not None:
@@ -280,7 +283,7 @@ class _Compiler:
         literal = f"({value!r})"
         return Node(
             type_, False, lambda _p, _n: value, frozenset(), constant=True, value=value,
-            emit=lambda _e: literal,
+            emit=lambda _e: literal, cheap=True,
         )  # fmt: skip
 
     # -- names ----------------------------------------------------------------------------
@@ -300,7 +303,7 @@ class _Compiler:
         self.fields.add(name)
         return Node(
             field.type, field.nullable, field.get, field.topics,
-            emit=lambda e: e.field(name), field=name,
+            emit=lambda e: e.field(name), field=name, cheap=True,
         )  # fmt: skip
 
     # -- operators --------------------------------------------------------------------------
@@ -368,7 +371,7 @@ class _Compiler:
                 return type(x) in _NUMBERS and compare(x, limit)
 
             emit = None
-            if left.field is not None:
+            if left.cheap:
                 emit = _emit_ordered(left, op, limit)
             return Node("bool", False, against_constant, topics, emit=emit)
 
@@ -477,13 +480,35 @@ class _Compiler:
                 return x * y
             return x / y if y else None
 
-        return Node("number", True, arithmetic, left.topics | right.topics)
+        emit = None
+        if _is_leaf(left) and _is_leaf(right):
+            emit = _emit_arithmetic(left, _OPERATORS[op], right)
+        return Node(
+            "number", True, arithmetic, left.topics | right.topics, emit=emit,
+            cheap=emit is not None,
+        )  # fmt: skip
 
     def _numeric(self, child: Tree[Token] | Token) -> Node:
         node = self.build(child)
         if node.type not in ("number", "any"):
             raise ExpressionError(_position(child), f"arithmetic needs numbers, not a {node.type}")
         return node
+
+
+# Emitted tests skip the type check when the field's declared type already guarantees
+# it (a `number` field holds an int or a float, a `string` field a str, a `list` field a
+# list; a nullable one may also hold None), giving the same answer as the closures.
+
+
+def _kind_of(value: Any) -> Type | None:
+    return "number" if type(value) in _NUMBERS else "string" if type(value) is str else None
+
+
+def _guard(node: Node, kind: Type | None, fallback: str, x: str) -> str:
+    """A test that `x` (node's value) is of `kind`: nothing, `is not None` or `fallback`."""
+    if node.field is not None and kind is not None and node.type == kind:
+        return f"{x} is not None and " if node.nullable else ""
+    return fallback
 
 
 def _emit_equals(left: Node, constant: Any, negate: bool) -> Emit | None:
@@ -496,8 +521,31 @@ def _emit_equals(left: Node, constant: Any, negate: bool) -> Emit | None:
         x = left.source(e)
         if constant is None or type(constant) is bool:
             return f"({x} {test} {constant!r})"
+        if left.type == _kind_of(constant):  # None equals no constant: no guard needed
+            return f"({x} {'!=' if negate else '=='} {constant!r})"
         kinds = "_NUMBERS" if type(constant) in _NUMBERS else "_STR"
         return f"((type({x}) in {kinds} and {x} == {constant!r}) {test} True)"
+
+    return emit
+
+
+def _is_leaf(node: Node) -> bool:
+    return node.field is not None or (node.constant and node.type == "number")
+
+
+# The grammar's arithmetic tokens, each mapped to itself: only these reach generated code.
+_OPERATORS = {"+": "+", "-": "-", "*": "*", "/": "/"}
+
+
+def _emit_arithmetic(left: Node, op: str, right: Node) -> Emit:
+    """`x op y` on two leaves: null unless both are numbers (and y is not 0 for `/`)."""
+
+    def emit(e: Emitter) -> str:
+        x, y = left.source(e), right.source(e)
+        guard = f"type({x}) in _NUMBERS and type({y}) in _NUMBERS"
+        if op == "/":
+            guard += f" and {y} != 0"
+        return f"(({x} {op} {y}) if {guard} else None)"
 
     return emit
 
@@ -505,7 +553,8 @@ def _emit_equals(left: Node, constant: Any, negate: bool) -> Emit | None:
 def _emit_ordered(left: Node, op: str, limit: Any) -> Emit:
     def emit(e: Emitter) -> str:
         x = left.source(e)
-        return f"(type({x}) in _NUMBERS and {x} {op} ({limit!r}))"
+        guard = _guard(left, "number", f"type({x}) in _NUMBERS and ", x)
+        return f"({guard}{x} {op} ({limit!r}))"
 
     return emit
 
@@ -515,17 +564,22 @@ def _emit_has(container: Node, needle: str, negate: bool) -> Emit:
 
     def emit(e: Emitter) -> str:
         x = container.source(e)
-        return f"(type({x}) in _CONTAINERS and ({needle!r} {keyword} {x}))"
+        fallback = f"type({x}) in _CONTAINERS and "
+        guard = _guard(container, container.type if container.type in ("list", "string")
+                       else None, fallback, x)  # fmt: skip
+        return f"({guard}({needle!r} {keyword} {x}))"
 
     return emit
 
 
 def _emit_among(item: Node, options: frozenset[Any], kinds: tuple[type, ...], negate: bool) -> Emit:
     keyword = "not in" if negate else "in"
+    kind: Type | None = "number" if kinds == _NUMBERS else "string" if kinds == (str,) else None
 
     def emit(e: Emitter) -> str:
         x = item.source(e)
-        return f"(type({x}) in {e.bind(kinds)} and ({x} {keyword} {e.bind(options)}))"
+        guard = _guard(item, kind, f"type({x}) in {e.bind(kinds)} and ", x)
+        return f"({guard}({x} {keyword} {e.bind(options)}))"
 
     return emit
 

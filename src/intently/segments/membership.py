@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from intently.context.facts import Facts
 from intently.context.profile import Profile, ProfileRules, SegmentChange
-from intently.segments.fields import SESSION_BOUNDARY, TOPICS, topics_changed
+from intently.segments.fields import SESSION_BOUNDARY, TOPIC_BITS, TOPICS, topics_changed
 from intently.segments.fused import Fused, fuse
 from intently.segments.lang import Compiled
 from intently.segments.registry import Segment, SegmentRegistry
@@ -27,7 +27,7 @@ Listener = Callable[[Segment, Transition], None]
 
 class _Shape(NamedTuple):
     segments: dict[str, Segment]  # the candidates, by name
-    fused: Fused
+    fused: Fused | None  # None: no candidates
 
 
 class Membership:
@@ -39,28 +39,31 @@ class Membership:
         self.listeners: list[Listener] = []
         self.members: Counter[str] = Counter()
         self.evaluations = 0
-        self._by_topic: dict[str, list[tuple[Segment, Compiled]]] = {}
-        # Per set of changed topics (events come in few shapes): the candidate segments,
-        # their names, and one fused function evaluating them all (see fused.py).
-        self._shapes: dict[frozenset[str], _Shape] = {}
+        self._by_topic: dict[int, list[tuple[Segment, Compiled]]] = {}
+        # Per set of changed topics (events come in few shapes): the candidate segments
+        # by name and one fused function evaluating them all (see fused.py).
+        self._shapes: dict[int, _Shape] = {}
+        self._defined: frozenset[str] = frozenset()
         self.reindex()
 
     def reindex(self) -> None:
         """Rebuild the topic index after definitions changed."""
-        index: dict[str, list[tuple[Segment, Compiled]]] = {topic: [] for topic in TOPICS}
+        index: dict[int, list[tuple[Segment, Compiled]]] = {bit: [] for bit in TOPIC_BITS.values()}
         for segment, compiled in self.registry:
             for topic in compiled.topics or TOPICS:  # constant expressions: always
-                index.setdefault(topic, []).append((segment, compiled))
+                index[TOPIC_BITS[topic]].append((segment, compiled))
         self._by_topic = index
         self._shapes = {}
+        self._defined = frozenset(segment.name for segment, _ in self.registry)
 
-    def _shape(self, topics: frozenset[str]) -> _Shape:
+    def _shape(self, topics: int) -> _Shape:
         seen: dict[str, tuple[Segment, Compiled]] = {}
-        for topic in topics:
-            for entry in self._by_topic.get(topic, ()):
-                seen[entry[0].name] = entry
+        for bit, entries in self._by_topic.items():
+            if topics & bit:
+                for entry in entries:
+                    seen[entry[0].name] = entry
         candidates = list(seen.values())
-        fused = fuse([(s.name, c) for s, c in candidates], self.registry.catalog)
+        fused = fuse([(s.name, c) for s, c in candidates], self.registry.catalog) if seen else None
         shape = _Shape({s.name: s for s, _ in candidates}, fused)
         self._shapes[topics] = shape
         return shape
@@ -78,9 +81,9 @@ class Membership:
             at_ms = facts.at_ms
         shape = self._shapes.get(topics) or self._shape(topics)
         current = profile.segments
-        if not shape.segments and not current:
+        if shape.fused is None and not current:
             return
-        if not self.rules.consents(profile, "personalization"):
+        if not self.rules.personalizes(profile):
             # Refused personalization: in no segment at all.
             for name in list(current):
                 found = self.registry.get(name)
@@ -89,17 +92,21 @@ class Membership:
                 else:
                     current.remove(name)
             return
-        self.evaluations += len(shape.segments)
-        matched = shape.fused(profile, at_ms)
-        candidates = shape.segments
-        for name in matched:
-            if name not in current:
-                self._move(profile, candidates[name], True, at_ms, changes)
-        if current:
-            for name in [n for n in current if n in candidates and n not in matched]:
-                self._move(profile, candidates[name], False, at_ms, changes)
+        if shape.fused is not None:
+            candidates = shape.segments
+            self.evaluations += len(candidates)
+            flips = shape.fused(profile, at_ms, current)
+            if flips:
+                # Entries first, then exits, each in candidate order.
+                exits = [name for name in flips if name in current]
+                for name in flips:
+                    if name not in current:
+                        self._move(profile, candidates[name], True, at_ms, changes)
+                for name in exits:
+                    self._move(profile, candidates[name], False, at_ms, changes)
+        if current and not self._defined.issuperset(current):
             # Segments deleted since the profile entered them are left quietly.
-            for name in [n for n in current if self.registry.get(n) is None]:
+            for name in [n for n in current if n not in self._defined]:
                 current.remove(name)
 
     def _move(

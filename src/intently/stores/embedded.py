@@ -154,13 +154,31 @@ class EmbeddedStore:
 
     def commit(self, changes: Changes) -> None:
         profiles, dirty = self._profiles, self._dirty
+        live, anonymous = self._live, self._anonymous
         for profile_id, profile in changes.profiles.items():
             profiles[profile_id] = profile
             dirty.add(profile_id)
-            self._index(profile)
+            # Move to the end of the activity orders (inline: this runs for every event).
+            live.pop(profile_id, None)
+            session = profile.session
+            if session is not None:
+                live[profile_id] = session.last_ms
+            anonymous.pop(profile_id, None)
+            if not profile.user_ids:
+                anonymous[profile_id] = profile.last_ms
+        if not changes.only_profiles:
+            self._commit_rest(changes)
+        if changes.seq > self._applied_seq:
+            self._applied_seq = changes.seq
+        if changes.watermark_ms > self._watermark_ms:
+            self._watermark_ms = changes.watermark_ms
+        if time.monotonic() - self._last_flush >= self.flush_seconds:
+            self._flush_in_background()
+
+    def _commit_rest(self, changes: Changes) -> None:
         for profile_id in changes.removed:
-            profiles.pop(profile_id, None)
-            dirty.add(profile_id)
+            self._profiles.pop(profile_id, None)
+            self._dirty.add(profile_id)
             self._live.pop(profile_id, None)
             self._anonymous.pop(profile_id, None)
         if changes.links or changes.unlinked:
@@ -173,10 +191,6 @@ class EmbeddedStore:
             self._transitions.extend(changes.transitions)
         if changes.merged:
             self._merged.extend(changes.merged.items())
-        self._applied_seq = max(self._applied_seq, changes.seq)
-        self._watermark_ms = max(self._watermark_ms, changes.watermark_ms)
-        if time.monotonic() - self._last_flush >= self.flush_seconds:
-            self._flush_in_background()
 
     def _index(self, profile: Profile) -> None:
         profile_id = profile.id

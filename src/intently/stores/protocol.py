@@ -24,16 +24,18 @@ class Changes:
     segment entries and exits, profiles merged into others (their history follows).
 
     One is made per event, so only `profiles` (always used) is allocated up front; the
-    rest stay shared empties until something is added.
+    rest stay shared empties until something is added. `only_profiles` tells a store
+    that nothing but `profiles` holds anything (most events), so it may skip the rest.
     """
 
-    __slots__ = ("_links", "_merged", "_removed", "_transitions", "_unlinked", "profiles",
-                 "seq", "watermark_ms")  # fmt: skip
+    __slots__ = ("_links", "_merged", "_removed", "_transitions", "_unlinked", "only_profiles",
+                 "profiles", "seq", "watermark_ms")  # fmt: skip
 
     def __init__(self, seq: int, watermark_ms: int = 0) -> None:
         self.seq = seq
         self.watermark_ms = watermark_ms
         self.profiles: dict[str, Profile] = {}
+        self.only_profiles = True
         self._removed: set[str] | None = None
         self._links: dict[str, str] | None = None
         self._unlinked: set[str] | None = None
@@ -66,12 +68,14 @@ class Changes:
             self._removed.discard(profile.id)
 
     def remove(self, profile: Profile) -> None:
+        self.only_profiles = False
         self.profiles.pop(profile.id, None)
         if self._removed is None:
             self._removed = set()
         self._removed.add(profile.id)
 
     def link(self, key: str, profile_id: str) -> None:
+        self.only_profiles = False
         if self._links is None:
             self._links = {}
         self._links[key] = profile_id
@@ -79,6 +83,7 @@ class Changes:
             self._unlinked.discard(key)
 
     def unlink(self, key: str) -> None:
+        self.only_profiles = False
         if self._links:
             self._links.pop(key, None)
         if self._unlinked is None:
@@ -86,11 +91,13 @@ class Changes:
         self._unlinked.add(key)
 
     def add_transition(self, change: SegmentChange) -> None:
+        self.only_profiles = False
         if self._transitions is None:
             self._transitions = []
         self._transitions.append(change)
 
     def merge(self, absorbed_id: str, into_id: str) -> None:
+        self.only_profiles = False
         if self._merged is None:
             self._merged = {}
         self._merged[absorbed_id] = into_id
