@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -111,9 +112,11 @@ def _lua_string(text: str) -> str:
     return "[==[" + text + "]==]"
 
 
-def wrk_script(events: list[dict[str, Any]], batch: int) -> str:
+def wrk_script(events: list[dict[str, Any]], batch: int, nonce: str) -> str:
     """A wrk Lua script that sends `batch` events per request (1: a bare event), each with a
-    messageId unique across threads and requests."""
+    messageId unique to this run (`nonce`), its thread and its request. (The nonce comes
+    from Python: LuaJIT's math.random starts from the same seed in every wrk process, so
+    ids made from it repeat across runs and later runs would measure deduplication.)"""
     templates = []
     for event in events:
         body = json.dumps(event, separators=(",", ":"))
@@ -125,15 +128,17 @@ def wrk_script(events: list[dict[str, Any]], batch: int) -> str:
 local templates = {{ {table} }}
 local n = #templates
 local counter = 0
-local prefix = tostring(math.random(1, 1e9))
+local threads = 0
+local prefix = "{nonce}"
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer {WRITE_KEY}"
 function setup(thread)
-  thread:set("id", tostring(math.random(1, 1e9)))
+  threads = threads + 1
+  thread:set("id", tostring(threads))
 end
 function init(args)
-  prefix = (id or prefix) .. "-" .. tostring(math.random(1, 1e9))
+  prefix = prefix .. "-" .. (id or "0")
 end
 local function event()
   counter = counter + 1
@@ -185,6 +190,14 @@ class Server:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as r:
             return dict(json.loads(r.read()))
 
+    def duplicates(self) -> float:
+        """Events the server answered as duplicates, from its Prometheus metrics."""
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+        found = re.search(r"^intently_events_duplicate_total ([\d.e+]+)$", text, re.MULTILINE)
+        return float(found.group(1)) if found else float("nan")
+
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
         try:
@@ -199,15 +212,28 @@ _WRK_ERRORS = re.compile(r"Non-2xx or 3xx responses: (\d+)")
 _UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def run_wrk(url: str, script: Path, seconds: int, connections: int) -> dict[str, float]:
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    rps = float(_WRK_RPS.search(out).group(1))  # type: ignore[union-attr]
-    pct = {f"p{p}_ms": float(v) * _UNIT[u] for p, v, u in _WRK_PCT.findall(out)}
-    errors = _WRK_ERRORS.search(out)
-    return {"requests_per_s": rps, **pct, "non_2xx": float(errors.group(1)) if errors else 0.0}
+class Wrk:
+    """Runs wrk with a freshly generated script per run, so no two runs share ids."""
+
+    def __init__(self, events: list[dict[str, Any]], directory: Path, connections: int) -> None:
+        self.events = events
+        self.directory = directory
+        self.connections = connections
+        self.runs = 0
+
+    def run(self, url: str, batch: int, seconds: int) -> dict[str, float]:
+        self.runs += 1
+        script = self.directory / f"run{self.runs}.lua"
+        script.write_text(wrk_script(self.events, batch, f"r{self.runs}-{uuid.uuid4().hex}"))
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{self.connections}", f"-d{seconds}s", "--latency", "-s",
+             str(script), url],
+            check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        rps = float(_WRK_RPS.search(out).group(1))  # type: ignore[union-attr]
+        pct = {f"p{p}_ms": float(v) * _UNIT[u] for p, v, u in _WRK_PCT.findall(out)}
+        errors = _WRK_ERRORS.search(out)
+        return {"requests_per_s": rps, **pct, "non_2xx": float(errors.group(1)) if errors else 0.0}
 
 
 async def open_loop(
@@ -270,7 +296,7 @@ async def open_loop(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=8, help="per saturation run")
-    parser.add_argument("--rounds", type=int, default=3, help="hello/single rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="saturation rounds")
     parser.add_argument("--warmup", type=int, default=15, help="seconds of warm-up load")
     parser.add_argument(
         "--pause", type=float, default=3.0,
@@ -285,9 +311,7 @@ def main() -> None:
 
     events = visitor_events(2000)
     work = Path(tempfile.mkdtemp(prefix="intently-bench-"))
-    single_lua, batch_lua = work / "single.lua", work / "batch.lua"
-    single_lua.write_text(wrk_script(events, 1))
-    batch_lua.write_text(wrk_script(events, 100))
+    wrk = Wrk(events, work, args.connections)
     port = free_port()
     server = Server(work / "data", port)
     base = f"http://127.0.0.1:{port}"
@@ -296,43 +320,44 @@ def main() -> None:
         # Warm-up to steady state: enrichment caches filled, and the WAL and database
         # files grown to their working size (a new data dir pays for file growth in its
         # first minute; a running server does not).
-        run_wrk(f"{base}/v1/events", single_lua, args.warmup, args.connections)
-        # Saturation: hello and single interleaved, median of the rounds, so drift in the
-        # machine's state hits both alike.
-        rounds: dict[str, list[dict[str, float]]] = {"hello": [], "single": []}
+        wrk.run(f"{base}/v1/events", 1, args.warmup)
+        # Saturation: hello, single and batched interleaved, median of the rounds, so
+        # drift in the machine's state hits all alike.
+        runs = {"hello": ("/_bench/hello", 1), "single": ("/v1/events", 1),
+                "batch100": ("/v1/events", 100)}  # fmt: skip
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
         for _ in range(args.rounds):
-            for name, path in (("hello", "/_bench/hello"), ("single", "/v1/events")):
+            for name, (path, batch) in runs.items():
                 time.sleep(args.pause)
-                rounds[name].append(
-                    run_wrk(f"{base}{path}", single_lua, args.seconds, args.connections)
-                )
-        for name, runs in rounds.items():
-            runs.sort(key=lambda r: r["requests_per_s"])
-            results[name] = runs[len(runs) // 2]
-            results[name]["rounds_requests_per_s"] = [r["requests_per_s"] for r in runs]
+                rounds[name].append(wrk.run(f"{base}{path}", batch, args.seconds))
+        for name, measured in rounds.items():
+            measured.sort(key=lambda r: r["requests_per_s"])
+            results[name] = measured[len(measured) // 2]
+            results[name]["rounds_requests_per_s"] = [r["requests_per_s"] for r in measured]
         results["single"]["events_per_s"] = results["single"]["requests_per_s"]
-        time.sleep(args.pause)
-        results["batch100"] = run_wrk(
-            f"{base}/v1/events", batch_lua, args.seconds, args.connections
-        )
         results["batch100"]["events_per_s"] = results["batch100"]["requests_per_s"] * 100
         results["single_vs_hello"] = (
             results["single"]["requests_per_s"] / results["hello"]["requests_per_s"]
         )
-        # Latency at a fixed 1,000 requests/s, open loop, once the batch run's writes are
-        # checkpointed.
+        # Latency at a fixed 1,000 requests/s, open loop, once the last run's writes are
+        # checkpointed. Every request a new event (a repeated messageId would be answered
+        # as a duplicate, which is cheaper).
         time.sleep(args.pause * 3)
-        bodies = [
-            json.dumps({**e, "messageId": f"rate-{i}"}).encode() for i, e in enumerate(events)
-        ]
+        total = 1000 * args.rate_seconds
+        hello_bodies = [json.dumps(events[i % len(events)]).encode() for i in range(total)]
         results["hello_at_1000"] = asyncio.run(
-            open_loop(port, "/_bench/hello", bodies, 1000, args.rate_seconds)
+            open_loop(port, "/_bench/hello", hello_bodies, 1000, args.rate_seconds)
         )
         time.sleep(args.pause)
+        bodies = [
+            json.dumps({**events[i % len(events)], "messageId": f"rate-{i}"}).encode()
+            for i in range(total)
+        ]
         results["single_at_1000"] = asyncio.run(
             open_loop(port, "/v1/events", bodies, 1000, args.rate_seconds)
         )
         results["durable_events"] = server.health()["last_seq"]
+        results["duplicates"] = server.duplicates()
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -348,10 +373,11 @@ def main() -> None:
             f"{name:<18}{r['requests_per_s']:>10.0f}{r.get('events_per_s', 0):>11.0f}"
             f"{r.get('p50_ms', 0):>9.2f}{r.get('p99_ms', 0):>9.2f}{r['non_2xx']:>9.0f}"
         )
-    print(f"hello rounds req/s:  {results['hello']['rounds_requests_per_s']}")
-    print(f"single rounds req/s: {results['single']['rounds_requests_per_s']}")
+    for name in ("hello", "single", "batch100"):
+        print(f"{name + ' rounds req/s:':<24}{results[name]['rounds_requests_per_s']}")
     print(f"single-event req/s as share of hello-world (medians): {results['single_vs_hello']:.0%}")
     print(f"durable events in the log at the end: {results['durable_events']}")
+    print(f"events answered as duplicates (should be 0): {results['duplicates']:.0f}")
 
 
 if __name__ == "__main__":

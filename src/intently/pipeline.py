@@ -23,7 +23,7 @@ from msgspec import Struct
 from intently.clock import Clock, epoch_ms
 from intently.events.enrich import Enricher
 from intently.events.record import EventRecord, aware_utc, stamp
-from intently.events.schema import Consent, Context, Event
+from intently.events.schema import EVENT_TYPES, Consent, Context, Event
 from intently.events.validate import FieldError
 from intently.log.dedupe import MessageIdWindow
 from intently.log.eventlog import EventLog, LogRow
@@ -91,23 +91,26 @@ class Pipeline:
         """Ingest decoded events. With `replay`, an event's own `receivedAt` is kept (it
         is history); live events are received now."""
         now = self.clock.now()
+        now_ms = _ms(now)
         records: list[EventRecord] = []
         rows: list[LogRow] = []
         waits: list[asyncio.Future[int]] = []
         duplicates = 0
         marked: list[str] = []
+        add_id = self.dedupe.add
+        enrich = self.enricher
         try:
             for _, event in events:
-                received_at = now
+                received_at, received_ms = now, now_ms
                 if replay and event.received_at is not None:
                     # History keeps its own receive time; one without an offset is UTC.
                     received_at = aware_utc(event.received_at)
+                    received_ms = _ms(received_at)
                 stamp(event, received_at)
                 message_id = event.message_id
                 assert message_id is not None
                 assert event.timestamp is not None
-                received_ms = _ms(received_at)
-                if not self.dedupe.add(message_id, received_ms, expire=not replay):
+                if not add_id(message_id, received_ms, expire=not replay):
                     duplicates += 1
                     if (pending := self._in_flight.get(message_id)) is not None:
                         waits.append(pending)
@@ -115,14 +118,14 @@ class Pipeline:
                 marked.append(message_id)
                 if client.refused:
                     _refuse(event, client.refused)
-                record = EventRecord(event, self.enricher(event, client.ip, client.user_agent))
+                record = EventRecord(event, enrich(event, client.ip, client.user_agent))
                 records.append(record)
                 rows.append(
                     LogRow(
                         message_id,
                         received_ms,
                         _ms(event.timestamp),
-                        _type_of(event),
+                        _TYPE_TAGS[type(event)],
                         event.anonymous_id,
                         event.user_id,
                         _encode(record),
@@ -188,7 +191,10 @@ def _refuse(event: Event, purposes: tuple[str, ...]) -> None:
         context.consent.category_preferences[purpose] = False
 
 
-def _type_of(event: Event) -> str:
-    tag = type(event).__struct_config__.tag
+def _tag(event_type: type[Struct]) -> str:
+    tag = event_type.__struct_config__.tag
     assert isinstance(tag, str)
     return tag
+
+
+_TYPE_TAGS = {event_type: _tag(event_type) for event_type in EVENT_TYPES}

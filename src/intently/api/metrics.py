@@ -62,9 +62,13 @@ class Metrics:
         }
 
     def apply_many(self, records: Sequence[EventRecord]) -> None:
-        counters = self._accepted_by_type
+        # One increment per type and batch: each takes a lock.
+        by_type: dict[type, int] = {}
         for record in records:
-            counters[type(record.event).__struct_config__.tag].inc()  # type: ignore[index]
+            kind = type(record.event)
+            by_type[kind] = by_type.get(kind, 0) + 1
+        for kind, count in by_type.items():
+            self._accepted_by_type[kind.__struct_config__.tag].inc(count)  # type: ignore[index]
         if records:
             self.log_seq.set(records[-1].seq)
 

@@ -26,8 +26,8 @@ from intently.clock import epoch_ms
 from intently.events.ecommerce import CommerceProperties, Product, commerce_properties
 from intently.events.record import EventRecord
 from intently.events.schema import (
+    EVENT_TYPES,
     AliasEvent,
-    Event,
     IdentifyEvent,
     PageEvent,
     ScreenEvent,
@@ -52,7 +52,6 @@ _STAGE_OF_EVENT = {
     "Order Completed": 5,
 }
 _CLICK_EVENTS = frozenset({"Element Clicked", "Clicked"})
-_PAGE_EVENTS = (PageEvent, ScreenEvent)
 
 
 class Line(Struct, array_like=True, gc=False):
@@ -106,34 +105,49 @@ class Facts(Struct, gc=False, kw_only=True):
 def facts_of(record: EventRecord) -> Facts:
     event = record.event
     assert event.timestamp is not None
+    enrichment = record.enrichment
+    event_type = type(event)
+    # Strings a session or profile keeps are interned: a handful of values shared by
+    # every session that holds them. (Inline rather than in helpers: this runs for every
+    # event, and calls cost more than the work.)
+    referrer = enrichment.referrer
+    source = referrer.source
+    device = enrichment.device
+    geo = enrichment.geo
+    country = region = city = None
+    if geo is not None:
+        country, region, city = geo.country, geo.region, geo.city
+        country = None if country is None else intern(country)
+        region = None if region is None else intern(region)
+        city = None if city is None else intern(city)
+    local = enrichment.local
+    campaign = enrichment.campaign
+    kind = event.event if isinstance(event, TrackEvent) else _TAGS[event_type]
     facts = Facts(
-        kind=intern(_kind(event)),
+        kind=intern(kind),
         at_ms=epoch_ms(event.timestamp),
         anonymous_id=event.anonymous_id,
         user_id=event.user_id,
+        campaign=(
+            f"{campaign.source or ''}|{campaign.medium or ''}|{campaign.name or ''}"
+            if campaign is not None and (campaign.name or campaign.source)
+            else None
+        ),
+        medium=intern(referrer.medium),
+        source=None if source is None else intern(source),
+        device=None if device is None else intern(device.type),
+        country=country,
+        region=region,
+        city=city,
+        local_hour=None if local is None else local.hour,
+        weekday=None if local is None else local.weekday,
     )
-    enrichment = record.enrichment
-    campaign = enrichment.campaign
-    if campaign is not None and (campaign.name or campaign.source):
-        facts.campaign = "|".join(
-            p or "" for p in (campaign.source, campaign.medium, campaign.name)
-        )
-    # Interned: a handful of values shared by every session that holds them.
-    facts.medium = intern(enrichment.referrer.medium)
-    facts.source = _interned(enrichment.referrer.source)
-    if enrichment.device is not None:
-        facts.device = intern(enrichment.device.type)
-    if enrichment.geo is not None:
-        facts.country = _interned(enrichment.geo.country)
-        facts.region = _interned(enrichment.geo.region)
-        facts.city = _interned(enrichment.geo.city)
-    if enrichment.local is not None:
-        facts.local_hour = enrichment.local.hour
-        facts.weekday = enrichment.local.weekday
     context = event.context
     if context is not None and context.consent is not None:
         facts.consent = dict(context.consent.category_preferences)
-    if isinstance(event, _PAGE_EVENTS):
+    if isinstance(event, TrackEvent):
+        _read_track(event, facts)
+    elif isinstance(event, _PAGE_EVENTS):
         page = context.page if context is not None else None
         # Segment's page spec puts the path in properties (server libraries send only
         # that); the browser's context.page.path wins when both are there.
@@ -142,8 +156,6 @@ def facts_of(record: EventRecord) -> Facts:
             (page.path if page else None) or (path if isinstance(path, str) else None) or event.name
         )
         facts.help_page = _is_help_page(facts.page_path, event.category, event.name)
-    elif isinstance(event, TrackEvent):
-        _read_track(event, facts)
     elif isinstance(event, IdentifyEvent):
         facts.traits = event.traits
     elif isinstance(event, AliasEvent):
@@ -155,12 +167,10 @@ def _interned(text: str | None) -> str | None:
     return None if text is None else intern(text)
 
 
-def _kind(event: Event) -> str:
-    if isinstance(event, TrackEvent):
-        return event.event
-    tag = type(event).__struct_config__.tag
-    assert isinstance(tag, str)
-    return tag
+_TAGS: dict[type, str] = {
+    event_type: str(event_type.__struct_config__.tag) for event_type in EVENT_TYPES
+}
+_PAGE_EVENTS = (PageEvent, ScreenEvent)
 
 
 def _is_help_page(*names: str | None) -> bool:
