@@ -1,14 +1,17 @@
 """The embedded store: state in memory, made durable in SQLite, no server to run.
 
 Every committed change is applied to dicts in memory at once (reads see it immediately).
-Changed profiles and links are written to `state.db` in the background about once a
-second, in one transaction that also records the log position they reflect. The event
-log is the source of truth: after a restart, or a kill -9, the store loads `state.db` and
-the engine re-applies the log's events after that position, so the state is exactly what
-it was, and start-up replays at most a few seconds of events.
+What changed is written to `state.db` in the background about once every
+`flush_seconds`, in one transaction that also records the log position it reflects. The
+event log is the source of truth: after a restart, or a kill -9, the store loads
+`state.db` and the engine re-applies the log's events after that position, so the state is
+exactly what it was, and start-up replays at most a few seconds of events.
 
-Encoding happens on the caller's thread, between two events, so each write is a
-consistent cut; only the SQLite work runs on the writer thread.
+Each write is a consistent cut, taken without stopping the world: at the cut, the set of
+changed profiles is set aside; they are then encoded a few per committed event, and a
+profile that is about to change before its turn (every change starts with `get`) is
+encoded first, as it was at the cut. So no request waits for a thousand profiles to be
+encoded, and only the SQLite work runs on the writer thread.
 """
 
 from __future__ import annotations
@@ -55,6 +58,21 @@ class _Batch(msgspec.Struct):
     merged: list[tuple[str, str]]
 
 
+class _Cut:
+    """The changes up to one log position, on their way to disk: profiles are encoded
+    (copy-on-write, see the module docstring) until `unencoded` is empty."""
+
+    __slots__ = ("batch", "unencoded")
+
+    def __init__(self, batch: _Batch, unencoded: set[str]) -> None:
+        self.batch = batch
+        self.unencoded = unencoded
+
+
+# Profiles encoded per committed event while a cut is open: a few microseconds each.
+_ENCODE_PER_COMMIT = 4
+
+
 class EmbeddedStore:
     """`StateStore` in process memory, persisted to one SQLite file."""
 
@@ -78,6 +96,7 @@ class EmbeddedStore:
         self._transitions: list[SegmentChange] = []
         self._merged: list[tuple[str, str]] = []
         self._last_flush = time.monotonic()
+        self._cut: _Cut | None = None  # being encoded
         self._writing: Future[None] | None = None
         self._in_flight: _Batch | None = None  # the batch the writer thread is writing
         self._lock = threading.Lock()  # one SQLite transaction at a time
@@ -100,6 +119,10 @@ class EmbeddedStore:
     # -- reading ---------------------------------------------------------------------------
 
     def get(self, profile_id: str) -> Profile | None:
+        cut = self._cut
+        if cut is not None and profile_id in cut.unencoded:
+            # The caller may change it: keep the cut's copy first.
+            self._encode(cut, profile_id)
         return self._profiles.get(profile_id)
 
     def resolve(self, key: str) -> str | None:
@@ -116,9 +139,10 @@ class EmbeddedStore:
     def segment_history(self, profile_id: str, limit: int) -> list[SegmentChange]:
         # Written rows, plus what waits for (or is in) the next write; a merge not yet
         # written means the absorbed profile's rows still carry its old id.
-        batch = self._in_flight
-        pending = (batch.transitions if batch else []) + self._transitions
-        merges = (batch.merged if batch else []) + self._merged
+        cut = self._cut
+        batches = [b for b in (self._in_flight, cut.batch if cut else None) if b is not None]
+        pending = [c for b in batches for c in b.transitions] + self._transitions
+        merges = [m for b in batches for m in b.merged] + self._merged
         ids = {profile_id}
         for old, into in reversed(merges):
             if into in ids:
@@ -139,6 +163,9 @@ class EmbeddedStore:
         return len(self._profiles)
 
     def profiles(self) -> Iterator[Profile]:
+        """Every profile; the caller may change them (the open cut is encoded first)."""
+        if self._cut is not None:
+            self._encode_some(self._cut, len(self._cut.unencoded))
         return iter(list(self._profiles.values()))
 
     def links(self) -> dict[str, str]:
@@ -172,11 +199,17 @@ class EmbeddedStore:
             self._applied_seq = changes.seq
         if changes.watermark_ms > self._watermark_ms:
             self._watermark_ms = changes.watermark_ms
-        if time.monotonic() - self._last_flush >= self.flush_seconds:
-            self._flush_in_background()
+        cut = self._cut
+        if cut is not None:
+            self._encode_some(cut, _ENCODE_PER_COMMIT)
+        elif time.monotonic() - self._last_flush >= self.flush_seconds:
+            self._start_cut()
 
     def _commit_rest(self, changes: Changes) -> None:
+        cut = self._cut
         for profile_id in changes.removed:
+            if cut is not None and profile_id in cut.unencoded:
+                self._encode(cut, profile_id)
             self._profiles.pop(profile_id, None)
             self._dirty.add(profile_id)
             self._live.pop(profile_id, None)
@@ -202,17 +235,10 @@ class EmbeddedStore:
         if not profile.user_ids:
             anonymous[profile_id] = profile.last_ms
 
-    def _take_batch(self) -> _Batch:
-        """Encode what changed since the last write (a consistent cut) and forget it."""
-        profiles, links = self._profiles, self._links
-        written: list[tuple[str, bytes]] = []
-        removed: list[str] = []
-        for profile_id in self._dirty:
-            profile = profiles.get(profile_id)
-            if profile is None:
-                removed.append(profile_id)
-            else:
-                written.append((profile_id, _encode(profile)))
+    def _take_cut(self) -> _Cut:
+        """Set aside everything changed since the last cut (links are copied now: they are
+        small); profiles are encoded later, as they were now."""
+        links = self._links
         linked: list[tuple[str, str]] = []
         unlinked: list[str] = []
         for key in self._dirty_links:
@@ -221,30 +247,66 @@ class EmbeddedStore:
                 unlinked.append(key)
             else:
                 linked.append((key, target))
-        transitions, merged = self._transitions, self._merged
-        self._transitions, self._merged = [], []
-        self._dirty.clear()
-        self._dirty_links.clear()
-        self._last_flush = time.monotonic()
-        return _Batch(
-            self._applied_seq, self._watermark_ms, written, removed, linked, unlinked,
-            transitions, merged,
+        batch = _Batch(
+            self._applied_seq, self._watermark_ms, [], [], linked, unlinked,
+            self._transitions, self._merged,
         )  # fmt: skip
+        cut = _Cut(batch, self._dirty)
+        self._dirty = set()
+        self._dirty_links = set()
+        self._transitions, self._merged = [], []
+        self._last_flush = time.monotonic()
+        return cut
 
-    def _flush_in_background(self) -> None:
-        if self._writing is not None and not self._writing.done():
-            return  # the previous write is still on disk; this one waits for the next turn
-        if self._writing is not None:
-            self._writing.result()  # surface a failed write
-        batch = self._in_flight = self._take_batch()
-        self._writing = self._writer.submit(self._write, batch)
+    def _encode(self, cut: _Cut, profile_id: str) -> None:
+        cut.unencoded.discard(profile_id)
+        profile = self._profiles.get(profile_id)
+        if profile is None:
+            cut.batch.removed.append(profile_id)
+        else:
+            cut.batch.profiles.append((profile_id, _encode(profile)))
+
+    def _encode_some(self, cut: _Cut, count: int) -> None:
+        unencoded, profiles, batch = cut.unencoded, self._profiles, cut.batch
+        for _ in range(min(count, len(unencoded))):
+            profile_id = unencoded.pop()
+            profile = profiles.get(profile_id)
+            if profile is None:
+                batch.removed.append(profile_id)
+            else:
+                batch.profiles.append((profile_id, _encode(profile)))
+        if not unencoded and self._writer_idle():
+            self._cut = None
+            batch = self._in_flight = cut.batch
+            self._writing = self._writer.submit(self._write, batch)
+
+    def _start_cut(self) -> None:
+        if self._writer_idle():
+            self._cut = self._take_cut()
+
+    def _writer_idle(self) -> bool:
+        writing = self._writing
+        if writing is None:
+            return True
+        if not writing.done():
+            return False  # the previous write is still on disk; this one waits its turn
+        self._writing = None
+        writing.result()  # surface a failed write
+        return True
 
     def flush(self) -> None:
         if self._writing is not None:
             self._writing.result()
             self._writing = None
-        batch = self._in_flight = self._take_batch()
-        self._write(batch)
+        # The open cut first, then one of everything since: written in order.
+        for cut in (self._cut, self._take_cut()):
+            if cut is None:
+                continue
+            self._cut = None
+            while cut.unencoded:
+                self._encode(cut, next(iter(cut.unencoded)))
+            self._in_flight = cut.batch
+            self._write(cut.batch)
 
     def _write(self, batch: _Batch) -> None:
         with self._lock:
