@@ -140,3 +140,27 @@ def test_a_waiter_whose_loop_closed_does_not_stop_the_writer(tmp_path: Path) -> 
         "gone0",
         "next0",
     ]
+
+
+def test_the_wal_starts_over_under_steady_writes(tmp_path: Path) -> None:
+    """Checkpoints let the WAL restart from its beginning even when commits never pause,
+    so it stays a bounded, reused file instead of growing for as long as the load lasts
+    (with PASSIVE checkpoints alone it grew by every commit's pages)."""
+    import time
+
+    path = tmp_path / "events.db"
+    log = EventLog.open(path, synchronous="NORMAL", checkpoint_seconds=0.1)
+    body = b"x" * 600
+    deadline = time.monotonic() + 2
+    number = 0
+    while time.monotonic() < deadline:  # small commits, back to back, with no pause
+        number += 1
+        log.append_sync([LogRow(f"m{number}", number, number, "track", "a", None, body)])
+    wal = (tmp_path / "events.db-wal").stat().st_size
+    log.close()
+    assert number > 500
+    # Every commit writes at least one whole page (about 2.5 here); a WAL that never
+    # restarted would hold them all, one that restarts about a checkpoint interval's worth.
+    pages = number * 4096
+    assert wal < pages / 2, f"WAL of {wal} bytes after {number} commits"
+    assert [r.message_id for r in EventLog.reader(path).scan()][-1] == f"m{number}"

@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from intently.background import lower_priority
 from intently.context.profile import Profile, SegmentChange
 from intently.log.eventlog import truncate_wal
 from intently.stores.protocol import Changes
@@ -114,7 +115,9 @@ class EmbeddedStore:
         except BaseException:
             self._db.close()
             raise
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="intently-state-writer")
+        self._writer = ThreadPoolExecutor(
+            1, thread_name_prefix="intently-state-writer", initializer=lower_priority
+        )
 
     # -- reading ---------------------------------------------------------------------------
 
