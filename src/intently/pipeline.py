@@ -35,6 +35,11 @@ class EventSink(Protocol):
     def apply_many(self, records: Sequence[EventRecord]) -> None: ...
 
 
+# The futures of the requests waiting for one append: the one that made it, and any
+# retry of its events that arrived while it was on its way.
+_Waiters = list["asyncio.Future[None]"]
+
+
 class ClientInfo(NamedTuple):
     """What the transport knows about the sender, used when the event's context lacks it."""
 
@@ -79,7 +84,7 @@ class Pipeline:
         self.sinks = list(sinks)
         # messageId -> the append that is making it durable; a retry that arrives meanwhile
         # is acknowledged only once that append has succeeded.
-        self._in_flight: dict[str, asyncio.Future[int]] = {}
+        self._in_flight: dict[str, _Waiters] = {}
 
     async def ingest(
         self,
@@ -92,9 +97,10 @@ class Pipeline:
         is history); live events are received now."""
         now = self.clock.now()
         now_ms = _ms(now)
+        loop = asyncio.get_running_loop()
         records: list[EventRecord] = []
         rows: list[LogRow] = []
-        waits: list[asyncio.Future[int]] = []
+        waits: list[asyncio.Future[None]] = []
         duplicates = 0
         marked: list[str] = []
         add_id = self.dedupe.add
@@ -113,7 +119,9 @@ class Pipeline:
                 if not add_id(message_id, received_ms, expire=not replay):
                     duplicates += 1
                     if (pending := self._in_flight.get(message_id)) is not None:
-                        waits.append(pending)
+                        waiter = loop.create_future()
+                        pending.append(waiter)
+                        waits.append(waiter)
                     continue
                 marked.append(message_id)
                 if client.refused:
@@ -138,42 +146,54 @@ class Pipeline:
                 self.dedupe.discard(message_id)
             raise
         if rows:
+            waiters: _Waiters = [loop.create_future()]
             try:
-                future = self.log.append(rows)
+                self.log.append_then(rows, partial(self._committed, records, marked, waiters))
             except BaseException:
                 for message_id in marked:
                     self.dedupe.discard(message_id)
                 raise
             for message_id in marked:
-                self._in_flight[message_id] = future
-            future.add_done_callback(partial(self._committed, records, marked))
-            waits.append(future)
-        for pending in waits:
-            # Shielded: a request cancelled while it waits (client gone, shutdown) must
-            # not cancel the append, which the log goes on to commit and the state stages
-            # go on to apply.
-            await asyncio.shield(pending)
+                self._in_flight[message_id] = waiters
+            waits.append(waiters[0])
+        # Each waiter belongs to this request alone: a request cancelled while it waits
+        # (client gone, shutdown) cancels only its waiter, never the append, which the log
+        # goes on to commit and the state stages go on to apply.
+        for waiter in waits:
+            await waiter
         return IngestResult(accepted=len(records), duplicates=duplicates)
 
     def _committed(
-        self, records: list[EventRecord], ids: list[str], future: asyncio.Future[int]
+        self,
+        records: list[EventRecord],
+        ids: list[str],
+        waiters: _Waiters,
+        first_seq: int,
+        error: BaseException | None,
     ) -> None:
-        """Runs on the event loop as soon as an append is settled, in commit order and
-        before the waiting request resumes (it was registered first), whether or not that
-        request is still there."""
+        """Runs on the event loop once an append is settled, in commit order, before any
+        request waiting for it resumes, whether or not those requests are still there."""
+        in_flight = self._in_flight
         for message_id in ids:
-            self._in_flight.pop(message_id, None)
-        error = None if future.cancelled() else future.exception()
-        if future.cancelled() or error is not None:
-            # Not stored: forget the ids, so a retry is stored.
-            for message_id in ids:
-                self.dedupe.discard(message_id)
-            return
-        first_seq = future.result()
-        for offset, record in enumerate(records):
-            record.seq = first_seq + offset
-        for sink in self.sinks:
-            sink.apply_many(records)
+            in_flight.pop(message_id, None)
+        try:
+            if error is not None:
+                # Not stored: forget the ids, so a retry is stored.
+                for message_id in ids:
+                    self.dedupe.discard(message_id)
+                return
+            for offset, record in enumerate(records):
+                record.seq = first_seq + offset
+            for sink in self.sinks:
+                sink.apply_many(records)
+        finally:
+            for waiter in waiters:
+                if waiter.done():  # its request was cancelled
+                    continue
+                if error is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(error)
 
     def prime_dedupe(self, from_ms: int, to_ms: int) -> int:
         """Load the messageIds the log holds for [from_ms, to_ms] into the window."""

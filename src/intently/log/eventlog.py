@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future as ThreadFuture
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -98,10 +99,16 @@ class LogClosed(RuntimeError):
     pass
 
 
+# Told the outcome of an append: the seq of its first row, or the error that lost it.
+Done = Callable[[int, BaseException | None], None]
+
+
 @dataclass
 class _Append:
     rows: Sequence[LogRow]
-    notify: Callable[[int, BaseException | None], None]
+    done: Done
+    # The event loop `done` runs on; None: run it on the writer thread (blocking callers).
+    loop: asyncio.AbstractEventLoop | None
     first_seq: int = field(default=0)
 
 
@@ -271,29 +278,30 @@ class EventLog(EventLogReader):
 
     # -- writing -------------------------------------------------------------------------
 
+    def append_then(self, rows: Sequence[LogRow], done: Done) -> None:
+        """Append `rows`; once they are durable (or failed), call `done(first_seq, error)`
+        on the calling event loop. Appends that commit together are told in one callback
+        of the loop, in commit order: a thread-safe wake-up per request, and a future with
+        callbacks per request, cost more than the rest of an append."""
+        self._enqueue(_Append(rows, done, asyncio.get_running_loop()))
+
     def append(self, rows: Sequence[LogRow]) -> asyncio.Future[int]:
-        """Append `rows`: a future that resolves, once they are durable, to the seq of the
-        first. (A plain future, not a coroutine: no task per request.)"""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[int] = loop.create_future()
-
-        def notify(first_seq: int, error: BaseException | None) -> None:
-            loop.call_soon_threadsafe(_settle, future, first_seq, error)
-
-        self._enqueue(_Append(rows, notify))
+        """`append_then` as a future resolving to the seq of the first row."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.append_then(rows, partial(_settle, future))
         return future
 
     def append_sync(self, rows: Sequence[LogRow]) -> int:
         """Blocking `append`, for tools outside an event loop."""
         future: ThreadFuture[int] = ThreadFuture()
 
-        def notify(first_seq: int, error: BaseException | None) -> None:
+        def done(first_seq: int, error: BaseException | None) -> None:
             if error is None:
                 future.set_result(first_seq)
             else:
                 future.set_exception(error)
 
-        self._enqueue(_Append(rows, notify))
+        self._enqueue(_Append(rows, done, None))
         return future.result()
 
     def _enqueue(self, item: _Append) -> None:
@@ -336,13 +344,11 @@ class EventLog(EventLogReader):
                 with contextlib.suppress(sqlite3.Error):
                     connection.execute("ROLLBACK")
                 log.exception("event log write failed")
-                for item in group:
-                    _notify(item, 0, error)
+                _notify(group, error)
             else:
                 next_seq = seq
                 self.last_seq = seq - 1
-                for item in group:
-                    _notify(item, item.first_seq, None)
+                _notify(group, None)
             if self._restart_wal:
                 self._restart_wal = False
                 # Between two of its own commits, with the bulk already copied by the
@@ -469,13 +475,28 @@ def _person_filter(anonymous_ids: Sequence[str], user_ids: Sequence[str]) -> tup
     return " OR ".join(clauses), parameters
 
 
-def _notify(item: _Append, first_seq: int, error: BaseException | None) -> None:
-    """Tell one waiter; a waiter that is gone (its event loop closed) must not stop the
-    writer, or every later append would wait forever."""
-    try:
-        item.notify(first_seq, error)
-    except Exception:
-        log.warning("an append's waiter is gone; its rows are stored", exc_info=True)
+def _notify(group: list[_Append], error: BaseException | None) -> None:
+    """Tell the appends of one commit how it went: one callback per event loop. A loop
+    that is gone (closed) must not stop the writer, or every later append would wait."""
+    by_loop: dict[asyncio.AbstractEventLoop | None, list[_Append]] = {}
+    for item in group:
+        by_loop.setdefault(item.loop, []).append(item)
+    for loop, items in by_loop.items():
+        if loop is None:
+            _run_done(items, error)
+            continue
+        try:
+            loop.call_soon_threadsafe(_run_done, items, error)
+        except RuntimeError:
+            log.warning("an append's event loop is closed; its rows are stored", exc_info=True)
+
+
+def _run_done(items: list[_Append], error: BaseException | None) -> None:
+    for item in items:
+        try:
+            item.done(0 if error is not None else item.first_seq, error)
+        except Exception:  # one caller's failure is not the others'
+            log.exception("an append's completion failed; its rows are stored")
 
 
 def _settle(future: asyncio.Future[int], first_seq: int, error: BaseException | None) -> None:
