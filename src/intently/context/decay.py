@@ -11,6 +11,7 @@ maps are rebased (every entry scaled down once) to stay far from float overflow.
 from __future__ import annotations
 
 import heapq
+from sys import intern
 from typing import Protocol
 
 # 2**600 is about 4e180: far from the float limit (1.8e308) even summed many times over.
@@ -84,7 +85,11 @@ class DecayedScores:
                 del target[min(target, key=target.__getitem__)]
 
     def _add(self, scores: dict[str, float], key: str, scaled: float) -> None:
-        scores[key] = scores.get(key, 0.0) + scaled
+        held = scores.get(key)
+        if held is not None:
+            scores[key] = held + scaled
+            return
+        scores[intern(key)] = scaled  # a new key: shared with every other owner's
         if len(scores) > self.max_entries:
             # Forget the weakest interest: all entries share the base, so raw values compare.
             del scores[min(scores, key=scores.__getitem__)]

@@ -16,7 +16,6 @@ spec) or through the profile API, which logs an event of its own.
 from __future__ import annotations
 
 import re
-from sys import intern
 from typing import Any
 
 import msgspec
@@ -107,24 +106,15 @@ def facts_of(record: EventRecord) -> Facts:
     assert event.timestamp is not None
     enrichment = record.enrichment
     event_type = type(event)
-    # Strings a session or profile keeps are interned: a handful of values shared by
-    # every session that holds them. (Inline rather than in helpers: this runs for every
-    # event, and calls cost more than the work.)
+    # Strings are not interned here: the session and the profile intern what they keep,
+    # when it is new to them (most events repeat what they already hold).
     referrer = enrichment.referrer
-    source = referrer.source
     device = enrichment.device
     geo = enrichment.geo
-    country = region = city = None
-    if geo is not None:
-        country, region, city = geo.country, geo.region, geo.city
-        country = None if country is None else intern(country)
-        region = None if region is None else intern(region)
-        city = None if city is None else intern(city)
     local = enrichment.local
     campaign = enrichment.campaign
-    kind = event.event if isinstance(event, TrackEvent) else _TAGS[event_type]
     facts = Facts(
-        kind=intern(kind),
+        kind=event.event if isinstance(event, TrackEvent) else _TAGS[event_type],
         at_ms=epoch_ms(event.timestamp),
         anonymous_id=event.anonymous_id,
         user_id=event.user_id,
@@ -133,12 +123,12 @@ def facts_of(record: EventRecord) -> Facts:
             if campaign is not None and (campaign.name or campaign.source)
             else None
         ),
-        medium=intern(referrer.medium),
-        source=None if source is None else intern(source),
-        device=None if device is None else intern(device.type),
-        country=country,
-        region=region,
-        city=city,
+        medium=referrer.medium,
+        source=referrer.source,
+        device=None if device is None else device.type,
+        country=None if geo is None else geo.country,
+        region=None if geo is None else geo.region,
+        city=None if geo is None else geo.city,
         local_hour=None if local is None else local.hour,
         weekday=None if local is None else local.weekday,
     )
@@ -161,10 +151,6 @@ def facts_of(record: EventRecord) -> Facts:
     elif isinstance(event, AliasEvent):
         facts.previous_id = event.previous_id
     return facts
-
-
-def _interned(text: str | None) -> str | None:
-    return None if text is None else intern(text)
 
 
 _TAGS: dict[type, str] = {
@@ -197,11 +183,55 @@ def _read_track(event: TrackEvent, facts: Facts) -> None:
         return
     if not name[:1].isupper() or name not in _COMMERCE_READERS:
         return
+    if name in _ONE_PRODUCT and _read_one_product(name, event.properties, facts):
+        return
     try:
         properties = commerce_properties(event)
     except msgspec.ValidationError:  # checked at ingest; history from before may differ
         return
     _COMMERCE_READERS[name](properties, facts)
+
+
+# Events about one product, read straight from their properties when these hold the
+# types the e-commerce schema converts to (as nearly every client sends them): the same
+# answer as converting them with the schema, without building the typed struct again
+# (ingest already did, to validate them).
+_ONE_PRODUCT = frozenset(
+    {"Product Viewed", "Product Added", "Wishlist Product Added to Cart", "Product Removed"}
+)
+
+
+def _read_one_product(name: str, properties: dict[str, Any], facts: Facts) -> bool:
+    """Fill `facts` from one product's properties; False (nothing set) when a value needs
+    the schema's conversion (a number sent as a string, say)."""
+    product_id = properties.get("product_id")
+    price = properties.get("price")
+    quantity = properties.get("quantity")
+    category = properties.get("category")
+    brand = properties.get("brand")
+    if type(price) is int:
+        price = float(price)
+    elif price is not None and type(price) is not float:
+        return False
+    if (
+        (quantity is not None and type(quantity) is not int)
+        or (category is not None and type(category) is not str)
+        or (brand is not None and type(brand) is not str)
+    ):
+        return False
+    if product_id is None:
+        line = None
+    elif type(product_id) is str or type(product_id) is int:
+        line = Line(str(product_id), 1 if quantity is None else quantity, price, category)
+    else:
+        return False
+    if name == "Product Viewed":
+        facts.product, facts.brand = line, brand
+    elif name == "Product Removed":
+        facts.removed = line
+    else:
+        facts.added, facts.brand = line, brand
+    return True
 
 
 def _line(product: Product, quantity: int | None = None) -> Line | None:
@@ -215,7 +245,7 @@ def _line(product: Product, quantity: int | None = None) -> Line | None:
 
 def _viewed(properties: CommerceProperties, facts: Facts) -> None:
     facts.product = _line(properties)
-    facts.brand = _interned(properties.brand)
+    facts.brand = properties.brand
 
 
 def _searched(properties: CommerceProperties, facts: Facts) -> None:

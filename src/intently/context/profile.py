@@ -5,6 +5,7 @@ together with the live session it holds.
 from __future__ import annotations
 
 import math
+from sys import intern
 from typing import Any
 
 from msgspec import Struct, field
@@ -110,8 +111,11 @@ class ProfileRules:
         if at > profile.last_ms:
             profile.last_ms = at
         counts = profile.counts
-        if facts.kind in counts or len(counts) < self.settings.max_counts:
-            counts[facts.kind] = counts.get(facts.kind, 0) + 1
+        count = counts.get(facts.kind)
+        if count is not None:
+            counts[facts.kind] = count + 1
+        elif len(counts) < self.settings.max_counts:
+            counts[intern(facts.kind)] = 1  # a new key: shared with every other profile's
         session = profile.session
         if session is None or self.sessions.is_over(session, facts):
             if profile.session_start_ms is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zlib
 from statistics import median
+from sys import intern
 from typing import Any
 
 from msgspec import Struct, field
@@ -99,9 +100,9 @@ class SessionRules:
             start_ms=facts.at_ms,
             last_ms=facts.at_ms,
             affinity_base_ms=facts.at_ms,
-            campaign=facts.campaign,
-            medium=facts.medium,
-            source=facts.source,
+            campaign=_interned(facts.campaign),
+            medium=intern(facts.medium) if facts.medium is not None else None,
+            source=_interned(facts.source),
         )
 
     def apply(self, session: Session, facts: Facts, *, personal: bool) -> None:
@@ -120,10 +121,17 @@ class SessionRules:
             session.start_ms = at
         if not personal:
             return
-        if facts.device is not None:
-            session.device = facts.device
-        if facts.country is not None:
-            session.country, session.region, session.city = facts.country, facts.region, facts.city
+        # Kept strings are interned (a handful of values shared by every session), when
+        # they change: most events repeat what the session already holds.
+        if facts.device is not None and facts.device != session.device:
+            session.device = intern(facts.device)
+        if facts.country is not None and (
+            facts.country != session.country
+            or facts.region != session.region
+            or facts.city != session.city
+        ):
+            session.country = intern(facts.country)
+            session.region, session.city = _interned(facts.region), _interned(facts.city)
         if facts.local_hour is not None:
             session.local_hour, session.weekday = facts.local_hour, facts.weekday
         if is_page:
@@ -396,10 +404,17 @@ def engagement(session: Session) -> str:
 
 
 def _count(counts: dict[str, int], kind: str, bound: int, amount: int = 1) -> None:
-    if kind in counts or len(counts) < bound:
-        counts[kind] = counts.get(kind, 0) + amount
+    held = counts.get(kind)
+    if held is not None:
+        counts[kind] = held + amount
+    elif len(counts) < bound:
+        counts[intern(kind)] = amount  # a new key: shared with every other session's
     else:  # beyond the bound, names are lumped together rather than dropped
         counts["(other)"] = counts.get("(other)", 0) + amount
+
+
+def _interned(text: str | None) -> str | None:
+    return None if text is None else intern(text)
 
 
 def _push(items: list[Any], item: Any, bound: int) -> None:
