@@ -50,6 +50,10 @@ class Enricher:
         self._geo = geo
         self._referrers = referrers
         self._ip_mode: IpMode = ip_mode
+        # A visitor's events repeat the client (address, browser) and often the page and
+        # referrer: one cached lookup each instead of several.
+        self._client = lru_cache(maxsize=65_536)(self._client_uncached)
+        self._visit = lru_cache(maxsize=16_384)(self._visit_uncached)
 
     def __call__(
         self, event: Event, client_ip: str | None = None, client_user_agent: str | None = None
@@ -60,31 +64,49 @@ class Enricher:
         them (a browser sending its own events). `event.context.ip` is rewritten to what the
         privacy setting allows.
         """
-        context = event.context if event.context is not None else Context()
-        event.context = context
+        context = event.context
+        if context is None:
+            context = event.context = Context()
         ip = context.ip or _valid_ip(client_ip)
         user_agent = context.user_agent or client_user_agent
-        device = parse_user_agent(user_agent) if user_agent else None
-        geo = self._geo.locate(ip) if ip and self._geo is not None else None
-        context.ip = anonymize_ip(ip, self._ip_mode) if ip else None
+        device, geo, context.ip = self._client(ip, user_agent)
         context.user_agent = user_agent
         page = context.page
         url = page.url if page else None
         if page is not None and page.search and url and "?" not in url:
             url += page.search
-        campaign = _merge_campaign(context.campaign, campaign_from_url(url))
         referrer_url = page.referrer if page else None
         if referrer_url is None and context.referrer:
             found = context.referrer.get("url")
             referrer_url = found if isinstance(found, str) else None
+        if context.campaign is None:
+            campaign, referrer = self._visit(url, referrer_url)
+        else:
+            campaign = _merge_campaign(context.campaign, campaign_from_url(url))
+            referrer = self._referrers(referrer_url, url, campaign)
         timezone = context.timezone or (geo.timezone if geo else None)
         return Enrichment(
-            referrer=self._referrers(referrer_url, url, campaign),
+            referrer=referrer,
             device=device,
             geo=geo,
             campaign=campaign,
             local=local_time(event.timestamp, timezone),
         )
+
+    def _client_uncached(
+        self, ip: str | None, user_agent: str | None
+    ) -> tuple[DeviceInfo | None, GeoInfo | None, str | None]:
+        """The device and place of a client, and its address as it may be stored."""
+        device = parse_user_agent(user_agent) if user_agent else None
+        geo = self._geo.locate(ip) if ip and self._geo is not None else None
+        return device, geo, anonymize_ip(ip, self._ip_mode) if ip else None
+
+    def _visit_uncached(
+        self, url: str | None, referrer_url: str | None
+    ) -> tuple[Campaign | None, Referrer]:
+        """The campaign of a landing page (no campaign sent) and how the visit came."""
+        campaign = campaign_from_url(url)
+        return campaign, self._referrers(referrer_url, url, campaign)
 
 
 def local_time(moment: datetime | None, timezone: str | None) -> LocalTime | None:

@@ -7,6 +7,7 @@ that cannot be read at all (not JSON, not UTF-8, too many events) fails as a who
 
 from __future__ import annotations
 
+import operator
 import re
 import socket
 from datetime import UTC, datetime
@@ -220,16 +221,18 @@ def _check_free_form(event: Event) -> None:
         check_free_form(event.integrations, ["integrations"])
     context = event.context
     if context is not None:
-        for name in _FREE_FORM_CONTEXT:
-            value = getattr(context, name)
-            if value is not None:
-                check_free_form(value, ["context", name])
+        values = _free_form_of(context)
+        if values.count(None) != len(values):  # most events send none of them
+            for name, value in zip(_FREE_FORM_CONTEXT, values, strict=True):
+                if value is not None:
+                    check_free_form(value, ["context", name])
 
 
 # Context fields that are free-form maps; each is a single word, so the same on the wire.
 _FREE_FORM_CONTEXT = (
     "referrer", "traits", "library", "app", "device", "os", "screen", "network", "location",
 )  # fmt: skip
+_free_form_of = operator.attrgetter(*_FREE_FORM_CONTEXT)
 
 
 _NOT_UTF8 = "the body is not valid UTF-8"
