@@ -10,11 +10,13 @@ each at saturation with wrk (closed loop, C, so the client does not take the ser
 CPU), then hello and single events at a fixed 1,000 requests/s with an open-loop client
 that measures latency from the scheduled send time (no coordinated omission).
 
-Every event carries a unique messageId, a user agent and an IP from a pool of 1,000
-visitors, so dedupe, enrichment caches and the durable log all do their real work.
-Events are durable (synchronous=FULL: fsync before the acknowledgement).
+Every event carries a messageId unique across the whole run (no request is answered as a
+duplicate; the run checks the server's duplicate counter), a user agent and an IP from a
+pool of 1,000 visitors, so dedupe, enrichment caches and the durable log all do their real
+work. Events are durable: written to the log before the acknowledgement, with the log's
+default `synchronous=NORMAL` (survives kill -9) or `--synchronous FULL` (fsync first).
 
-    python bench/ingest.py [--seconds 10] [--json]
+    python bench/ingest.py [--seconds 8] [--rounds 3] [--synchronous FULL] [--json]
 """
 
 from __future__ import annotations
@@ -163,13 +165,15 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, data_dir: Path, port: int) -> None:
+    def __init__(self, data_dir: Path, port: int, synchronous: str | None = None) -> None:
         env = dict(os.environ)
         env.update(
             INTENTLY_WRITE_KEY=WRITE_KEY,
             INTENTLY_SECRET_KEY=SECRET_KEY,
             INTENTLY_BENCH_ENDPOINTS="1",
         )
+        if synchronous is not None:
+            env["INTENTLY_SYNCHRONOUS"] = synchronous
         self.port = port
         self.process = subprocess.Popen(
             [sys.executable, "-m", "intently", "serve", "--port", str(port),
@@ -304,6 +308,10 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--rate-seconds", type=int, default=10, help="per fixed-rate run")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections")
+    parser.add_argument(
+        "--synchronous", choices=["NORMAL", "FULL"], default=None,
+        help="the log's durability mode (default: the server's, NORMAL)",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print JSON only")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -313,9 +321,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="intently-bench-"))
     wrk = Wrk(events, work, args.connections)
     port = free_port()
-    server = Server(work / "data", port)
+    server = Server(work / "data", port, args.synchronous)
     base = f"http://127.0.0.1:{port}"
-    results: dict[str, Any] = {"cpus": os.cpu_count(), "seconds": args.seconds}
+    results: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "seconds": args.seconds,
+        "synchronous": args.synchronous or "NORMAL (default)",
+    }
     try:
         # Warm-up to steady state: enrichment caches filled, and the WAL and database
         # files grown to their working size (a new data dir pays for file growth in its
@@ -364,7 +376,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"intently ingest benchmark ({results['cpus']} CPUs, {args.seconds}s per saturation run)")
+    print(
+        f"intently ingest benchmark ({results['cpus']} CPUs, {args.seconds}s per saturation run,"
+        f" synchronous={results['synchronous']})"
+    )
     print(f"{'run':<18}{'req/s':>10}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
     print(f"(saturation: wrk, 1 thread, {args.connections} connections; *_at_1000: open loop)")
     for name in ("hello", "single", "batch100", "hello_at_1000", "single_at_1000"):

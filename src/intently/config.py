@@ -37,14 +37,18 @@ class Settings(Struct, kw_only=True):
     dedupe_max_entries: int = 2_000_000
     max_body_bytes: int = 512 * 1024
     max_batch: int = 500
-    synchronous: Synchronous = "FULL"
+    # NORMAL: an acknowledged event is in the log's WAL (written to the OS) before the
+    # answer, so a crash or kill -9 of the process loses nothing; the WAL is fsynced at
+    # every checkpoint (each second), so a power cut can lose the last second, as Redis's
+    # `appendfsync everysec`. FULL: fsync before every acknowledgement, which ties request
+    # latency to the disk's flush latency (see docs/architecture.md, "Durability").
+    synchronous: Synchronous = "NORMAL"
     # Hosts of the site itself beyond the page's own (referrers from them are internal).
     internal_hosts: tuple[str, ...] = ()
     # Where profiles and sessions live: "embedded" (memory + SQLite in the data dir).
     state_store: str = "embedded"
-    # How often changed state is encoded (on the event loop) and written to state.db.
-    # Measured: 0.2 s gave a worse single-event p99 at 1,000 req/s than 1 s (more, and
-    # more frequent, pauses); see docs/benchmarks.md.
+    # How often a cut of the changed state is taken and written to state.db (encoded a
+    # few profiles per event, see stores/embedded.py); start-up replays the log after it.
     state_flush_seconds: float = 1.0
     session_timeout_minutes: float = 30
     anonymous_retention_days: float = 30
