@@ -149,7 +149,9 @@ def test_the_wal_starts_over_under_steady_writes(tmp_path: Path) -> None:
     import time
 
     path = tmp_path / "events.db"
-    log = EventLog.open(path, synchronous="NORMAL", checkpoint_seconds=0.1)
+    log = EventLog.open(
+        path, synchronous="NORMAL", checkpoint_seconds=0.1, wal_restart_bytes=1024 * 1024
+    )
     body = b"x" * 600
     deadline = time.monotonic() + 2
     number = 0

@@ -50,8 +50,10 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_received ON events (received_ms);
 """
 _COLUMNS = 8
-# After a burst, a WAL that grew past this is cut back when it restarts.
-_WAL_SIZE_LIMIT = 64 * 1024 * 1024
+# Past this size the writer makes the WAL start over; a WAL that grew past twice this (a
+# burst) is also cut back then. Restarting costs the writer a checkpoint with its fsyncs
+# (3-10 ms measured), so it is not done at every checkpoint.
+WAL_RESTART_BYTES = 32 * 1024 * 1024
 # Appends grouped into one transaction, at most.
 MAX_GROUP_ROWS = 20_000
 # Rows per INSERT statement, largest first. Python's sqlite3 releases and re-takes the GIL
@@ -225,9 +227,11 @@ class EventLog(EventLogReader):
         path: Path,
         synchronous: Synchronous,
         checkpoint_seconds: float,
+        wal_restart_bytes: int = WAL_RESTART_BYTES,
     ) -> None:
         super().__init__(path)
         self._synchronous = synchronous
+        self._wal_restart_bytes = wal_restart_bytes
         self._queue: queue.SimpleQueue[_Append | None] = queue.SimpleQueue()
         self._closed = False
         # Set by the checkpointer: the writer finishes the checkpoint between two commits.
@@ -264,12 +268,14 @@ class EventLog(EventLogReader):
         *,
         synchronous: Synchronous = "FULL",
         checkpoint_seconds: float = 1.0,
+        wal_restart_bytes: int = WAL_RESTART_BYTES,
     ) -> EventLog:
         """Open (or create) the log at `path`. `synchronous="NORMAL"` survives a crash of
         the process but not of the machine; `checkpoint_seconds=0` leaves all frames in
-        the WAL until close (used by crash tests)."""
+        the WAL until close (used by crash tests); past `wal_restart_bytes` the WAL is
+        made to start over (see `_checkpoint_loop`)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        return cls(path, synchronous, checkpoint_seconds)
+        return cls(path, synchronous, checkpoint_seconds, wal_restart_bytes)
 
     @staticmethod
     def reader(path: Path) -> EventLogReader:
@@ -373,19 +379,23 @@ class EventLog(EventLogReader):
         in 1.5 s of small commits), every commit extends the file, and an fsync that must
         also journal a new file size waits behind everything else being written (measured:
         commits stalling 25-45 ms). So this thread copies the bulk, concurrently with the
-        writer, and then asks the writer to copy the few frames that arrived meanwhile
-        between two of its own commits, after which its next commit writes the WAL from
-        its start again, over the same blocks.
+        writer, and once the WAL is past `wal_restart_bytes` asks the writer to copy the
+        few frames that arrived meanwhile between two of its own commits, after which its
+        next commit writes the WAL from its start again, over the same blocks. (Not at
+        every checkpoint: that small checkpoint ends with fsyncs, on the commit path.)
         """
         lower_priority()
         connection = self._connect()
+        page_size = int(connection.execute("PRAGMA page_size").fetchone()[0])
         try:
             while not self._stop_checkpoints.wait(seconds):
                 try:
-                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    # (busy, frames in the WAL since it last started over, frames copied)
+                    _, frames, _ = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 except sqlite3.OperationalError:  # busy: try again next time
                     continue
-                self._restart_wal = True
+                if frames * page_size > self._wal_restart_bytes:
+                    self._restart_wal = True
         finally:
             connection.close()
 
@@ -423,7 +433,7 @@ class EventLog(EventLogReader):
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute(f"PRAGMA synchronous = {self._synchronous}")
         connection.execute("PRAGMA wal_autocheckpoint = 0")
-        connection.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
+        connection.execute(f"PRAGMA journal_size_limit = {2 * self._wal_restart_bytes}")
         connection.executescript(_SCHEMA)
         version = connection.execute(
             "SELECT value FROM meta WHERE key = 'schema_version'"
