@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import crawleruseragents
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from intently.events.enrich import Enricher, local_time
+from intently.events.enrich import Enricher, local_time, local_time_at
 from intently.events.geo import GeoLocator, anonymize_ip
 from intently.events.referrer import ReferrerClassifier, campaign_from_url
 from intently.events.schema import Campaign, Context, PageContext, PageEvent
@@ -221,3 +223,27 @@ def test_malformed_urls_are_tolerated(
     referrers: ReferrerClassifier, referrer: str, page: str, medium: str
 ) -> None:
     assert referrers(referrer, page).medium == medium
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(0, 7_258_118_400_000),  # 1970 .. 2200, in epoch milliseconds
+    st.sampled_from(["Europe/Paris", "Asia/Kolkata", "Asia/Kathmandu", "Australia/Lord_Howe",
+                     "America/St_Johns", "Africa/Monrovia", "Pacific/Chatham", "UTC"]),
+)  # fmt: skip
+def test_local_time_from_the_minute_cache_equals_the_exact_one(at_ms: int, zone: str) -> None:
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=at_ms)
+    assert local_time_at(at_ms, moment, zone) == local_time(moment, zone)
+
+
+def test_a_minute_whose_local_hour_changes_within_it_is_computed_exactly() -> None:
+    # Liberia was UTC-0:44:30 until 1972: its local hours began at hh:44:30 UTC.
+    before = datetime(1971, 6, 1, 12, 44, 29, tzinfo=UTC)
+    after = before + timedelta(seconds=2)
+    for moment in (before, after):
+        at_ms = int(moment.timestamp() * 1000)
+        assert local_time_at(at_ms, moment, "Africa/Monrovia") == local_time(
+            moment, "Africa/Monrovia"
+        )
+    hours = {local_time(m, "Africa/Monrovia").hour for m in (before, after)}  # type: ignore[union-attr]
+    assert len(hours) == 2

@@ -57,3 +57,20 @@ def test_one_product_read_directly_equals_the_schema_conversion(
         assert msgspec.json.encode(direct) == msgspec.json.encode(expected)
     else:  # it declined: nothing was set, and the schema path is taken instead
         assert direct == facts()
+
+
+def test_facts_of_a_record_logged_without_its_time_in_ms_compute_it() -> None:
+    """Records logged before `at_ms` was kept decode with 0 there: the time comes from the
+    timestamp, the same as for a record that carries it."""
+    from datetime import UTC, datetime
+
+    from intently.context.facts import facts_of
+    from intently.events.enrich import Enrichment
+    from intently.events.record import EventRecord
+    from intently.events.referrer import Referrer
+
+    moment = datetime(2039, 7, 18, 11, 1, 13, 601000, tzinfo=UTC)
+    event = TrackEvent(event="Product Viewed", anonymous_id="a", timestamp=moment)
+    old = EventRecord(event, Enrichment(referrer=Referrer("direct")))
+    new = EventRecord(event, Enrichment(referrer=Referrer("direct")), at_ms=2194858873601)
+    assert facts_of(old).at_ms == facts_of(new).at_ms == 2194858873601

@@ -126,13 +126,16 @@ class Pipeline:
                 marked.append(message_id)
                 if client.refused:
                     _refuse(event, client.refused)
-                record = EventRecord(event, enrich(event, client.ip, client.user_agent))
+                at_ms = _ms(event.timestamp)
+                record = EventRecord(
+                    event, enrich(event, client.ip, client.user_agent, at_ms), at_ms=at_ms
+                )
                 records.append(record)
                 rows.append(
                     LogRow(
                         message_id,
                         received_ms,
-                        _ms(event.timestamp),
+                        at_ms,
                         _TYPE_TAGS[type(event)],
                         event.anonymous_id,
                         event.user_id,

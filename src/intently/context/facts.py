@@ -115,7 +115,7 @@ def facts_of(record: EventRecord) -> Facts:
     campaign = enrichment.campaign
     facts = Facts(
         kind=event.event if isinstance(event, TrackEvent) else _TAGS[event_type],
-        at_ms=epoch_ms(event.timestamp),
+        at_ms=record.at_ms or epoch_ms(event.timestamp),
         anonymous_id=event.anonymous_id,
         user_id=event.user_id,
         campaign=(

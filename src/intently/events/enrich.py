@@ -7,7 +7,7 @@ stored event never holds more of it than allowed.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -56,13 +56,18 @@ class Enricher:
         self._visit = lru_cache(maxsize=16_384)(self._visit_uncached)
 
     def __call__(
-        self, event: Event, client_ip: str | None = None, client_user_agent: str | None = None
+        self,
+        event: Event,
+        client_ip: str | None = None,
+        client_user_agent: str | None = None,
+        at_ms: int | None = None,
     ) -> Enrichment:
         """Enrich `event`, whose `timestamp` is already corrected.
 
         The request's own address and User-Agent stand in when the event's context lacks
         them (a browser sending its own events). `event.context.ip` is rewritten to what the
-        privacy setting allows.
+        privacy setting allows. `at_ms`, the timestamp in epoch milliseconds when the
+        caller has it, lets the local time come from a cache.
         """
         context = event.context
         if context is None:
@@ -90,7 +95,11 @@ class Enricher:
             device=device,
             geo=geo,
             campaign=campaign,
-            local=local_time(event.timestamp, timezone),
+            local=(
+                local_time(event.timestamp, timezone)
+                if at_ms is None
+                else local_time_at(at_ms, event.timestamp, timezone)
+            ),
         )
 
     def _client_uncached(
@@ -117,6 +126,28 @@ def local_time(moment: datetime | None, timezone: str | None) -> LocalTime | Non
     return LocalTime(timezone, local.hour, local.weekday())
 
 
+def local_time_at(at_ms: int, moment: datetime | None, timezone: str | None) -> LocalTime | None:
+    """`local_time(moment, timezone)` for `moment` at `at_ms` epoch milliseconds, from a
+    cache of (timezone, UTC minute): events arrive many a minute from few timezones."""
+    if not timezone:
+        return None
+    found = _local_minute(timezone, at_ms // _MINUTE_MS)
+    return found if found is not None else local_time(moment, timezone)
+
+
+@lru_cache(maxsize=16_384)
+def _local_minute(timezone: str, minute: int) -> LocalTime | None:
+    """The local time all through one UTC minute, or None where it changes within it (a
+    UTC offset with seconds, as some zones had before 1972: those are computed exactly)."""
+    start = _EPOCH + timedelta(minutes=minute)
+    first = local_time(start, timezone)
+    last = local_time(start + _LAST_OF_MINUTE, timezone)
+    return first if first == last else None
+
+
+_MINUTE_MS = 60_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LAST_OF_MINUTE = timedelta(milliseconds=_MINUTE_MS - 1)
 # ZoneInfo keeps only 8 zones strongly cached; visitors come from hundreds, and a miss
 # reads the zone file from disk again.
 _zone = lru_cache(maxsize=1024)(ZoneInfo)

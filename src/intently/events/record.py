@@ -14,11 +14,14 @@ from intently.events.schema import Event
 
 class EventRecord(Struct, omit_defaults=True, gc=False):
     """One entry of the event log. `seq` is its position in the log (1, 2, ...), assigned
-    when it is written; 0 before that."""
+    when it is written; 0 before that. `at_ms` is the event's (corrected) time in epoch
+    milliseconds, computed once at ingest for the log's index and every later stage; 0 in
+    records logged before it was kept (readers compute it from the timestamp then)."""
 
     event: Event
     enrichment: Enrichment
     seq: int = 0
+    at_ms: int = 0
 
 
 def stamp(event: Event, received_at: datetime) -> None:
