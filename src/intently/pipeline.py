@@ -26,7 +26,7 @@ from intently.events.record import EventRecord, aware_utc, stamp
 from intently.events.schema import EVENT_TYPES, Consent, Context, Event
 from intently.events.validate import FieldError
 from intently.log.dedupe import MessageIdWindow
-from intently.log.eventlog import EventLog, LogRow
+from intently.log.eventlog import EventLog, Row
 
 
 class EventSink(Protocol):
@@ -99,7 +99,7 @@ class Pipeline:
         now_ms = _ms(now)
         loop = asyncio.get_running_loop()
         records: list[EventRecord] = []
-        rows: list[LogRow] = []
+        rows: list[Row] = []
         waits: list[asyncio.Future[None]] = []
         duplicates = 0
         marked: list[str] = []
@@ -132,7 +132,7 @@ class Pipeline:
                 )
                 records.append(record)
                 rows.append(
-                    LogRow(
+                    (
                         message_id,
                         received_ms,
                         at_ms,

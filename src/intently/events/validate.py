@@ -65,13 +65,25 @@ class Decoded(Struct):
     write_key: str | None
 
 
-class _Envelope(Struct, forbid_unknown_fields=False):
+class _Envelope(Struct, rename="camel", forbid_unknown_fields=False):
+    """The body read once: a batch's events and its own fields stay raw JSON here, decoded
+    one by one below (a single event's body is decoded whole as an event instead)."""
+
     batch: list[msgspec.Raw] | None = None
+    # Raw cannot be in a union with None: an absent field is an empty Raw.
+    sent_at: msgspec.Raw = msgspec.Raw()
+    context: msgspec.Raw = msgspec.Raw()
+    write_key: msgspec.Raw = msgspec.Raw()
 
 
 _envelope = msgspec.json.Decoder(_Envelope)
-_batch = msgspec.json.Decoder(Batch)
 _event = msgspec.json.Decoder(Event)
+# The batch's own fields, with their types in `Batch`: (wire name, decoder) by attribute.
+_BATCH_FIELDS: dict[str, tuple[str, msgspec.json.Decoder[Any]]] = {
+    field.name: (field.encode_name, msgspec.json.Decoder(field.type))
+    for field in msgspec.structs.fields(Batch)
+    if field.name != "batch"
+}
 
 
 def decode_body(body: bytes, max_batch: int = MAX_BATCH) -> Decoded:
@@ -90,7 +102,9 @@ def decode_body(body: bytes, max_batch: int = MAX_BATCH) -> Decoded:
             f"a batch holds at most {max_batch} events; this one has {len(envelope.batch)}",
             "/batch",
         )
-    batch = _read_json(body, _batch)
+    batch = Batch(envelope.batch, **{
+        name: _batch_field(getattr(envelope, name), name) for name in _BATCH_FIELDS
+    })  # fmt: skip
     defaults = _batch_context(batch)
     _check_batch_fields(batch, defaults)
     decoded = Decoded([], [], batch.write_key)
@@ -252,6 +266,17 @@ def _read_json(body: bytes, decoder: msgspec.json.Decoder[Any]) -> Any:
         raise BodyError(400, "invalid-body", detail, _pointer(None, path)) from None
     except msgspec.DecodeError as exc:
         raise BodyError(400, "malformed-json", f"the body is not valid JSON: {exc}") from None
+
+
+def _batch_field(raw: msgspec.Raw, name: str) -> Any:
+    if not raw:
+        return None
+    wire_name, decoder = _BATCH_FIELDS[name]
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        detail, path = _split_msgspec_error(str(exc))
+        raise BodyError(400, "invalid-body", detail, _pointer(None, [wire_name, *path])) from None
 
 
 def _batch_context(batch: Batch) -> Context | None:

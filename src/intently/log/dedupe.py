@@ -51,13 +51,15 @@ class MessageIdWindow:
         if expire and received_ms > self._watermark:
             self._watermark = received_ms
             self._expire()
-        previous = self._seen.get(message_id)
-        if previous is not None and abs(received_ms - previous) < self.window_ms:
-            return False
-        self._seen.pop(message_id, None)
-        self._seen[message_id] = received_ms
-        if len(self._seen) > self.max_entries:
-            self._seen.popitem(last=False)
+        seen = self._seen
+        previous = seen.get(message_id)
+        if previous is not None:
+            if abs(received_ms - previous) < self.window_ms:
+                return False
+            del seen[message_id]  # seen again after the window: it moves to the end
+        seen[message_id] = received_ms
+        if len(seen) > self.max_entries:
+            seen.popitem(last=False)
         return True
 
     def discard(self, message_id: str) -> None:

@@ -78,6 +78,13 @@ def _insert_all(connection: sqlite3.Connection, values: list[object]) -> None:
             start = end
 
 
+# What the log stores of an event, in column order: messageId, received and event times
+# (epoch ms), type, anonymousId, userId, body (the encoded `EventRecord`). The pipeline
+# builds plain tuples (a NamedTuple costs ten times more to build, per event); `LogRow`
+# names the same columns for readers and tests.
+Row = tuple[str, int, int, str, str | None, str | None, bytes]
+
+
 class LogRow(NamedTuple):
     """What the log stores of an event (the body is the encoded `EventRecord`)."""
 
@@ -107,7 +114,7 @@ Done = Callable[[int, BaseException | None], None]
 
 @dataclass
 class _Append:
-    rows: Sequence[LogRow]
+    rows: Sequence[Row]
     done: Done
     # The event loop `done` runs on; None: run it on the writer thread (blocking callers).
     loop: asyncio.AbstractEventLoop | None
@@ -284,20 +291,20 @@ class EventLog(EventLogReader):
 
     # -- writing -------------------------------------------------------------------------
 
-    def append_then(self, rows: Sequence[LogRow], done: Done) -> None:
+    def append_then(self, rows: Sequence[Row], done: Done) -> None:
         """Append `rows`; once they are durable (or failed), call `done(first_seq, error)`
         on the calling event loop. Appends that commit together are told in one callback
         of the loop, in commit order: a thread-safe wake-up per request, and a future with
         callbacks per request, cost more than the rest of an append."""
         self._enqueue(_Append(rows, done, asyncio.get_running_loop()))
 
-    def append(self, rows: Sequence[LogRow]) -> asyncio.Future[int]:
+    def append(self, rows: Sequence[Row]) -> asyncio.Future[int]:
         """`append_then` as a future resolving to the seq of the first row."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.append_then(rows, partial(_settle, future))
         return future
 
-    def append_sync(self, rows: Sequence[LogRow]) -> int:
+    def append_sync(self, rows: Sequence[Row]) -> int:
         """Blocking `append`, for tools outside an event loop."""
         future: ThreadFuture[int] = ThreadFuture()
 
