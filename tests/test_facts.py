@@ -74,3 +74,45 @@ def test_facts_of_a_record_logged_without_its_time_in_ms_compute_it() -> None:
     old = EventRecord(event, Enrichment(referrer=Referrer("direct")))
     new = EventRecord(event, Enrichment(referrer=Referrer("direct")), at_ms=2194599673601)
     assert facts_of(old).at_ms == facts_of(new).at_ms == 2194599673601
+
+
+# -- the ingest shortcut for e-commerce validation ----------------------------------------
+
+edge_strings = st.one_of(
+    st.text(max_size=3), st.sampled_from(["", "x" * 256, "x" * 257, "y" * 2048, "y" * 2049]),
+    st.sampled_from(["z" * 8192, "z" * 8193, "é" * 256, "é" * 257]),
+)  # fmt: skip
+edge_numbers = st.one_of(
+    st.integers(-3, 3), st.sampled_from([10**6, 10**6 + 1, 10**12, 10**12 + 1, 2**70, -(2**70)]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([1e12, 1e12 + 1, -0.0, 0.5, 2.0, 7.25]),
+    st.booleans(),
+)  # fmt: skip
+any_value = st.one_of(edge_strings, edge_numbers, st.none(), st.lists(st.integers(), max_size=2))
+product_keys = st.sampled_from(
+    ["product_id", "sku", "category", "name", "brand", "variant", "coupon", "url", "image_url",
+     "price", "quantity", "position", "color", "query", "revenue", "products"]
+)  # fmt: skip
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.dictionaries(product_keys, any_value, max_size=6))
+def test_the_validation_shortcut_never_accepts_what_the_schema_refuses(
+    sent: dict[str, Any],
+) -> None:
+    from intently.events.ecommerce import surely_valid
+
+    event = TrackEvent(event="Product Viewed", properties=sent)
+    if surely_valid(event):
+        commerce_properties(event)  # raises if the schema refuses them
+
+
+def test_the_validation_shortcut_takes_what_clients_usually_send() -> None:
+    from intently.events.ecommerce import surely_valid
+
+    usual = {"product_id": "p1", "sku": "SKU-1", "category": "running", "name": "Shoe",
+             "brand": "Acme", "price": 89.9, "quantity": 1, "url": "https://s/p1",
+             "color": "red"}  # fmt: skip
+    assert surely_valid(TrackEvent(event="Product Viewed", properties=usual))
+    assert not surely_valid(TrackEvent(event="Product Viewed", properties={"price": "89.9"}))
+    assert not surely_valid(TrackEvent(event="Order Completed", properties={"revenue": 1.0}))

@@ -113,3 +113,51 @@ def commerce_properties(event: TrackEvent) -> CommerceProperties:
     9.5
     """
     return msgspec.convert(event.properties, CommerceProperties, strict=False)
+
+
+# The `Product` fields a one-product event usually sends, with what the schema accepts for
+# each in the types decoded JSON holds as they are (no conversion): (types, bounds), the
+# bounds being string lengths or number ranges, as in the annotations above.
+_STRING, _INTEGER, _NUMBER = (str,), (int,), (int, float)
+_PRODUCT_CHECKS: dict[str, tuple[tuple[type, ...], float, float]] = {
+    "product_id": ((str, int), 1, 256),  # an int id has no bounds (checked below)
+    "sku": (_STRING, 1, 256),
+    "category": (_STRING, 0, 2048),
+    "name": (_STRING, 0, 2048),
+    "brand": (_STRING, 0, 256),
+    "variant": (_STRING, 0, 256),
+    "coupon": (_STRING, 0, 256),
+    "url": (_STRING, 0, 8192),
+    "image_url": (_STRING, 0, 8192),
+    "price": (_NUMBER, 0, 1e12),
+    "quantity": (_INTEGER, 0, 1_000_000),
+    "position": (_INTEGER, 0, 1_000_000),
+}
+_TYPED_FIELDS = frozenset(
+    field.encode_name for field in msgspec.structs.fields(CommerceProperties)
+)
+
+
+def surely_valid(event: TrackEvent) -> bool:
+    """True when the properties are certainly accepted by `commerce_properties` without
+    building the typed struct: only product fields, each of a JSON type the schema takes
+    as is and within its bounds (the common one-product event). False means "not certain":
+    the caller converts with the schema, which decides and names the field at fault."""
+    for key, value in event.properties.items():
+        check = _PRODUCT_CHECKS.get(key)
+        if check is None:
+            if key in _TYPED_FIELDS:
+                return False  # a typed field this shortcut does not check
+            continue  # a property outside the spec: kept as sent
+        if value is None:
+            continue
+        kinds, low, high = check
+        kind = type(value)
+        if kind not in kinds:
+            return False
+        if kind is str:
+            if not low <= len(value) <= high:
+                return False
+        elif key != "product_id" and not low <= value <= high:
+            return False
+    return True

@@ -18,7 +18,7 @@ from zoneinfo import available_timezones
 import msgspec
 from msgspec import Struct
 
-from intently.events.ecommerce import commerce_properties, is_ecommerce
+from intently.events.ecommerce import commerce_properties, is_ecommerce, surely_valid
 from intently.events.limits import LimitError, check_free_form
 from intently.events.schema import (
     AliasEvent,
@@ -133,7 +133,7 @@ def decode_event(
         _check_times(event)
         _check_context(event.context)
         _check_free_form(event)
-        if isinstance(event, TrackEvent) and is_ecommerce(event):
+        if isinstance(event, TrackEvent) and is_ecommerce(event) and not surely_valid(event):
             try:
                 commerce_properties(event)
             except msgspec.ValidationError as exc:
