@@ -69,6 +69,8 @@ class Membership:
         return shape
 
     def __call__(self, profile: Profile, facts: Facts | None, changes: Changes) -> None:
+        if not self._defined and not profile.segments:
+            return  # no segment at all: nothing to evaluate, nothing to leave
         if facts is None:  # the session ended: what reads the session may change
             topics = SESSION_BOUNDARY
             at_ms = profile.last_ms
