@@ -133,9 +133,7 @@ _PRODUCT_CHECKS: dict[str, tuple[tuple[type, ...], float, float]] = {
     "quantity": (_INTEGER, 0, 1_000_000),
     "position": (_INTEGER, 0, 1_000_000),
 }
-_TYPED_FIELDS = frozenset(
-    field.encode_name for field in msgspec.structs.fields(CommerceProperties)
-)
+_TYPED_FIELDS = frozenset(field.encode_name for field in msgspec.structs.fields(CommerceProperties))
 
 
 def surely_valid(event: TrackEvent) -> bool:
