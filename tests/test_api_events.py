@@ -149,6 +149,8 @@ async def test_numeric_strings_are_accepted_for_commerce_numbers(
             None,
         ),
         (b'{"batch": [], "sentAt": "noon"}', "invalid-body", "/sentAt"),
+        (b'{"batch": [], "context": {"a": "\xff"}}', "invalid-utf8", "/context"),
+        (b'{"batch": [], "writeKey": "\xff"}', "invalid-utf8", "/writeKey"),
     ],
 )
 async def test_unreadable_bodies_are_400(

@@ -648,7 +648,8 @@ def expressions_over_every_field() -> list[str]:
                       f'{name} in ["deep", "browsing", "newsletter||spring"]',
                       f'{name} not in ["unknown"]', f'"i" not in {name}']  # fmt: skip
         elif kind == "list":
-            found += [f'"p1" in {name}', f'"shoes" not in {name}']
+            found += [f'"p1" in {name}', f'"shoes" not in {name}', f"{name} == []",
+                      f'{name} != ["p1"]']  # fmt: skip
         elif kind == "bool":
             found += [name, f"not {name}", f"{name} == true", f"{name} != false"]
         if field["nullable"]:

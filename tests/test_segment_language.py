@@ -4,11 +4,13 @@ style of Apache Unomi's CVE-2020-13942 (OGNL/MVEL injection through conditions).
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from intently.context.facts import Line
+from intently.context.facts import Facts, Line
 from intently.context.profile import Profile, ProfileRules
 from intently.context.session import Session
 from intently.context.settings import ContextSettings
@@ -189,6 +191,9 @@ FUSED_EXPRESSIONS = [
     "session.cart.value / 0 > 1",
     "session.cart.value * 2 + 1 > 50",
     "session.events + 1 == 3",
+    "session.cart.products == []",
+    'session.cart.products != ["p1"]',
+    'profile.traits.tier == ["a"]',
     "profile.traits.age * 2 >= 60",
     "profile.traits.vip == true",
     "profile.traits.vip != true",
@@ -245,3 +250,33 @@ def test_fused_evaluation_agrees_with_each_segment_on_its_own(
     assert fused(profile, NOW, []) == expected
     everything = [name for name, _ in compiled]
     assert fused(profile, NOW, everything) == [n for n in everything if n not in expected]
+
+
+def test_a_field_that_cannot_be_read_leaves_the_other_segments_evaluated(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Fused evaluation reads every field first; if one read raises (a bug), the
+    candidates are evaluated one by one: that segment holds no one, the others go on."""
+    from intently.segments.membership import Membership
+    from intently.segments.registry import SegmentRegistry, SegmentSpec
+    from intently.stores.protocol import Changes
+
+    rules = ProfileRules(ContextSettings())
+    catalog = FieldCatalog(rules)
+
+    def broken(_p: object, _n: int) -> dict[str, object]:
+        raise OverflowError("a bug")
+
+    rules.scores = broken  # type: ignore[method-assign]
+    registry = SegmentRegistry(catalog, tmp_path, None)
+    registry.define("active", SegmentSpec("session.events >= 1"))
+    registry.define("likely", SegmentSpec("profile.scores.purchase_propensity > 0.01"))
+    membership = Membership(registry, rules)
+    profile = person(events=1)
+    profile.sessions = 1  # a new profile's first event: every segment is a candidate
+    facts = Facts(kind="page", at_ms=NOW, anonymous_id="a", user_id=None)
+    membership(profile, facts, Changes(1))
+    assert profile.segments == ["active"]
+    del rules.scores  # readable again: evaluated again
+    membership(profile, facts, Changes(2))
+    assert sorted(profile.segments) == ["active", "likely"]

@@ -119,3 +119,34 @@ def test_a_profile_changed_before_its_turn_is_written_as_it_was_at_the_cut(
         store.close()
     finally:
         embedded._ENCODE_PER_COMMIT = original
+
+
+def test_a_failed_write_goes_into_the_next_one(tmp_path: Path) -> None:
+    """A write that fails (disk full, say) loses nothing: what it held is written with the
+    next one, and the position recorded never runs ahead of what is on disk."""
+    store = EmbeddedStore(tmp_path / "state.db", flush_seconds=0)
+    real_write = store._write
+    failures = [OSError("disk full")]
+
+    def failing_once(batch: embedded._Batch) -> None:
+        if failures:
+            raise failures.pop()
+        real_write(batch)
+
+    store._write = failing_once  # type: ignore[method-assign]
+    expected: dict[str, bytes] = {}
+    for seq, name in enumerate(["a", "b", "a", "c", "b"], 1):
+        changes = Changes(seq)
+        profile = store.get(name) or RULES.new(name, seq)
+        profile.last_ms = seq
+        changes.put(profile)
+        store.commit(changes)
+        expected = snapshot(store)
+        if store._writing is not None:
+            embedded.futures_wait([store._writing])
+    assert not failures  # the first background write did fail
+    store.flush()
+    applied, rows = persisted(tmp_path / "state.db")
+    assert applied == 5
+    assert rows == expected
+    store.close()

@@ -12,6 +12,7 @@ request that starts after the acknowledgement reads its effect.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from functools import partial
@@ -58,6 +59,7 @@ class IngestResult(Struct, omit_defaults=True):
     rejected: list[FieldError] = msgspec.field(default_factory=list)
 
 
+log = logging.getLogger(__name__)
 _encode = msgspec.json.Encoder().encode
 _NO_CLIENT = ClientInfo()
 
@@ -162,8 +164,10 @@ class Pipeline:
         # Each waiter belongs to this request alone: a request cancelled while it waits
         # (client gone, shutdown) cancels only its waiter, never the append, which the log
         # goes on to commit and the state stages go on to apply.
-        for waiter in waits:
-            await waiter
+        if len(waits) == 1:
+            await waits[0]
+        elif waits:  # several appends (retries of events in flight): every outcome read
+            await asyncio.gather(*waits)
         return IngestResult(accepted=len(records), duplicates=duplicates)
 
     def _committed(
@@ -188,7 +192,11 @@ class Pipeline:
             for offset, record in enumerate(records):
                 record.seq = first_seq + offset
             for sink in self.sinks:
-                sink.apply_many(records)
+                try:
+                    sink.apply_many(records)
+                except Exception:  # a bug in one sink: the others still see the events
+                    log.exception("%s failed on log positions %d-%d", type(sink).__name__,
+                                  first_seq, first_seq + len(records) - 1)  # fmt: skip
         finally:
             for waiter in waiters:
                 if waiter.done():  # its request was cancelled

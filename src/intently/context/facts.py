@@ -22,7 +22,12 @@ import msgspec
 from msgspec import Struct
 
 from intently.clock import epoch_ms
-from intently.events.ecommerce import CommerceProperties, Product, commerce_properties
+from intently.events.ecommerce import (
+    CommerceProperties,
+    Product,
+    commerce_properties,
+    surely_valid,
+)
 from intently.events.record import EventRecord
 from intently.events.schema import (
     EVENT_TYPES,
@@ -183,7 +188,11 @@ def _read_track(event: TrackEvent, facts: Facts) -> None:
         return
     if not name[:1].isupper() or name not in _COMMERCE_READERS:
         return
-    if name in _ONE_PRODUCT and _read_one_product(name, event.properties, facts):
+    if (
+        name in _ONE_PRODUCT
+        and surely_valid(event)  # log history may predate today's checks
+        and _read_one_product(name, event.properties, facts)
+    ):
         return
     try:
         properties = commerce_properties(event)

@@ -231,7 +231,7 @@ class ProfileRules:
             "engagement": 0.3 * math.log1p(session.evidence) if session is not None else 0.0,
             "struggle": -0.4 * _struggles(session) if session is not None else 0.0,
         }
-        propensity = 1.0 / (1.0 + math.exp(-sum(terms.values())))
+        propensity = _logistic(sum(terms.values()))
         expected_return = (
             profile.session_gap_ms / (profile.sessions - 1)
             if profile.sessions > 1 and profile.session_gap_ms > 0
@@ -316,6 +316,15 @@ class ProfileRules:
             "blended": self.blended(profile, now_ms),
             "session": None if session is None else self.sessions.describe(session, now_ms),
         }
+
+
+def _logistic(z: float) -> float:
+    """1 / (1 + e^-z), without overflowing for a large negative z (thousands of rage
+    clicks make the struggle term that large)."""
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
 
 
 def _latest(a: int | None, b: int | None) -> int | None:

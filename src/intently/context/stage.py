@@ -53,24 +53,34 @@ class ContextStage:
         self.watermark_ms = store.watermark_ms
         self._next_sweep = _next_sweep_after(store.applied_seq)
         self.applied = 0
+        self.failed = 0  # events whose step raised (logged)
 
     # -- the pipeline step -------------------------------------------------------------------
 
     def apply_many(self, records: Sequence[EventRecord]) -> None:
         for record in records:
-            self.apply(record)
+            try:
+                self.apply(record)
+            except Exception:  # a bug: the next events are still applied
+                self.failed += 1
+                log.exception("applying the event at log position %d failed", record.seq)
 
     def apply(self, record: EventRecord) -> None:
         facts = facts_of(record)
         if facts.at_ms > self.watermark_ms:
             self.watermark_ms = facts.at_ms
-        changes = Changes(record.seq, watermark_ms=self.watermark_ms)
-        profile = self.identity.profile_for(facts, changes)
-        self.rules.apply(profile, facts)
-        changes.put(profile)
-        for hook in self.hooks:
-            hook(profile, facts, changes)
-        self.store.commit(changes)
+        changes = Changes(record.seq, self.watermark_ms)
+        try:
+            profile = self.identity.profile_for(facts, changes)
+            self.rules.apply(profile, facts)
+            changes.put(profile)
+            for hook in self.hooks:
+                hook(profile, facts, changes)
+        finally:
+            # Even when a step failed half-way (a bug), what it changed is committed: a
+            # replay of the log fails the same way at the same place, so the state kept
+            # in memory, the state written and the state rebuilt stay the same.
+            self.store.commit(changes)
         self.applied += 1
         if record.seq >= self._next_sweep:
             self._next_sweep = _next_sweep_after(record.seq)

@@ -52,7 +52,9 @@ class Enricher:
         self._ip_mode: IpMode = ip_mode
         # A visitor's events repeat the client (address, browser) and often the page and
         # referrer: one cached lookup each instead of several.
-        self._client = lru_cache(maxsize=65_536)(self._client_uncached)
+        # Bounded like the user-agent cache it sits on: its keys hold user agents (up to
+        # 8 KB each), so 16 K entries bound it to about 130 MB even with hostile input.
+        self._client = lru_cache(maxsize=16_384)(self._client_uncached)
         self._visit = lru_cache(maxsize=16_384)(self._visit_uncached)
 
     def __call__(

@@ -277,6 +277,10 @@ def _batch_field(raw: msgspec.Raw, name: str) -> Any:
     except msgspec.ValidationError as exc:
         detail, path = _split_msgspec_error(str(exc))
         raise BodyError(400, "invalid-body", detail, _pointer(None, [wire_name, *path])) from None
+    except UnicodeDecodeError:  # the envelope keeps these raw, unchecked
+        raise BodyError(400, "invalid-utf8", _NOT_UTF8, f"/{wire_name}") from None
+    except RecursionError:
+        raise BodyError(400, "too-deep", _TOO_DEEP, f"/{wire_name}") from None
 
 
 def _batch_context(batch: Batch) -> Context | None:

@@ -399,7 +399,8 @@ class EventLog(EventLogReader):
                 try:
                     # (busy, frames in the WAL since it last started over, frames copied)
                     _, frames, _ = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                except sqlite3.OperationalError:  # busy: try again next time
+                except sqlite3.Error:  # busy, or worse: logged, tried again next time
+                    log.warning("checkpoint of %s failed", self.path, exc_info=True)
                     continue
                 if frames * page_size > self._wal_restart_bytes:
                     self._restart_wal = True
@@ -505,7 +506,8 @@ def _notify(group: list[_Append], error: BaseException | None) -> None:
         try:
             loop.call_soon_threadsafe(_run_done, items, error)
         except RuntimeError:
-            log.warning("an append's event loop is closed; its rows are stored", exc_info=True)
+            log.warning("an append's event loop is closed; it was not told of its commit",
+                        exc_info=True)  # fmt: skip
 
 
 def _run_done(items: list[_Append], error: BaseException | None) -> None:
@@ -513,7 +515,8 @@ def _run_done(items: list[_Append], error: BaseException | None) -> None:
         try:
             item.done(0 if error is not None else item.first_seq, error)
         except Exception:  # one caller's failure is not the others'
-            log.exception("an append's completion failed; its rows are stored")
+            log.exception("an append's completion failed (its commit %s)",
+                          "failed" if error is not None else "succeeded")  # fmt: skip
 
 
 def _settle(future: asyncio.Future[int], first_seq: int, error: BaseException | None) -> None:

@@ -512,8 +512,9 @@ def _guard(node: Node, kind: Type | None, fallback: str, x: str) -> str:
 
 
 def _emit_equals(left: Node, constant: Any, negate: bool) -> Emit | None:
-    """`field == constant` as source (the value is read once into a local)."""
-    if left.field is None:
+    """`field == constant` as source (the value is read once into a local); None (the
+    closure is called) for a list constant."""
+    if left.field is None or not (constant is None or type(constant) in (str, int, float, bool)):
         return None
     test = "is not" if negate else "is"
 

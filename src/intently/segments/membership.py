@@ -5,6 +5,7 @@ handed to listeners (webhooks, metrics).
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable
 from typing import NamedTuple
@@ -17,6 +18,8 @@ from intently.segments.lang import Compiled
 from intently.segments.registry import Segment, SegmentRegistry
 from intently.stores.protocol import Changes
 
+log = logging.getLogger(__name__)
+
 # A profile entered or left a segment. `seq` is the log position of the event that caused
 # it (0 when a definition changed): with profile, segment and direction, a unique id.
 Transition = SegmentChange
@@ -28,6 +31,7 @@ Listener = Callable[[Segment, Transition], None]
 class _Shape(NamedTuple):
     segments: dict[str, Segment]  # the candidates, by name
     fused: Fused | None  # None: no candidates
+    compiled: list[tuple[str, Compiled]]  # the candidates, in order (see _one_by_one)
 
 
 class Membership:
@@ -44,6 +48,7 @@ class Membership:
         # by name and one fused function evaluating them all (see fused.py).
         self._shapes: dict[int, _Shape] = {}
         self._defined: frozenset[str] = frozenset()
+        self._failed: set[int] = set()  # shapes whose fused evaluation raised (logged once)
         self.reindex()
 
     def reindex(self) -> None:
@@ -64,7 +69,9 @@ class Membership:
                     seen[entry[0].name] = entry
         candidates = list(seen.values())
         fused = fuse([(s.name, c) for s, c in candidates], self.registry.catalog) if seen else None
-        shape = _Shape({s.name: s for s, _ in candidates}, fused)
+        shape = _Shape(
+            {s.name: s for s, _ in candidates}, fused, [(s.name, c) for s, c in candidates]
+        )
         self._shapes[topics] = shape
         return shape
 
@@ -97,7 +104,15 @@ class Membership:
         if shape.fused is not None:
             candidates = shape.segments
             self.evaluations += len(candidates)
-            flips = shape.fused(profile, at_ms, current)
+            try:
+                flips = shape.fused(profile, at_ms, current)
+            except Exception:
+                # A field that cannot be read (a bug) must not stop ingestion, nor take
+                # the other segments with it: evaluate them one by one.
+                if topics not in self._failed:
+                    self._failed.add(topics)
+                    log.exception("fused segment evaluation failed; evaluating one by one")
+                flips = _one_by_one(shape.compiled, profile, at_ms, current)
             if flips:
                 # Entries first, then exits, each in candidate order.
                 exits = [name for name in flips if name in current]
@@ -134,7 +149,7 @@ class Membership:
         moved = 0
         for profile in profiles:
             personal = self.rules.consents(profile, "personalization")
-            inside = personal and compiled.matches(profile, now_ms)
+            inside = personal and _matches(compiled, profile, now_ms)
             if inside != (segment.name in profile.segments):
                 self._move(profile, segment, inside, now_ms, changes)
                 moved += 1
@@ -157,3 +172,24 @@ class Membership:
 
     def count_members(self, profiles: list[Profile]) -> None:
         self.members = Counter(name for p in profiles for name in p.segments)
+
+
+def _matches(compiled: Compiled, profile: Profile, at_ms: int) -> bool:
+    """Whether the profile is in the segment; a segment whose fields cannot be read (a
+    bug, logged) holds no one."""
+    try:
+        return compiled.matches(profile, at_ms)
+    except Exception:
+        log.exception("a segment could not be evaluated: %s", compiled.source)
+        return False
+
+
+def _one_by_one(
+    candidates: list[tuple[str, Compiled]], profile: Profile, at_ms: int, current: list[str]
+) -> list[str]:
+    """What the fused function returns, one segment at a time."""
+    return [
+        name
+        for name, compiled in candidates
+        if _matches(compiled, profile, at_ms) is not (name in current)
+    ]

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,7 @@ class EmbeddedStore:
         self._cut: _Cut | None = None  # being encoded
         self._writing: Future[None] | None = None
         self._in_flight: _Batch | None = None  # the batch the writer thread is writing
+        self._submitted: _Batch | None = None  # the batch of `_writing`, until it is done
         self._lock = threading.Lock()  # one SQLite transaction at a time
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -118,6 +120,9 @@ class EmbeddedStore:
         self._writer = ThreadPoolExecutor(
             1, thread_name_prefix="intently-state-writer", initializer=lower_priority
         )
+        # Reads on the caller's thread get their own connection: a WAL reader never waits
+        # for the writer (which runs at a lower CPU priority and holds `_lock` for a write).
+        self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -141,7 +146,9 @@ class EmbeddedStore:
 
     def segment_history(self, profile_id: str, limit: int) -> list[SegmentChange]:
         # Written rows, plus what waits for (or is in) the next write; a merge not yet
-        # written means the absorbed profile's rows still carry its old id.
+        # written means the absorbed profile's rows still carry its old id. The pending
+        # parts are taken before the rows are read: a batch committed in between is then
+        # in both, and kept once.
         cut = self._cut
         batches = [b for b in (self._in_flight, cut.batch if cut else None) if b is not None]
         pending = [c for b in batches for c in b.transitions] + self._transitions
@@ -151,14 +158,17 @@ class EmbeddedStore:
             if into in ids:
                 ids.add(old)
         marks = ",".join("?" * len(ids))
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT profile_id, segment, entered, at_ms, seq FROM segment_changes"  # noqa: S608
-                f" WHERE profile_id IN ({marks}) ORDER BY at_ms DESC, rowid DESC LIMIT ?",
-                (*ids, limit),
-            ).fetchall()
+        rows = self._reader.execute(
+            "SELECT profile_id, segment, entered, at_ms, seq FROM segment_changes"  # noqa: S608
+            f" WHERE profile_id IN ({marks}) ORDER BY at_ms DESC, rowid DESC LIMIT ?",
+            (*ids, limit),
+        ).fetchall()
         found = [SegmentChange(p, s, bool(e), a, q) for p, s, e, a, q in reversed(rows)]
-        found.extend(c for c in pending if c.profile_id in ids)
+        written = {(c.segment, c.entered, c.at_ms, c.seq) for c in found}
+        found.extend(
+            c for c in pending
+            if c.profile_id in ids and (c.segment, c.entered, c.at_ms, c.seq) not in written
+        )  # fmt: skip
         found.sort(key=lambda change: change.at_ms)  # stable: equal times keep their order
         return found[-limit:]
 
@@ -280,7 +290,7 @@ class EmbeddedStore:
                 batch.profiles.append((profile_id, _encode(profile)))
         if not unencoded and self._writer_idle():
             self._cut = None
-            batch = self._in_flight = cut.batch
+            batch = self._in_flight = self._submitted = cut.batch
             self._writing = self._writer.submit(self._write, batch)
 
     def _start_cut(self) -> None:
@@ -293,23 +303,47 @@ class EmbeddedStore:
             return True
         if not writing.done():
             return False  # the previous write is still on disk; this one waits its turn
-        self._writing = None
-        writing.result()  # surface a failed write
+        self._finished(writing)
         return True
+
+    def _finished(self, writing: Future[None]) -> None:
+        """Settle a background write; a failed one goes back into the next (logged)."""
+        self._writing = None
+        failed, self._submitted = self._submitted, None
+        error = writing.exception()
+        if error is not None and failed is not None:
+            log.error("writing state failed (%s); it is retried with the next write", error)
+            self._requeue(failed)
+
+    def _requeue(self, batch: _Batch) -> None:
+        """Mark what a failed write held as changed again, so a later write holds it (the
+        current state of those profiles and links; its entries and exits, first)."""
+        self._dirty.update(profile_id for profile_id, _ in batch.profiles)
+        self._dirty.update(batch.removed)
+        self._dirty_links.update(key for key, _ in batch.links)
+        self._dirty_links.update(batch.unlinked)
+        self._transitions = batch.transitions + self._transitions
+        self._merged = batch.merged + self._merged
 
     def flush(self) -> None:
         if self._writing is not None:
-            self._writing.result()
-            self._writing = None
+            futures_wait([self._writing])
+            self._finished(self._writing)
         # The open cut first, then one of everything since: written in order.
-        for cut in (self._cut, self._take_cut()):
-            if cut is None:
-                continue
-            self._cut = None
-            while cut.unencoded:
-                self._encode(cut, next(iter(cut.unencoded)))
-            self._in_flight = cut.batch
+        if self._cut is not None:
+            cut, self._cut = self._cut, None
+            self._write_now(cut)
+        self._write_now(self._take_cut())
+
+    def _write_now(self, cut: _Cut) -> None:
+        while cut.unencoded:
+            self._encode(cut, next(iter(cut.unencoded)))
+        self._in_flight = cut.batch
+        try:
             self._write(cut.batch)
+        except BaseException:
+            self._requeue(cut.batch)
+            raise
 
     def _write(self, batch: _Batch) -> None:
         with self._lock:
@@ -371,6 +405,7 @@ class EmbeddedStore:
             with self._lock:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
+            self._reader.close()
             self._db.close()
 
     def _load(self) -> None:
