@@ -245,3 +245,32 @@ def test_skew_correction_never_overflows_in_range(timestamp: str, sent_at: str) 
     assert event is not None
     stamp(event, datetime(2026, 11, 23, tzinfo=UTC))
     assert event.timestamp is not None
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.dictionaries(
+        st.one_of(st.text(max_size=4), st.sampled_from(["k" * 256, "k" * 257])),
+        st.one_of(
+            st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
+            st.text(max_size=8), st.sampled_from(["s" * 16_384, "s" * 16_385]),
+            st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=2), st.none()),
+        ),
+        max_size=6,
+    )
+)  # fmt: skip
+def test_the_flat_map_shortcut_judges_like_the_walk(value: dict[str, object]) -> None:
+    """Knowing the size of the JSON a map came from lets flat maps skip the walk: the
+    verdict is the walk's either way."""
+    from intently.events.limits import LimitError, check_free_form
+
+    size = len(json.dumps(value).encode())
+
+    def verdict(source_size: int | None) -> str | None:
+        try:
+            check_free_form(value, ["properties"], source_size)
+        except LimitError as error:
+            return error.detail
+        return None
+
+    assert (verdict(size) is None) == (verdict(None) is None)

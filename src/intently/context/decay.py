@@ -55,9 +55,11 @@ class DecayedScores:
         """Add `weight` of interest in `category` and `brand` (either may be None)."""
         if category is None and brand is None:
             return
-        if (at_ms - owner.affinity_base_ms) / self.half_life_ms > _MAX_EXPONENT:
+        exponent = (at_ms - owner.affinity_base_ms) / self.half_life_ms
+        if exponent > _MAX_EXPONENT:
             self._rebase(owner, at_ms)
-        scaled = weight * 2.0 ** ((at_ms - owner.affinity_base_ms) / self.half_life_ms)
+            exponent = 0.0  # the base is now `at_ms`
+        scaled = weight * 2.0**exponent
         if category is not None:
             if owner.categories is None:
                 owner.categories = {}

@@ -24,9 +24,30 @@ class LimitError(ValueError):
         self.detail = detail
 
 
-def check_free_form(value: Any, path: list[str | int]) -> None:
-    """Raise `LimitError` at the first place `value` breaks a bound."""
+def check_free_form(value: Any, path: list[str | int], source_size: int | None = None) -> None:
+    """Raise `LimitError` at the first place `value` breaks a bound. `source_size`, the
+    length of the JSON the value was decoded from, if known, lets a flat map be checked
+    without a walk (no string can be longer than the text it came from)."""
+    if (
+        source_size is not None
+        and source_size <= MAX_STRING
+        and type(value) is dict
+        and _flat(value)
+    ):
+        return  # most properties: a few strings and numbers under short keys
     _walk(value, path, 0)
+
+
+_FLAT = frozenset({str, int, float, bool, type(None)})
+
+
+def _flat(value: dict[str, Any]) -> bool:
+    """No nesting, few keys, short keys (checked without a Python loop)."""
+    return (
+        len(value) <= MAX_KEYS
+        and _FLAT.issuperset(map(type, value.values()))
+        and max(map(len, value), default=0) <= 256
+    )
 
 
 def _walk(value: Any, path: list[str | int], depth: int) -> None:

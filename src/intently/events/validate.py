@@ -132,7 +132,7 @@ def decode_event(
         _check_identity(event)
         _check_times(event)
         _check_context(event.context)
-        _check_free_form(event)
+        _check_free_form(event, len(raw))
         if isinstance(event, TrackEvent) and is_ecommerce(event) and not surely_valid(event):
             try:
                 commerce_properties(event)
@@ -226,11 +226,11 @@ def _timezones() -> frozenset[str]:
     return frozenset(available_timezones())
 
 
-def _check_free_form(event: Event) -> None:
+def _check_free_form(event: Event, source_size: int | None = None) -> None:
     if isinstance(event, IdentifyEvent):
-        check_free_form(event.traits, ["traits"])
+        check_free_form(event.traits, ["traits"], source_size)
     elif not isinstance(event, AliasEvent):
-        check_free_form(event.properties, ["properties"])
+        check_free_form(event.properties, ["properties"], source_size)
     if event.integrations is not None:
         check_free_form(event.integrations, ["integrations"])
     context = event.context
