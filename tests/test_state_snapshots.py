@@ -150,3 +150,26 @@ def test_a_failed_write_goes_into_the_next_one(tmp_path: Path) -> None:
     assert applied == 5
     assert rows == expected
     store.close()
+
+
+def test_ticks_write_what_a_burst_left_when_no_event_follows(tmp_path: Path) -> None:
+    original = embedded._ENCODE_PER_COMMIT
+    embedded._ENCODE_PER_COMMIT = 0  # commits alone never finish a cut here
+    try:
+        store = EmbeddedStore(tmp_path / "state.db", flush_seconds=0)
+        for seq in range(1, 101):
+            changes = Changes(seq)
+            changes.put(RULES.new(f"p{seq}", seq))
+            store.commit(changes)
+        expected = snapshot(store)
+        assert persisted(tmp_path / "state.db")[0] < 100  # the burst is not all written
+        for _ in range(3):  # a cut of the rest, encoded and written, by ticks alone
+            store.tick()
+            if store._writing is not None:
+                embedded.futures_wait([store._writing])
+        applied, rows = persisted(tmp_path / "state.db")
+        assert applied == 100
+        assert rows == expected
+        store.close()
+    finally:
+        embedded._ENCODE_PER_COMMIT = original

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -23,6 +25,7 @@ from intently.api.segments import delete_segment, get_segment, list_segments, pu
 from intently.engine import Engine
 
 _encode = msgspec.json.Encoder().encode
+log = logging.getLogger(__name__)
 
 
 async def health(request: Request) -> Response:
@@ -46,6 +49,16 @@ async def bench_hello(request: Request) -> Response:
     return Response(b'{"hello":"world"}', media_type="application/json")
 
 
+async def _tick(engine: Engine, seconds: float = 1.0) -> None:
+    """The store's background work, on the event loop (where commits run), each second."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            engine.store.tick()
+        except Exception:  # logged; the next tick tries again
+            log.exception("the state store's periodic work failed")
+
+
 def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
     """The HTTP API over `engine`. With `close_engine`, the app closes it on shutdown."""
 
@@ -54,9 +67,11 @@ def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
         # Segment webhooks run while the app serves (not during start-up catch-up).
         engine.webhooks.start()
         engine.membership.listeners.append(engine.webhooks.enqueue)
+        ticking = asyncio.create_task(_tick(engine))
         try:
             yield
         finally:
+            ticking.cancel()
             engine.membership.listeners.remove(engine.webhooks.enqueue)
             await engine.webhooks.stop()
             if close_engine:

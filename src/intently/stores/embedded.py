@@ -71,8 +71,10 @@ class _Cut:
         self.unencoded = unencoded
 
 
-# Profiles encoded per committed event while a cut is open: a few microseconds each.
+# Profiles encoded per committed event while a cut is open: a few microseconds each; and
+# per tick (about a second apart, when events may have stopped): about a millisecond.
 _ENCODE_PER_COMMIT = 4
+_ENCODE_PER_TICK = 512
 
 
 class EmbeddedStore:
@@ -292,6 +294,17 @@ class EmbeddedStore:
             self._cut = None
             batch = self._in_flight = self._submitted = cut.batch
             self._writing = self._writer.submit(self._write, batch)
+
+    def tick(self) -> None:
+        """Move the write along without commits: after a burst, the state it left is
+        written within about a second even if no event follows."""
+        cut = self._cut
+        if cut is not None:
+            self._encode_some(cut, _ENCODE_PER_TICK)
+        elif time.monotonic() - self._last_flush >= self.flush_seconds and (
+            self._dirty or self._dirty_links or self._transitions or self._merged
+        ):
+            self._start_cut()
 
     def _start_cut(self) -> None:
         if self._writer_idle():

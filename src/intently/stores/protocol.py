@@ -155,6 +155,11 @@ class StateStore(Protocol):
         erasure); the future is done once nothing deleted remains readable."""
         ...
 
+    def tick(self) -> None:
+        """Background work that commits would otherwise drive (called about once a
+        second while serving, on the thread that commits): a quiet store still persists."""
+        ...
+
     def flush(self) -> None:
         """Make every committed change durable before returning."""
         ...
