@@ -18,6 +18,7 @@ from intently.context.session import (
     VIEW_WEIGHT,
     Session,
     SessionRules,
+    median_of,
 )
 from intently.context.settings import DAY_MS, ContextSettings
 
@@ -278,7 +279,7 @@ class ProfileRules:
                 for key in short_term.keys() | long_term.keys()
             }
             blended[name] = dict(sorted(mixed.items(), key=lambda kv: (-kv[1], kv[0]))[:10])
-        session_price = _median(session.prices or []) if session is not None else None
+        session_price = median_of(session.prices) if session is not None else None
         if session_price is None:
             price = profile.price_level
         elif profile.price_level is None:
@@ -343,11 +344,3 @@ def _struggles(session: Session) -> int:
 def _normalized(items: list[tuple[str, float]]) -> dict[str, float]:
     total = sum(value for _, value in items)
     return {key: value / total for key, value in items} if total > 0 else {}
-
-
-def _median(values: list[float]) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2

@@ -382,6 +382,15 @@ class SessionRules:
         }
 
 
+def median_of(values: list[float] | None) -> float | None:
+    """The median (the mean of the middle two for an even count), None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
 def cart_value(session: Session) -> float:
     cart = session.cart
     if not cart:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from intently.context.facts import CHECKOUT_STAGES, Facts
 from intently.context.profile import Profile, ProfileRules
-from intently.context.session import Session, cart_value, engagement
+from intently.context.session import Session, cart_value, engagement, median_of
 
 Type = Literal["number", "string", "bool", "list", "any", "null"]
 Getter = Callable[[Profile, int], Any]
@@ -38,13 +38,6 @@ ALL_TOPICS = (1 << len(_TOPIC_NAMES)) - 1
 _ACTIVITY, _PAGES, _PRODUCTS, _CART, _PURCHASES, _SEARCH, _SIGNALS, _WHERE, _IDENTITY, \
     _TRAITS, _CONSENT, _SESSION = (TOPIC_BITS[name] for name in _TOPIC_NAMES)  # fmt: skip
 SESSION_BOUNDARY = _SESSION
-
-
-def topic_mask(topics: frozenset[str]) -> int:
-    mask = 0
-    for topic in topics:
-        mask |= TOPIC_BITS[topic]
-    return mask
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,14 +95,6 @@ def top_keys(scores: dict[str, float] | None, count: int) -> list[str]:
         return list(scores)
     # Keys ascending, then a stable sort by score descending: ties stay by key.
     return sorted(sorted(scores), key=scores.__getitem__, reverse=True)[:count]
-
-
-def median_of(values: list[float] | None) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def _cart_count(session: Session) -> int:
