@@ -24,7 +24,7 @@ from msgspec import Struct
 from intently.clock import Clock, epoch_ms
 from intently.events.enrich import Enricher
 from intently.events.record import EventRecord, aware_utc, stamp
-from intently.events.schema import EVENT_TYPES, Consent, Context, Event
+from intently.events.schema import EVENT_TAGS, Consent, Context, Event
 from intently.events.validate import FieldError
 from intently.log.dedupe import MessageIdWindow
 from intently.log.eventlog import EventLog, Row
@@ -138,7 +138,7 @@ class Pipeline:
                         message_id,
                         received_ms,
                         at_ms,
-                        _TYPE_TAGS[type(event)],
+                        EVENT_TAGS[type(event)],
                         event.anonymous_id,
                         event.user_id,
                         _encode(record),
@@ -220,12 +220,3 @@ def _refuse(event: Event, purposes: tuple[str, ...]) -> None:
         context.consent = Consent()
     for purpose in purposes:
         context.consent.category_preferences[purpose] = False
-
-
-def _tag(event_type: type[Struct]) -> str:
-    tag = event_type.__struct_config__.tag
-    assert isinstance(tag, str)
-    return tag
-
-
-_TYPE_TAGS = {event_type: _tag(event_type) for event_type in EVENT_TYPES}

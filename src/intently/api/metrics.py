@@ -14,6 +14,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from intently.events.record import EventRecord
+from intently.events.schema import EVENT_TAGS
 from intently.events.validate import FieldError
 
 # Latency buckets from 100 us to 5 s: ingest is expected in single milliseconds.
@@ -57,8 +58,7 @@ class Metrics:
             registry=self.registry,
         )  # fmt: skip
         self._accepted_by_type = {
-            kind: self.accepted.labels(kind)
-            for kind in ("track", "page", "screen", "identify", "alias")
+            event_type: self.accepted.labels(tag) for event_type, tag in EVENT_TAGS.items()
         }
 
     def apply_many(self, records: Sequence[EventRecord]) -> None:
@@ -68,7 +68,7 @@ class Metrics:
             kind = type(record.event)
             by_type[kind] = by_type.get(kind, 0) + 1
         for kind, count in by_type.items():
-            self._accepted_by_type[kind.__struct_config__.tag].inc(count)  # type: ignore[index]
+            self._accepted_by_type[kind].inc(count)
         if records:
             self.log_seq.set(records[-1].seq)
 

@@ -30,7 +30,7 @@ from intently.events.ecommerce import (
 )
 from intently.events.record import EventRecord
 from intently.events.schema import (
-    EVENT_TYPES,
+    EVENT_TAGS,
     AliasEvent,
     IdentifyEvent,
     PageEvent,
@@ -119,7 +119,7 @@ def facts_of(record: EventRecord) -> Facts:
     local = enrichment.local
     campaign = enrichment.campaign
     facts = Facts(
-        kind=event.event if isinstance(event, TrackEvent) else _TAGS[event_type],
+        kind=event.event if isinstance(event, TrackEvent) else EVENT_TAGS[event_type],
         at_ms=record.at_ms or epoch_ms(event.timestamp),
         anonymous_id=event.anonymous_id,
         user_id=event.user_id,
@@ -158,9 +158,6 @@ def facts_of(record: EventRecord) -> Facts:
     return facts
 
 
-_TAGS: dict[type, str] = {
-    event_type: str(event_type.__struct_config__.tag) for event_type in EVENT_TYPES
-}
 _PAGE_EVENTS = (PageEvent, ScreenEvent)
 
 

@@ -144,6 +144,10 @@ EVENT_TYPES: tuple[type[Struct], ...] = (
     IdentifyEvent,
     AliasEvent,
 )
+# Each event type's `type` on the wire ("track", "page", ...), by struct type.
+EVENT_TAGS: dict[type, str] = {
+    event_type: str(event_type.__struct_config__.tag) for event_type in EVENT_TYPES
+}
 
 
 class Batch(_Wire):
