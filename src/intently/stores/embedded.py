@@ -196,18 +196,10 @@ class EmbeddedStore:
 
     def commit(self, changes: Changes) -> None:
         profiles, dirty = self._profiles, self._dirty
-        live, anonymous = self._live, self._anonymous
         for profile_id, profile in changes.profiles.items():
             profiles[profile_id] = profile
             dirty.add(profile_id)
-            # Move to the end of the activity orders (inline: this runs for every event).
-            live.pop(profile_id, None)
-            session = profile.session
-            if session is not None:
-                live[profile_id] = session.last_ms
-            anonymous.pop(profile_id, None)
-            if not profile.user_ids:
-                anonymous[profile_id] = profile.last_ms
+            self._index(profile)
         if not changes.only_profiles:
             self._commit_rest(changes)
         if changes.seq > self._applied_seq:
@@ -241,6 +233,7 @@ class EmbeddedStore:
             self._merged.extend(changes.merged.items())
 
     def _index(self, profile: Profile) -> None:
+        """Move the profile to the end of the activity orders (expiry reads them)."""
         profile_id = profile.id
         live, anonymous = self._live, self._anonymous
         live.pop(profile_id, None)
@@ -274,6 +267,7 @@ class EmbeddedStore:
         return cut
 
     def _encode(self, cut: _Cut, profile_id: str) -> None:
+        """Put one profile of the cut, as it is now, into its batch (or its removal)."""
         cut.unencoded.discard(profile_id)
         profile = self._profiles.get(profile_id)
         if profile is None:
@@ -281,16 +275,15 @@ class EmbeddedStore:
         else:
             cut.batch.profiles.append((profile_id, _encode(profile)))
 
-    def _encode_some(self, cut: _Cut, count: int) -> None:
-        unencoded, profiles, batch = cut.unencoded, self._profiles, cut.batch
+    def _encode_many(self, cut: _Cut, count: int) -> None:
+        unencoded = cut.unencoded
         for _ in range(min(count, len(unencoded))):
-            profile_id = unencoded.pop()
-            profile = profiles.get(profile_id)
-            if profile is None:
-                batch.removed.append(profile_id)
-            else:
-                batch.profiles.append((profile_id, _encode(profile)))
-        if not unencoded and self._writer_idle():
+            self._encode(cut, unencoded.pop())
+
+    def _encode_some(self, cut: _Cut, count: int) -> None:
+        """Encode up to `count` profiles of the cut; once all are, hand it to the writer."""
+        self._encode_many(cut, count)
+        if not cut.unencoded and self._writer_idle():
             self._cut = None
             batch = self._in_flight = self._submitted = cut.batch
             self._writing = self._writer.submit(self._write, batch)
@@ -349,8 +342,7 @@ class EmbeddedStore:
         self._write_now(self._take_cut())
 
     def _write_now(self, cut: _Cut) -> None:
-        while cut.unencoded:
-            self._encode(cut, next(iter(cut.unencoded)))
+        self._encode_many(cut, len(cut.unencoded))
         self._in_flight = cut.batch
         try:
             self._write(cut.batch)
