@@ -185,11 +185,8 @@ def _read_track(event: TrackEvent, facts: Facts) -> None:
         return
     if not name[:1].isupper() or name not in _COMMERCE_READERS:
         return
-    if (
-        name in _ONE_PRODUCT
-        and surely_valid(event)  # log history may predate today's checks
-        and _read_one_product(name, event.properties, facts)
-    ):
+    if name in _ONE_PRODUCT and surely_valid(event):  # log history may predate the checks
+        _read_one_product(name, event.properties, facts)
         return
     try:
         properties = commerce_properties(event)
@@ -207,37 +204,31 @@ _ONE_PRODUCT = frozenset(
 )
 
 
-def _read_one_product(name: str, properties: dict[str, Any], facts: Facts) -> bool:
-    """Fill `facts` from one product's properties; False (nothing set) when a value needs
-    the schema's conversion (a number sent as a string, say)."""
+def _read_one_product(name: str, properties: dict[str, Any], facts: Facts) -> None:
+    """Fill `facts` from one product's properties, which `surely_valid` accepted: each is
+    absent, None or of the JSON type the schema takes as is (an int price becomes the
+    float the schema makes of it)."""
     product_id = properties.get("product_id")
     price = properties.get("price")
     quantity = properties.get("quantity")
     category = properties.get("category")
     brand = properties.get("brand")
-    if type(price) is int:
-        price = float(price)
-    elif price is not None and type(price) is not float:
-        return False
-    if (
-        (quantity is not None and type(quantity) is not int)
-        or (category is not None and type(category) is not str)
-        or (brand is not None and type(brand) is not str)
-    ):
-        return False
-    if product_id is None:
-        line = None
-    elif type(product_id) is str or type(product_id) is int:
-        line = Line(str(product_id), 1 if quantity is None else quantity, price, category)
-    else:
-        return False
+    line = (
+        None
+        if product_id is None
+        else Line(
+            str(product_id),
+            1 if quantity is None else quantity,
+            None if price is None else float(price),
+            category,
+        )
+    )
     if name == "Product Viewed":
         facts.product, facts.brand = line, brand
     elif name == "Product Removed":
         facts.removed = line
     else:
         facts.added, facts.brand = line, brand
-    return True
 
 
 def _line(product: Product, quantity: int | None = None) -> Line | None:
