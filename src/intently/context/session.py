@@ -101,7 +101,7 @@ class SessionRules:
             last_ms=facts.at_ms,
             affinity_base_ms=facts.at_ms,
             campaign=_interned(facts.campaign),
-            medium=intern(facts.medium) if facts.medium is not None else None,
+            medium=_interned(facts.medium),
             source=_interned(facts.source),
         )
 

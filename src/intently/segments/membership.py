@@ -67,11 +67,9 @@ class Membership:
             if topics & bit:
                 for entry in entries:
                     seen[entry[0].name] = entry
-        candidates = list(seen.values())
-        fused = fuse([(s.name, c) for s, c in candidates], self.registry.catalog) if seen else None
-        shape = _Shape(
-            {s.name: s for s, _ in candidates}, fused, [(s.name, c) for s, c in candidates]
-        )
+        named = [(s.name, c) for s, c in seen.values()]
+        fused = fuse(named, self.registry.catalog) if named else None
+        shape = _Shape({s.name: s for s, _ in seen.values()}, fused, named)
         self._shapes[topics] = shape
         return shape
 
