@@ -5,7 +5,6 @@ together with the live session it holds.
 from __future__ import annotations
 
 import math
-from sys import intern
 from typing import Any
 
 from msgspec import Struct, field
@@ -18,6 +17,7 @@ from intently.context.session import (
     VIEW_WEIGHT,
     Session,
     SessionRules,
+    count_kind,
     median_of,
 )
 from intently.context.settings import DAY_MS, ContextSettings
@@ -111,12 +111,7 @@ class ProfileRules:
             profile.first_ms = at
         if at > profile.last_ms:
             profile.last_ms = at
-        counts = profile.counts
-        count = counts.get(facts.kind)
-        if count is not None:
-            counts[facts.kind] = count + 1
-        elif len(counts) < self.settings.max_counts:
-            counts[intern(facts.kind)] = 1  # a new key: shared with every other profile's
+        count_kind(profile.counts, facts.kind, self.settings.max_counts, lump=False)
         session = profile.session
         if session is None or self.sessions.is_over(session, facts):
             if profile.session_start_ms is not None:

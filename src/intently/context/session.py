@@ -111,7 +111,7 @@ class SessionRules:
         settings = self.settings
         at = facts.at_ms
         session.events += 1
-        _count(session.counts, facts.kind, settings.max_counts)
+        count_kind(session.counts, facts.kind, settings.max_counts)
         is_page = facts.kind in ("page", "screen")
         if is_page:
             session.pages += 1
@@ -268,7 +268,7 @@ class SessionRules:
         into.last_ms = max(into.last_ms, other.last_ms)
         into.events += other.events
         for kind, count in other.counts.items():
-            _count(into.counts, kind, settings.max_counts, count)
+            count_kind(into.counts, kind, settings.max_counts, count)
         into.pages += other.pages
         into.max_scroll = max(into.max_scroll, other.max_scroll)
         # Recent lists: the session active last contributes the most recent entries.
@@ -412,13 +412,17 @@ def engagement(session: Session) -> str:
     return "steady"
 
 
-def _count(counts: dict[str, int], kind: str, bound: int, amount: int = 1) -> None:
+def count_kind(
+    counts: dict[str, int], kind: str, bound: int, amount: int = 1, *, lump: bool = True
+) -> None:
+    """Add `amount` to `counts[kind]`, keeping at most `bound` names: beyond it, a new name
+    is lumped into "(other)" (`lump`) or not counted."""
     held = counts.get(kind)
     if held is not None:
         counts[kind] = held + amount
     elif len(counts) < bound:
-        counts[intern(kind)] = amount  # a new key: shared with every other session's
-    else:  # beyond the bound, names are lumped together rather than dropped
+        counts[intern(kind)] = amount  # a new key: shared with every other owner's
+    elif lump:
         counts["(other)"] = counts.get("(other)", 0) + amount
 
 
