@@ -1,5 +1,6 @@
-"""Reading one product's properties straight from the event gives the facts that converting
-them with the e-commerce schema gives, for every event the schema accepts."""
+"""Reading one product's properties (or a search's query) straight from the event gives the
+facts that converting them with the e-commerce schema gives, for every event the schema
+accepts."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from intently.context.facts import (
     _COMMERCE_READERS,
-    _ONE_PRODUCT,
+    _READ_DIRECTLY,
     _STAGE_OF_EVENT,
     Facts,
     _read_track,
@@ -32,6 +33,7 @@ properties = st.fixed_dictionaries(
         "quantity": st.one_of(st.integers(0, 9), st.integers(0, 9).map(str), st.just(2.0)),
         "category": st.one_of(st.text(max_size=6), st.none(), st.integers(0, 3)),
         "brand": st.one_of(st.text(max_size=6), st.none()),
+        "query": st.one_of(st.text(max_size=8), st.none(), st.integers(0, 3), st.just(" A  b ")),
         "other": st.text(max_size=4),
     },
 )
@@ -42,7 +44,7 @@ def facts() -> Facts:
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.sampled_from(sorted(_ONE_PRODUCT)), properties)
+@given(st.sampled_from(sorted(_READ_DIRECTLY)), properties)
 def test_one_product_read_directly_equals_the_schema_conversion(
     name: str, sent: dict[str, Any]
 ) -> None:
@@ -112,6 +114,7 @@ def test_the_validation_shortcut_takes_what_clients_usually_send() -> None:
              "brand": "Acme", "price": 89.9, "quantity": 1, "url": "https://s/p1",
              "color": "red"}  # fmt: skip
     assert surely_valid(TrackEvent(event="Product Viewed", properties=usual))
+    assert surely_valid(TrackEvent(event="Products Searched", properties={"query": "red shoe"}))
     assert not surely_valid(TrackEvent(event="Product Viewed", properties={"price": "89.9"}))
     assert not surely_valid(TrackEvent(event="Order Completed", properties={"revenue": 1.0}))
 

@@ -274,3 +274,28 @@ def test_the_flat_map_shortcut_judges_like_the_walk(value: dict[str, object]) ->
         return None
 
     assert (verdict(size) is None) == (verdict(None) is None)
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        ({"type": "track", "event": "E", "properties": {"k" * 257: 1}}, "properties." + "k" * 257),
+        ({"type": "page", "properties": {"a": "s" * 16_385}}, "properties.a"),
+        ({"type": "identify", "traits": {"k" * 257: "v"}}, "traits." + "k" * 257),
+        ({"type": "track", "event": "E", "properties": {"a": [[[[[[[[[[[1]]]]]]]]]]]}},
+         "properties.a[0][0][0][0][0][0][0][0][0]"),
+        ({"type": "track", "event": "E", "context": {"device": {"k" * 257: 1}}},
+         "context.device." + "k" * 257),
+        ({"type": "track", "event": "E", "integrations": {"k" * 257: True}},
+         "integrations." + "k" * 257),
+    ],
+)  # fmt: skip
+def test_free_form_bounds_are_enforced_on_every_event_kind(
+    event: dict[str, object], field: str
+) -> None:
+    """The decoder's own shortcut for flat maps never lets a bound pass."""
+    raw = json.dumps({"anonymousId": "a", **event}).encode()
+    decoded, error = decode_event(raw, None)
+    assert decoded is None
+    assert error is not None
+    assert (error.field, error.reason) == (field, "limits")

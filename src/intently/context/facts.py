@@ -185,8 +185,11 @@ def _read_track(event: TrackEvent, facts: Facts) -> None:
         return
     if not name[:1].isupper() or name not in _COMMERCE_READERS:
         return
-    if name in _ONE_PRODUCT and surely_valid(event):  # log history may predate the checks
-        _read_one_product(name, event.properties, facts)
+    if name in _READ_DIRECTLY and surely_valid(event):  # log history may predate the checks
+        if name == "Products Searched":
+            _read_query(event.properties.get("query"), facts)
+        else:
+            _read_one_product(name, event.properties, facts)
         return
     try:
         properties = commerce_properties(event)
@@ -202,6 +205,10 @@ def _read_track(event: TrackEvent, facts: Facts) -> None:
 _ONE_PRODUCT = frozenset(
     {"Product Viewed", "Product Added", "Wishlist Product Added to Cart", "Product Removed"}
 )
+
+
+# With a search, the events read straight from their properties after `surely_valid`.
+_READ_DIRECTLY = _ONE_PRODUCT | {"Products Searched"}
 
 
 def _read_one_product(name: str, properties: dict[str, Any], facts: Facts) -> None:
@@ -246,7 +253,11 @@ def _viewed(properties: CommerceProperties, facts: Facts) -> None:
 
 
 def _searched(properties: CommerceProperties, facts: Facts) -> None:
-    query = " ".join(properties.query.lower().split()) if properties.query else ""
+    _read_query(properties.query, facts)
+
+
+def _read_query(sent: str | None, facts: Facts) -> None:
+    query = " ".join(sent.lower().split()) if sent else ""
     if query:  # a blank search is no search
         facts.query = query
 

@@ -115,7 +115,7 @@ def commerce_properties(event: TrackEvent) -> CommerceProperties:
     return msgspec.convert(event.properties, CommerceProperties, strict=False)
 
 
-# The `Product` fields a one-product event usually sends, with what the schema accepts for
+# The fields a one-product event (or a search) usually sends, with what the schema accepts for
 # each in the types decoded JSON holds as they are (no conversion): (types, bounds), the
 # bounds being string lengths or number ranges, as in the annotations above.
 _STRING, _INTEGER, _NUMBER = (str,), (int,), (int, float)
@@ -132,15 +132,17 @@ _PRODUCT_CHECKS: dict[str, tuple[tuple[type, ...], float, float]] = {
     "price": (_NUMBER, 0, 1e12),
     "quantity": (_INTEGER, 0, 1_000_000),
     "position": (_INTEGER, 0, 1_000_000),
+    "query": (_STRING, 0, 2048),  # `Products Searched`
 }
 _TYPED_FIELDS = frozenset(field.encode_name for field in msgspec.structs.fields(CommerceProperties))
 
 
 def surely_valid(event: TrackEvent) -> bool:
     """True when the properties are certainly accepted by `commerce_properties` without
-    building the typed struct: only product fields, each of a JSON type the schema takes
-    as is and within its bounds (the common one-product event). False means "not certain":
-    the caller converts with the schema, which decides and names the field at fault."""
+    building the typed struct: only product fields (and a search's query), each of a JSON
+    type the schema takes as is and within its bounds (the common one-product event).
+    False means "not certain": the caller converts with the schema, which decides and
+    names the field at fault."""
     for key, value in event.properties.items():
         check = _PRODUCT_CHECKS.get(key)
         if check is None:

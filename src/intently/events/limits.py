@@ -32,7 +32,7 @@ def check_free_form(value: Any, path: list[str | int], source_size: int | None =
         source_size is not None
         and source_size <= MAX_STRING
         and type(value) is dict
-        and _flat(value)
+        and is_flat(value)
     ):
         return  # most properties: a few strings and numbers under short keys
     _walk(value, path, 0)
@@ -41,12 +41,13 @@ def check_free_form(value: Any, path: list[str | int], source_size: int | None =
 _FLAT = frozenset({str, int, float, bool, type(None)})
 
 
-def _flat(value: dict[str, Any]) -> bool:
+def is_flat(value: dict[str, Any]) -> bool:
     """No nesting, few keys, short keys (checked without a Python loop)."""
     return (
         len(value) <= MAX_KEYS
         and _FLAT.issuperset(map(type, value.values()))
-        and max(map(len, value), default=0) <= 256
+        # (`default=` would cost more than the rest of the check)
+        and (not value or max(map(len, value)) <= 256)
     )
 
 

@@ -19,7 +19,7 @@ import msgspec
 from msgspec import Struct
 
 from intently.events.ecommerce import commerce_properties, is_ecommerce, surely_valid
-from intently.events.limits import LimitError, check_free_form
+from intently.events.limits import MAX_STRING, LimitError, check_free_form, is_flat
 from intently.events.schema import (
     AliasEvent,
     Batch,
@@ -133,7 +133,7 @@ def decode_event(
         _check_times(event)
         _check_context(event.context)
         _check_free_form(event, len(raw))
-        if isinstance(event, TrackEvent) and is_ecommerce(event) and not surely_valid(event):
+        if type(event) is TrackEvent and is_ecommerce(event) and not surely_valid(event):
             try:
                 commerce_properties(event)
             except msgspec.ValidationError as exc:
@@ -189,10 +189,14 @@ _TIME_FIELDS = (
 
 
 def _check_times(event: Event) -> None:
-    for attribute, wire_name in _TIME_FIELDS:
-        moment: datetime | None = getattr(event, attribute)
-        if moment is not None:
-            _check_time(moment, wire_name)
+    # The common case (aware and in range) is checked inline, with the attributes read
+    # directly: this runs for every event. The rest is looked at field by field.
+    for moment in (event.timestamp, event.original_timestamp, event.sent_at, event.received_at):
+        if moment is not None and not (moment.tzinfo is not None and EARLIEST <= moment <= LATEST):
+            for attribute, wire_name in _TIME_FIELDS:
+                other: datetime | None = getattr(event, attribute)
+                if other is not None:
+                    _check_time(other, wire_name)
 
 
 def _check_time(moment: datetime, wire_name: str) -> None:
@@ -226,11 +230,17 @@ def _timezones() -> frozenset[str]:
     return frozenset(available_timezones())
 
 
-def _check_free_form(event: Event, source_size: int | None = None) -> None:
-    if isinstance(event, IdentifyEvent):
-        check_free_form(event.traits, ["traits"], source_size)
-    elif not isinstance(event, AliasEvent):
-        check_free_form(event.properties, ["properties"], source_size)
+def _check_free_form(event: Event, source_size: int) -> None:
+    kind = type(event)
+    if kind is IdentifyEvent:
+        free, name = event.traits, "traits"  # type: ignore[union-attr]
+    elif kind is AliasEvent:
+        free, name = None, ""
+    else:
+        free, name = event.properties, "properties"  # type: ignore[union-attr]
+    # The usual properties, flat and within a short event, pass without a call.
+    if free and not (source_size <= MAX_STRING and is_flat(free)):
+        check_free_form(free, [name])
     if event.integrations is not None:
         check_free_form(event.integrations, ["integrations"])
     context = event.context
