@@ -23,7 +23,7 @@ from msgspec import Struct
 
 from intently.clock import Clock, epoch_ms
 from intently.events.enrich import Enricher
-from intently.events.record import EventRecord, aware_utc, stamp
+from intently.events.record import EventRecord, aware_utc, encode_record, stamp
 from intently.events.schema import EVENT_TAGS, Consent, Context, Event
 from intently.events.validate import FieldError
 from intently.log.dedupe import MessageIdWindow
@@ -60,7 +60,6 @@ class IngestResult(Struct, omit_defaults=True):
 
 
 log = logging.getLogger(__name__)
-_encode = msgspec.json.Encoder().encode
 _NO_CLIENT = ClientInfo()
 
 
@@ -141,7 +140,7 @@ class Pipeline:
                         EVENT_TAGS[type(event)],
                         event.anonymous_id,
                         event.user_id,
-                        _encode(record),
+                        encode_record(record),
                     )
                 )
         except BaseException:

@@ -18,6 +18,7 @@ from intently.api.events import read_json
 from intently.api.problems import problem
 from intently.context.profile import Profile
 from intently.engine import Engine
+from intently.events.record import record_as_json
 from intently.events.schema import Consent, Context, TrackEvent
 from intently.keys import Role
 
@@ -102,7 +103,7 @@ async def export_profile(request: Request) -> Response:
             "user_ids": list(profile.user_ids),
             "anonymous_ids": list(profile.anonymous_ids),
         },
-        "events": [msgspec.Raw(row.body) for row in rows],
+        "events": [msgspec.Raw(record_as_json(row.body)) for row in rows],
     }
     return _json(body)
 

@@ -12,13 +12,11 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import msgspec
-
 from intently.context.facts import Facts, facts_of
 from intently.context.identity import IdentityGraph, anonymous_key, user_key
 from intently.context.profile import Profile, ProfileRules
 from intently.context.settings import ContextSettings
-from intently.events.record import EventRecord
+from intently.events.record import EventRecord, decode_record
 from intently.log.eventlog import EventLogReader
 from intently.stores.protocol import Changes, StateStore
 
@@ -120,10 +118,9 @@ class ContextStage:
 
     def catch_up(self, log_reader: EventLogReader) -> int:
         """Re-apply the logged events the store has not persisted; returns how many."""
-        decode = msgspec.json.Decoder(EventRecord).decode
         replayed = 0
         for row in log_reader.scan(since_seq=self.store.applied_seq):
-            record = decode(row.body)
+            record = decode_record(row.body)
             record.seq = row.seq
             self.apply(record)
             replayed += 1

@@ -20,6 +20,7 @@ from typing import IO, Any
 import msgspec
 
 from intently.clock import epoch_ms
+from intently.events.record import record_as_builtins
 from intently.events.schema import Event
 from intently.events.validate import FieldError, decode_event
 from intently.log.eventlog import EventLogReader
@@ -108,7 +109,6 @@ def _ms(moment: datetime) -> int:
     return epoch_ms(moment)
 
 
-_decode_any = msgspec.json.Decoder()
 _encode = msgspec.json.Encoder().encode
 
 
@@ -125,7 +125,7 @@ def export_events(
 
 def export_lines(log: EventLogReader, since_ms: int | None, after_seq: int) -> Iterator[bytes]:
     for row in log.scan(since_seq=after_seq, since_ms=since_ms):
-        record: dict[str, Any] = _decode_any.decode(row.body)
+        record: dict[str, Any] = record_as_builtins(row.body)
         event: dict[str, Any] = record["event"]
         event["seq"] = row.seq
         event["enrichment"] = record["enrichment"]
