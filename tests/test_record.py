@@ -26,8 +26,9 @@ from intently.events.validate import decode_event
 from support import SECRET_KEY, client_for, make_settings, stored_events, track
 
 
-def record(properties: dict[str, Any]) -> EventRecord:
-    raw = json.dumps(track(properties=properties, timestamp="2026-11-23T10:00:00.123Z"))
+def record(properties: dict[str, Any], **times: str) -> EventRecord:
+    times = {"timestamp": "2026-11-23T10:00:00.123Z", **times}
+    raw = json.dumps(track(properties=properties, **times))
     event, error = decode_event(raw.encode(), None)
     assert event is not None, error
     stamp(event, datetime(2026, 11, 23, 10, 0, 1, tzinfo=UTC))
@@ -57,6 +58,28 @@ def test_exports_read_any_body_as_the_json_of_its_record(properties: dict[str, A
     body = encode_record(original)
     assert record_as_json(body) == as_json
     assert msgspec.json.encode(record_as_builtins(body)) == as_json
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        {"originalTimestamp": "2026-11-23T12:00:00+02:00"},  # kept as the client wrote it
+        {"timestamp": "2026-11-23T05:00:00-05:00"},  # no sentAt: the client's time is kept
+        {"timestamp": "2026-11-23T12:00:00+02:00", "sentAt": "2026-11-23T12:00:01+02:00"},
+    ],
+)
+def test_times_with_an_offset_keep_it_through_every_reader(times: dict[str, str]) -> None:
+    """A MessagePack timestamp is an instant (it would come back in UTC): records holding a
+    time with another offset are stored as JSON, and read back as they were."""
+    original = record(USUAL, **times)
+    body = encode_record(original)
+    assert body[:1] == b"{"
+    again = decode_record(body)
+    for name in ("timestamp", "original_timestamp", "sent_at", "received_at"):
+        sent, read = getattr(original.event, name), getattr(again.event, name)
+        assert (sent, sent and sent.utcoffset()) == (read, read and read.utcoffset())
+    assert record_as_json(body) == msgspec.json.encode(original)
+    assert msgspec.json.encode(record_as_builtins(body)) == msgspec.json.encode(original)
 
 
 def test_bodies_written_as_json_by_earlier_versions_still_decode() -> None:
