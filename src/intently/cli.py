@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import io
+import json
 import logging
 import os
 import sys
@@ -19,6 +20,10 @@ from intently.config import Settings, load_settings
 from intently.events.geo import IP_MODES
 
 DATA_DIR_HELP = "Where the embedded store keeps its files (default ./intently-data)."
+
+# Kept here (not imported from intently.recommend) so `intently --help` stays fast.
+ALGORITHM_CHOICES = ("vsknn+sr", "vsknn", "sr", "popular")
+PROTOCOL_CHOICES = ("static", "prequential")
 
 # Allocations before a young collection, and young/middle passes before an older one.
 GC_THRESHOLDS = (50_000, 20, 100)
@@ -191,6 +196,49 @@ def export_events_command(data_dir: Path | None, since: str | None, after_seq: i
     log = EventLog.reader(settings.event_log_path)
     export_events(log, sys.stdout.buffer, since_ms=since_ms, after_seq=after_seq)
     sys.stdout.buffer.flush()
+
+
+@main.group("eval")
+def eval_group() -> None:
+    """Measure recommenders offline, on recorded data."""
+
+
+@eval_group.command("sessions")
+@click.option(
+    "--train", "train", required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Training clicks: tab-separated, header SessionId ItemId Time (Unix seconds).",
+)  # fmt: skip
+@click.option(
+    "--test", "test", required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Test clicks, same format; every next click of each session is predicted.",
+)  # fmt: skip
+@click.option("--k", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Length of the recommendation list (HR@K, MRR@K).")  # fmt: skip
+@click.option(
+    "--algorithm", type=click.Choice(ALGORITHM_CHOICES), default="vsknn+sr", show_default=True,
+    help="vsknn+sr: session kNN blended with sequential rules; vsknn, sr, popular alone.",
+)  # fmt: skip
+@click.option(
+    "--protocol", type=click.Choice(PROTOCOL_CHOICES), default="static", show_default=True,
+    help="static: learning stops after training; prequential: it goes on through the test.",
+)  # fmt: skip
+def eval_sessions(train: Path, test: Path, k: int, algorithm: str, protocol: str) -> None:
+    """Next-item prediction: train through the pipeline, predict every test click.
+
+    Prints JSON: hr@K, mrr@K, predictions, seconds (and the settings used).
+    """
+    from intently.recommend.evaluate import SessionFileError, evaluate_sessions
+
+    try:
+        result = evaluate_sessions(
+            train, test, k=k, algorithm=algorithm,
+            protocol="prequential" if protocol == "prequential" else "static",
+        )  # fmt: skip
+    except SessionFileError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Recommenders learned online from the event stream (no batch retraining)."""
