@@ -78,3 +78,21 @@ def wait_ready(port: int, process: Any = None, seconds: float = 30) -> None:
                 raise AssertionError(f"server exited with {process.returncode}") from None
             time.sleep(0.05)
     raise AssertionError(f"server on port {port} not ready after {seconds} s")
+
+
+def shared_data(name: str) -> Path:
+    """A dataset of `../shared/data` (see its README): next to the project, or where
+    INTENTLY_SHARED_DATA points, or in the workplace's own copy (a clone made elsewhere,
+    as CI's is). Fails, naming where it looked, when it is nowhere: a test that needs
+    real data must not pass without it."""
+    import os
+
+    here = Path(__file__).resolve().parents[2] / "shared" / "data"
+    places = (
+        [Path(os.environ["INTENTLY_SHARED_DATA"])] if "INTENTLY_SHARED_DATA" in os.environ else []
+    )
+    places += [here, Path("/work/shared/data")]
+    for place in places:
+        if (place / name).exists():
+            return place / name
+    raise AssertionError(f"dataset {name} not found in {', '.join(map(str, places))}")

@@ -19,8 +19,7 @@ from intently import cli
 from intently.recommend import evaluate
 from intently.recommend.sequential import SequentialRules
 from intently.recommend.session_knn import SessionKNN
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsc15-100k"
+from support import shared_data
 
 Click = tuple[str, str, float]  # session, item, time
 
@@ -225,9 +224,9 @@ def test_the_command_offers_what_the_evaluation_runs() -> None:
 @pytest.mark.slow
 def test_eval_sessions_on_yoochoose_meets_the_published_v_sknn(tmp_path: Path) -> None:
     """The floors of the issue on the real sample: above V-SKNN's 0.6882 / 0.3667."""
-    train = DATA / "yoochoose-clicks-100k_train_full.txt"
-    test = DATA / "yoochoose-clicks-100k_test.txt"
-    assert train.exists(), f"the YOOCHOOSE sample is missing: {train} (see ../shared/data)"
+    data = shared_data("rsc15-100k")
+    train = data / "yoochoose-clicks-100k_train_full.txt"
+    test = data / "yoochoose-clicks-100k_test.txt"
     result = CliRunner().invoke(
         cli.main, ["eval", "sessions", "--train", str(train), "--test", str(test)]
     )

@@ -1,0 +1,1 @@
+"""Act: the policies and features that decide what a visitor sees."""

@@ -1,0 +1,53 @@
+"""Context features for the contextual policies: named values hashed into a fixed vector.
+
+A visitor is described by whatever the session, the profile and the request say
+(`device=mobile`, `country=DE`, `top_category=running`, `cart_value=120.0`). Names are not
+known in advance and keep appearing, so they are hashed (the "hashing trick", Weinberger
+et al. 2009) into `dimensions` slots with a sign, which keeps collisions unbiased. The hash
+is BLAKE2b, stable across processes and restarts (Python's own `hash` of a string is not),
+so a model saved with its features stays valid. Slot 0 is a constant 1.0 (the bias).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+from hashlib import blake2b
+
+import numpy as np
+import numpy.typing as npt
+
+Vector = npt.NDArray[np.float64]
+FeatureValue = str | float | int | bool | None
+
+
+class FeatureHasher:
+    def __init__(self, dimensions: int = 32) -> None:
+        if dimensions < 2:
+            raise ValueError("dimensions must be at least 2 (the bias and one feature)")
+        self.dimensions = dimensions
+
+    def vector(self, features: Mapping[str, FeatureValue]) -> Vector:
+        """The hashed vector: `name=value` for strings and booleans (one-hot), `name`
+        weighted by the value for numbers; None and empty strings are left out."""
+        out = np.zeros(self.dimensions)
+        out[0] = 1.0
+        for name, value in features.items():
+            if value is None or value == "":
+                continue
+            if isinstance(value, bool | str):
+                slot, sign = _slot(f"{name}={value}", self.dimensions)
+                out[slot] += sign
+            else:
+                number = float(value)
+                if np.isfinite(number):
+                    slot, sign = _slot(name, self.dimensions)
+                    out[slot] += sign * number
+        return out
+
+
+@lru_cache(maxsize=65_536)
+def _slot(key: str, dimensions: int) -> tuple[int, float]:
+    digest = int.from_bytes(blake2b(key.encode(), digest_size=8).digest(), "little")
+    # Slot 0 is the bias: features go to 1 .. dimensions-1; the top bit gives the sign.
+    return 1 + digest % (dimensions - 1), 1.0 if digest >> 63 else -1.0

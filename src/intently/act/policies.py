@@ -1,0 +1,291 @@
+"""Decision policies behind one protocol, each giving the probability of every action.
+
+A policy is asked to choose among the eligible actions (offers, content variants) for a
+context, and answers with the whole distribution it draws from: the action is drawn from
+exactly the logged propensities, so off-policy estimators (IPS, DR) can trust them. Every
+policy keeps an exploration floor: each eligible action has probability at least
+`floor / n`, so no action is ever starved of evidence and every logged decision can be
+re-weighted. Learning is online: `update` folds in one reward, in O(1) for the counting
+policies and O(d^2) (a rank-one update) for the linear ones.
+
+Policies:
+
+- `EpsilonGreedy`: the best mean so far with probability 1 - epsilon, any with epsilon.
+- `BetaThompson`: Bernoulli rewards with Beta posteriors; Thompson sampling.
+- `LinUCB`: ridge regression per action over hashed context features; the highest upper
+  confidence bound (Li et al. 2010, disjoint model).
+- `LinThompson`: the same model; a score drawn from each action's Gaussian posterior
+  (Agrawal & Goyal 2013).
+- `RulesFirst`: a fixed priority order (business rules), still with the floor.
+
+For the sampling policies the probability of each action being the best is estimated by
+Monte Carlo with `draws` samples from the posterior, as the Open Bandit Dataset's
+production Thompson sampling did; the action is then drawn from that estimate (mixed with
+the floor), which makes the logged propensity exact for what was drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from intently.act.features import Vector
+
+Floats = npt.NDArray[np.float64]
+DEFAULT_FLOOR = 0.05
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The action drawn, and the distribution it was drawn from (eligible actions only)."""
+
+    action: str
+    propensities: Mapping[str, float]
+
+    @property
+    def propensity(self) -> float:
+        return self.propensities[self.action]
+
+
+class Policy(Protocol):
+    name: str
+
+    def distribution(self, actions: Sequence[str], context: Vector | None) -> Floats:
+        """The probability of each of `actions` (all eligible), summing to 1. Sampling
+        policies draw their Monte Carlo estimate from their own seeded generator."""
+        ...
+
+    def update(self, action: str, reward: float, context: Vector | None) -> None: ...
+
+
+def choose(
+    policy: Policy, actions: Sequence[str], context: Vector | None, rng: np.random.Generator
+) -> Choice:
+    """Draw one of the eligible `actions` from the policy's distribution."""
+    if not actions:
+        raise ValueError("no eligible action to choose from")
+    if len(set(actions)) != len(actions):
+        raise ValueError("actions must be distinct")
+    probabilities = policy.distribution(actions, context)
+    index = int(rng.choice(len(actions), p=probabilities))
+    return Choice(actions[index], dict(zip(actions, map(float, probabilities), strict=True)))
+
+
+def check_reward(reward: float) -> float:
+    reward = float(reward)
+    if not np.isfinite(reward):
+        raise ValueError(f"a reward must be a finite number, not {reward}")
+    return reward
+
+
+def _with_floor(best: Floats, floor: float) -> Floats:
+    """`best` (a distribution) mixed with the uniform one: every action >= floor / n."""
+    mixed: Floats = (1.0 - floor) * best + floor / len(best)
+    normalized: Floats = mixed / mixed.sum()  # exactly 1 despite rounding
+    return normalized
+
+
+def _argmax_share(scores: Floats) -> Floats:
+    """All the mass on the best score, split evenly between ties."""
+    top = scores == scores.max()
+    share: Floats = top / top.sum()
+    return share
+
+
+def _check_floor(floor: float) -> float:
+    if not 0.0 < floor <= 1.0:
+        raise ValueError("the exploration floor must be in (0, 1]")
+    return floor
+
+
+class EpsilonGreedy:
+    name = "epsilon-greedy"
+
+    def __init__(self, epsilon: float = 0.1) -> None:
+        self.epsilon = _check_floor(epsilon)
+        self.pulls: dict[str, int] = {}
+        self.total: dict[str, float] = {}
+
+    def distribution(self, actions: Sequence[str], context: Vector | None) -> Floats:
+        means = np.array([self._mean(a) for a in actions])
+        return _with_floor(_argmax_share(means), self.epsilon)
+
+    def _mean(self, action: str) -> float:
+        pulls = self.pulls.get(action, 0)
+        # An action never tried is as good as the best (optimism): it gets tried.
+        return self.total.get(action, 0.0) / pulls if pulls else np.inf
+
+    def update(self, action: str, reward: float, context: Vector | None) -> None:
+        self.pulls[action] = self.pulls.get(action, 0) + 1
+        self.total[action] = self.total.get(action, 0.0) + check_reward(reward)
+
+
+class BetaThompson:
+    """Bernoulli rewards (a reward in [0, 1] counts as that fraction of a success)."""
+
+    name = "beta-thompson"
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        floor: float = DEFAULT_FLOOR,
+        draws: int = 1000,
+        seed: int = 0,
+        priors: Mapping[str, tuple[float, float]] | None = None,
+    ) -> None:
+        if alpha <= 0 or beta <= 0:
+            raise ValueError("the Beta prior needs alpha > 0 and beta > 0")
+        self.alpha, self.beta = alpha, beta
+        self.floor = _check_floor(floor)
+        self.draws = draws
+        self.priors = dict(priors or {})
+        self.successes: dict[str, float] = {}
+        self.failures: dict[str, float] = {}
+        self._rng = np.random.default_rng(seed)
+
+    def posterior(self, action: str) -> tuple[float, float]:
+        alpha, beta = self.priors.get(action, (self.alpha, self.beta))
+        return alpha + self.successes.get(action, 0.0), beta + self.failures.get(action, 0.0)
+
+    def distribution(self, actions: Sequence[str], context: Vector | None) -> Floats:
+        a, b = np.array([self.posterior(x) for x in actions]).T
+        samples = self._rng.beta(a[:, None], b[:, None], size=(len(actions), self.draws))
+        wins = np.bincount(samples.argmax(axis=0), minlength=len(actions))
+        return _with_floor(wins / self.draws, self.floor)
+
+    def update(self, action: str, reward: float, context: Vector | None) -> None:
+        reward = check_reward(reward)
+        if not 0.0 <= reward <= 1.0:
+            raise ValueError(
+                f"Beta-Bernoulli Thompson sampling takes rewards in [0, 1], not {reward}"
+            )
+        self.successes[action] = self.successes.get(action, 0.0) + reward
+        self.failures[action] = self.failures.get(action, 0.0) + 1.0 - reward
+
+
+class _Ridge:
+    """One action's ridge regression: A = lambda I + sum x x^T, b = sum r x, with A^-1
+    kept up to date by Sherman-Morrison (a rank-one update, O(d^2))."""
+
+    __slots__ = ("a_inv", "b", "theta")
+
+    def __init__(self, dimensions: int, regularization: float) -> None:
+        self.a_inv = np.eye(dimensions) / regularization
+        self.b = np.zeros(dimensions)
+        self.theta = np.zeros(dimensions)
+
+    def update(self, x: Vector, reward: float) -> None:
+        a_inv_x = self.a_inv @ x
+        self.a_inv -= np.outer(a_inv_x, a_inv_x) / (1.0 + x @ a_inv_x)
+        self.b += reward * x
+        self.theta = self.a_inv @ self.b
+
+
+class _Linear:
+    def __init__(self, dimensions: int, regularization: float, floor: float) -> None:
+        if dimensions <= 0 or regularization <= 0:
+            raise ValueError("dimensions and regularization must be positive")
+        self.dimensions = dimensions
+        self.regularization = regularization
+        self.floor = _check_floor(floor)
+        self.models: dict[str, _Ridge] = {}
+
+    def _context(self, context: Vector | None) -> Vector:
+        if context is None:
+            x = np.zeros(self.dimensions)
+            x[0] = 1.0  # the bias alone
+            return x
+        if context.shape != (self.dimensions,):
+            raise ValueError(f"context must have {self.dimensions} features, not {context.shape}")
+        return context
+
+    def _model(self, action: str) -> _Ridge:
+        model = self.models.get(action)
+        if model is None:
+            model = self.models[action] = _Ridge(self.dimensions, self.regularization)
+        return model
+
+    def _mean_and_spread(self, actions: Sequence[str], x: Vector) -> tuple[Floats, Floats]:
+        models = [self.models.get(a) for a in actions]
+        prior = np.eye(self.dimensions) / self.regularization
+        mean = np.array([0.0 if m is None else m.theta @ x for m in models])
+        spread = np.sqrt(
+            np.array([x @ (prior if m is None else m.a_inv) @ x for m in models]).clip(0.0)
+        )
+        return mean, spread
+
+    def update(self, action: str, reward: float, context: Vector | None) -> None:
+        self._model(action).update(self._context(context), check_reward(reward))
+
+
+class LinUCB(_Linear):
+    name = "linucb"
+
+    def __init__(
+        self,
+        dimensions: int = 32,
+        alpha: float = 1.0,
+        regularization: float = 1.0,
+        floor: float = DEFAULT_FLOOR,
+    ) -> None:
+        super().__init__(dimensions, regularization, floor)
+        self.alpha = alpha
+
+    def distribution(self, actions: Sequence[str], context: Vector | None) -> Floats:
+        mean, spread = self._mean_and_spread(actions, self._context(context))
+        return _with_floor(_argmax_share(mean + self.alpha * spread), self.floor)
+
+
+class LinThompson(_Linear):
+    name = "lin-thompson"
+
+    def __init__(
+        self,
+        dimensions: int = 32,
+        scale: float = 0.5,
+        regularization: float = 1.0,
+        floor: float = DEFAULT_FLOOR,
+        draws: int = 1000,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(dimensions, regularization, floor)
+        self.scale = scale
+        self.draws = draws
+        self._rng = np.random.default_rng(seed)
+
+    def distribution(self, actions: Sequence[str], context: Vector | None) -> Floats:
+        # x . theta under the posterior N(theta_hat, scale^2 A^-1) is itself Gaussian:
+        # sample the scores directly, not the d-dimensional parameters.
+        mean, spread = self._mean_and_spread(actions, self._context(context))
+        samples = self._rng.normal(
+            mean[:, None], self.scale * spread[:, None], size=(len(actions), self.draws)
+        )
+        wins = np.bincount(samples.argmax(axis=0), minlength=len(actions))
+        return _with_floor(wins / self.draws, self.floor)
+
+
+class RulesFirst:
+    """The eligible action ranked first by `priority` (lower first; unlisted actions
+    last, in the order given), with the exploration floor. Rewards are not learned from:
+    the rules are the policy."""
+
+    name = "rules-first"
+
+    def __init__(self, priority: Sequence[str] = (), floor: float = DEFAULT_FLOOR) -> None:
+        self.rank = {action: i for i, action in enumerate(priority)}
+        self.floor = _check_floor(floor)
+
+    def distribution(self, actions: Sequence[str], context: Vector | None) -> Floats:
+        unlisted = len(self.rank)
+        ranks = [self.rank.get(a, unlisted + i) for i, a in enumerate(actions)]
+        best = np.zeros(len(actions))
+        best[int(np.argmin(ranks))] = 1.0
+        return _with_floor(best, self.floor)
+
+    def update(self, action: str, reward: float, context: Vector | None) -> None:
+        check_reward(reward)
