@@ -19,7 +19,11 @@ def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     return CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["serve"], ["replay"], ["export"], ["export", "events"]])
+@pytest.mark.parametrize(
+    "command",
+    [[], ["serve"], ["replay"], ["export"], ["export", "events"], ["eval"], ["eval", "sessions"],
+     ["eval", "ope"]],
+)  # fmt: skip
 def test_every_command_has_help(runner: CliRunner, command: list[str]) -> None:
     result = runner.invoke(main, [*command, "--help"])
     assert result.exit_code == 0, result.output

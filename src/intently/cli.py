@@ -24,6 +24,7 @@ DATA_DIR_HELP = "Where the embedded store keeps its files (default ./intently-da
 # Kept here (not imported from intently.recommend) so `intently --help` stays fast.
 ALGORITHM_CHOICES = ("vsknn+sr", "vsknn", "sr", "popular")
 PROTOCOL_CHOICES = ("static", "prequential")
+OBD_CAMPAIGNS = ("all", "men", "women")
 
 # Allocations before a young collection, and young/middle passes before an older one.
 GC_THRESHOLDS = (50_000, 20, 100)
@@ -239,6 +240,49 @@ def eval_sessions(train: Path, test: Path, k: int, algorithm: str, protocol: str
     except SessionFileError as error:
         raise click.ClickException(str(error)) from None
     click.echo(json.dumps(result))
+
+
+@eval_group.command("ope")
+@click.option(
+    "--obd", "obd", required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="An Open Bandit Dataset directory (random/, bts/, prior_bts.yaml).",
+)  # fmt: skip
+@click.option("--campaign", type=click.Choice(OBD_CAMPAIGNS), default="all", show_default=True)
+@click.option("--simulations", type=click.IntRange(min=1000), default=100_000, show_default=True,
+              help="Rounds simulated to estimate Bernoulli TS's action distribution.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+def eval_ope(obd: Path, campaign: str, simulations: int, as_json: bool) -> None:
+    """Off-policy evaluation: Bernoulli TS judged from the uniform random policy's log.
+
+    Prints IPS and SNIPS of the dataset's shipped action distribution and of our own
+    simulation of Bernoulli TS from prior_bts.yaml, then IPS, SNIPS, DM and DR with 95%
+    bootstrap intervals and their error against the on-policy truth (the bts log).
+    """
+    from intently.learn.obd import DatasetError, evaluate_obd
+
+    try:
+        report = evaluate_obd(obd, campaign, simulations)
+    except DatasetError as error:
+        raise click.ClickException(str(error)) from None
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    baseline = report["random_log_mean_reward"]
+    click.echo(f"campaign {campaign}: {report['rounds']} random rounds, mean reward {baseline}; "
+               f"truth (bts log) {report['ground_truth_bts_mean_reward']}")  # fmt: skip
+    for key in ("shipped_action_distribution", "simulated_action_distribution"):
+        found = report.get(key)
+        if isinstance(found, dict):
+            click.echo(f"{key.replace('_', ' ')}: IPS relative {found['ips_relative']:.6f}, "
+                       f"SNIPS relative {found['snips_relative']:.6f}")  # fmt: skip
+    click.echo(f"{'estimator':<10}{'value':>12}{'95% interval':>28}{'relative':>10}{'error':>8}")
+    estimators = report["estimators"]
+    assert isinstance(estimators, dict)
+    for name, found in estimators.items():
+        low, high = found["ci95"]
+        click.echo(f"{name:<10}{found['value']:>12.6f}   [{low:.6f}, {high:.6f}]"
+                   f"{found['relative']:>10.3f}{found['relative_error']:>8.1%}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Learn: rewards, off-policy evaluation and the promotion of new policies."""
