@@ -25,74 +25,94 @@ Click = tuple[str, str, float]  # session, item, time
 
 
 def reference_scores(
-    clicks: list[Click], current: list[str], k: int, sample: int, idf_weight: float,
-    exclude: str | None = None,
+    clicks: list[Click], current: list[str], sample: int, idf_weight: float,
+    exclude: str | None = None, max_sessions: int = 10**9,
 ) -> dict[str, float]:  # fmt: skip
-    """V-SKNN computed from scratch from every click so far, with plain dicts."""
-    items_of: dict[str, list[str]] = defaultdict(list)
-    last: dict[str, float] = {}
+    """V-SKNN from scratch, with plain lists and dicts, over every click so far: sessions
+    numbered as they start, the last `max_sessions` of them remembered (a forgotten one
+    that clicks again starts afresh); candidates among the `sample` sessions that most
+    recently met each shared item, then the `sample` most recent of those; every
+    candidate a neighbour (k is never binding here)."""
+    instance: dict[str, int] = {}  # session -> its current number
+    started = 0
+    items_of: dict[int, list[str]] = defaultdict(list)
+    met: dict[str, list[int]] = defaultdict(list)  # item -> numbers, in meeting order
+    last: dict[int, float] = {}
     for session, item, at in clicks:
-        if item not in items_of[session]:
-            items_of[session].append(item)
-        last[session] = max(last.get(session, -math.inf), at)
-    holders: dict[str, int] = defaultdict(int)
-    for items in items_of.values():
-        for item in items:
-            holders[item] += 1
+        if session not in instance or instance[session] < started - max_sessions:
+            instance[session] = started
+            started += 1
+        n = instance[session]
+        if item not in items_of[n]:
+            items_of[n].append(item)
+            met[item].append(n)
+        last[n] = max(last.get(n, -math.inf), at)
+    live = {n for n in items_of if n >= started - max_sessions}
+    excluded = instance.get(exclude) if exclude is not None else None
     weight: dict[str, float] = {}
     position: dict[str, int] = {}
     for p, item in enumerate(current):
-        if item in holders:
+        if item in met:
             weight[item], position[item] = ((p + 1) / len(current)) ** 2, p
-    candidates = [s for s, items in items_of.items() if s != exclude and set(items) & set(weight)]
-    candidates = sorted(candidates, key=lambda s: -last[s])[:sample]
-    similarity = {s: sum(weight[i] for i in items_of[s] if i in weight) for s in candidates}
-    neighbours = sorted(candidates, key=lambda s: -similarity[s])[:k]
+    candidates: set[int] = set()
+    for item in weight:
+        candidates |= set([s for s in met[item] if s in live and s != excluded][-sample:])
+    chosen = sorted(candidates, key=lambda s: -last[s])[:sample]
     votes: dict[str, float] = defaultdict(float)
-    for s in neighbours:
+    for s in chosen:
+        similarity = sum(weight.get(i, 0.0) for i in items_of[s])
         nearest = max(position[i] for i in items_of[s] if i in weight)
         for item in items_of[s]:
-            votes[item] += similarity[s] / (len(current) - nearest)
-    sessions = len(items_of)
+            votes[item] += similarity / (len(current) - nearest)
+    holders: dict[str, int] = defaultdict(int)
+    for s in live:
+        for item in items_of[s]:
+            holders[item] += 1
     return {
-        item: vote * (1 + idf_weight * math.log(sessions / holders[item]))
+        item: vote * (1 + idf_weight * math.log(len(live) / holders[item]))
         for item, vote in votes.items()
     }
 
 
 def random_clicks(rng: random.Random, sessions: int, items: int) -> list[Click]:
+    """Sessions that overlap in time (their clicks interleave), with repeated views."""
     clicks = []
     for s in range(sessions):
-        start = s * 100.0 + rng.random()  # distinct times: recency is never a tie
+        start = s * 10.0 + rng.random()
         for n in range(rng.randint(1, 6)):
-            clicks.append((f"s{s}", f"i{rng.randint(0, items - 1)}", start + n))
-    return clicks
+            clicks.append(
+                (f"s{s}", f"i{rng.randint(0, items - 1)}", start + n * rng.uniform(1, 40))
+            )
+    return sorted(clicks, key=lambda c: c[2])
 
 
 def close(a: dict[str, float], b: dict[str, float]) -> bool:
     return a.keys() == b.keys() and all(math.isclose(a[x], b[x], rel_tol=1e-9) for x in a)
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.integers(0, 10**6), st.integers(1, 40), st.sampled_from([0.0, 5.0]))
+@settings(max_examples=80, deadline=None)
+@given(
+    st.integers(0, 10**6), st.integers(1, 12), st.sampled_from([0.0, 5.0]),
+    st.sampled_from([4, 9, 1000]),
+)  # fmt: skip
 def test_session_knn_scores_equal_a_from_scratch_computation(
-    seed: int, sample: int, idf_weight: float
+    seed: int, sample: int, idf_weight: float, max_sessions: int
 ) -> None:
-    """Online index vs recomputation from all clicks; k is large so that ties in similarity
-    never decide which neighbour is kept (the sample, by recency, is always exact)."""
+    """Online index vs recomputation from all clicks, with interleaved sessions, a small
+    sample and forgotten sessions."""
     rng = random.Random(seed)
-    clicks = random_clicks(rng, 30, 12)
-    knn = SessionKNN(k=1000, sample=sample, idf_weight=idf_weight)
+    clicks = random_clicks(rng, 30, 10)
+    knn = SessionKNN(k=1000, sample=sample, idf_weight=idf_weight, max_sessions=max_sessions)
     for session, item, at in clicks:
         knn.observe(session, item, at)
     for _ in range(5):
-        current = [f"i{rng.randint(0, 13)}" for _ in range(rng.randint(1, 4))]
-        expected = reference_scores(clicks, current, 1000, sample, idf_weight)
+        current = [f"i{rng.randint(0, 11)}" for _ in range(rng.randint(1, 4))]
+        expected = reference_scores(clicks, current, sample, idf_weight, None, max_sessions)
         assert close(knn.scores(current), expected)
         excluded = rng.choice(clicks)[0]
         assert close(
             knn.scores(current, exclude_session=excluded),
-            reference_scores(clicks, current, 1000, sample, idf_weight, exclude=excluded),
+            reference_scores(clicks, current, sample, idf_weight, excluded, max_sessions),
         )
 
 
@@ -105,18 +125,26 @@ def test_the_k_most_similar_sessions_vote() -> None:
     assert set(knn.scores(["w", "x"])) == {"x", "w", "q"}
 
 
-def test_forgotten_sessions_no_longer_vote_and_memory_stays_bounded() -> None:
+def test_memory_stays_bounded_as_sessions_are_forgotten() -> None:
     rng = random.Random(7)
-    clicks = random_clicks(rng, 3000, 5)
-    knn = SessionKNN(k=1000, sample=1000, idf_weight=5.0, max_sessions=40)
-    for session, item, at in clicks:
+    knn = SessionKNN(max_sessions=40)
+    for session, item, at in random_clicks(rng, 3000, 5):
         knn.observe(session, item, at)
-    last_40 = set(list(dict.fromkeys(session for session, _, _ in clicks))[-40:])
-    kept = [click for click in clicks if click[0] in last_40]
-    assert close(knn.scores(["i1", "i3"]), reference_scores(kept, ["i1", "i3"], 1000, 1000, 5.0))
-    # An item's list of sessions is trimmed once the forgotten ones pile up.
-    assert max(len(sessions) for sessions in knn._item_sessions) < 1024 + 40
     assert len(knn._session_items) == 40
+    assert len(knn._session_number) <= 40
+    # Item lists are trimmed once most of their entries are forgotten sessions.
+    assert max(len(sessions) for sessions in knn._item_sessions) < 1024 + 2 * 40
+
+
+def test_a_forgotten_session_no_longer_votes_nor_is_named() -> None:
+    knn = SessionKNN(idf_weight=0.0)
+    for session, items in (("alice", "ab"), ("bob", "ac")):
+        for at, item in enumerate(items):
+            knn.observe(session, item, at)
+    knn.forget("alice")
+    assert set(knn.scores(["a"])) == {"a", "c"}
+    assert "alice" not in knn._session_key
+    assert "alice" not in knn._session_number
 
 
 def test_recommend_ranks_by_score_then_by_first_seen() -> None:
@@ -148,12 +176,15 @@ def test_sequential_rules_equal_a_from_scratch_count(views: list[tuple[int, int]
         assert close(rules.rules[earlier], dict(targets))
 
 
-def test_sequential_rules_keep_the_strongest_targets() -> None:
+def test_sequential_rules_keep_the_strongest_targets_and_let_new_ones_in() -> None:
     rules = SequentialRules(steps=1, max_rules=2)
-    for target, times in (("b", 3), ("c", 2), ("d", 1)):
+    for target, times in (("b", 3), ("c", 2), ("d", 100)):
         for _ in range(times):
             rules.learn(["a"], target)
-    assert set(rules.scores(["x", "a"])) == {"b", "c"}
+    # d came in (replacing the weakest other, c) and grew; b, the strongest then, stayed.
+    assert rules.scores(["x", "a"]) == {"b": 3.0, "d": 100.0}
+    rules.learn(["a"], "e")
+    assert rules.scores(["a"]) == {"d": 100.0, "e": 1.0}
     assert rules.scores([]) == {}
 
 
@@ -180,6 +211,8 @@ def test_eval_sessions_predicts_what_training_taught(tmp_path: Path) -> None:
     assert (result["train_events"], result["test_events"]) == (25, 5)
     popular = evaluate.evaluate_sessions(train, test, k=1, algorithm="popular")
     assert popular["hr@1"] == 0.0  # "a" and "b" tie at the top with "x", "y"; "a" wins
+    first = write_sessions(tmp_path / "first.tsv", [["x", "a"]], start=1.9e9)
+    assert evaluate.evaluate_sessions(train, first, k=1, algorithm="popular")["hr@1"] == 1.0
 
 
 def test_eval_sessions_prequential_learns_from_the_test(tmp_path: Path) -> None:
@@ -192,6 +225,48 @@ def test_eval_sessions_prequential_learns_from_the_test(tmp_path: Path) -> None:
     # a -> d is learned from each test session once it was predicted: the predictions see
     # a -> d at 0, 1, 2 (a tie with a -> b, seen first) and 3 > 2: the fourth is a hit.
     assert prequential["hr@1"] == pytest.approx(1 / 4)
+
+
+def test_eval_sessions_popularity_follows_the_test_clicks_when_prequential(
+    tmp_path: Path,
+) -> None:
+    train = write_sessions(tmp_path / "train.tsv", [["a", "b"], ["a", "b"], ["c"]])
+    test = write_sessions(tmp_path / "test.tsv", [["c", "c"]] * 5, start=1.8e9)
+    static = evaluate.evaluate_sessions(train, test, k=1, algorithm="popular")
+    assert static["hr@1"] == 0.0  # "a" stays the most popular
+    prequential = evaluate.evaluate_sessions(train, test, k=1, algorithm="popular",
+                                             protocol="prequential")  # fmt: skip
+    assert prequential["hr@1"] == pytest.approx(4 / 5)  # "c" leads from the second session
+
+
+def test_eval_sessions_predicts_in_time_order_across_sessions(tmp_path: Path) -> None:
+    """A prediction never sees a click that came later, even from a session that began
+    earlier."""
+    train = write_sessions(tmp_path / "train.tsv", [["x", "y"], ["x", "v"]])
+    test = tmp_path / "test.tsv"
+    test.write_text(
+        "SessionId\tItemId\tTime\n"
+        "A\tx\t1800000000\nA\tv\t1800001200\n"  # v twenty minutes later
+        "B\tx\t1800000060\nB\ty\t1800000120\n"
+    )
+    result = evaluate.evaluate_sessions(train, test, k=1, algorithm="sr", protocol="prequential")
+    # B's y at +120 s: x -> y and x -> v tie (y first seen): a hit. Had A's v (at +1200 s)
+    # been learned first, x -> v would lead and B would miss. A's v: x -> y now leads: a miss.
+    assert (result["predictions"], result["hr@1"]) == (2, 0.5)
+
+
+def test_reading_sessions_keeps_quotes_and_refuses_what_it_cannot_take(tmp_path: Path) -> None:
+    quoted = tmp_path / "quoted.tsv"
+    quoted.write_text('SessionId\tItemId\tTime\n1\t"p\t1.0\n1\tq\t2.0\n')
+    assert [c.item for c in evaluate.read_clicks(quoted)] == ['"p', "q"]
+    latin = tmp_path / "latin.tsv"
+    latin.write_bytes(b"SessionId\tItemId\tTime\n1\tcaf\xe9\t1.0\n")
+    with pytest.raises(evaluate.SessionFileError, match="not UTF-8"):
+        evaluate.read_clicks(latin)
+    long_id = tmp_path / "long.tsv"
+    long_id.write_text("SessionId\tItemId\tTime\n1\t" + "x" * 300 + "\t1.0\n")
+    with pytest.raises(evaluate.SessionFileError, match="line 2: ids are at most"):
+        evaluate.read_clicks(long_id)
 
 
 @pytest.mark.parametrize(
@@ -213,7 +288,11 @@ def test_eval_sessions_names_what_is_wrong_in_a_file(
                                            "--test", str(good)])  # fmt: skip
     assert result.exit_code == 1
     assert message in result.output
+    assert str(bad) in result.output
     assert "Traceback" not in result.output
+    as_test = CliRunner().invoke(cli.main, ["eval", "sessions", "--train", str(good),
+                                            "--test", str(bad)])  # fmt: skip
+    assert (as_test.exit_code, str(bad) in as_test.output) == (1, True)
 
 
 def test_the_command_offers_what_the_evaluation_runs() -> None:
@@ -235,3 +314,48 @@ def test_eval_sessions_on_yoochoose_meets_the_published_v_sknn(tmp_path: Path) -
     assert figures["predictions"] == 10152
     assert figures["hr@20"] >= 0.69
     assert figures["mrr@20"] >= 0.37
+
+
+# -- learning from the context stage ----------------------------------------------------------
+
+
+def test_a_login_mid_session_continues_the_same_path_and_erasure_forgets_it(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    from intently import Engine
+    from intently.events.validate import decode_event
+    from intently.pipeline import ClientInfo
+    from intently.recommend.learn import LearnFromViews
+    from support import make_settings, track
+
+    engine = Engine(make_settings(tmp_path / "data"))
+    try:
+        learner = LearnFromViews(SessionKNN(), SequentialRules(), engine.context.rules)
+        engine.context.hooks.append(learner)
+        sent = [
+            track(messageId="1", timestamp="2026-11-23T10:00:00Z", properties={"product_id": "p"}),
+            track(messageId="2", timestamp="2026-11-23T10:01:00Z", properties={"product_id": "q"}),
+            {"type": "identify", "messageId": "3", "anonymousId": "anon-1", "userId": "u1",
+             "timestamp": "2026-11-23T10:02:00Z"},
+            track(messageId="4", userId="u1", timestamp="2026-11-23T10:03:00Z",
+                  properties={"product_id": "r"}),
+            track(messageId="5", timestamp="2026-11-23T11:00:00Z", properties={"product_id": "s"}),
+        ]  # fmt: skip
+        events = [decode_event(json.dumps(e).encode(), i) for i, e in enumerate(sent)]
+        assert all(error is None for _, error in events)
+        asyncio.run(engine.pipeline.ingest([(i, e) for i, (e, _) in enumerate(events) if e],
+                                           ClientInfo()))  # fmt: skip
+        # The login merged the visitor into u1's profile; the device's path went on (p, q,
+        # r: one session), and an hour without a view began the next one.
+        assert learner.views("anon-1") == ["s"]
+        assert learner.session_of("anon-1") == ("a:anon-1", 1)
+        assert learner.sequential.scores(["q"]) == {"r": 1.0}
+        assert set(learner.knn.scores(["q"])) == {"p", "q", "r"}
+        learner.forget(["anon-1"], ["u1"])
+        assert learner.views("anon-1") == []
+        assert learner.knn.scores(["q"]) == {}  # its sessions no longer vote
+        assert not any("anon-1" in str(key) for key in learner.knn._session_key)
+    finally:
+        engine.close()

@@ -2,15 +2,19 @@
 
 A `ContextStage` hook sees every event after the session and profile took it, inside the
 same atomic change, so the recommenders learn from exactly the events the state holds, in
-log order, live or replayed. A session here is the context layer's session (split after
-inactivity or a new campaign), keyed by profile and session number. Visitors who refused
-personalization are not learned from.
+log order, live or replayed. Visitors who refused personalization are not learned from.
+
+A recommender's session is one device's browsing path (its anonymousId, or its userId
+when it sends none), split after `session_timeout_ms` without a view. It is not the
+profile's session: a profile's id changes when an anonymous visitor logs in and is merged
+into a known one, and sessions of two devices merged into one profile are two paths.
 """
 
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
 
 from intently.context.facts import Facts
 from intently.context.profile import Profile, ProfileRules
@@ -23,15 +27,23 @@ from intently.stores.protocol import Changes
 RECENT_VIEWS = 20
 
 
-def session_key(profile: Profile) -> Hashable:
-    """The recommenders' key for the profile's live session."""
-    return (profile.id, profile.sessions)
+@dataclass
+class _Path:
+    number: int = 0  # the device's sessions so far, minus one
+    last_ms: int = 0
+    views: list[str] = field(default_factory=list)
+
+
+def device_of(facts: Facts) -> str | None:
+    if facts.anonymous_id is not None:
+        return "a:" + facts.anonymous_id
+    return None if facts.user_id is None else "u:" + facts.user_id
 
 
 class LearnFromViews:
     """A context-stage hook that feeds product views to a session kNN, sequential rules
-    and popularity counts, and keeps each session's recent views (at most `max_sessions`
-    sessions, the least recently active forgotten first).
+    and popularity counts, and keeps each device's recent views (at most `max_devices`
+    devices, the least recently active forgotten first).
 
     `learning = False` freezes what is learned across sessions (the static evaluation
     protocol); each session's own recent views are still kept, as the engine's session
@@ -42,38 +54,61 @@ class LearnFromViews:
         knn: SessionKNN,
         sequential: SequentialRules,
         profile_rules: ProfileRules,
-        max_sessions: int = 1_000_000,
+        session_timeout_ms: int = 30 * 60_000,
+        max_devices: int = 1_000_000,
     ) -> None:
         self.knn = knn
         self.sequential = sequential
         self.profile_rules = profile_rules
-        self.max_sessions = max_sessions
+        self.session_timeout_ms = session_timeout_ms
+        self.max_devices = max_devices
         self.popularity: Counter[str] = Counter()
         self.learning = True
-        self._views: OrderedDict[Hashable, list[str]] = OrderedDict()
+        self._paths: OrderedDict[str, _Path] = OrderedDict()
 
-    def views(self, session: Hashable) -> list[str]:
-        """The session's recent views, oldest first."""
-        return self._views.get(session, [])
+    def session_of(self, anonymous_id: str) -> Hashable | None:
+        """The recommenders' key for the device's current session, if it has one."""
+        path = self._paths.get("a:" + anonymous_id)
+        return None if path is None else ("a:" + anonymous_id, path.number)
+
+    def views(self, anonymous_id: str) -> list[str]:
+        """The device's recent views in its current session, oldest first."""
+        path = self._paths.get("a:" + anonymous_id)
+        return [] if path is None else list(path.views)
 
     def __call__(self, profile: Profile, facts: Facts | None, changes: Changes) -> None:
         if facts is None or facts.product is None:
             return
-        if not self.profile_rules.personalizes(profile):
+        device = device_of(facts)
+        if device is None or not self.profile_rules.personalizes(profile):
             return
-        item = facts.product.product_id
-        session = session_key(profile)
-        views = self._views.get(session)
-        if views is None:
-            views = self._views[session] = []
-            if len(self._views) > self.max_sessions:
-                self._views.popitem(last=False)
+        path = self._paths.get(device)
+        if path is None:
+            path = self._paths[device] = _Path(last_ms=facts.at_ms)
+            if len(self._paths) > self.max_devices:
+                self._paths.popitem(last=False)
         else:
-            self._views.move_to_end(session)
+            self._paths.move_to_end(device)
+            if facts.at_ms - path.last_ms > self.session_timeout_ms:
+                path.number += 1
+                path.views = []
+        path.last_ms = max(path.last_ms, facts.at_ms)
+        item = facts.product.product_id
         if self.learning:
-            self.knn.observe(session, item, facts.at_ms)
-            self.sequential.learn(views, item)
+            self.knn.observe((device, path.number), item, facts.at_ms)
+            self.sequential.learn(path.views, item)
             self.popularity[item] += 1
-        views.append(item)
-        if len(views) > RECENT_VIEWS:
-            del views[0]
+        path.views.append(item)
+        if len(path.views) > RECENT_VIEWS:
+            del path.views[0]
+
+    def forget(self, anonymous_ids: Iterable[str], user_ids: Iterable[str]) -> None:
+        """Erase a person: their devices' paths, and their sessions from the kNN (which
+        then no longer vote). What the counts and rules learned stays, without anything
+        that names them."""
+        devices = [*("a:" + a for a in anonymous_ids), *("u:" + u for u in user_ids)]
+        for device in devices:
+            path = self._paths.pop(device, None)
+            if path is not None:
+                for number in range(path.number + 1):
+                    self.knn.forget((device, number))

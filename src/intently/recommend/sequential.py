@@ -2,8 +2,10 @@
 
 For every view of B, each of the session's previous `steps` views A adds a rule A -> B
 weighted by how close they were: 1/d^2 for B coming d views after A (Ludewig & Jannach
-2018, "SR"). The next item after a session's last view A is scored by the rules A -> *.
-Each item keeps at most `max_rules` targets (the weakest forgotten).
+2018, "SR", with the "quadratic" weighting of the published rsc15 configuration). The
+next item after a session's last view A is scored by the rules A -> *.
+Each item keeps at most `max_rules` targets (the weakest other one forgotten when a new
+one comes).
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ class SequentialRules:
                 targets = self.rules[earlier] = {}
             targets[item] = targets.get(item, 0.0) + 1.0 / distance**2
             if len(targets) > self.max_rules:
-                del targets[min(targets, key=targets.__getitem__)]
+                # The weakest other target goes: a new rule starts weak and would
+                # otherwise never get in.
+                weakest = min((t for t in targets if t != item), key=targets.__getitem__)
+                del targets[weakest]
 
     def scores(self, current: Sequence[str]) -> dict[str, float]:
         """The rules from the session's last view (none for an empty session)."""

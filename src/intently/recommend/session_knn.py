@@ -5,28 +5,29 @@ so that what the visitor did last counts most (Ludewig & Jannach, "Evaluation of
 session-based recommendation algorithms", 2018; the "vector multiplication" kNN):
 
 1. the current session's items get position weights, quadratic in their position (the
-   last item 1.0, the first (1/L)^2);
+   last item 1.0, the first (1/L)^2; an item viewed twice weighs as its last view);
 2. candidate neighbours are the past sessions holding any of them, the `sample` most
-   recent of those (recency = a session's last event; to bound the work, they are chosen
-   among the `sample` sessions that most recently met each item);
-3. a candidate's similarity is the sum of the weights of the current items it holds; the
-   `k` most similar are the neighbours;
+   recent of those (recency = a session's last event). To bound the work they are looked
+   for among the `sample` sessions that most recently met each item;
+3. a candidate's similarity is the sum of the weights of the current items it holds (read
+   from its own items); the `k` most similar are the neighbours;
 4. each neighbour votes for all its items with its similarity, divided by how far back in
    the current session its most recent shared item is (1 for the last item, 1/2 for the one
    before: "div" decay), and a vote is raised by `idf_weight` times the item's inverse
    document frequency (rare items say more about a session than popular ones).
 
-The index is a set of append-only arrays: a session's distinct items, and for each item the
-sessions that hold it, in the order they met it. Learning is an append; nothing is
-retrained. Memory is bounded by `max_sessions`: the oldest sessions are forgotten first
-(their entries are skipped, and trimmed from an item's list once it holds many of them).
+The index is append-only arrays: a session's distinct items, and for each item the
+sessions that met it, in that order. Learning is an append; nothing is retrained. Memory
+is bounded by `max_sessions`: sessions live in a ring and the oldest is forgotten when a
+new one needs its slot (its entries in item lists are skipped, and trimmed once they pile
+up); a forgotten session that comes back starts afresh.
 """
 
 from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Sequence
 from collections.abc import Set as AbstractSet
 from itertools import chain
 
@@ -34,6 +35,8 @@ import numpy as np
 import numpy.typing as npt
 
 Floats = npt.NDArray[np.float64]
+Indexes = npt.NDArray[np.intp]
+_TRIM_AT = 1024
 
 
 class SessionKNN:
@@ -54,22 +57,31 @@ class SessionKNN:
         self.max_sessions = max_sessions
         self._item_index: dict[str, int] = {}
         self.items: list[str] = []
-        # Per item: the sessions (global numbers) holding it, in the order they met it.
+        # Per item: the sessions (global numbers) that met it, in that order, and how many
+        # live sessions hold it (for idf).
         self._item_sessions: list[array[int]] = []
-        # Per live session (by number modulo max_sessions): its distinct items, and its
-        # last event time.
+        self._holders = array("q")
+        # Per live session (slot = number modulo max_sessions): its distinct items, its
+        # last event time and its key.
         self._session_items: list[list[int]] = []
         self._session_last = array("d")
-        self._session_number: dict[Hashable, int] = {}
         self._session_key: list[Hashable] = []
+        self._session_number: dict[Hashable, int] = {}
         self.sessions_seen = 0  # sessions ever started (the next session's number)
+
+    @property
+    def live_sessions(self) -> int:
+        return min(self.sessions_seen, self.max_sessions)
+
+    def _oldest_live(self) -> int:
+        return self.sessions_seen - self.max_sessions
 
     # -- learning --------------------------------------------------------------------------
 
     def observe(self, session: Hashable, item: str, at: float) -> None:
         """`session` viewed `item` at time `at` (any monotonic unit, e.g. epoch ms)."""
         number = self._session_number.get(session)
-        if number is None or number < self.sessions_seen - self.max_sessions:
+        if number is None:
             number = self._start(session)
         slot = number % self.max_sessions
         if at > self._session_last[slot]:
@@ -79,34 +91,52 @@ class SessionKNN:
             index = self._item_index[item] = len(self.items)
             self.items.append(item)
             self._item_sessions.append(array("q"))
+            self._holders.append(0)
         held = self._session_items[slot]
         if index not in held:
             held.append(index)
+            self._holders[index] += 1
             sessions = self._item_sessions[index]
             sessions.append(number)
-            if len(sessions) >= 1024 and sessions[0] < self.sessions_seen - self.max_sessions:
+            # Trimmed once most entries are forgotten sessions: amortised O(1) per view.
+            if len(sessions) >= _TRIM_AT and len(sessions) > 2 * self._holders[index]:
                 self._trim(sessions)
+
+    def forget(self, session: Hashable) -> None:
+        """Drop a session (a person's erasure): it no longer votes, and its key is gone."""
+        number = self._session_number.pop(session, None)
+        if number is not None:
+            slot = number % self.max_sessions
+            self._clear(slot)
+            self._session_key[slot] = None
 
     def _start(self, session: Hashable) -> int:
         number = self.sessions_seen
         self.sessions_seen += 1
+        slot = number % self.max_sessions
         if number < self.max_sessions:
             self._session_items.append([])
             self._session_last.append(-math.inf)
             self._session_key.append(session)
         else:  # the slot of the oldest session: forget it
-            slot = number % self.max_sessions
-            self._session_number.pop(self._session_key[slot], None)
-            self._session_items[slot] = []
-            self._session_last[slot] = -math.inf
+            old_key = self._session_key[slot]
+            if self._session_number.get(old_key) == number - self.max_sessions:
+                del self._session_number[old_key]
+            self._clear(slot)
             self._session_key[slot] = session
         self._session_number[session] = number
         return number
 
+    def _clear(self, slot: int) -> None:
+        for index in self._session_items[slot]:
+            self._holders[index] -= 1
+        self._session_items[slot] = []
+        self._session_last[slot] = -math.inf
+
     def _trim(self, sessions: array[int]) -> None:
-        oldest_live = self.sessions_seen - self.max_sessions
-        first_live = next((i for i, n in enumerate(sessions) if n >= oldest_live), len(sessions))
-        del sessions[:first_live]
+        """Drop the forgotten sessions from an item's list (it keeps its order)."""
+        oldest = self._oldest_live()
+        sessions[:] = array("q", (n for n in sessions if n >= oldest))
 
     # -- recommending ----------------------------------------------------------------------
 
@@ -134,11 +164,7 @@ class SessionKNN:
         return self.rank(scored, votes, count, allowed)
 
     def rank(
-        self,
-        scored: npt.NDArray[np.intp],
-        votes: Floats,
-        count: int,
-        allowed: AbstractSet[str] | None = None,
+        self, scored: Indexes, votes: Floats, count: int, allowed: AbstractSet[str] | None = None
     ) -> list[tuple[str, float]]:
         """The best `count` of the `scored` item numbers by `votes`, as (item, score)."""
         if allowed is not None:
@@ -152,73 +178,68 @@ class SessionKNN:
 
     def votes(
         self, current: Sequence[str], exclude_session: Hashable | None = None
-    ) -> tuple[npt.NDArray[np.intp], Floats]:
+    ) -> tuple[Indexes, Floats]:
         """The numbers of the items voted for, and every item's votes (by number)."""
+        nothing = np.empty(0, dtype=np.intp), np.zeros(len(self.items))
         length = len(current)
-        weight: dict[int, float] = {}
-        last_position: dict[int, int] = {}
-        for position, item in enumerate(current):
+        weight = np.zeros(len(self.items))
+        position = np.full(len(self.items), -1, dtype=np.int64)
+        for at, item in enumerate(current):
             index = self._item_index.get(item)
-            if index is not None:  # the last occurrence of an item sets its weight
-                weight[index] = ((position + 1) / length) ** 2
-                last_position[index] = position
-        empty = np.empty(0, dtype=np.intp), np.zeros(len(self.items))
-        if not weight:
-            return empty
+            if index is not None:  # the last view of an item sets its weight
+                weight[index] = ((at + 1) / length) ** 2
+                position[index] = at
+        shared = np.flatnonzero(position >= 0)
+        if len(shared) == 0:
+            return nothing
+        candidates = self._candidates(shared, exclude_session)
+        if len(candidates) == 0:
+            return nothing
+        # Each candidate read from its own items: similarity, and its most recent shared
+        # item's position in the current session.
+        slots = candidates % self.max_sessions
+        members = [self._session_items[slot] for slot in slots]
+        sizes = np.fromiter(map(len, members), dtype=np.int64, count=len(members))
+        items = np.fromiter(chain.from_iterable(members), dtype=np.int64, count=int(sizes.sum()))
+        owner = np.repeat(np.arange(len(members)), sizes)
+        similarity = np.bincount(owner, weights=weight[items], minlength=len(members))
+        nearest = np.full(len(members), -1, dtype=np.int64)
+        np.maximum.at(nearest, owner, position[items])
+        chosen = np.arange(len(members))
+        if len(chosen) > self.k:  # the most similar
+            chosen = np.argpartition(-similarity, self.k - 1)[: self.k]
+        # A neighbour's vote fades with how far back its most recent shared item is.
+        strength = np.zeros(len(members))
+        strength[chosen] = similarity[chosen] / (length - nearest[chosen])
+        votes: Floats = np.bincount(
+            items, weights=strength[owner], minlength=len(self.items)
+        ).astype(np.float64, copy=False)
+        scored = np.flatnonzero(votes)
+        if self.idf_weight:
+            holders = np.frombuffer(self._holders, dtype=np.int64)[scored]
+            idf = np.log(self.live_sessions / np.maximum(holders, 1))
+            votes[scored] *= 1.0 + self.idf_weight * idf
+        return scored, votes
+
+    def _candidates(self, shared: Indexes, exclude_session: Hashable | None) -> Indexes:
+        """The `sample` most recent live sessions among those that most recently met each
+        shared item (the excluded session aside)."""
+        oldest = self._oldest_live()
         excluded = (
             self._session_number.get(exclude_session) if exclude_session is not None else None
         )
-        # Each item's most recent sessions (one more if one of them may be excluded): the
-        # sample is taken among them.
-        tail = self.sample + (excluded is not None)
-        parts = [np.frombuffer(self._item_sessions[i], dtype=np.int64)[-tail:] for i in weight]
-        sessions = np.concatenate(parts)
-        sizes = [len(part) for part in parts]
-        weights = np.repeat(np.fromiter(weight.values(), dtype=np.float64), sizes)
-        positions = np.repeat(np.fromiter(last_position.values(), dtype=np.int64), sizes)
-        keep = sessions >= self.sessions_seen - self.max_sessions
-        if excluded is not None:
-            keep &= sessions != excluded
-        if not keep.all():
-            sessions, weights, positions = sessions[keep], weights[keep], positions[keep]
-        if len(sessions) == 0:
-            return empty
-        candidates, where = np.unique(sessions, return_inverse=True)
-        similarity = np.bincount(where, weights=weights)
-        nearest = np.full(len(candidates), -1, dtype=np.int64)
-        np.maximum.at(nearest, where, positions)
-        chosen = np.arange(len(candidates))
-        if len(candidates) > self.sample:  # the most recent sessions
+        parts = []
+        for index in shared:
+            # Entries are in the order sessions met the item, not in session order: a
+            # forgotten session may sit anywhere, so every entry is checked.
+            sessions = np.frombuffer(self._item_sessions[index], dtype=np.int64)
+            live = sessions[sessions >= oldest]
+            if excluded is not None:
+                live = live[live != excluded]
+            parts.append(live[-self.sample :])
+        candidates = np.unique(np.concatenate(parts))
+        if len(candidates) > self.sample:
             last = np.frombuffer(self._session_last, dtype=np.float64)
             recency = last[candidates % self.max_sessions]
-            chosen = np.argpartition(-recency, self.sample - 1)[: self.sample]
-        if len(chosen) > self.k:  # the most similar of them
-            chosen = chosen[np.argpartition(-similarity[chosen], self.k - 1)[: self.k]]
-        # A neighbour's vote fades with how far back its most recent shared item is.
-        strength = similarity[chosen] / (length - nearest[chosen])
-        members = [self._session_items[n % self.max_sessions] for n in candidates[chosen]]
-        sizes = [len(m) for m in members]
-        items = np.fromiter(chain.from_iterable(members), dtype=np.int64)
-        each = np.repeat(strength, sizes)
-        votes: Floats = np.bincount(items, weights=each, minlength=len(self.items)).astype(
-            np.float64, copy=False
-        )
-        scored = np.flatnonzero(votes)
-        if self.idf_weight:
-            votes[scored] *= 1.0 + self.idf_weight * self._idf(scored)
-        return scored, votes
-
-    def _idf(self, items: Iterable[int]) -> Floats:
-        """log(sessions / sessions holding the item), over the sessions remembered."""
-        live = min(self.sessions_seen, self.max_sessions)
-        oldest = self.sessions_seen - self.max_sessions
-        counts = np.fromiter(
-            (_live_count(self._item_sessions[i], oldest) for i in items), dtype=np.float64
-        )
-        return np.log(live / np.maximum(counts, 1.0))
-
-
-def _live_count(sessions: array[int], oldest_live: int) -> int:
-    if not sessions or sessions[0] >= oldest_live:
-        return len(sessions)
-    return sum(1 for n in sessions if n >= oldest_live)
+            candidates = candidates[np.argpartition(-recency, self.sample - 1)[: self.sample]]
+        return candidates
