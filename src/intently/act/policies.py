@@ -170,20 +170,21 @@ class BetaThompson:
 
 class _Ridge:
     """One action's ridge regression: A = lambda I + sum x x^T, b = sum r x, with A^-1
-    kept up to date by Sherman-Morrison (a rank-one update, O(d^2))."""
+    kept up to date by Sherman-Morrison (a rank-one update, O(d^2)). Its A^-1 and theta
+    are views into the policy's stacked arrays, so every action is scored in one product."""
 
     __slots__ = ("a_inv", "b", "theta")
 
-    def __init__(self, dimensions: int, regularization: float) -> None:
-        self.a_inv = np.eye(dimensions) / regularization
-        self.b = np.zeros(dimensions)
-        self.theta = np.zeros(dimensions)
+    def __init__(self, a_inv: Floats, theta: Floats) -> None:
+        self.a_inv = a_inv
+        self.theta = theta
+        self.b = np.zeros(len(theta))
 
     def update(self, x: Vector, reward: float) -> None:
         a_inv_x = self.a_inv @ x
         self.a_inv -= np.outer(a_inv_x, a_inv_x) / (1.0 + x @ a_inv_x)
         self.b += reward * x
-        self.theta = self.a_inv @ self.b
+        self.theta[:] = self.a_inv @ self.b
 
 
 class _Linear:
@@ -194,6 +195,9 @@ class _Linear:
         self.regularization = regularization
         self.floor = _check_floor(floor)
         self.models: dict[str, _Ridge] = {}
+        self._slots: dict[str, int] = {}
+        self._inverses = np.empty((0, dimensions, dimensions))
+        self._thetas = np.empty((0, dimensions))
 
     def _context(self, context: Vector | None) -> Vector:
         if context is None:
@@ -207,17 +211,38 @@ class _Linear:
     def _model(self, action: str) -> _Ridge:
         model = self.models.get(action)
         if model is None:
-            model = self.models[action] = _Ridge(self.dimensions, self.regularization)
+            slot = len(self._slots)
+            if slot == len(self._thetas):  # full: double, and re-point every model
+                self._grow(max(8, 2 * slot))
+            self._inverses[slot] = np.eye(self.dimensions) / self.regularization
+            self._thetas[slot] = 0.0
+            self._slots[action] = slot
+            model = self.models[action] = _Ridge(self._inverses[slot], self._thetas[slot])
         return model
 
+    def _grow(self, capacity: int) -> None:
+        inverses = np.empty((capacity, self.dimensions, self.dimensions))
+        thetas = np.empty((capacity, self.dimensions))
+        used = len(self._slots)
+        inverses[:used], thetas[:used] = self._inverses[:used], self._thetas[:used]
+        self._inverses, self._thetas = inverses, thetas
+        for action, slot in self._slots.items():
+            model = self.models[action]
+            model.a_inv, model.theta = inverses[slot], thetas[slot]
+
     def _mean_and_spread(self, actions: Sequence[str], x: Vector) -> tuple[Floats, Floats]:
-        models = [self.models.get(a) for a in actions]
-        prior = np.eye(self.dimensions) / self.regularization
-        mean = np.array([0.0 if m is None else m.theta @ x for m in models])
-        spread = np.sqrt(
-            np.array([x @ (prior if m is None else m.a_inv) @ x for m in models]).clip(0.0)
-        )
-        return mean, spread
+        """Each action's predicted reward x . theta and its standard error sqrt(x A^-1 x),
+        for every action at once (one never rewarded has the prior: 0 and x.x/lambda)."""
+        mean = np.zeros(len(actions))
+        variance = np.full(len(actions), (x @ x) / self.regularization)
+        slots = self._slots
+        known = [i for i, action in enumerate(actions) if action in slots]
+        if known:
+            used = len(slots)
+            at = [slots[actions[i]] for i in known]
+            mean[known] = (self._thetas[:used] @ x)[at]
+            variance[known] = ((self._inverses[:used] @ x) @ x)[at]
+        return mean, np.sqrt(variance.clip(0.0))
 
     def update(self, action: str, reward: float, context: Vector | None) -> None:
         self._model(action).update(self._context(context), check_reward(reward))
