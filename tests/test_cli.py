@@ -22,7 +22,7 @@ def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
 @pytest.mark.parametrize(
     "command",
     [[], ["serve"], ["replay"], ["export"], ["export", "events"], ["eval"], ["eval", "sessions"],
-     ["eval", "ope"]],
+     ["eval", "ope"], ["catalog"], ["catalog", "import"]],
 )  # fmt: skip
 def test_every_command_has_help(runner: CliRunner, command: list[str]) -> None:
     result = runner.invoke(main, [*command, "--help"])

@@ -199,6 +199,54 @@ def export_events_command(data_dir: Path | None, since: str | None, after_seq: i
     sys.stdout.buffer.flush()
 
 
+@main.group()
+def catalog() -> None:
+    """Manage the catalog of items decisions choose from."""
+
+
+@catalog.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help=DATA_DIR_HELP)
+def catalog_import(file: Path, data_dir: Path | None) -> None:
+    """Insert or replace items from FILE: JSON Lines (.jsonl, one item per line) or CSV
+    (.csv, a header row; category as "A > B", tags as "a|b", other columns attributes).
+
+    Each line is checked on its own: the valid ones are imported, the others listed.
+    The engine must not be serving the same data dir meanwhile.
+    """
+    from intently.catalog.imports import read_items
+    from intently.engine import DataDirLocked, Engine
+
+    settings = _settings(data_dir=data_dir)
+    try:
+        engine = Engine(settings)
+    except DataDirLocked as error:
+        raise click.ClickException(str(error)) from None
+    refused: list[tuple[int, str]] = []
+    items = []
+    imported = 0
+    try:
+        try:
+            for line, item, why in read_items(file):
+                if item is None:
+                    refused.append((line, why or "invalid"))
+                else:
+                    items.append(item)
+        except UnicodeDecodeError:
+            raise click.ClickException(f"{file}: not UTF-8 text") from None
+        if items:
+            imported = engine.catalog.upsert(items)
+    finally:
+        engine.close()
+    for line, why in refused[:20]:
+        click.echo(f"line {line}: {why}", err=True)
+    if len(refused) > 20:
+        click.echo(f"... and {len(refused) - 20} more refused lines", err=True)
+    click.echo(f"imported {imported} items, {len(refused)} lines refused")
+    if refused:
+        sys.exit(1)
+
+
 @main.group("eval")
 def eval_group() -> None:
     """Measure recommenders offline, on recorded data."""

@@ -13,6 +13,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from intently.api.metrics import Metrics
+from intently.catalog.store import CatalogStore
 from intently.clock import Clock, SystemClock, epoch_ms
 from intently.config import Settings
 from intently.context.stage import ContextStage
@@ -93,6 +94,8 @@ class Engine:
         self._resources.callback(self.log.close)
         self.store = open_store(settings)
         self._resources.callback(self.store.close)
+        self.catalog = CatalogStore(settings.data_dir / "catalog.db")
+        self._resources.callback(self.catalog.close)
         self.context = ContextStage(self.store, settings.context_settings())
         self.segments = SegmentRegistry(
             FieldCatalog(self.context.rules), settings.data_dir, settings.segments_file

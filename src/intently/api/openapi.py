@@ -15,6 +15,7 @@ from msgspec import Struct
 from intently._version import __version__
 from intently.api.problems import PROBLEM_MEDIA_TYPE, Problem
 from intently.api.profiles import ConsentUpdate, Erased
+from intently.catalog.items import ItemUpload
 from intently.events.schema import BatchForSchema, Event
 from intently.pipeline import IngestResult
 from intently.segments.registry import SegmentSpec
@@ -58,6 +59,13 @@ _AUTH_ERRORS = {
     "403": _problem("The route needs the secret (admin) key."),
 }
 _ADMIN_ERRORS = {**_AUTH_ERRORS, "404": _problem("No profile has this id.")}
+_ITEM_ID = {
+    "name": "item_id",
+    "in": "path",
+    "required": True,
+    "description": "The item's id.",
+    "schema": {"type": "string"},
+}
 _NAME = {
     "name": "name",
     "in": "path",
@@ -69,10 +77,11 @@ _NAME = {
 
 def build_openapi() -> dict[str, Any]:
     schemas, components = msgspec.json.schema_components(
-        [Event, BatchForSchema, IngestResult, Problem, Health, Erased, ConsentUpdate, SegmentSpec],
+        [Event, BatchForSchema, IngestResult, Problem, Health, Erased, ConsentUpdate, SegmentSpec,
+         ItemUpload],
         ref_template="#/components/schemas/{name}",
-    )
-    event, batch, ingest, _problem_schema, health, erased, consent, segment_spec = schemas
+    )  # fmt: skip
+    event, batch, ingest, _problem_schema, health, erased, consent, segment_spec, upload = schemas
     components["Event"] = event
     json_body = {"schema": {"oneOf": [_ref("Event"), batch]}}
     return {
@@ -170,6 +179,41 @@ def build_openapi() -> dict[str, Any]:
                         "400": _problem("The body is not a consent update."),
                         "413": _problem("The body is too large."),
                         **_ADMIN_ERRORS,
+                    },
+                },
+            },
+            "/v1/catalog/items": {
+                "post": {
+                    "operationId": "postCatalogItems",
+                    "summary": "Insert or replace up to 10,000 catalog items (16 MB).",
+                    "description": (
+                        "Each item is judged on its own: the answer counts the upserted ones "
+                        "and lists each rejected one with its index and field. Decisions see "
+                        "the items once this answers (stock 0: no longer recommended)."
+                    ),
+                    "security": [{"bearer": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": upload}},
+                    },
+                    "responses": {
+                        "200": _object("Items durable and live."),
+                        "400": _problem("Nothing in the body was usable."),
+                        "413": _problem("The body is too large."),
+                        **_AUTH_ERRORS,
+                    },
+                }
+            },
+            "/v1/catalog/items/{item_id}": {
+                "parameters": [_ITEM_ID],
+                "get": {
+                    "operationId": "getCatalogItem",
+                    "summary": "One catalog item, and whether decisions may show it now.",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": _object("The item."),
+                        "404": _problem("No such item."),
+                        **_AUTH_ERRORS,
                     },
                 },
             },

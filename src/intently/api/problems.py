@@ -7,6 +7,7 @@ body) or `errors` (one per rejected event, with its index and field) for the mac
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Any
 
 import msgspec
 from msgspec import Struct
@@ -58,3 +59,8 @@ def problem(
         position=position,
     )
     return Response(_encode(body), status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    """A JSON answer (msgspec-encoded: structs, dicts, lists)."""
+    return Response(_encode(body), status, media_type="application/json")

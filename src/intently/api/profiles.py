@@ -15,14 +15,12 @@ from starlette.responses import Response
 
 from intently.api.auth import require
 from intently.api.events import read_json
-from intently.api.problems import problem
+from intently.api.problems import json_response, problem
 from intently.context.profile import Profile
 from intently.engine import Engine
 from intently.events.record import record_as_json
 from intently.events.schema import Consent, Context, TrackEvent
 from intently.keys import Role
-
-_encode = msgspec.json.Encoder().encode
 
 
 class ConsentUpdate(Struct, forbid_unknown_fields=True):
@@ -41,10 +39,6 @@ class Erased(Struct):
 
 
 _consent_decoder = msgspec.json.Decoder(ConsentUpdate)
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(_encode(body), status, media_type="application/json")
 
 
 def _not_found(any_id: str) -> Response:
@@ -83,7 +77,7 @@ async def get_profile(request: Request) -> Response:
     engine, any_id, profile = _profile(request)
     if profile is None:
         return _not_found(any_id)
-    return _json(describe(engine, profile))
+    return json_response(describe(engine, profile))
 
 
 @require(Role.ADMIN)
@@ -105,7 +99,7 @@ async def export_profile(request: Request) -> Response:
         },
         "events": [msgspec.Raw(record_as_json(row.body)) for row in rows],
     }
-    return _json(body)
+    return json_response(body)
 
 
 @require(Role.ADMIN)
@@ -122,7 +116,7 @@ async def delete_profile(request: Request) -> Response:
     events = await asyncio.to_thread(engine.log.erase, anonymous_ids, user_ids)
     engine.context.forget(profile)
     await asyncio.wrap_future(engine.store.compact())
-    return _json(Erased(profile.id, events, len(anonymous_ids) + len(user_ids)))
+    return json_response(Erased(profile.id, events, len(anonymous_ids) + len(user_ids)))
 
 
 @require(Role.ADMIN)
@@ -151,4 +145,4 @@ async def put_consent(request: Request) -> Response:
     )
     await engine.pipeline.ingest([(None, event)])
     refreshed = engine.context.lookup(profile.id) or profile
-    return _json(engine.context.describe(refreshed, engine.now_ms())["consent"])
+    return json_response(engine.context.describe(refreshed, engine.now_ms())["consent"])

@@ -10,18 +10,13 @@ from starlette.responses import Response
 
 from intently.api.auth import require
 from intently.api.events import read_json
-from intently.api.problems import problem
+from intently.api.problems import json_response, problem
 from intently.engine import Engine
 from intently.keys import Role
 from intently.segments.lang import ExpressionError
 from intently.segments.registry import ConfigError, Segment, SegmentSpec, valid_name
 
-_encode = msgspec.json.Encoder().encode
 _spec = msgspec.json.Decoder(SegmentSpec)
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(_encode(body), status, media_type="application/json")
 
 
 def _view(engine: Engine, segment: Segment) -> dict[str, Any]:
@@ -35,7 +30,7 @@ def _missing(name: str) -> Response:
 @require(Role.ADMIN)
 async def list_segments(request: Request) -> Response:
     engine: Engine = request.app.state.engine
-    return _json(
+    return json_response(
         {
             "segments": [_view(engine, segment) for segment, _ in engine.segments],
             "fields": engine.segments.catalog.describe(),
@@ -48,7 +43,7 @@ async def get_segment(request: Request) -> Response:
     engine: Engine = request.app.state.engine
     name = request.path_params["name"]
     segment = engine.segments.get(name)
-    return _missing(name) if segment is None else _json(_view(engine, segment))
+    return _missing(name) if segment is None else json_response(_view(engine, segment))
 
 
 @require(Role.ADMIN)
@@ -78,7 +73,9 @@ async def put_segment(request: Request) -> Response:
         )
     except ConfigError as exc:
         return problem(400, "webhook-secret-missing", str(exc), pointer="/webhook")
-    return _json({**_view(engine, segment), "changed": changed}, 201 if existing is None else 200)
+    return json_response(
+        {**_view(engine, segment), "changed": changed}, 201 if existing is None else 200
+    )
 
 
 @require(Role.ADMIN)

@@ -338,7 +338,8 @@ def _body_write_key(event: Event | None) -> str | None:
 # msgspec reports "<detail> - at `$.a.b[0]`"; a missing field is named in backticks.
 _AT = re.compile(r"^(?P<detail>.*?)(?: - at `(?P<path>\$[^`]*)`)?$", re.DOTALL)
 _STEP = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
-_MISSING = re.compile(r"missing required field `([^`]+)`")
+# A field that is missing, or that a strict struct does not know, is named in backticks.
+_MISSING = re.compile(r"(?:missing required|contains unknown) field `([^`]+)`")
 
 
 def _split_msgspec_error(message: str) -> tuple[str, Path]:
@@ -357,15 +358,27 @@ def _split_msgspec_error(message: str) -> tuple[str, Path]:
     return detail, path
 
 
-def _field_error(index: int | None, path: Path, detail: str, reason: str) -> FieldError:
+def split_msgspec_error(message: str) -> tuple[str, Path]:
+    """msgspec's validation message as (detail, path of the field at fault)."""
+    return _split_msgspec_error(message)
+
+
+def _field_error(
+    index: int | None, path: Path, detail: str, reason: str, container: str = "batch"
+) -> FieldError:
     field = ".".join(f"[{p}]" if isinstance(p, int) else p for p in path).replace(".[", "[")
     return FieldError(
-        field=field or "$", pointer=_pointer(index, path), detail=detail, reason=reason, index=index
-    )
+        field=field or "$", pointer=_pointer(index, path, container), detail=detail,
+        reason=reason, index=index,
+    )  # fmt: skip
 
 
-def _pointer(index: int | None, path: Path) -> str:
-    """An RFC 6901 JSON pointer into the request body."""
-    steps: Path = [] if index is None else ["batch", index]
+field_error = _field_error
+
+
+def _pointer(index: int | None, path: Path, container: str = "batch") -> str:
+    """An RFC 6901 JSON pointer into the request body (an entry of `container` when
+    `index` is given)."""
+    steps: Path = [] if index is None else [container, index]
     steps = steps + path
     return "".join("/" + str(s).replace("~", "~0").replace("/", "~1") for s in steps)

@@ -1,0 +1,1 @@
+"""The catalog: the items and content that decisions choose from."""

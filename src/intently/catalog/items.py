@@ -1,0 +1,107 @@
+"""Catalog items: the products decisions choose from, as typed structs checked one by one.
+
+An item is valid or refused on its own, with the field named (as events are): one bad row
+of a 10,000-item upload never stops the other 9,999. `category` is a path from the
+broadest category to the narrowest (`["Shoes", "Running"]`); the narrowest is what
+sessions and profiles hold as the item's category. `stock` None means "not tracked": the
+item is available; 0 means sold out: it is not recommended, from the moment the update
+is acknowledged.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct
+
+from intently.events.limits import LimitError, check_free_form
+from intently.events.schema import Id, Name, Text, Url
+from intently.events.validate import FieldError, field_error, split_msgspec_error
+
+MAX_ITEMS_PER_UPLOAD = 10_000
+Price = Annotated[float, Meta(ge=0, le=1e12)]
+Stock = Annotated[int, Meta(ge=0, le=10**12)]
+
+
+class Item(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    id: Id
+    title: Text | None = None
+    category: Annotated[list[Name], Meta(max_length=10)] = msgspec.field(default_factory=list)
+    brand: Name | None = None
+    price: Price | None = None
+    stock: Stock | None = None
+    tags: Annotated[list[Name], Meta(max_length=100)] = msgspec.field(default_factory=list)
+    image: Url | None = None
+    url: Url | None = None
+    active: bool = True
+    attributes: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    @property
+    def leaf_category(self) -> str | None:
+        return self.category[-1] if self.category else None
+
+    @property
+    def available(self) -> bool:
+        return self.active and self.stock != 0
+
+
+class _Upload(Struct):
+    items: Annotated[list[msgspec.Raw], Meta(max_length=MAX_ITEMS_PER_UPLOAD)]
+
+
+class ItemUpload(Struct):
+    """The body of `POST /v1/catalog/items` (for the OpenAPI document)."""
+
+    items: Annotated[list[Item], Meta(max_length=MAX_ITEMS_PER_UPLOAD)]
+
+
+_item = msgspec.json.Decoder(Item)
+_upload = msgspec.json.Decoder(_Upload)
+
+
+def decode_item(
+    raw: bytes | msgspec.Raw, index: int | None
+) -> tuple[Item | None, FieldError | None]:
+    """One item, or why not (the field named, with a JSON pointer under /items/index)."""
+    try:
+        item = _item.decode(raw)
+        check_free_form(item.attributes, ["attributes"])
+    except msgspec.ValidationError as exc:
+        detail, path = split_msgspec_error(str(exc))
+        return None, field_error(index, path, detail, "schema", container="items")
+    except msgspec.DecodeError as exc:
+        return None, field_error(index, [], f"malformed JSON: {exc}", "malformed-json", "items")
+    except LimitError as exc:
+        return None, field_error(index, exc.path, exc.detail, "limits", container="items")
+    except (UnicodeDecodeError, RecursionError):
+        return None, field_error(index, [], "not readable as JSON text", "unreadable", "items")
+    return item, None
+
+
+class UploadError(ValueError):
+    def __init__(self, detail: str, pointer: str = "") -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.pointer = pointer
+
+
+def decode_upload(body: bytes) -> tuple[list[tuple[int, Item]], list[FieldError]]:
+    """`{"items": [...]}`: the valid items with their index, and the refused ones."""
+    try:
+        upload = _upload.decode(body)
+    except msgspec.ValidationError as exc:
+        detail, path = split_msgspec_error(str(exc))
+        pointer = "/" + "/".join(map(str, path)) if path else ""
+        raise UploadError(detail, pointer) from None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise UploadError(f"the body is not valid JSON: {exc}") from None
+    items, errors = [], []
+    for index, raw in enumerate(upload.items):
+        item, error = decode_item(raw, index)
+        if error is not None:
+            errors.append(error)
+        else:
+            assert item is not None
+            items.append((index, item))
+    return items, errors

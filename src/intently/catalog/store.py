@@ -1,0 +1,94 @@
+"""The catalog, in memory for decisions and in `catalog.db` (SQLite) for restarts.
+
+Writes are whole items (an upsert replaces the item), made durable in one transaction per
+upload, then applied to memory: a decision that starts after the upload was acknowledged
+sees it (a sold-out item is no longer available). Reads never touch the disk.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import msgspec
+
+from intently.catalog.items import Item
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id         TEXT PRIMARY KEY,
+    body       BLOB NOT NULL,
+    updated_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+# JSON, not MessagePack: attributes are free-form JSON and may hold integers past 64 bits
+# (the API fuzzer sent one); catalog writes are rare, so the encoding's speed is moot.
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(Item).decode
+
+
+class CatalogStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._items: dict[str, Item] = {}
+        self._available: set[str] = set()
+        for (body,) in self._db.execute("SELECT body FROM items"):
+            self._apply(_decode(body))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Item]:
+        return iter(list(self._items.values()))
+
+    def get(self, item_id: str) -> Item | None:
+        return self._items.get(item_id)
+
+    @property
+    def available(self) -> frozenset[str]:
+        """The ids of the items decisions may show now (active, not sold out)."""
+        return frozenset(self._available)
+
+    def is_available(self, item_id: str) -> bool:
+        return item_id in self._available
+
+    def write(self, items: Iterable[Item]) -> list[Item]:
+        """Make `items` durable (the last of the same id wins); returns them, to `apply`
+        once written. Safe to call from a worker thread."""
+        latest = {item.id: item for item in items}
+        now = int(time.time() * 1000)
+        with self._db:  # one transaction
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT INTO items (id, body, updated_ms) VALUES (?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET body = excluded.body, "
+                "updated_ms = excluded.updated_ms",
+                [(item.id, _encode(item), now) for item in latest.values()],
+            )
+        return list(latest.values())
+
+    def apply(self, items: Iterable[Item]) -> None:
+        """Show written items to readers (on the thread that serves decisions)."""
+        for item in items:
+            self._apply(item)
+
+    def upsert(self, items: Iterable[Item]) -> int:
+        written = self.write(items)
+        self.apply(written)
+        return len(written)
+
+    def _apply(self, item: Item) -> None:
+        self._items[item.id] = item
+        if item.available:
+            self._available.add(item.id)
+        else:
+            self._available.discard(item.id)
+
+    def close(self) -> None:
+        self._db.close()
