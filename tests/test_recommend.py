@@ -359,3 +359,57 @@ def test_a_login_mid_session_continues_the_same_path_and_erasure_forgets_it(
         assert not any("anon-1" in str(key) for key in learner.knn._session_key)
     finally:
         engine.close()
+
+
+# -- viewed together, bought together, trending ------------------------------------------------
+
+
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 6)), max_size=50))
+def test_co_occurrence_counts_equal_a_from_scratch_count(views: list[tuple[int, int]]) -> None:
+    from intently.recommend.together import CoOccurrence
+
+    together = CoOccurrence(max_neighbours=1000)
+    sessions: dict[int, list[str]] = defaultdict(list)
+    for session, item in views:
+        together.learn(sessions[session], f"i{item}")
+        sessions[session].append(f"i{item}")
+    expected: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for path in sessions.values():
+        # each distinct pair counts once per time the later item is viewed after the other
+        for j, later in enumerate(path):
+            for other in set(path[:j]) - {later}:
+                expected[other][later] += 1
+                expected[later][other] += 1
+    assert {k: dict(v) for k, v in expected.items()} == together.pairs
+    ranked = together.scores(["i1"], 3)
+    assert [item for item, _ in ranked] == [
+        item for item, _ in sorted(expected["i1"].items(), key=lambda kv: (-kv[1], kv[0]))
+    ][:3]
+    assert all(item != "i1" for item, _ in ranked)
+
+
+def test_bought_together_counts_each_pair_of_an_order_once() -> None:
+    from intently.recommend.together import CoOccurrence
+
+    bought = CoOccurrence(max_neighbours=2)
+    bought.learn_basket(["a", "b", "c", "b"])
+    assert bought.pairs == {"a": {"b": 1, "c": 1}, "b": {"a": 1, "c": 1}, "c": {"a": 1, "b": 1}}
+    bought.learn_basket(["a", "d"])  # a full list: the weakest other partner (the first of
+    assert bought.pairs["a"] == {"c": 1, "d": 1}  # equals, b) goes, and d comes in
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.floats(0, 1e6)), min_size=1, max_size=40))
+def test_trending_scores_equal_the_decayed_counts(views: list[tuple[int, float]]) -> None:
+    from intently.recommend.together import Trending
+
+    half_life = 1000.0
+    trending = Trending(half_life_ms=half_life)
+    ordered = sorted(views, key=lambda v: v[1])
+    for item, at in ordered:
+        trending.learn(f"i{item}", at)
+    now = ordered[-1][1]
+    for item in {f"i{i}" for i, _ in ordered}:
+        expected = sum(2 ** (-(now - at) / half_life) for i, at in ordered if f"i{i}" == item)
+        assert trending.score(item, now) == pytest.approx(expected, rel=1e-9, abs=1e-300)
+    top = trending.top(2, now)
+    assert [score for _, score in top] == sorted((s for _, s in top), reverse=True)

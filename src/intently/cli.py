@@ -22,7 +22,7 @@ from intently.events.geo import IP_MODES
 DATA_DIR_HELP = "Where the embedded store keeps its files (default ./intently-data)."
 
 # Kept here (not imported from intently.recommend) so `intently --help` stays fast.
-ALGORITHM_CHOICES = ("vsknn+sr", "vsknn", "sr", "popular")
+ALGORITHM_CHOICES = ("vsknn+sr", "vsknn", "sr", "covisit", "trending", "popular")
 PROTOCOL_CHOICES = ("static", "prequential")
 OBD_CAMPAIGNS = ("all", "men", "women")
 
@@ -267,7 +267,7 @@ def eval_group() -> None:
               help="Length of the recommendation list (HR@K, MRR@K).")  # fmt: skip
 @click.option(
     "--algorithm", type=click.Choice(ALGORITHM_CHOICES), default="vsknn+sr", show_default=True,
-    help="vsknn+sr: session kNN blended with sequential rules; vsknn, sr, popular alone.",
+    help="vsknn+sr: session kNN blended with sequential rules; the others alone.",
 )  # fmt: skip
 @click.option(
     "--protocol", type=click.Choice(PROTOCOL_CHOICES), default="static", show_default=True,

@@ -43,7 +43,7 @@ from intently.recommend.session_knn import SessionKNN
 
 Protocol = Literal["static", "prequential"]
 # vsknn+sr: the session kNN with sequential rules blended in (recommend/blend.py).
-ALGORITHMS = ("vsknn+sr", "vsknn", "sr", "popular")
+ALGORITHMS = ("vsknn+sr", "vsknn", "sr", "covisit", "trending", "popular")
 PROTOCOLS: tuple[Protocol, ...] = ("static", "prequential")
 _HEADER = ["SessionId", "ItemId", "Time"]
 _BATCH = 2000
@@ -221,6 +221,13 @@ async def _run(
             current = learner.views(visitor)
             if algorithm == "popular":
                 ranked = [i for i, _ in learner.popularity.most_common() if i in known][:k]
+            elif algorithm in ("covisit", "trending"):
+                found = (
+                    learner.viewed_together.scores(current, k + len(current))
+                    if algorithm == "covisit"
+                    else learner.trending.top(k + 50, click.at * 1000)
+                )
+                ranked = [item for item, _ in found if item in known][:k]
             else:
                 recommended = next_items(
                     learner.knn,

@@ -20,6 +20,7 @@ from intently.context.facts import Facts
 from intently.context.profile import Profile, ProfileRules
 from intently.recommend.sequential import SequentialRules
 from intently.recommend.session_knn import SessionKNN
+from intently.recommend.together import CoOccurrence, Trending
 from intently.stores.protocol import Changes
 
 # The views kept per session for the recommenders (the context session keeps fewer, to
@@ -41,8 +42,9 @@ def device_of(facts: Facts) -> str | None:
 
 
 class LearnFromViews:
-    """A context-stage hook that feeds product views to a session kNN, sequential rules
-    and popularity counts, and keeps each device's recent views (at most `max_devices`
+    """A context-stage hook that feeds product views to a session kNN, sequential rules,
+    co-occurrence ("viewed together"), trending and popularity counts, and orders to
+    "bought together"; it keeps each device's recent views (at most `max_devices`
     devices, the least recently active forgotten first).
 
     `learning = False` freezes what is learned across sessions (the static evaluation
@@ -63,6 +65,9 @@ class LearnFromViews:
         self.session_timeout_ms = session_timeout_ms
         self.max_devices = max_devices
         self.popularity: Counter[str] = Counter()
+        self.viewed_together = CoOccurrence()
+        self.bought_together = CoOccurrence()
+        self.trending = Trending()
         self.learning = True
         self._paths: OrderedDict[str, _Path] = OrderedDict()
 
@@ -77,11 +82,16 @@ class LearnFromViews:
         return [] if path is None else list(path.views)
 
     def __call__(self, profile: Profile, facts: Facts | None, changes: Changes) -> None:
-        if facts is None or facts.product is None:
+        if facts is None or (facts.product is None and not facts.order_lines):
             return
         device = device_of(facts)
         if device is None or not self.profile_rules.personalizes(profile):
             return
+        if facts.order_lines:
+            if self.learning:
+                self.bought_together.learn_basket([line.product_id for line in facts.order_lines])
+            return
+        assert facts.product is not None
         path = self._paths.get(device)
         if path is None:
             path = self._paths[device] = _Path(last_ms=facts.at_ms)
@@ -97,6 +107,8 @@ class LearnFromViews:
         if self.learning:
             self.knn.observe((device, path.number), item, facts.at_ms)
             self.sequential.learn(path.views, item)
+            self.viewed_together.learn(path.views, item)
+            self.trending.learn(item, facts.at_ms)
             self.popularity[item] += 1
         path.views.append(item)
         if len(path.views) > RECENT_VIEWS:
