@@ -143,3 +143,85 @@ def test_catalog_import_reads_json_lines_and_csv(tmp_path: Path) -> None:
         assert engine.catalog.available == {"p1", "p6"}
     finally:
         engine.close()
+
+
+# -- offers and content variants ---------------------------------------------------------------
+
+WELCOME = {
+    "id": "welcome10",
+    "kind": "discount",
+    "title": "10% off your first order",
+    "fields": {"code": "WELCOME10", "percent": 10},
+    "eligibility": "profile.purchases.count == 0",
+}
+
+
+async def upload_offers(engine: Engine, body: object) -> httpx.Response:
+    async with client_for(engine, SECRET_KEY) as admin:
+        return await admin.post("/v1/catalog/offers", json=body)
+
+
+async def test_offers_are_checked_one_by_one_with_their_rules(engine: Engine) -> None:
+    offers = [
+        WELCOME,
+        {"id": "bad-rule", "kind": "banner", "eligibility": "profile.purchases.count =="},
+        {"id": "bad-type", "kind": "banner", "eligibility": "session.cart.value + 1"},
+        {"id": "no-kind"},
+        {"id": "backwards", "kind": "cta", "startsAt": "2026-12-02T00:00:00Z",
+         "endsAt": "2026-12-01T00:00:00Z"},
+        {"id": "attack", "kind": "message", "eligibility": "__import__('os').system('id')"},
+    ]  # fmt: skip
+    response = await upload_offers(engine, {"offers": offers})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["upserted"] == 1
+    rejected = {e["index"]: e for e in body["rejected"]}
+    assert rejected[1]["pointer"] == "/offers/1/eligibility"
+    assert rejected[1]["reason"] == "expression"
+    assert "position" in rejected[1]["detail"]
+    assert rejected[2]["reason"] == "expression"
+    assert rejected[3]["pointer"] == "/offers/3/kind"
+    assert rejected[4]["pointer"] == "/offers/4/endsAt"
+    assert rejected[5]["reason"] == "expression"
+    async with client_for(engine, SECRET_KEY) as admin:
+        stored = (await admin.get("/v1/catalog/offers/welcome10")).json()
+    assert stored == {**WELCOME, "active": True, "openNow": True}
+
+
+async def test_offers_are_eligible_by_window_and_rule(engine: Engine) -> None:
+    from intently.pipeline import ClientInfo
+
+    timed = {"id": "winter", "kind": "banner", "startsAt": "2026-11-23T09:00:00Z",
+             "endsAt": "2026-11-23T11:00:00Z"}  # fmt: skip
+    await upload_offers(engine, {"offers": [WELCOME, timed, {"id": "off", "kind": "cta",
+                                                             "active": False}]})  # fmt: skip
+    now = engine.now_ms()  # the test clock: 2026-11-23 10:00 UTC
+    # A visitor not seen yet meets only the offers without a rule.
+    assert [o.id for o in engine.catalog.eligible_offers(None, now)] == ["winter"]
+    from intently.events.validate import decode_event
+    from support import track
+
+    event, _ = decode_event(json.dumps(track(messageId="m1")).encode(), None)
+    assert event is not None
+    await engine.pipeline.ingest([(None, event)], ClientInfo())
+    profile = engine.context.lookup("anon-1")
+    assert [o.id for o in engine.catalog.eligible_offers(profile, now)] == ["welcome10", "winter"]
+    later = now + 2 * 3600 * 1000
+    assert [o.id for o in engine.catalog.eligible_offers(profile, later)] == ["welcome10"]
+
+
+async def test_offers_survive_a_restart(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data")
+    engine = Engine(settings)
+    try:
+        await upload_offers(engine, {"offers": [WELCOME]})
+    finally:
+        engine.close()
+    again = Engine(settings)
+    try:
+        live = again.catalog.get_offer("welcome10")
+        assert live is not None
+        assert live.matches is not None  # the rule compiled again
+        assert [o.id for o in again.catalog.eligible_offers(None, again.now_ms())] == []
+    finally:
+        again.close()

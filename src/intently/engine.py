@@ -94,14 +94,14 @@ class Engine:
         self._resources.callback(self.log.close)
         self.store = open_store(settings)
         self._resources.callback(self.store.close)
-        self.catalog = CatalogStore(settings.data_dir / "catalog.db")
-        self._resources.callback(self.catalog.close)
         self.context = ContextStage(self.store, settings.context_settings())
         self.segments = SegmentRegistry(
             FieldCatalog(self.context.rules), settings.data_dir, settings.segments_file
         )
         if settings.webhook_secret is None and any(s.webhook for s, _ in self.segments):
             raise ConfigError("a segment names a webhook: set INTENTLY_WEBHOOK_SECRET to sign it")
+        self.catalog = CatalogStore(settings.data_dir / "catalog.db", self.segments.catalog)
+        self._resources.callback(self.catalog.close)
         self.membership = Membership(self.segments, self.context.rules)
         self.context.hooks.append(self.membership)
         self.context.removal_hooks.append(self.membership.forget)

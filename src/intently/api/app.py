@@ -17,7 +17,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from intently._version import __version__
-from intently.api.catalog import get_item, post_items
+from intently.api.catalog import get_item, get_offer, post_items, post_offers
 from intently.api.events import post_events
 from intently.api.metrics import LatencyMiddleware
 from intently.api.openapi import Health, build_openapi
@@ -86,6 +86,8 @@ def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
         Route("/v1/profiles/{id}/consent", put_consent, methods=["PUT"]),
         Route("/v1/catalog/items", post_items, methods=["POST"]),
         Route("/v1/catalog/items/{item_id}", get_item, methods=["GET"]),
+        Route("/v1/catalog/offers", post_offers, methods=["POST"]),
+        Route("/v1/catalog/offers/{offer_id}", get_offer, methods=["GET"]),
         Route("/v1/segments", list_segments, methods=["GET"]),
         Route("/v1/segments/{name}", get_segment, methods=["GET"]),
         Route("/v1/segments/{name}", put_segment, methods=["PUT"]),

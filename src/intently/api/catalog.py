@@ -1,8 +1,10 @@
-"""`/v1/catalog/items`: upsert items in bulk, read one (admin key)."""
+"""`/v1/catalog`: upsert items and offers in bulk, read one (admin key)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.requests import Request
@@ -12,32 +14,70 @@ from intently.api.auth import require
 from intently.api.events import BodyTooLarge, read_body
 from intently.api.problems import json_response, problem
 from intently.catalog.items import UploadError, decode_upload
+from intently.catalog.offers import decode_offers
 from intently.engine import Engine
+from intently.events.validate import FieldError
 from intently.keys import Role
 
 MAX_UPLOAD_BYTES = 16 * 1024 * 1024
+T = TypeVar("T")
+
+
+async def _upsert(
+    request: Request,
+    what: str,
+    decode: Callable[[bytes], tuple[list[T], list[FieldError]]],
+    write: Callable[[list[T]], list[T]],
+    apply: Callable[[list[T]], None],
+) -> Response:
+    """Read an upload, keep what is valid, make it durable (off the event loop), then
+    show it to decisions (on the event loop, where they read); answer with the count and
+    what was refused."""
+    try:
+        body = await read_body(request, MAX_UPLOAD_BYTES)
+    except BodyTooLarge:
+        return problem(413, "body-too-large", f"an upload is at most {MAX_UPLOAD_BYTES} bytes")
+    try:
+        valid, errors = decode(body)
+    except UploadError as error:
+        return problem(400, "invalid-body", error.detail, pointer=error.pointer or None)
+    if not valid:
+        detail = f"no {what} was usable; see errors" if errors else f"send at least one {what}"
+        return problem(400, f"no-usable-{what}", detail, errors=errors or None)
+    written = await asyncio.to_thread(write, valid)
+    apply(written)
+    answer: dict[str, Any] = {"upserted": len(written)}
+    if errors:
+        answer["rejected"] = errors
+    return json_response(answer)
+
+
+def _without_index(decoded: tuple[Sequence[tuple[int, T]], list[FieldError]]) -> tuple[
+    list[T], list[FieldError]
+]:  # fmt: skip
+    return [value for _, value in decoded[0]], decoded[1]
 
 
 @require(Role.ADMIN)
 async def post_items(request: Request) -> Response:
     """Insert or replace items; each is checked on its own. Once answered, decisions see
     the new items (an item with stock 0 is no longer recommended)."""
-    engine: Engine = request.app.state.engine
-    try:
-        body = await read_body(request, MAX_UPLOAD_BYTES)
-    except BodyTooLarge:
-        return problem(413, "body-too-large", f"an upload is at most {MAX_UPLOAD_BYTES} bytes")
-    try:
-        items, errors = decode_upload(body)
-    except UploadError as error:
-        return problem(400, "invalid-body", error.detail, pointer=error.pointer or None)
-    if not items:
-        detail = "no item was usable; see errors" if errors else "send at least one item"
-        return problem(400, "no-usable-item", detail, errors=errors or None)
-    written = await asyncio.to_thread(engine.catalog.write, [item for _, item in items])
-    engine.catalog.apply(written)  # on the event loop, where decisions read
-    return json_response({"upserted": len(written), "rejected": errors} if errors else
-                 {"upserted": len(written)})  # fmt: skip
+    catalog = request.app.state.engine.catalog
+    return await _upsert(
+        request, "item", lambda body: _without_index(decode_upload(body)), catalog.write,
+        catalog.apply,
+    )  # fmt: skip
+
+
+@require(Role.ADMIN)
+async def post_offers(request: Request) -> Response:
+    """Insert or replace offers; each is checked on its own (its eligibility rule parsed
+    and type-checked). Once answered, decisions choose among them."""
+    catalog = request.app.state.engine.catalog
+    return await _upsert(
+        request, "offer", lambda body: decode_offers(body, catalog.fields), catalog.write_offers,
+        catalog.apply_offers,
+    )  # fmt: skip
 
 
 @require(Role.ADMIN)
@@ -50,3 +90,16 @@ async def get_item(request: Request) -> Response:
     return json_response(
         {**msgspec.to_builtins(item), "active": item.active, "available": item.available}
     )
+
+
+@require(Role.ADMIN)
+async def get_offer(request: Request) -> Response:
+    engine: Engine = request.app.state.engine
+    offer_id = request.path_params["offer_id"]
+    live = engine.catalog.get_offer(offer_id)
+    if live is None:
+        return problem(404, "offer-not-found", f"there is no offer {offer_id!r}")
+    return json_response(
+        {**msgspec.to_builtins(live.offer), "active": live.offer.active,
+         "openNow": live.open_at(engine.now_ms())}
+    )  # fmt: skip

@@ -16,6 +16,7 @@ from intently._version import __version__
 from intently.api.problems import PROBLEM_MEDIA_TYPE, Problem
 from intently.api.profiles import ConsentUpdate, Erased
 from intently.catalog.items import ItemUpload
+from intently.catalog.offers import OfferUpload
 from intently.events.schema import BatchForSchema, Event
 from intently.pipeline import IngestResult
 from intently.segments.registry import SegmentSpec
@@ -78,10 +79,13 @@ _NAME = {
 def build_openapi() -> dict[str, Any]:
     schemas, components = msgspec.json.schema_components(
         [Event, BatchForSchema, IngestResult, Problem, Health, Erased, ConsentUpdate, SegmentSpec,
-         ItemUpload],
+         ItemUpload, OfferUpload],
         ref_template="#/components/schemas/{name}",
     )  # fmt: skip
-    event, batch, ingest, _problem_schema, health, erased, consent, segment_spec, upload = schemas
+    event, batch, ingest, _problem_schema, health, erased, consent, segment_spec, upload = schemas[
+        :9
+    ]
+    offer_upload = schemas[9]
     components["Event"] = event
     json_body = {"schema": {"oneOf": [_ref("Event"), batch]}}
     return {
@@ -213,6 +217,40 @@ def build_openapi() -> dict[str, Any]:
                     "responses": {
                         "200": _object("The item."),
                         "404": _problem("No such item."),
+                        **_AUTH_ERRORS,
+                    },
+                },
+            },
+            "/v1/catalog/offers": {
+                "post": {
+                    "operationId": "postCatalogOffers",
+                    "summary": "Insert or replace up to 1,000 offers and content variants.",
+                    "description": (
+                        "Each offer is judged on its own; an eligibility rule is written in the "
+                        "segment language and checked here (a problem names its position)."
+                    ),
+                    "security": [{"bearer": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": offer_upload}},
+                    },
+                    "responses": {
+                        "200": _object("Offers durable and live."),
+                        "400": _problem("Nothing in the body was usable."),
+                        "413": _problem("The body is too large."),
+                        **_AUTH_ERRORS,
+                    },
+                }
+            },
+            "/v1/catalog/offers/{offer_id}": {
+                "parameters": [{**_ITEM_ID, "name": "offer_id", "description": "The offer's id."}],
+                "get": {
+                    "operationId": "getCatalogOffer",
+                    "summary": "One offer, and whether its time window is open now.",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": _object("The offer."),
+                        "404": _problem("No such offer."),
                         **_AUTH_ERRORS,
                     },
                 },

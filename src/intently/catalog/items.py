@@ -15,9 +15,12 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta, Struct
 
-from intently.events.limits import LimitError, check_free_form
+from intently.catalog.uploads import UploadError, judge, judge_all, read_entries
+from intently.events.limits import check_free_form
 from intently.events.schema import Id, Name, Text, Url
-from intently.events.validate import FieldError, field_error, split_msgspec_error
+from intently.events.validate import FieldError
+
+__all__ = ["Item", "ItemUpload", "UploadError", "decode_item", "decode_upload"]
 
 MAX_ITEMS_PER_UPLOAD = 10_000
 Price = Annotated[float, Meta(ge=0, le=1e12)]
@@ -60,48 +63,19 @@ _item = msgspec.json.Decoder(Item)
 _upload = msgspec.json.Decoder(_Upload)
 
 
+def _checked(raw: bytes | msgspec.Raw) -> Item:
+    item = _item.decode(raw)
+    check_free_form(item.attributes, ["attributes"])
+    return item
+
+
 def decode_item(
     raw: bytes | msgspec.Raw, index: int | None
 ) -> tuple[Item | None, FieldError | None]:
     """One item, or why not (the field named, with a JSON pointer under /items/index)."""
-    try:
-        item = _item.decode(raw)
-        check_free_form(item.attributes, ["attributes"])
-    except msgspec.ValidationError as exc:
-        detail, path = split_msgspec_error(str(exc))
-        return None, field_error(index, path, detail, "schema", container="items")
-    except msgspec.DecodeError as exc:
-        return None, field_error(index, [], f"malformed JSON: {exc}", "malformed-json", "items")
-    except LimitError as exc:
-        return None, field_error(index, exc.path, exc.detail, "limits", container="items")
-    except (UnicodeDecodeError, RecursionError):
-        return None, field_error(index, [], "not readable as JSON text", "unreadable", "items")
-    return item, None
-
-
-class UploadError(ValueError):
-    def __init__(self, detail: str, pointer: str = "") -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.pointer = pointer
+    return judge(lambda: _checked(raw), index, "items")
 
 
 def decode_upload(body: bytes) -> tuple[list[tuple[int, Item]], list[FieldError]]:
     """`{"items": [...]}`: the valid items with their index, and the refused ones."""
-    try:
-        upload = _upload.decode(body)
-    except msgspec.ValidationError as exc:
-        detail, path = split_msgspec_error(str(exc))
-        pointer = "/" + "/".join(map(str, path)) if path else ""
-        raise UploadError(detail, pointer) from None
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise UploadError(f"the body is not valid JSON: {exc}") from None
-    items, errors = [], []
-    for index, raw in enumerate(upload.items):
-        item, error = decode_item(raw, index)
-        if error is not None:
-            errors.append(error)
-        else:
-            assert item is not None
-            items.append((index, item))
-    return items, errors
+    return judge_all(read_entries(body, _upload, "items"), "items", _checked)
