@@ -1,0 +1,151 @@
+"""Rewards: what happened after a decision, returned to the decision that caused it.
+
+A decision showed items (products, or offers) to a visitor at a placement. Within the
+attribution window (30 minutes by default) the visitor's later events are matched to it:
+
+- an event that names the decision (`decision_id` in its properties) goes to it;
+- otherwise, the most recent open decision of the same visitor that showed the event's
+  item gets it (last touch).
+
+Each placement defines what counts: a click, an add to cart, a conversion (an order
+holding a shown item), or revenue (the order lines of shown items). A reward is reported
+as soon as it happens, so policies learn online; a decision still without a positive
+reward when its window closes is reported once with reward 0, so a policy also learns
+what did not work. Events about decisions that are unknown or closed are counted and
+otherwise ignored.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+Outcome = Literal["click", "add_to_cart", "conversion"]
+RewardKind = Literal["click", "add_to_cart", "conversion", "revenue"]
+
+DEFAULT_WINDOW_MS = 30 * 60_000
+
+
+@dataclass
+class Decision:
+    decision_id: str
+    visitor: str  # the canonical profile id
+    placement: str
+    items: Sequence[str]
+    at_ms: int
+    reward: RewardKind = "click"
+    rewarded: float = 0.0  # the sum reported so far
+    closed: bool = False
+
+
+@dataclass(frozen=True)
+class Reward:
+    decision_id: str
+    placement: str
+    item: str | None  # the shown item the reward is about; None for "nothing happened"
+    value: float
+    at_ms: int
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What an event tells about outcomes: its visitor, time and kind, the items it is
+    about (with the revenue of each, for orders) and the decision it names, if any."""
+
+    visitor: str
+    at_ms: int
+    outcome: Outcome
+    items: Sequence[tuple[str, float]]  # (item, revenue of its line; 0 for non-orders)
+    decision_id: str | None = None
+
+
+@dataclass
+class Attribution:
+    on_reward: Callable[[Reward], None]
+    window_ms: int = DEFAULT_WINDOW_MS
+    decisions: dict[str, Decision] = field(default_factory=dict)
+    unattributed: int = 0  # events naming a decision that is unknown or closed
+    _open_by_visitor: dict[str, list[str]] = field(default_factory=dict)
+    _closing: list[tuple[int, str]] = field(default_factory=list)  # (closes at, id)
+
+    def decided(self, decision: Decision) -> None:
+        if decision.decision_id in self.decisions:
+            raise ValueError(f"decision {decision.decision_id!r} is already recorded")
+        self.decisions[decision.decision_id] = decision
+        self._open_by_visitor.setdefault(decision.visitor, []).append(decision.decision_id)
+        heapq.heappush(self._closing, (decision.at_ms + self.window_ms, decision.decision_id))
+
+    def observe(self, event: Observed) -> list[Reward]:
+        """Attribute one event; returns (and reports) the rewards it produced."""
+        self.close_until(event.at_ms)
+        if event.decision_id is not None:
+            named = self.decisions.get(event.decision_id)
+            if named is None or named.closed or not self._within(named, event.at_ms):
+                self.unattributed += 1
+                return []
+            targets = [named]
+        else:
+            targets = self._last_touch(event)
+        rewards = []
+        for decision in targets:
+            for item, value in self._values(decision, event):
+                reward = Reward(decision.decision_id, decision.placement, item, value, event.at_ms)
+                decision.rewarded += value
+                rewards.append(reward)
+                self.on_reward(reward)
+        return rewards
+
+    def close_until(self, now_ms: int) -> list[Reward]:
+        """Close the decisions whose window ended by `now_ms`; those never rewarded are
+        reported with reward 0."""
+        zeros = []
+        while self._closing and self._closing[0][0] <= now_ms:
+            closes_at, decision_id = heapq.heappop(self._closing)
+            decision = self.decisions.pop(decision_id, None)
+            if decision is None:
+                continue
+            decision.closed = True
+            open_ids = self._open_by_visitor.get(decision.visitor, [])
+            if decision_id in open_ids:
+                open_ids.remove(decision_id)
+                if not open_ids:
+                    del self._open_by_visitor[decision.visitor]
+            if decision.rewarded <= 0:
+                zero = Reward(decision_id, decision.placement, None, 0.0, closes_at)
+                zeros.append(zero)
+                self.on_reward(zero)
+        return zeros
+
+    def _within(self, decision: Decision, at_ms: int) -> bool:
+        return decision.at_ms <= at_ms < decision.at_ms + self.window_ms
+
+    def _last_touch(self, event: Observed) -> list[Decision]:
+        """The most recent open decision of the visitor that showed any of the items."""
+        items = {item for item, _ in event.items}
+        for decision_id in reversed(self._open_by_visitor.get(event.visitor, [])):
+            decision = self.decisions[decision_id]
+            if self._within(decision, event.at_ms) and items & set(decision.items):
+                return [decision]
+        return []
+
+    @staticmethod
+    def _values(decision: Decision, event: Observed) -> list[tuple[str | None, float]]:
+        """The rewards `event` is worth to `decision`, by its reward definition."""
+        shown: list[tuple[str | None, float]] = [
+            (item, revenue) for item, revenue in event.items if item in decision.items
+        ]
+        if event.decision_id is not None and not shown:
+            # An event naming the decision about something it did not list (an offer's
+            # own click, a checkout with a coupon): it counts for the decision as a whole.
+            shown = [(None, sum(revenue for _, revenue in event.items))]
+        kind = decision.reward
+        if kind == "revenue":
+            if event.outcome != "conversion":
+                return []
+            return [(item, revenue) for item, revenue in shown if math.isfinite(revenue)]
+        if kind != event.outcome:
+            return []
+        return [(shown[0][0], 1.0)] if shown else []

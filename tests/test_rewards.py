@@ -1,0 +1,91 @@
+"""Rewards attributed to the decisions that caused them: by decision id, by last touch
+within the window, by each placement's definition, and 0 when nothing happened."""
+
+from __future__ import annotations
+
+import pytest
+
+from intently.learn.rewards import Attribution, Decision, Observed, Reward
+
+MINUTE = 60_000
+
+
+def attribution() -> tuple[Attribution, list[Reward]]:
+    reported: list[Reward] = []
+    return Attribution(on_reward=reported.append, window_ms=30 * MINUTE), reported
+
+
+def shown(decision_id: str, items: list[str], at: int, reward: str = "click",
+          visitor: str = "v1", placement: str = "pdp_recs") -> Decision:  # fmt: skip
+    return Decision(decision_id, visitor, placement, items, at, reward)  # type: ignore[arg-type]
+
+
+def test_a_click_goes_to_the_latest_decision_that_showed_the_item() -> None:
+    rewards, reported = attribution()
+    rewards.decided(shown("d1", ["a", "b"], 0))
+    rewards.decided(shown("d2", ["b", "c"], 1 * MINUTE))
+    rewards.decided(shown("d3", ["b"], 2 * MINUTE, visitor="someone-else"))
+    got = rewards.observe(Observed("v1", 3 * MINUTE, "click", [("b", 0.0)]))
+    assert [(r.decision_id, r.item, r.value) for r in got] == [("d2", "b", 1.0)]
+    assert reported == got
+    # An item no decision of this visitor showed: no reward.
+    assert rewards.observe(Observed("v1", 4 * MINUTE, "click", [("z", 0.0)])) == []
+
+
+def test_an_event_naming_its_decision_goes_to_it_and_late_or_unknown_ones_are_counted() -> None:
+    rewards, _ = attribution()
+    rewards.decided(shown("d1", ["a"], 0))
+    rewards.decided(shown("d2", ["a"], MINUTE))
+    got = rewards.observe(Observed("v1", 2 * MINUTE, "click", [("a", 0.0)], decision_id="d1"))
+    assert [r.decision_id for r in got] == ["d1"]
+    assert rewards.observe(Observed("v1", 2 * MINUTE, "click", [], decision_id="nope")) == []
+    assert rewards.observe(Observed("v1", 40 * MINUTE, "click", [], decision_id="d2")) == []
+    assert rewards.unattributed == 2
+
+
+def test_revenue_counts_only_the_order_lines_of_shown_items() -> None:
+    rewards, _ = attribution()
+    rewards.decided(shown("d1", ["a", "b"], 0, reward="revenue"))
+    order = Observed("v1", 5 * MINUTE, "conversion", [("a", 30.0), ("z", 99.0), ("b", 12.5)])
+    got = rewards.observe(order)
+    assert [(r.item, r.value) for r in got] == [("a", 30.0), ("b", 12.5)]
+    # A click is not revenue; an infinite line is not a number to learn from.
+    assert rewards.observe(Observed("v1", 6 * MINUTE, "click", [("a", 0.0)])) == []
+    bad = Observed("v1", 7 * MINUTE, "conversion", [("a", float("inf"))])
+    assert rewards.observe(bad) == []
+
+
+def test_a_decision_without_a_positive_reward_reports_zero_once_its_window_closes() -> None:
+    rewards, reported = attribution()
+    rewards.decided(shown("quiet", ["a"], 0))
+    rewards.decided(shown("clicked", ["b"], 0))
+    rewards.observe(Observed("v1", MINUTE, "click", [("b", 0.0)]))
+    assert rewards.close_until(29 * MINUTE) == []  # still open
+    closed = rewards.close_until(30 * MINUTE)
+    assert [(r.decision_id, r.value, r.item) for r in closed] == [("quiet", 0.0, None)]
+    assert [r.decision_id for r in reported] == ["clicked", "quiet"]
+    assert rewards.close_until(10**9) == []  # once only
+    # After its window, a click on the item no longer counts.
+    assert rewards.observe(Observed("v1", 31 * MINUTE, "click", [("b", 0.0)])) == []
+
+
+def test_outcomes_other_than_the_placements_reward_are_not_rewards() -> None:
+    rewards, _ = attribution()
+    rewards.decided(shown("d1", ["a"], 0, reward="add_to_cart"))
+    assert rewards.observe(Observed("v1", MINUTE, "click", [("a", 0.0)])) == []
+    got = rewards.observe(Observed("v1", 2 * MINUTE, "add_to_cart", [("a", 0.0)]))
+    assert [(r.decision_id, r.value) for r in got] == [("d1", 1.0)]
+
+
+def test_an_offer_click_naming_its_decision_counts_for_the_decision_as_a_whole() -> None:
+    rewards, _ = attribution()
+    rewards.decided(shown("hero", ["welcome10"], 0, placement="home_hero"))
+    got = rewards.observe(Observed("v1", MINUTE, "click", [], decision_id="hero"))
+    assert [(r.decision_id, r.item, r.value) for r in got] == [("hero", None, 1.0)]
+
+
+def test_a_decision_id_is_recorded_once() -> None:
+    rewards, _ = attribution()
+    rewards.decided(shown("d1", ["a"], 0))
+    with pytest.raises(ValueError, match="already recorded"):
+        rewards.decided(shown("d1", ["a"], 0))
