@@ -368,16 +368,16 @@ def test_a_login_mid_session_continues_the_same_path_and_erasure_forgets_it(
 def test_co_occurrence_counts_equal_a_from_scratch_count(views: list[tuple[int, int]]) -> None:
     from intently.recommend.together import CoOccurrence
 
-    together = CoOccurrence(max_neighbours=1000)
+    together = CoOccurrence(max_neighbours=1000, window=3)
     sessions: dict[int, list[str]] = defaultdict(list)
     for session, item in views:
         together.learn(sessions[session], f"i{item}")
         sessions[session].append(f"i{item}")
     expected: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for path in sessions.values():
-        # each distinct pair counts once per time the later item is viewed after the other
+        # a pair counts each time the later item is viewed within 3 views of the other
         for j, later in enumerate(path):
-            for other in set(path[:j]) - {later}:
+            for other in set(path[max(0, j - 3) : j]) - {later}:
                 expected[other][later] += 1
                 expected[later][other] += 1
     assert {k: dict(v) for k, v in expected.items()} == together.pairs

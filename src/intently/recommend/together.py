@@ -1,8 +1,8 @@
 """Items that go together, and items trending now, learned online.
 
 `CoOccurrence` counts pairs of items seen in the same session ("viewed together") or in
-the same order ("bought together"): when a session views B, every distinct item it viewed
-before counts one more pair with B, both ways. Each item keeps its `max_neighbours`
+the same order ("bought together"): when a session views B, every distinct item among its
+last `window` views counts one more pair with B, both ways. Each item keeps its `max_neighbours`
 strongest partners (when a new partner comes to a full list, the weakest other one goes,
 so new pairs can get in).
 
@@ -20,15 +20,18 @@ _MAX_EXPONENT = 600.0
 
 
 class CoOccurrence:
-    def __init__(self, max_neighbours: int = 200) -> None:
-        if max_neighbours <= 0:
-            raise ValueError("max_neighbours must be positive")
+    def __init__(self, max_neighbours: int = 200, window: int = 5) -> None:
+        if max_neighbours <= 0 or window <= 0:
+            raise ValueError("max_neighbours and window must be positive")
         self.max_neighbours = max_neighbours
+        self.window = window
         self.pairs: dict[str, dict[str, float]] = {}
 
     def learn(self, earlier: Sequence[str], item: str) -> None:
-        """A session that already held `earlier` now holds `item` too."""
-        for other in set(earlier):
+        """A session whose last views were `earlier` now views `item`: it pairs with each
+        distinct item of the last `window` views (older ones say little, and would make a
+        long session cost a pair per view it ever made)."""
+        for other in set(earlier[-self.window :]):
             if other != item:
                 self._add(other, item)
                 self._add(item, other)
