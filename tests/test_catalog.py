@@ -225,3 +225,45 @@ async def test_offers_survive_a_restart(tmp_path: Path) -> None:
         assert [o.id for o in again.catalog.eligible_offers(None, again.now_ms())] == []
     finally:
         again.close()
+
+
+async def test_concurrent_uploads_are_all_durable(tmp_path: Path) -> None:
+    import asyncio
+
+    settings = make_settings(tmp_path / "data")
+    engine = Engine(settings)
+    try:
+        async with client_for(engine, SECRET_KEY) as admin:
+            answers = await asyncio.gather(*(
+                admin.post("/v1/catalog/items",
+                           json={"items": [{"id": f"u{u}-{i}", "stock": u} for i in range(300)]})
+                for u in range(6)
+            ))  # fmt: skip
+        assert [a.status_code for a in answers] == [200] * 6
+    finally:
+        engine.close()
+    again = Engine(settings)
+    try:
+        assert len(again.catalog) == 1800
+    finally:
+        again.close()
+
+
+async def test_ids_with_a_slash_can_be_read_back(engine: Engine) -> None:
+    await upload(engine, {"items": [{"id": "shoes/trail-1"}]})
+    async with client_for(engine, SECRET_KEY) as admin:
+        found = await admin.get("/v1/catalog/items/shoes/trail-1")
+    assert found.status_code == 200
+    assert found.json()["id"] == "shoes/trail-1"
+
+
+def test_catalog_import_takes_a_byte_order_mark_and_names_bad_numbers(tmp_path: Path) -> None:
+    table = tmp_path / "excel.csv"
+    table.write_bytes("\ufeffid,price,stock\np1,9.5,3\np2,nan,1\np3,1,inf\n".encode() + b"p4,1,1\n")
+    result = CliRunner().invoke(
+        main, ["catalog", "import", str(table), "--data-dir", str(tmp_path / "data")]
+    )
+    assert result.exit_code == 1
+    assert "imported 2 items, 2 lines refused" in result.output
+    assert "line 3: price" in result.output
+    assert "line 4: stock" in result.output

@@ -119,3 +119,46 @@ def test_eval_ope_names_what_is_missing(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "needs the columns" in result.output
     assert "Traceback" not in result.output
+
+
+def test_direct_method_sums_the_candidates_distribution_over_every_item() -> None:
+    """Two items, one position used: DM is the model's reward of each item weighted by the
+    candidate's probability of it, including an item the log never showed."""
+    log = obd.BanditLog(
+        items=np.array([0, 0, 0, 0]), positions=np.array([0, 0, 0, 0]),
+        clicks=np.array([1.0, 0.0, 0.0, 0.0]), propensities=np.full(4, 0.5), n_items=1,
+    )  # fmt: skip
+    distribution = np.array([[0.25, 0.5, 0.5], [0.75, 0.5, 0.5]])  # item 1 never logged
+    model = obd.reward_model(log, 2, smoothing=0.0)
+    assert model[:, 0].tolist() == [0.25, 0.25]  # the unseen item gets the overall rate
+    feedback = obd.feedback_for(log, distribution, model)
+    assert estimate(feedback, "dm") == pytest.approx(0.25 * 0.25 + 0.75 * 0.25)
+
+
+@pytest.mark.parametrize(
+    ("propensity", "message"), [("0", "propensity"), ("nan", "propensity"), ("2", "propensity")]
+)
+def test_eval_ope_refuses_bad_logs_by_name(tmp_path: Path, propensity: str, message: str) -> None:
+    source = shared_data("obd")
+    for campaign_dir in ("random/all", "bts/all"):
+        (tmp_path / campaign_dir).mkdir(parents=True)
+        text = (source / campaign_dir / "all.csv").read_text().splitlines()
+        header, first = text[0], text[1].split(",")
+        first[header.split(",").index("propensity_score")] = propensity
+        (tmp_path / campaign_dir / "all.csv").write_text("\n".join([header, ",".join(first),
+                                                                    *text[2:]]))  # fmt: skip
+    (tmp_path / "prior_bts.yaml").write_text((source / "prior_bts.yaml").read_text())
+    result = CliRunner().invoke(cli.main, ["eval", "ope", "--obd", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_eval_ope_refuses_a_distribution_of_the_wrong_shape(tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copytree(shared_data("obd"), tmp_path / "obd")
+    (tmp_path / "obd" / "bts_action_dist_all.csv").write_text("0.5,0.5\n0.5,0.5\n")
+    result = CliRunner().invoke(cli.main, ["eval", "ope", "--obd", str(tmp_path / "obd")])
+    assert result.exit_code == 1
+    assert "one column per position" in result.output

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -39,8 +40,9 @@ def _close_engine() -> Iterator[None]:
 
 def app_routes() -> set[tuple[str, str]]:
     starlette = APP.app  # type: ignore[attr-defined]
+    # OpenAPI paths name parameters without Starlette's converters ({id:path} -> {id}).
     return {
-        (route.path, method.lower())
+        (re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path), method.lower())
         for route in starlette.routes
         if isinstance(route, Route)
         for method in (route.methods or ()) - {"HEAD"}

@@ -143,10 +143,21 @@ def test_rules_first_puts_the_mass_on_the_first_eligible_rule() -> None:
     )
 
 
+def learned(policy: Policy) -> str:
+    """What a policy has learned, comparable (its sampling generator aside)."""
+    state = {k: v for k, v in vars(policy).items() if k != "_rng"}
+    models = state.pop("models", {})
+    return repr((state, {a: (m.a_inv.tolist(), m.b.tolist()) for a, m in models.items()}))
+
+
 @pytest.mark.parametrize("reward", [float("nan"), float("inf"), -float("inf")])
 def test_rewards_must_be_finite(name: str, reward: float) -> None:
+    policy = POLICIES[name](0)
+    policy.update("offer-2", 1.0, CONTEXTS[0])
+    before = learned(policy)
     with pytest.raises(ValueError, match="finite"):
-        POLICIES[name](0).update("offer-1", reward, CONTEXTS[0])
+        policy.update("offer-1", reward, CONTEXTS[0])
+    assert learned(policy) == before  # nothing was learned from it
 
 
 def test_beta_thompson_takes_rewards_in_zero_to_one_only() -> None:
@@ -198,3 +209,38 @@ def test_hashed_features_are_stable_across_processes() -> None:
     assert (
         FeatureHasher(DIMENSIONS).vector({"device": None, "x": ""}) == np.eye(DIMENSIONS)[0]
     ).all()
+
+
+def test_linear_scores_match_batch_ridge_for_many_actions_after_the_arrays_grow() -> None:
+    """20 actions (the stacked arrays double from 8 to 16 to 32): every action's mean and
+    spread equal those of a ridge regression solved from scratch."""
+    rng = np.random.default_rng(9)
+    policy = LinUCB(dimensions=DIMENSIONS, regularization=1.5, alpha=1.0)
+    actions = [f"a{i}" for i in range(20)]
+    seen: dict[str, list[tuple[np.ndarray, float]]] = {a: [] for a in actions}
+    for _ in range(400):
+        action = actions[int(rng.integers(20))]
+        x = CONTEXTS[int(rng.integers(4))] + rng.normal(0, 0.2, DIMENSIONS)
+        reward = float(rng.random())
+        policy.update(action, reward, x)
+        seen[action].append((x, reward))
+    query = CONTEXTS[1]
+    mean, spread = policy._mean_and_spread(actions, query)
+    for i, action in enumerate(actions):
+        design = np.array([x for x, _ in seen[action]]).reshape(-1, DIMENSIONS)
+        a = 1.5 * np.eye(DIMENSIONS) + design.T @ design
+        theta = np.linalg.solve(a, design.T @ np.array([r for _, r in seen[action]]))
+        assert mean[i] == pytest.approx(query @ theta)
+        assert spread[i] == pytest.approx(np.sqrt(query @ np.linalg.solve(a, query)))
+
+
+def test_contexts_that_would_poison_a_model_are_refused() -> None:
+    policy = LinUCB(dimensions=DIMENSIONS)
+    for bad in (np.full(DIMENSIONS, np.nan), np.full(DIMENSIONS, 1e200)):
+        with pytest.raises(ValueError, match="finite"):
+            policy.update("a", 1.0, bad)
+    assert "a" not in policy.models
+    hashed = FeatureHasher(DIMENSIONS).vector({"n": 10**400, "m": 1e200, "k": float("nan")})
+    assert np.isfinite(hashed).all()
+    assert np.abs(hashed).max() <= 1e6  # clipped
+    policy.update("a", 1.0, hashed)  # a hashed context is always accepted

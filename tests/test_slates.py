@@ -131,3 +131,13 @@ def test_a_slate_larger_than_the_candidates_and_bad_input() -> None:
     assert (pinned.items[0], pinned.propensities[0], pinned.reasons[0]) == (
         "z", 1.0, "pinned by a rule",
     )  # fmt: skip
+
+
+def test_boosts_must_be_finite_and_huge_scores_do_not_overflow() -> None:
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="boosts must be finite"):
+        build_slate([Candidate("a", 1.0)], 1, rng, Rules(boost={"a": float("inf")}))
+    slate = build_slate([Candidate("a", 1e308), Candidate("b", 0.0)], 2, rng,
+                        Rules(boost={"a": 1e308}))  # fmt: skip
+    assert slate.items[0] == "a"
+    assert all(0 < p <= 1 for p in slate.propensities)

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 Vector = npt.NDArray[np.float64]
+MAX_VALUE = 1e6  # numeric features are clipped to +-this
 FeatureValue = str | float | int | bool | None
 
 
@@ -29,7 +30,8 @@ class FeatureHasher:
 
     def vector(self, features: Mapping[str, FeatureValue]) -> Vector:
         """The hashed vector: `name=value` for strings and booleans (one-hot), `name`
-        weighted by the value for numbers; None and empty strings are left out."""
+        weighted by the value for numbers (clipped to +-MAX_VALUE; non-finite ones left
+        out); None and empty strings are left out."""
         out = np.zeros(self.dimensions)
         out[0] = 1.0
         for name, value in features.items():
@@ -39,10 +41,14 @@ class FeatureHasher:
                 slot, sign = _slot(f"{name}={value}", self.dimensions)
                 out[slot] += sign
             else:
-                number = float(value)
+                try:
+                    number = float(value)
+                except OverflowError:  # an integer past the float range
+                    continue
                 if np.isfinite(number):
+                    # Clipped: one absurd value must not swamp (or overflow) a model.
                     slot, sign = _slot(name, self.dimensions)
-                    out[slot] += sign * number
+                    out[slot] += sign * min(max(number, -MAX_VALUE), MAX_VALUE)
         return out
 
 

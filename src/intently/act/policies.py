@@ -37,6 +37,7 @@ from intently.act.features import Vector
 
 Floats = npt.NDArray[np.float64]
 DEFAULT_FLOOR = 0.05
+MAX_FEATURE = 1e6 * 64  # FeatureHasher clips each value to 1e6; a slot may sum a few
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,9 @@ class EpsilonGreedy:
         return self.total.get(action, 0.0) / pulls if pulls else np.inf
 
     def update(self, action: str, reward: float, context: Vector | None) -> None:
+        reward = check_reward(reward)  # before any change
         self.pulls[action] = self.pulls.get(action, 0) + 1
-        self.total[action] = self.total.get(action, 0.0) + check_reward(reward)
+        self.total[action] = self.total.get(action, 0.0) + reward
 
 
 class BetaThompson:
@@ -206,6 +208,9 @@ class _Linear:
             return x
         if context.shape != (self.dimensions,):
             raise ValueError(f"context must have {self.dimensions} features, not {context.shape}")
+        if not np.all(np.isfinite(context)) or np.abs(context).max() > MAX_FEATURE:
+            # One such update would poison an action's model for good (NaN in A^-1).
+            raise ValueError(f"context features must be finite and within +-{MAX_FEATURE:g}")
         return context
 
     def _model(self, action: str) -> _Ridge:
@@ -245,7 +250,8 @@ class _Linear:
         return mean, np.sqrt(variance.clip(0.0))
 
     def update(self, action: str, reward: float, context: Vector | None) -> None:
-        self._model(action).update(self._context(context), check_reward(reward))
+        x, reward = self._context(context), check_reward(reward)  # checked before any change
+        self._model(action).update(x, reward)
 
 
 class LinUCB(_Linear):

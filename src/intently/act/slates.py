@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+MAX_SCORE = 1e12
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -64,6 +66,8 @@ def build_slate(
     if temperature <= 0 or not 0 < floor <= 1:
         raise ValueError("temperature must be positive and the floor in (0, 1]")
     rules = rules or Rules()
+    if not all(np.isfinite(boost) for boost in rules.boost.values()):
+        raise ValueError("boosts must be finite numbers")
     pool: dict[str, Candidate] = {}
     for candidate in candidates:
         if not np.isfinite(candidate.score):
@@ -105,6 +109,8 @@ def build_slate(
             - same_brand_penalty * brands.get(c.brand or "", 0) * (c.brand is not None)
             for c in choices
         ])  # fmt: skip
+        # Clipped, so that a huge score plus a huge boost cannot overflow into inf or NaN.
+        scores = np.clip(scores, -MAX_SCORE, MAX_SCORE)
         weights = np.exp((scores - scores.max()) / temperature)
         probabilities = (1 - floor) * weights / weights.sum() + floor / len(choices)
         probabilities /= probabilities.sum()

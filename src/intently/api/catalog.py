@@ -20,6 +20,7 @@ from intently.events.validate import FieldError
 from intently.keys import Role
 
 MAX_UPLOAD_BYTES = 16 * 1024 * 1024
+_UPLOADS = asyncio.Lock()
 T = TypeVar("T")
 
 
@@ -44,8 +45,11 @@ async def _upsert(
     if not valid:
         detail = f"no {what} was usable; see errors" if errors else f"send at least one {what}"
         return problem(400, f"no-usable-{what}", detail, errors=errors or None)
-    written = await asyncio.to_thread(write, valid)
-    apply(written)
+    # Uploads one after another, each written then shown: what memory shows is what the
+    # disk holds, in the same order (two uploads of one item cannot cross).
+    async with _UPLOADS:
+        written = await asyncio.to_thread(write, valid)
+        apply(written)
     answer: dict[str, Any] = {"upserted": len(written)}
     if errors:
         answer["rejected"] = errors

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,21 @@ _FIELDS = {"id", "title", "category", "brand", "price", "stock", "tags", "image"
 def read_items(path: Path) -> Iterator[tuple[int, Item | None, str | None]]:
     """(line, item, None) for each valid line, (line, None, why) for the others."""
     suffix = path.suffix.lower()
-    with path.open(newline="", encoding="utf-8", errors="strict") as handle:
+    # utf-8-sig: spreadsheets write a byte-order mark first.
+    with path.open(newline="", encoding="utf-8-sig", errors="strict") as handle:
         if suffix == ".csv":
             rows = csv.DictReader(handle)
             if rows.fieldnames is None or "id" not in rows.fieldnames:
                 yield 1, None, "the CSV header must name an id column"
                 return
-            for row in rows:
+            while True:
+                try:
+                    row = next(rows)
+                except StopIteration:
+                    return
+                except csv.Error as error:  # e.g. a cell past the csv module's limit
+                    yield rows.line_num, None, str(error)
+                    continue
                 yield from _checked(rows.line_num, json.dumps(_from_csv(row)).encode())
         else:
             for line, text in enumerate(handle, start=1):
@@ -68,11 +77,13 @@ def _from_csv(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _number(text: str) -> float | int | str:
-    """A number if it reads as one (validation names the field otherwise)."""
+    """A number if it reads as a finite one; otherwise the text, which validation then
+    refuses naming the field."""
     try:
         return int(text)
     except ValueError:
         try:
-            return float(text)
+            number = float(text)
         except ValueError:
             return text
+        return number if math.isfinite(number) else text

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -52,6 +53,8 @@ class CatalogStore:
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.executescript(_SCHEMA)
+        # One connection, written from worker threads: one transaction at a time.
+        self._write_lock = threading.Lock()
         self._items: dict[str, Item] = {}
         self._available: set[str] = set()
         self._offers: dict[str, LiveOffer] = {}
@@ -90,7 +93,7 @@ class CatalogStore:
 
     def _write(self, table: str, rows: list[tuple[str, bytes]]) -> None:
         now = int(time.time() * 1000)
-        with self._db:  # one transaction
+        with self._write_lock, self._db:  # one transaction
             self._db.execute("BEGIN")
             self._db.executemany(
                 _UPSERT.format(table=table), [(key, body, now) for key, body in rows]

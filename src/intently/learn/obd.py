@@ -68,13 +68,20 @@ def read_log(path: Path) -> BanditLog:
             except (TypeError, ValueError):
                 raise DatasetError(f"{path}, line {line}: not a number where one is due") from None
     log = BanditLog(
-        np.array(items), np.array(positions), np.array(clicks), np.array(propensities),
-        max(items, default=-1) + 1,
+        np.array(items, dtype=np.int64), np.array(positions, dtype=np.int64),
+        np.array(clicks), np.array(propensities), max(items, default=-1) + 1,
     )  # fmt: skip
     if len(log.items) == 0:
         raise DatasetError(f"{path}: no logged round")
+    if log.items.min() < 0:
+        raise DatasetError(f"{path}: item ids must be 0 or more")
     if log.positions.min() < 0 or log.positions.max() >= POSITIONS:
         raise DatasetError(f"{path}: positions must be 1 to {POSITIONS}")
+    if not np.all(np.isfinite(log.clicks)):
+        raise DatasetError(f"{path}: clicks must be finite numbers")
+    p = log.propensities
+    if not np.all(np.isfinite(p)) or np.any(p <= 0) or np.any(p > 1):
+        raise DatasetError(f"{path}: propensity scores must be in (0, 1]")
     return log
 
 
@@ -111,24 +118,39 @@ def bernoulli_ts_distribution(
     return distribution
 
 
-def reward_model(log: BanditLog, smoothing: float = 100.0) -> Floats:
-    """Click rate per (item, position), shrunk towards the overall rate."""
+def reward_model(log: BanditLog, n_items: int, smoothing: float = 100.0) -> Floats:
+    """Click rate per (item, position) for `n_items` items, shrunk towards the overall
+    rate (an item never shown gets the overall rate)."""
     overall = log.clicks.mean()
-    clicks = np.zeros((log.n_items, POSITIONS))
-    shown = np.zeros((log.n_items, POSITIONS))
+    clicks = np.zeros((n_items, POSITIONS))
+    shown = np.zeros((n_items, POSITIONS))
     np.add.at(clicks, (log.items, log.positions), log.clicks)
     np.add.at(shown, (log.items, log.positions), 1.0)
-    model: Floats = (clicks + smoothing * overall) / (shown + smoothing)
+    impressions = shown + smoothing
+    model: Floats = np.divide(
+        clicks + smoothing * overall, impressions,
+        out=np.full_like(clicks, overall), where=impressions > 0,
+    )  # fmt: skip
     return model
 
 
-def feedback_for(log: BanditLog, distribution: Floats, model: Floats) -> LoggedFeedback:
-    """The logged rounds, judged for a policy with the (item x position) `distribution`."""
+def check_distribution(distribution: Floats, log: BanditLog) -> None:
+    if distribution.ndim != 2 or distribution.shape[1] != POSITIONS:
+        raise DatasetError(f"an action distribution has one column per position ({POSITIONS})")
     if distribution.shape[0] < log.n_items:
         raise DatasetError("the action distribution has fewer items than the log")
+    if not np.all(np.isfinite(distribution)) or np.any(distribution < 0):
+        raise DatasetError("an action distribution holds probabilities")
+    if not np.allclose(distribution.sum(axis=0), 1.0, atol=1e-6):
+        raise DatasetError("each position's probabilities must sum to 1")
+
+
+def feedback_for(log: BanditLog, distribution: Floats, model: Floats) -> LoggedFeedback:
+    """The logged rounds, judged for a policy with the (item x position) `distribution`
+    (the model has a row for every item of the distribution)."""
     target = distribution[log.items, log.positions]
     # The candidate's expected reward under the model, at the position of each round.
-    expected = (distribution[: model.shape[0]] * model).sum(axis=0)[log.positions]
+    expected = (distribution * model).sum(axis=0)[log.positions]
     return LoggedFeedback(
         rewards=log.clicks,
         propensities=log.propensities,
@@ -149,7 +171,8 @@ def evaluate_obd(
     alpha, beta = read_priors(directory / "prior_bts.yaml", campaign)
     baseline = float(random_log.clicks.mean())
     truth = float(bts_log.clicks.mean())
-    model = reward_model(random_log)
+    if baseline <= 0 or truth <= 0:
+        raise DatasetError("the logs have no reward at all: there is nothing to compare")
     report: dict[str, object] = {
         "campaign": campaign,
         "rounds": len(random_log.items),
@@ -158,18 +181,34 @@ def evaluate_obd(
     }
     shipped = directory / f"bts_action_dist_{campaign}.csv"
     if shipped.exists():
-        distribution = np.loadtxt(shipped, delimiter=",", comments="#", ndmin=2)
+        try:
+            distribution = np.loadtxt(shipped, delimiter=",", comments="#", ndmin=2)
+        except ValueError as error:
+            raise DatasetError(f"{shipped}: {error}") from None
+        check_distribution(distribution, random_log)
+        model = reward_model(random_log, len(distribution))
         feedback = feedback_for(random_log, distribution, model)
         report["shipped_action_distribution"] = _relative(feedback, baseline, ("ips", "snips"))
     simulated = bernoulli_ts_distribution(alpha, beta, simulations)
+    check_distribution(simulated, random_log)
+    model = reward_model(random_log, len(simulated))
     feedback = feedback_for(random_log, simulated, model)
+
+    def refit(rows: npt.NDArray[np.intp]) -> LoggedFeedback:
+        sample = BanditLog(random_log.items[rows], random_log.positions[rows],
+                           random_log.clicks[rows], random_log.propensities[rows],
+                           random_log.n_items)  # fmt: skip
+        return feedback_for(sample, simulated, reward_model(sample, len(simulated)))
+
     report["simulated_action_distribution"] = {
         "simulations": simulations,
         **_relative(feedback, baseline, ("ips", "snips")),
     }
     estimates = {}
     for name in ESTIMATORS:
-        found = estimate_with_interval(feedback, name, resamples=resamples)
+        found = estimate_with_interval(
+            feedback, name, resamples=resamples, refit=refit if name in ("dm", "dr") else None
+        )
         estimates[name] = {
             "value": found.value,
             "ci95": [found.low, found.high],

@@ -14,11 +14,13 @@ candidate's whole distribution over actions:
   are right; Dudik et al. 2011).
 
 Confidence intervals are bootstrap percentile intervals over decisions, from a seeded
-generator, so a report is reproducible.
+generator, so a report is reproducible; for DM and DR the reward model is fitted again on
+each resample, so the interval includes the model's own uncertainty.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,15 +97,24 @@ def estimate_with_interval(
     confidence: float = 0.95,
     resamples: int = 1000,
     seed: int = 12345,
+    refit: Callable[[npt.NDArray[np.intp]], LoggedFeedback] | None = None,
 ) -> Estimate:
-    """The estimate and a bootstrap percentile interval."""
+    """The estimate and a bootstrap percentile interval. With a reward model (DM, DR),
+    pass `refit`: the feedback of a resample of the decisions (their row numbers), with
+    the model fitted again on that resample; otherwise the interval would ignore the
+    model's own error (a model fitted once on all the data looks certain)."""
     if not 0 < confidence < 1:
         raise ValueError("confidence must be between 0 and 1")
     rng = np.random.default_rng(seed)
     n = len(feedback.rewards)
-    values = np.array(
-        [_value(feedback, estimator, rng.integers(0, n, n)) for _ in range(resamples)]
-    )
+    values = []
+    for _ in range(resamples):
+        rows = rng.integers(0, n, n)
+        if refit is None:
+            values.append(_value(feedback, estimator, rows))
+        else:
+            sample = refit(rows)
+            values.append(_value(sample, estimator, np.arange(n)))
     tail = (1 - confidence) / 2
     low, high = np.quantile(values, [tail, 1 - tail])
     return Estimate(estimate(feedback, estimator), float(low), float(high))
