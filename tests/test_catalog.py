@@ -249,12 +249,17 @@ async def test_concurrent_uploads_are_all_durable(tmp_path: Path) -> None:
         again.close()
 
 
-async def test_ids_with_a_slash_can_be_read_back(engine: Engine) -> None:
-    await upload(engine, {"items": [{"id": "shoes/trail-1"}]})
+async def test_ids_with_a_slash_or_a_line_break_can_be_read_back(engine: Engine) -> None:
+    await upload(engine, {"items": [{"id": "shoes/trail-1"}, {"id": "odd\nid"}]})
     async with client_for(engine, SECRET_KEY) as admin:
         found = await admin.get("/v1/catalog/items/shoes/trail-1")
+        odd = await admin.get("/v1/catalog/items/odd%0Aid")
+        missing = await admin.get("/v1/catalog/items/none%0A")
     assert found.status_code == 200
     assert found.json()["id"] == "shoes/trail-1"
+    assert odd.json()["id"] == "odd\nid"
+    assert missing.status_code == 404
+    assert missing.headers["content-type"].startswith("application/problem+json")
 
 
 def test_catalog_import_takes_a_byte_order_mark_and_names_bad_numbers(tmp_path: Path) -> None:

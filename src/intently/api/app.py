@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import msgspec
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -27,6 +28,22 @@ from intently.engine import Engine
 
 _encode = msgspec.json.Encoder().encode
 log = logging.getLogger(__name__)
+
+
+class _AnyPath(Convertor[str]):
+    """Catalog ids are any text: slashes and even line breaks (which Starlette's `path`
+    convertor does not match, answering a bare 404)."""
+
+    regex = r"[\s\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anypath", _AnyPath())
 
 
 async def health(request: Request) -> Response:
@@ -85,9 +102,9 @@ def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
         Route("/v1/profiles/{id}/export", export_profile, methods=["GET"]),
         Route("/v1/profiles/{id}/consent", put_consent, methods=["PUT"]),
         Route("/v1/catalog/items", post_items, methods=["POST"]),
-        Route("/v1/catalog/items/{item_id:path}", get_item, methods=["GET"]),
+        Route("/v1/catalog/items/{item_id:anypath}", get_item, methods=["GET"]),
         Route("/v1/catalog/offers", post_offers, methods=["POST"]),
-        Route("/v1/catalog/offers/{offer_id:path}", get_offer, methods=["GET"]),
+        Route("/v1/catalog/offers/{offer_id:anypath}", get_offer, methods=["GET"]),
         Route("/v1/segments", list_segments, methods=["GET"]),
         Route("/v1/segments/{name}", get_segment, methods=["GET"]),
         Route("/v1/segments/{name}", put_segment, methods=["PUT"]),
