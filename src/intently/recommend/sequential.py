@@ -1,6 +1,7 @@
 """Sequential rules, learned online: "after A, visitors view B next (or soon after)".
 
-For every view of B, each of the session's previous `steps` views A adds a rule A -> B
+For every view of B, each of the session's previous `steps` views A (5 by default: on a
+validation split 3, 5 and 10 did equally well, and fewer cost less) adds a rule A -> B
 weighted by how close they were: 1/d^2 for B coming d views after A (Ludewig & Jannach
 2018, "SR", with the "quadratic" weighting of the published rsc15 configuration). The
 next item after a session's last view A is scored by the rules A -> *.
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 
 
 class SequentialRules:
-    def __init__(self, steps: int = 10, max_rules: int = 200) -> None:
+    def __init__(self, steps: int = 5, max_rules: int = 200) -> None:
         if steps <= 0 or max_rules <= 0:
             raise ValueError("steps and max_rules must be positive")
         self.steps = steps
