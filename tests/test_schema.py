@@ -262,13 +262,15 @@ def test_skew_correction_never_overflows_in_range(timestamp: str, sent_at: str) 
 def test_the_flat_map_shortcut_judges_like_the_walk(value: dict[str, object]) -> None:
     """Knowing the size of the JSON a map came from lets flat maps skip the walk: the
     verdict is the walk's either way."""
-    from intently.events.limits import LimitError, check_free_form
+    from intently.events.limits import LimitError, check_free_form, within_bounds_without_walk
 
     size = len(json.dumps(value).encode())
 
     def verdict(source_size: int | None) -> str | None:
+        if source_size is not None and within_bounds_without_walk(value, source_size):
+            return None  # the shortcut's verdict
         try:
-            check_free_form(value, ["properties"], source_size)
+            check_free_form(value, ["properties"])
         except LimitError as error:
             return error.detail
         return None

@@ -24,27 +24,22 @@ class LimitError(ValueError):
         self.detail = detail
 
 
-def check_free_form(value: Any, path: list[str | int], source_size: int | None = None) -> None:
-    """Raise `LimitError` at the first place `value` breaks a bound. `source_size`, the
-    length of the JSON the value was decoded from, if known, lets a flat map be checked
-    without a walk (no string can be longer than the text it came from)."""
-    if (
-        source_size is not None
-        and source_size <= MAX_STRING
-        and type(value) is dict
-        and is_flat(value)
-    ):
-        return  # most properties: a few strings and numbers under short keys
+def check_free_form(value: Any, path: list[str | int]) -> None:
+    """Raise `LimitError` at the first place `value` breaks a bound."""
     _walk(value, path, 0)
 
 
 _FLAT = frozenset({str, int, float, bool, type(None)})
 
 
-def is_flat(value: dict[str, Any]) -> bool:
-    """No nesting, few keys, short keys (checked without a Python loop)."""
+def within_bounds_without_walk(value: dict[str, Any], source_size: int) -> bool:
+    """True when a map decoded from `source_size` bytes of JSON is certainly within every
+    bound without walking it: flat (no nesting), few keys, short keys (checked without a
+    Python loop), and no string can be too long, as none can be longer than the text it
+    came from. False means "walk it" (`check_free_form`), which decides."""
     return (
-        len(value) <= MAX_KEYS
+        source_size <= MAX_STRING
+        and len(value) <= MAX_KEYS
         and _FLAT.issuperset(map(type, value.values()))
         # (`default=` would cost more than the rest of the check)
         and (not value or max(map(len, value)) <= 256)

@@ -19,7 +19,7 @@ import msgspec
 from msgspec import Struct
 
 from intently.events.ecommerce import commerce_properties, is_ecommerce, surely_valid
-from intently.events.limits import MAX_STRING, LimitError, check_free_form, is_flat
+from intently.events.limits import LimitError, check_free_form, within_bounds_without_walk
 from intently.events.schema import (
     AliasEvent,
     Batch,
@@ -137,23 +137,23 @@ def decode_event(
             try:
                 commerce_properties(event)
             except msgspec.ValidationError as exc:
-                detail, path = _split_msgspec_error(str(exc))
+                detail, path = split_msgspec_error(str(exc))
                 raise _Invalid(["properties", *path], detail, "ecommerce-schema") from None
     except msgspec.ValidationError as exc:
-        detail, path = _split_msgspec_error(str(exc))
+        detail, path = split_msgspec_error(str(exc))
         reason = "unknown-type" if path == ["type"] else "schema"
-        return None, _field_error(index, path, detail, reason)
+        return None, field_error(index, path, detail, reason)
     except msgspec.DecodeError as exc:
-        return None, _field_error(index, [], f"malformed JSON: {exc}", "malformed-json")
+        return None, field_error(index, [], f"malformed JSON: {exc}", "malformed-json")
     except UnicodeDecodeError:
         # The envelope skips over strings it does not need, so bad bytes surface here.
-        return None, _field_error(index, [], _NOT_UTF8, "invalid-utf8")
+        return None, field_error(index, [], _NOT_UTF8, "invalid-utf8")
     except RecursionError:
-        return None, _field_error(index, [], _TOO_DEEP, "too-deep")
+        return None, field_error(index, [], _TOO_DEEP, "too-deep")
     except _Invalid as exc:
-        return None, _field_error(index, exc.path, exc.detail, exc.reason)
+        return None, field_error(index, exc.path, exc.detail, exc.reason)
     except LimitError as exc:
-        return None, _field_error(index, exc.path, exc.detail, "limits")
+        return None, field_error(index, exc.path, exc.detail, "limits")
     return event, None
 
 
@@ -238,8 +238,8 @@ def _check_free_form(event: Event, source_size: int) -> None:
         free, name = None, ""
     else:
         free, name = event.properties, "properties"  # type: ignore[union-attr]
-    # The usual properties, flat and within a short event, pass without a call.
-    if free and not (source_size <= MAX_STRING and is_flat(free)):
+    # The usual properties, flat and within a short event, pass without a walk.
+    if free and not within_bounds_without_walk(free, source_size):
         check_free_form(free, [name])
     if event.integrations is not None:
         check_free_form(event.integrations, ["integrations"])
@@ -272,7 +272,7 @@ def _read_json(body: bytes, decoder: msgspec.json.Decoder[Any]) -> Any:
     except RecursionError:
         raise BodyError(400, "too-deep", _TOO_DEEP) from None
     except msgspec.ValidationError as exc:
-        detail, path = _split_msgspec_error(str(exc))
+        detail, path = split_msgspec_error(str(exc))
         raise BodyError(400, "invalid-body", detail, _pointer(None, path)) from None
     except msgspec.DecodeError as exc:
         raise BodyError(400, "malformed-json", f"the body is not valid JSON: {exc}") from None
@@ -285,7 +285,7 @@ def _batch_field(raw: msgspec.Raw, name: str) -> Any:
     try:
         return decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        detail, path = _split_msgspec_error(str(exc))
+        detail, path = split_msgspec_error(str(exc))
         raise BodyError(400, "invalid-body", detail, _pointer(None, [wire_name, *path])) from None
     except UnicodeDecodeError:  # the envelope keeps these raw, unchecked
         raise BodyError(400, "invalid-utf8", _NOT_UTF8, f"/{wire_name}") from None
@@ -299,7 +299,7 @@ def _batch_context(batch: Batch) -> Context | None:
     try:
         return msgspec.convert(batch.context, Context)
     except msgspec.ValidationError as exc:
-        detail, path = _split_msgspec_error(str(exc))
+        detail, path = split_msgspec_error(str(exc))
         raise BodyError(400, "invalid-body", detail, _pointer(None, ["context", *path])) from None
 
 
@@ -342,7 +342,8 @@ _STEP = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
 _MISSING = re.compile(r"(?:missing required|contains unknown) field `([^`]+)`")
 
 
-def _split_msgspec_error(message: str) -> tuple[str, Path]:
+def split_msgspec_error(message: str) -> tuple[str, Path]:
+    """msgspec's validation message as (detail, path of the field at fault)."""
     match = _AT.match(message)
     detail = match["detail"] if match else message
     path: Path = []
@@ -358,12 +359,7 @@ def _split_msgspec_error(message: str) -> tuple[str, Path]:
     return detail, path
 
 
-def split_msgspec_error(message: str) -> tuple[str, Path]:
-    """msgspec's validation message as (detail, path of the field at fault)."""
-    return _split_msgspec_error(message)
-
-
-def _field_error(
+def field_error(
     index: int | None, path: Path, detail: str, reason: str, container: str = "batch"
 ) -> FieldError:
     field = ".".join(f"[{p}]" if isinstance(p, int) else p for p in path).replace(".[", "[")
@@ -371,9 +367,6 @@ def _field_error(
         field=field or "$", pointer=_pointer(index, path, container), detail=detail,
         reason=reason, index=index,
     )  # fmt: skip
-
-
-field_error = _field_error
 
 
 def _pointer(index: int | None, path: Path, container: str = "batch") -> str:
