@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -56,19 +56,13 @@ async def _upsert(
     return json_response(answer)
 
 
-def _without_index(decoded: tuple[Sequence[tuple[int, T]], list[FieldError]]) -> tuple[
-    list[T], list[FieldError]
-]:  # fmt: skip
-    return [value for _, value in decoded[0]], decoded[1]
-
-
 @require(Role.ADMIN)
 async def post_items(request: Request) -> Response:
     """Insert or replace items; each is checked on its own. Once answered, decisions see
     the new items (an item with stock 0 is no longer recommended)."""
     catalog = request.app.state.engine.catalog
     return await _upsert(
-        request, "item", lambda body: _without_index(decode_upload(body)), catalog.write,
+        request, "item", decode_upload, catalog.write,
         catalog.apply,
     )  # fmt: skip
 

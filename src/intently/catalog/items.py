@@ -76,6 +76,7 @@ def decode_item(
     return judge(lambda: _checked(raw), index, "items")
 
 
-def decode_upload(body: bytes) -> tuple[list[tuple[int, Item]], list[FieldError]]:
-    """`{"items": [...]}`: the valid items with their index, and the refused ones."""
-    return judge_all(read_entries(body, _upload, "items"), "items", _checked)
+def decode_upload(body: bytes) -> tuple[list[Item], list[FieldError]]:
+    """`{"items": [...]}`: the valid items, and the refused ones (each with its index)."""
+    valid, errors = judge_all(read_entries(body, _upload, "items"), "items", _checked)
+    return [item for _, item in valid], errors
