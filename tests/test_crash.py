@@ -70,7 +70,7 @@ def test_kill_9_under_load_loses_no_acknowledged_event(tmp_path: Path) -> None:
             round_: int = round_,
         ) -> None:
             while not stop.is_set():
-                ids = [f"r{round_}-w{worker}-{uuid.uuid4().hex[:8]}" for _ in range(10)]
+                ids = [f"r{round_}-w{worker}-{uuid.uuid4().hex}" for _ in range(10)]
                 batch = [
                     {"type": "track", "event": "Tick", "anonymousId": "a", "messageId": m}
                     for m in ids

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from intently import Engine, ManualClock
-from intently.segments.registry import ConfigError
+from intently.configfile import ConfigError
 from support import SECRET_KEY, START, client_for, make_settings, track
 
 pytestmark = pytest.mark.anyio

@@ -292,21 +292,50 @@ def eval_sessions(train: Path, test: Path, k: int, algorithm: str, protocol: str
 
 @eval_group.command("ope")
 @click.option(
-    "--obd", "obd", required=True,
+    "--obd", "obd", default=None,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="An Open Bandit Dataset directory (random/, bts/, prior_bts.yaml).",
 )  # fmt: skip
 @click.option("--campaign", type=click.Choice(OBD_CAMPAIGNS), default="all", show_default=True)
 @click.option("--simulations", type=click.IntRange(min=1000), default=100_000, show_default=True,
               help="Rounds simulated to estimate Bernoulli TS's action distribution.")  # fmt: skip
+@click.option(
+    "--data-dir", type=click.Path(path_type=Path), default=None,
+    help="With --placement: the engine's data dir, whose decision log is read.",
+)  # fmt: skip
+@click.option("--placement", default=None,
+              help="Judge a candidate policy on this placement's logged decisions.")  # fmt: skip
+@click.option(
+    "--candidate", default='{"name": "epsilon-greedy"}', show_default=True,
+    help="With --placement: the candidate policy, as JSON (a placement's `policy`).",
+)  # fmt: skip
+@click.option(
+    "--estimator", type=click.Choice(("ips", "snips", "dm", "dr")), default="snips",
+    show_default=True, help="With --placement: whose lower bound the gate uses.",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
-def eval_ope(obd: Path, campaign: str, simulations: int, as_json: bool) -> None:
-    """Off-policy evaluation: Bernoulli TS judged from the uniform random policy's log.
+def eval_ope(
+    obd: Path | None, campaign: str, simulations: int, data_dir: Path | None,
+    placement: str | None, candidate: str, estimator: str, as_json: bool,
+) -> None:  # fmt: skip
+    """Off-policy evaluation, on the Open Bandit Dataset (--obd) or on this engine's own
+    decision log (--placement).
 
-    Prints IPS and SNIPS of the dataset's shipped action distribution and of our own
-    simulation of Bernoulli TS from prior_bts.yaml, then IPS, SNIPS, DM and DR with 95%
-    bootstrap intervals and their error against the on-policy truth (the bts log).
+    --obd: Bernoulli TS judged from the uniform random policy's log: IPS and SNIPS of the
+    dataset's shipped action distribution and of our own simulation of Bernoulli TS from
+    prior_bts.yaml, then IPS, SNIPS, DM and DR with 95% bootstrap intervals and their
+    error against the on-policy truth (the bts log).
+
+    --placement: a candidate policy replayed through the placement's logged decisions;
+    IPS, SNIPS, DM and DR with 95% intervals, the live policy's value, and whether the
+    promotion gate would let the candidate replace it. Exits 3 when it would not.
     """
+    if (obd is None) == (placement is None):
+        raise click.UsageError("give either --obd DIR or --placement ID")
+    if placement is not None:
+        _judge_on_log(data_dir, placement, candidate, estimator, as_json)
+        return
+    assert obd is not None
     from intently.learn.obd import DatasetError, evaluate_obd
 
     try:
@@ -331,6 +360,71 @@ def eval_ope(obd: Path, campaign: str, simulations: int, as_json: bool) -> None:
         low, high = found["ci95"]
         click.echo(f"{name:<10}{found['value']:>12.6f}   [{low:.6f}, {high:.6f}]"
                    f"{found['relative']:>10.3f}{found['relative_error']:>8.1%}")  # fmt: skip
+
+
+def _judge_on_log(
+    data_dir: Path | None, placement: str, candidate: str, estimator: str, as_json: bool
+) -> None:
+    import msgspec
+
+    from intently.act.decisions import DecisionLogReader
+    from intently.act.placements import PolicySpec
+    from intently.learn.gate import NotEnoughEvidence, judge
+
+    settings = _settings(data_dir=data_dir)
+    try:
+        spec = msgspec.json.decode(candidate, type=PolicySpec)
+    except (msgspec.ValidationError, msgspec.DecodeError) as error:
+        raise click.BadParameter(str(error), param_hint="--candidate") from None
+    try:
+        reader = DecisionLogReader(settings.decision_log_path)
+    except FileNotFoundError as error:
+        raise click.ClickException(str(error)) from None
+    try:
+        judgement = judge(reader, placement, spec, estimator=estimator)
+    except NotEnoughEvidence as error:
+        raise click.ClickException(str(error)) from None
+    finally:
+        reader.close()
+    report = judgement.report
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(f"placement {placement}: {report['decisions']} logged decisions; "
+                   f"live policy's value {report['live_value']:.4f}")  # fmt: skip
+        for name, found in report["candidate"].items():
+            click.echo(f"{name:<6}{found['value']:>10.4f}   "
+                       f"[{found['low']:.4f}, {found['high']:.4f}]")  # fmt: skip
+        click.echo(report["verdict"])
+    if not judgement.promote:
+        sys.exit(3)
+
+
+@export.command("decisions")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help=DATA_DIR_HELP)
+@click.option("--placement", default=None, help="Only this placement's decisions.")
+def export_decisions_command(data_dir: Path | None, placement: str | None) -> None:
+    """Export the decision log: one decision per line, with its features, candidates,
+    items, propensities, policy and version, reasons, latency and total reward (null
+    while its attribution window is open and nothing was earned).
+
+    Safe while the engine is serving.
+    """
+    from intently.act.decisions import DecisionLogReader, as_json_line
+
+    settings = _settings(data_dir=data_dir)
+    try:
+        reader = DecisionLogReader(settings.decision_log_path)
+    except FileNotFoundError as error:
+        raise click.ClickException(str(error)) from None
+    out = sys.stdout.buffer
+    try:
+        rewards = reader.rewards(placement)
+        for record in reader.decisions(placement=placement):
+            out.write(as_json_line(record, rewards.get(record.decision_id)))
+    finally:
+        reader.close()
+    out.flush()
 
 
 if __name__ == "__main__":

@@ -60,6 +60,14 @@ class Settings(Struct, kw_only=True):
     default_consent: tuple[str, ...] = ("analytics", "personalization", "marketing")
     # Segments defined by the operator (YAML: `segments: {name: {expression: ...}}`).
     segments_file: Path | None = None
+    # Placements defined by the operator (YAML: `placements: {id: {...}}`), over the
+    # starter configuration.
+    placements_file: Path | None = None
+    # How long after a decision an outcome is still credited to it.
+    attribution_window_minutes: float = 30
+    # At start-up, recommenders learn again from at most this many of the log's latest
+    # events (they are kept in memory only).
+    recommender_warmup_events: int = 1_000_000
     # Signs segment webhooks (HMAC-SHA256); needed once a segment names a webhook.
     webhook_secret: str | None = None
     webhook_max_attempts: int = 6
@@ -88,6 +96,10 @@ class Settings(Struct, kw_only=True):
     @property
     def event_log_path(self) -> Path:
         return self.data_dir / "events.db"
+
+    @property
+    def decision_log_path(self) -> Path:
+        return self.data_dir / "decisions.db"
 
     @property
     def state_path(self) -> Path:
@@ -124,6 +136,9 @@ _ENV_FIELDS = {
     "ANONYMOUS_RETENTION_DAYS": "anonymous_retention_days",
     "DEFAULT_CONSENT": "default_consent",
     "SEGMENTS_FILE": "segments_file",
+    "PLACEMENTS_FILE": "placements_file",
+    "ATTRIBUTION_WINDOW_MINUTES": "attribution_window_minutes",
+    "RECOMMENDER_WARMUP_EVENTS": "recommender_warmup_events",
     "WEBHOOK_SECRET": "webhook_secret",
     "WEBHOOK_MAX_ATTEMPTS": "webhook_max_attempts",
     "WEBHOOK_TIMEOUT_SECONDS": "webhook_timeout_seconds",

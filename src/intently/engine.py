@@ -12,23 +12,33 @@ import os
 from contextlib import ExitStack
 from pathlib import Path
 
+from intently.act.decide import Decider
+from intently.act.decisions import DecisionLog
+from intently.act.placements import PlacementRegistry
 from intently.api.metrics import Metrics
 from intently.catalog.store import CatalogStore
 from intently.clock import Clock, SystemClock, epoch_ms
 from intently.config import Settings
+from intently.configfile import ConfigError
+from intently.context.facts import facts_of
 from intently.context.stage import ContextStage
 from intently.events.enrich import Enricher
 from intently.events.geo import GeoLocator
+from intently.events.record import decode_record
 from intently.events.referrer import ReferrerClassifier
 from intently.keys import Keys, load_or_create_keys
 from intently.log.dedupe import MessageIdWindow
 from intently.log.eventlog import EventLog
 from intently.pipeline import Pipeline
+from intently.recommend.learn import LearnFromViews
+from intently.recommend.sequential import SequentialRules
+from intently.recommend.session_knn import SessionKNN
 from intently.segments.fields import FieldCatalog
 from intently.segments.membership import Membership
-from intently.segments.registry import ConfigError, Segment, SegmentRegistry, SegmentSpec
+from intently.segments.registry import Segment, SegmentRegistry, SegmentSpec
 from intently.segments.webhooks import WebhookDispatcher
 from intently.stores.embedded import EmbeddedStore
+from intently.stores.protocol import Changes
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +115,27 @@ class Engine:
         self.membership = Membership(self.segments, self.context.rules)
         self.context.hooks.append(self.membership)
         self.context.removal_hooks.append(self.membership.forget)
+        # Recommenders learn from every product view as it is applied (live or replayed).
+        self.learner = LearnFromViews(
+            SessionKNN(), SequentialRules(), self.context.rules,
+            session_timeout_ms=int(settings.session_timeout_minutes * 60_000),
+        )  # fmt: skip
+        self.context.hooks.append(self.learner)
+        self.placements = PlacementRegistry(
+            self.segments.catalog, settings.data_dir, settings.placements_file
+        )
+        self.decisions = DecisionLog(settings.decision_log_path)
+        self._resources.callback(self.decisions.close)
+        self.decider = Decider(
+            placements=self.placements,
+            catalog=self.catalog,
+            context=self.context,
+            learner=self.learner,
+            decisions=self.decisions,
+            enricher=self.enricher,
+            now_ms=self.now_ms,
+            window_ms=int(settings.attribution_window_minutes * 60_000),
+        )
         self.webhooks = WebhookDispatcher(
             settings.webhook_secret,
             settings.data_dir / "webhooks-dead.jsonl",
@@ -120,6 +151,9 @@ class Engine:
             MessageIdWindow(window_ms, settings.dedupe_max_entries),
             sinks=[self.context, self.metrics],
         )
+        warmed = self._warm_recommenders(settings.recommender_warmup_events)
+        if warmed:
+            log.info("recommenders learned from %d logged product views and orders", warmed)
         # The store persists in batches: re-apply the events it had not persisted yet.
         caught_up = self.context.catch_up(self.log)
         if caught_up:
@@ -131,6 +165,34 @@ class Engine:
             loaded = self.pipeline.prime_dedupe(latest - window_ms, latest)
             log.info("loaded %d recent messageIds for deduplication", loaded)
         self.metrics.log_seq.set(self.log.last_seq)
+        # Rewards are attributed only to decisions made from now on: hooked after the
+        # catch-up, which must not credit replayed outcomes to nothing.
+        self.context.hooks.append(self.decider)
+        self.decider.tick(self.now_ms())
+
+    def _warm_recommenders(self, limit: int) -> int:
+        """Recommenders live in memory: at start-up they learn again from the log's last
+        `limit` events that the store already holds (the catch-up feeds them the rest)."""
+        applied = self.store.applied_seq
+        rows = self.log.scan(since_seq=max(0, applied - limit))
+        learned = 0
+        try:
+            for row in rows:
+                if row.seq > applied:
+                    break
+                record = decode_record(row.body)
+                record.seq = row.seq
+                facts = facts_of(record)
+                if facts.product is None and not facts.order_lines:
+                    continue
+                any_id = facts.user_id or facts.anonymous_id
+                profile = self.context.lookup(any_id) if any_id is not None else None
+                if profile is not None:  # gone: expired, or erased with its events
+                    self.learner(profile, facts, Changes(row.seq))
+                    learned += 1
+        finally:
+            rows.close()
+        return learned
 
     def define_segment(self, name: str, spec: SegmentSpec) -> tuple[Segment, int]:
         """Add or replace a segment and evaluate it over every profile now; returns the

@@ -52,6 +52,27 @@ class FeatureHasher:
         return out
 
 
+def contributions(features: Mapping[str, FeatureValue], weights: Vector) -> list[tuple[str, float]]:
+    """What each named feature adds to a linear model's score `weights . x`, largest
+    first: the "features that weighed most" of a decision. Features sharing a slot (a
+    hash collision) each show the slot's weight."""
+    dimensions = len(weights)
+    found = []
+    for name, value in features.items():
+        if value is None or value == "":
+            continue
+        if isinstance(value, bool | str):
+            slot, sign = _slot(f"{name}={value}", dimensions)
+            found.append((f"{name}={value}", float(sign * weights[slot])))
+        else:
+            number = float(value)
+            if np.isfinite(number):
+                slot, sign = _slot(name, dimensions)
+                clipped = min(max(number, -MAX_VALUE), MAX_VALUE)
+                found.append((name, float(sign * clipped * weights[slot])))
+    return sorted(found, key=lambda pair: -pair[1])
+
+
 @lru_cache(maxsize=65_536)
 def _slot(key: str, dimensions: int) -> tuple[int, float]:
     digest = int.from_bytes(blake2b(key.encode(), digest_size=8).digest(), "little")

@@ -19,9 +19,17 @@ from starlette.types import ASGIApp
 
 from intently._version import __version__
 from intently.api.catalog import get_item, get_offer, post_items, post_offers
+from intently.api.decide import post_context, post_decide
 from intently.api.events import post_events
 from intently.api.metrics import LatencyMiddleware
 from intently.api.openapi import Health, build_openapi
+from intently.api.placements import (
+    delete_placement,
+    get_placement,
+    list_placements,
+    promote_policy,
+    put_placement,
+)
 from intently.api.profiles import delete_profile, export_profile, get_profile, put_consent
 from intently.api.segments import delete_segment, get_segment, list_segments, put_segment
 from intently.engine import Engine
@@ -75,6 +83,10 @@ async def _tick(engine: Engine, seconds: float = 1.0) -> None:
             engine.store.tick()
         except Exception:  # logged; the next tick tries again
             log.exception("the state store's periodic work failed")
+        try:
+            engine.decider.tick(engine.now_ms())
+        except Exception:
+            log.exception("the decision engine's periodic work failed")
 
 
 def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
@@ -105,6 +117,13 @@ def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
         Route("/v1/catalog/items/{item_id:anypath}", get_item, methods=["GET"]),
         Route("/v1/catalog/offers", post_offers, methods=["POST"]),
         Route("/v1/catalog/offers/{offer_id:anypath}", get_offer, methods=["GET"]),
+        Route("/v1/decide", post_decide, methods=["POST"]),
+        Route("/v1/context", post_context, methods=["POST"]),
+        Route("/v1/placements", list_placements, methods=["GET"]),
+        Route("/v1/placements/{id}", get_placement, methods=["GET"]),
+        Route("/v1/placements/{id}", put_placement, methods=["PUT"]),
+        Route("/v1/placements/{id}", delete_placement, methods=["DELETE"]),
+        Route("/v1/placements/{id}/promote", promote_policy, methods=["POST"]),
         Route("/v1/segments", list_segments, methods=["GET"]),
         Route("/v1/segments/{name}", get_segment, methods=["GET"]),
         Route("/v1/segments/{name}", put_segment, methods=["PUT"]),

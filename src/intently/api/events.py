@@ -14,9 +14,10 @@ from intently.api.auth import bearer_key, unauthorized
 from intently.api.problems import problem
 from intently.config import Settings
 from intently.engine import Engine
+from intently.events.schema import Event
 from intently.events.validate import BodyError, decode_body
 from intently.log.eventlog import LogClosed
-from intently.pipeline import ClientInfo
+from intently.pipeline import ClientInfo, IngestResult
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,31 @@ async def read_json(
         return problem(400, "malformed-json", f"the body is not valid JSON: {exc}")
 
 
+def client_info(request: Request, settings: Settings) -> ClientInfo:
+    return ClientInfo(
+        request.client.host if request.client else None,
+        request.headers.get("user-agent"),
+        privacy_refusals(request, settings),
+    )
+
+
+async def ingest(
+    engine: Engine, request: Request, events: list[tuple[int | None, Event]]
+) -> IngestResult | Response:
+    """Make `events` durable and applied; or the 503 to answer when the log cannot."""
+    try:
+        result = await engine.pipeline.ingest(events, client_info(request, engine.settings))
+    except (LogClosed, sqlite3.Error):
+        log.exception("could not make events durable")
+        return problem(
+            503, "log-unavailable",
+            "the event log could not store the events; nothing was acknowledged, retry later",
+            headers={"Retry-After": "1"},
+        )  # fmt: skip
+    engine.metrics.duplicates.inc(result.duplicates)
+    return result
+
+
 async def post_events(request: Request) -> Response:
     engine: Engine = request.app.state.engine
     settings = engine.settings
@@ -123,20 +149,8 @@ async def post_events(request: Request) -> Response:
             else "the batch is empty: send at least one event"
         )
         return problem(400, "no-usable-event", detail, errors=decoded.errors or None)
-    client = ClientInfo(
-        request.client.host if request.client else None,
-        request.headers.get("user-agent"),
-        privacy_refusals(request, settings),
-    )
-    try:
-        result = await engine.pipeline.ingest(decoded.events, client)
-    except (LogClosed, sqlite3.Error):
-        log.exception("could not make events durable")
-        return problem(
-            503, "log-unavailable",
-            "the event log could not store the events; nothing was acknowledged, retry later",
-            headers={"Retry-After": "1"},
-        )  # fmt: skip
-    engine.metrics.duplicates.inc(result.duplicates)
+    result = await ingest(engine, request, decoded.events)
+    if isinstance(result, Response):
+        return result
     result.rejected = decoded.errors
     return Response(_encode(result), media_type="application/json")

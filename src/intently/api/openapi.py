@@ -13,6 +13,9 @@ import msgspec
 from msgspec import Struct
 
 from intently._version import __version__
+from intently.act.placements import PlacementSpec, PolicySpec
+from intently.act.wire import DecideAnswer, DecideBody
+from intently.api.decide import ContextAnswer, ContextForSchema
 from intently.api.problems import PROBLEM_MEDIA_TYPE, Problem
 from intently.api.profiles import ConsentUpdate, Erased
 from intently.catalog.items import ItemUpload
@@ -79,13 +82,15 @@ _NAME = {
 def build_openapi() -> dict[str, Any]:
     schemas, components = msgspec.json.schema_components(
         [Event, BatchForSchema, IngestResult, Problem, Health, Erased, ConsentUpdate, SegmentSpec,
-         ItemUpload, OfferUpload],
+         ItemUpload, OfferUpload, DecideBody, DecideAnswer, ContextForSchema, ContextAnswer,
+         PlacementSpec, PolicySpec],
         ref_template="#/components/schemas/{name}",
     )  # fmt: skip
     event, batch, ingest, _problem_schema, health, erased, consent, segment_spec, upload = schemas[
         :9
     ]
-    offer_upload = schemas[9]
+    offer_upload, decide_body, decide_answer, context_body, context_answer = schemas[9:14]
+    placement, policy_spec = schemas[14:16]
     components["Event"] = event
     json_body = {"schema": {"oneOf": [_ref("Event"), batch]}}
     return {
@@ -251,6 +256,141 @@ def build_openapi() -> dict[str, Any]:
                     "responses": {
                         "200": _object("The offer."),
                         "404": _problem("No such offer."),
+                        **_AUTH_ERRORS,
+                    },
+                },
+            },
+            "/v1/decide": {
+                "post": {
+                    "operationId": "decide",
+                    "summary": "Decide placements for a visitor: items, propensities, reasons.",
+                    "description": (
+                        "For each placement: a decision_id, the items or offers with the "
+                        "probability each was drawn with, the policy and its version, and "
+                        "reasons a person can read. A stage past the placement's deadline or "
+                        "failing hands over to the fallback (`degraded`). A visitor not seen "
+                        "yet is decided from the request alone (cold start)."
+                    ),
+                    "security": [{"bearer": []}, {}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": decide_body}},
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The decisions, in the order asked.",
+                            "content": {"application/json": {"schema": decide_answer}},
+                        },
+                        "400": _problem("The body is not a decide request."),
+                        "401": _problem("Missing or invalid key."),
+                        "404": _problem("A placement is not defined."),
+                        "413": _problem("The body is too large."),
+                        "415": _problem("The body is not JSON."),
+                    },
+                }
+            },
+            "/v1/context": {
+                "post": {
+                    "operationId": "context",
+                    "summary": "Send events and decide in one round trip (events first).",
+                    "security": [{"bearer": []}, {}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": context_body}},
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "Events acknowledged (rejected ones listed), then "
+                            "the decisions.",
+                            "content": {"application/json": {"schema": context_answer}},
+                        },
+                        "400": _problem("The body is not a context request."),
+                        "401": _problem("Missing or invalid key."),
+                        "404": _problem("A placement is not defined."),
+                        "413": _problem("The body is too large."),
+                        "415": _problem("The body is not JSON."),
+                        "503": _problem("The event log cannot store events now; retry."),
+                    },
+                }
+            },
+            "/v1/placements": {
+                "get": {
+                    "operationId": "listPlacements",
+                    "summary": "Every placement, with where its definition comes from.",
+                    "security": [{"bearer": []}],
+                    "responses": {"200": _object("Placements."), **_AUTH_ERRORS},
+                },
+            },
+            "/v1/placements/{id}": {
+                "parameters": [{**_ID, "description": "The placement's id."}],
+                "get": {
+                    "operationId": "getPlacement",
+                    "summary": "One placement.",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": _object("The placement."),
+                        "404": _problem("No such placement."),
+                        **_AUTH_ERRORS,
+                    },
+                },
+                "put": {
+                    "operationId": "putPlacement",
+                    "summary": "Create or replace a placement (used from the next decide).",
+                    "security": [{"bearer": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": placement}},
+                    },
+                    "responses": {
+                        "200": _object("Replaced."),
+                        "201": _object("Created."),
+                        "400": _problem("Bad id, body or rule."),
+                        "413": _problem("The body is too large."),
+                        **_AUTH_ERRORS,
+                    },
+                },
+                "delete": {
+                    "operationId": "deletePlacement",
+                    "summary": "Delete an API placement (a starter one it replaced returns).",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "204": {"description": "Deleted."},
+                        "404": _problem("No such placement."),
+                        "409": _problem("Defined by the starter or the configuration file."),
+                        **_AUTH_ERRORS,
+                    },
+                },
+            },
+            "/v1/placements/{id}/promote": {
+                "parameters": [
+                    {**_ID, "description": "The placement's id."},
+                    {
+                        "name": "estimator",
+                        "in": "query",
+                        "required": False,
+                        "description": "The estimator whose lower bound decides: ips, snips "
+                        "(default), dm or dr.",
+                        "schema": {"type": "string", "enum": ["ips", "snips", "dm", "dr"]},
+                    },
+                ],
+                "post": {
+                    "operationId": "promotePolicy",
+                    "summary": "The promotion gate: judge a candidate policy off-policy on the "
+                    "decision log; make it live only if its lower bound beats the live one.",
+                    "security": [{"bearer": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": policy_spec}},
+                    },
+                    "responses": {
+                        "200": _object("Promoted: the evaluation, and the placement's version."),
+                        "400": _problem("Not a bandit placement, or a bad policy."),
+                        "404": _problem("No such placement."),
+                        "409": _problem(
+                            "Not promoted (the evaluation is in `report`), or "
+                            "not enough logged decisions."
+                        ),
+                        "413": _problem("The body is too large."),
                         **_AUTH_ERRORS,
                     },
                 },

@@ -32,6 +32,8 @@ class Problem(Struct, omit_defaults=True):
     errors: list[FieldError] | None = None
     # Where in a text field (a segment expression) the problem is: a 0-based offset.
     position: int | None = None
+    # The figures behind a refusal (the promotion gate's evaluation).
+    report: dict[str, Any] | None = None
 
 
 _encode = msgspec.json.Encoder().encode
@@ -47,6 +49,7 @@ def problem(
     instance: str | None = None,
     headers: dict[str, str] | None = None,
     position: int | None = None,
+    report: dict[str, Any] | None = None,
 ) -> Response:
     body = Problem(
         type=TYPE_PREFIX + code,
@@ -57,6 +60,7 @@ def problem(
         pointer=pointer or None,
         errors=errors,
         position=position,
+        report=report,
     )
     return Response(_encode(body), status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 

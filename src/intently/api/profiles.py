@@ -114,6 +114,9 @@ async def delete_profile(request: Request) -> Response:
         return _not_found(any_id)
     anonymous_ids, user_ids = list(profile.anonymous_ids), list(profile.user_ids)
     events = await asyncio.to_thread(engine.log.erase, anonymous_ids, user_ids)
+    devices = [*("a:" + a for a in anonymous_ids), *("u:" + u for u in user_ids)]
+    await asyncio.to_thread(engine.decisions.erase, devices, [profile.id])
+    engine.learner.forget(anonymous_ids, user_ids)
     engine.context.forget(profile)
     await asyncio.wrap_future(engine.store.compact())
     return json_response(Erased(profile.id, events, len(anonymous_ids) + len(user_ids)))

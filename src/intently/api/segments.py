@@ -11,10 +11,11 @@ from starlette.responses import Response
 from intently.api.auth import require
 from intently.api.events import read_json
 from intently.api.problems import json_response, problem
+from intently.configfile import ConfigError
 from intently.engine import Engine
 from intently.keys import Role
 from intently.segments.lang import ExpressionError
-from intently.segments.registry import ConfigError, Segment, SegmentSpec, valid_name
+from intently.segments.registry import Segment, SegmentSpec, valid_name
 
 _spec = msgspec.json.Decoder(SegmentSpec)
 

@@ -58,6 +58,11 @@ class CatalogStore:
         self._items: dict[str, Item] = {}
         self._available: set[str] = set()
         self._offers: dict[str, LiveOffer] = {}
+        # Counts every change that decisions can see (caches compare it).
+        self.version = 0
+        # Items by leaf category, in the order they were added (a dict as an ordered
+        # set): similar items for new items and new visitors, without a catalog scan.
+        self._by_category: dict[str, dict[str, None]] = {}
         for (body,) in self._db.execute("SELECT body FROM items"):
             self._apply(_decode(body))
         for (body,) in self._db.execute("SELECT body FROM offers"):
@@ -80,6 +85,9 @@ class CatalogStore:
     def available(self) -> frozenset[str]:
         """The ids of the items decisions may show now (active, not sold out)."""
         return frozenset(self._available)
+
+    def available_ids(self) -> Iterator[str]:
+        return iter(list(self._available))
 
     def is_available(self, item_id: str) -> bool:
         return item_id in self._available
@@ -110,6 +118,7 @@ class CatalogStore:
     def apply_offers(self, offers: Iterable[LiveOffer]) -> None:
         for live in offers:
             self._offers[live.offer.id] = live
+        self.version += 1
 
     def get_offer(self, offer_id: str) -> LiveOffer | None:
         return self._offers.get(offer_id)
@@ -125,13 +134,23 @@ class CatalogStore:
         """Show written items to readers (on the thread that serves decisions)."""
         for item in items:
             self._apply(item)
+        self.version += 1
 
     def upsert(self, items: Iterable[Item]) -> int:
         written = self.write(items)
         self.apply(written)
         return len(written)
 
+    def in_category(self, category: str) -> Iterable[str]:
+        """The ids of the items whose narrowest category is `category`."""
+        return self._by_category.get(category, {}).keys()
+
     def _apply(self, item: Item) -> None:
+        previous = self._items.get(item.id)
+        if previous is not None and previous.leaf_category is not None:
+            self._by_category[previous.leaf_category].pop(item.id, None)
+        if item.leaf_category is not None:
+            self._by_category.setdefault(item.leaf_category, {})[item.id] = None
         self._items[item.id] = item
         if item.available:
             self._available.add(item.id)

@@ -56,6 +56,13 @@ _STAGE_OF_EVENT = {
     "Order Completed": 5,
 }
 _CLICK_EVENTS = frozenset({"Element Clicked", "Clicked"})
+# Clicks that reward a decision, and the property naming what was clicked.
+_CLICKED_ITEM = {
+    "Product Clicked": "product_id",
+    "Promotion Clicked": "promotion_id",
+    "Element Clicked": "item_id",
+    "Clicked": "item_id",
+}
 
 
 class Line(Struct, array_like=True, gc=False):
@@ -92,6 +99,10 @@ class Facts(Struct, gc=False, kw_only=True):
     exit_intent: bool = False
     rage_click: bool = False
     click_target: str | None = None
+    # Rewards: the decision an event names (`properties.decision_id`), and the item or
+    # offer a click was on (`Product Clicked`, `Promotion Clicked`, `Element Clicked`).
+    decision_id: str | None = None
+    clicked: str | None = None
     traits: dict[str, Any] | None = None
     consent: dict[str, bool] | None = None
     # Where the visit came from and what it runs on (from enrichment).
@@ -167,9 +178,17 @@ def _is_help_page(*names: str | None) -> bool:
 
 def _read_track(event: TrackEvent, facts: Facts) -> None:
     name = event.event
+    properties = event.properties
     facts.checkout_stage = _STAGE_OF_EVENT.get(name, 0)
+    decision_id = properties.get("decision_id")
+    if decision_id is not None:
+        facts.decision_id = decision_id if isinstance(decision_id, str) else None
+    clicked_key = _CLICKED_ITEM.get(name)
+    if clicked_key is not None:
+        clicked = properties.get(clicked_key)
+        facts.clicked = clicked if isinstance(clicked, str) else None
     if name in _CLICK_EVENTS:
-        target = event.properties.get("target")
+        target = properties.get("target")
         facts.click_target = target if isinstance(target, str) else None
         return
     if name == "Scroll Depth":
@@ -192,10 +211,10 @@ def _read_track(event: TrackEvent, facts: Facts) -> None:
             _read_one_product(name, event.properties, facts)
         return
     try:
-        properties = commerce_properties(event)
+        commerce = commerce_properties(event)
     except msgspec.ValidationError:  # checked at ingest; history from before may differ
         return
-    _COMMERCE_READERS[name](properties, facts)
+    _COMMERCE_READERS[name](commerce, facts)
 
 
 # Events about one product, read straight from their properties when these hold the

@@ -104,6 +104,17 @@ class Enricher:
             ),
         )
 
+    def client(
+        self, ip: str | None, user_agent: str | None
+    ) -> tuple[DeviceInfo | None, GeoInfo | None]:
+        """The device and place of a client (a decide request, which is not an event)."""
+        device, geo, _ = self._client(_valid_ip(ip), user_agent)
+        return device, geo
+
+    def visit(self, url: str | None, referrer_url: str | None) -> tuple[Campaign | None, Referrer]:
+        """The campaign and the referrer of a page view."""
+        return self._visit(url, referrer_url)
+
     def _client_uncached(
         self, ip: str | None, user_agent: str | None
     ) -> tuple[DeviceInfo | None, GeoInfo | None, str | None]:

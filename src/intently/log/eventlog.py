@@ -21,7 +21,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future as ThreadFuture
 from dataclasses import dataclass, field
 from functools import partial
@@ -130,7 +130,7 @@ class EventLogReader:
 
     def scan(
         self, since_seq: int = 0, since_ms: int | None = None, chunk: int = 2000
-    ) -> Iterator[StoredRow]:
+    ) -> Generator[StoredRow]:
         """Rows in log order, from `since_seq` (exclusive) and/or `since_ms` received."""
         connection = self._connect(readonly=True)
         try:

@@ -26,6 +26,26 @@ from intently.stores.protocol import Changes
 # The views kept per session for the recommenders (the context session keeps fewer, to
 # stay small): a session kNN weighs a session's whole recent path.
 RECENT_VIEWS = 20
+# Cold start: views are also counted per visit context (campaign, referrer source,
+# device type, country), for visitors who have viewed nothing yet. At most this many
+# contexts are tracked (the first seen; a shop has few of each).
+MAX_CONTEXTS = 10_000
+
+
+def context_keys(
+    campaign: str | None, source: str | None, device: str | None, country: str | None
+) -> list[str]:
+    """The cold-start keys of a visit, most specific first."""
+    keys = []
+    if campaign:
+        keys.append("campaign=" + campaign)
+    if source:
+        keys.append("source=" + source)
+    if country:
+        keys.append("country=" + country)
+    if device:
+        keys.append("device=" + device)
+    return keys
 
 
 @dataclass
@@ -68,6 +88,7 @@ class LearnFromViews:
         self.viewed_together = CoOccurrence()
         self.bought_together = CoOccurrence()
         self.trending = Trending()
+        self.by_context: dict[str, Counter[str]] = {}
         self.learning = True
         self._paths: OrderedDict[str, _Path] = OrderedDict()
 
@@ -110,9 +131,19 @@ class LearnFromViews:
             self.viewed_together.learn(path.views, item)
             self.trending.learn(item, facts.at_ms)
             self.popularity[item] += 1
+            self._count_in_context(facts, item)
         path.views.append(item)
         if len(path.views) > RECENT_VIEWS:
             del path.views[0]
+
+    def _count_in_context(self, facts: Facts, item: str) -> None:
+        for key in context_keys(facts.campaign, facts.source, facts.device, facts.country):
+            counts = self.by_context.get(key)
+            if counts is None:
+                if len(self.by_context) >= MAX_CONTEXTS:
+                    continue
+                counts = self.by_context[key] = Counter()
+            counts[item] += 1
 
     def forget(self, anonymous_ids: Iterable[str], user_ids: Iterable[str]) -> None:
         """Erase a person: their devices' paths, and their sessions from the kNN (which

@@ -7,16 +7,15 @@ atomically), so they survive a restart.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import msgspec
-import yaml
 from msgspec import Meta, Struct
 
+from intently.configfile import ConfigError, read_mapping, save_atomically
 from intently.segments.fields import FieldCatalog
 from intently.segments.lang import MAX_LENGTH, Compiled, ExpressionError, compile_expression
 
@@ -38,10 +37,6 @@ class Segment(Struct, omit_defaults=True):
     source: str  # "config" or "api"
     description: str | None = None
     webhook: str | None = None
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def valid_name(name: str) -> bool:
@@ -96,22 +91,11 @@ class SegmentRegistry:
             for segment, _ in self._segments.values()
             if segment.source == "api"
         }
-        temporary = self._api_file.with_suffix(".tmp")
-        temporary.write_bytes(msgspec.json.format(msgspec.json.encode(api)))
-        with temporary.open("rb") as handle:
-            os.fsync(handle.fileno())
-        temporary.replace(self._api_file)
+        save_atomically(self._api_file, api)
 
     def _load_config(self, path: Path) -> None:
         """`segments:` mapping names to specs, in YAML (or JSON, which is YAML)."""
-        try:
-            document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read the segments file: {exc}") from None
-        raw = document.get("segments", {}) if isinstance(document, dict) else None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a 'segments:' mapping of name -> definition")
-        for name, value in raw.items():
+        for name, value in read_mapping(path, "segments", "segments").items():
             if not isinstance(name, str) or not _NAME.match(name):
                 raise ConfigError(f"{path}: segment name {name!r} must match {_NAME.pattern}")
             try:

@@ -1,0 +1,212 @@
+"""Candidate items for a widget: what each recommender proposes, scored and explained.
+
+Each recommender of a placement blends sources, each scaled so its best candidate
+scores 1.0, then weighted. A candidate keeps the reason of the source that gave it the
+most, so a visitor can read why it is there. Every blend ends with popular and trending
+items at a low weight, so a widget fills even for a first-time visitor or an empty
+session; and with items similar by attributes (same category, brand, price) to what is
+in view, which is how a new item, never viewed yet, gets its first exposures.
+
+| recommender | sources                                                            |
+|-------------|--------------------------------------------------------------------|
+| for_you     | session kNN + sequential rules over the device's recent views;     |
+|             | viewed together; the profile's categories; the visit's context     |
+| similar     | viewed together with the product in view; what sessions that       |
+|             | viewed it went on to view; items like it                           |
+| cart        | bought together, then viewed together, with the cart               |
+| order       | bought together with the order just completed                      |
+| trending    | views decayed by time (6 h half-life)                              |
+| popular     | views of all time                                                  |
+| catalog     | the placement's catalog query, most viewed first                   |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+
+from intently.catalog.items import Item
+from intently.catalog.store import CatalogStore
+from intently.recommend.blend import next_items
+from intently.recommend.learn import LearnFromViews
+
+# How many candidates each source proposes (the slate picks among them all).
+PER_SOURCE = 50
+# Items similar by attributes, considered per item in view.
+SIMILAR_SCAN = 200
+
+
+@dataclass
+class Pool:
+    """Candidates with their blended score and the reason of their strongest source."""
+
+    scores: dict[str, float] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    _best: dict[str, float] = field(default_factory=dict)
+
+    def add(self, scored: Iterable[tuple[str, float]], weight: float, reason: str) -> None:
+        """Add a source's (item, score) pairs, scaled by the source's best score."""
+        scored = list(scored)
+        if not scored:
+            return
+        top = max(score for _, score in scored)
+        if top <= 0:
+            return
+        for item, score in scored:
+            contribution = weight * score / top
+            self.scores[item] = self.scores.get(item, 0.0) + contribution
+            if contribution > self._best.get(item, 0.0):
+                self._best[item] = contribution
+                self.reasons[item] = reason
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What a decide request tells the recommenders."""
+
+    anonymous_id: str | None
+    product_id: str | None
+    cart: Sequence[str]
+    order: Sequence[str]
+    context_keys: Sequence[str]  # cold start: campaign, source, country, device
+    categories: Sequence[str]  # the visitor's top categories (profile and session)
+    personal: bool  # False: nothing about the visitor may be used
+    now_ms: int
+
+
+class Recommenders:
+    def __init__(self, learner: LearnFromViews, catalog: CatalogStore) -> None:
+        self.learner = learner
+        self.catalog = catalog
+        # Refreshed by `refresh` (each second), not per decide: ranking every item's
+        # count on each request would cost more than the rest of the decision.
+        self.popular: list[tuple[str, float]] = []
+        self.trending: list[tuple[str, float]] = []
+        self._context_top: dict[str, list[tuple[str, float]]] = {}
+        self._refreshed: tuple[int, int] | None = None  # (at, catalog version)
+
+    def refresh_if_stale(self, now_ms: int) -> None:
+        """Refresh at most each second, and at once after the catalog changed."""
+        if self._refreshed is None or (
+            now_ms - self._refreshed[0] >= 1000 or self._refreshed[1] != self.catalog.version
+        ):
+            self.refresh(now_ms)
+
+    def refresh(self, now_ms: int) -> None:
+        self._refreshed = (now_ms, self.catalog.version)
+        learner = self.learner
+        available = self.catalog.is_available
+        self.popular = [
+            (i, float(n)) for i, n in learner.popularity.most_common(PER_SOURCE * 4) if available(i)
+        ][:PER_SOURCE]
+        if not self.popular:  # nothing viewed yet: the catalog's own order
+            self.popular = [(i, 1.0) for i in islice(self.catalog.available_ids(), PER_SOURCE)]
+        self.trending = [
+            (i, s) for i, s in learner.trending.top(PER_SOURCE * 4, now_ms) if available(i)
+        ][:PER_SOURCE]
+        self._context_top = {
+            key: [(i, float(n)) for i, n in counts.most_common(PER_SOURCE) if available(i)]
+            for key, counts in learner.by_context.items()
+        }
+
+    def title(self, item_id: str) -> str:
+        item = self.catalog.get(item_id)
+        return item.title if item is not None and item.title else item_id
+
+    def pool(self, recommender: str, ask: Ask, query_items: Sequence[str] = ()) -> Pool:
+        pool = Pool()
+        learner = self.learner
+        views = learner.views(ask.anonymous_id) if ask.personal and ask.anonymous_id else []
+        if recommender in ("for_you", "similar"):
+            current = list(views)
+            if ask.product_id is not None and (not current or current[-1] != ask.product_id):
+                current.append(ask.product_id)
+            if recommender == "similar" and ask.product_id is not None:
+                pool.add(
+                    learner.viewed_together.scores([ask.product_id], PER_SOURCE),
+                    1.0, f"viewed together with {self.title(ask.product_id)}",
+                )  # fmt: skip
+                self._similar(pool, ask.product_id, 0.4)
+            if current:
+                session = learner.session_of(ask.anonymous_id) if ask.anonymous_id else None
+                reason = (
+                    f"because you viewed {self.title(current[-1])}"
+                    if views
+                    else f"viewed next by visitors of {self.title(current[-1])}"
+                )
+                pool.add(
+                    next_items(learner.knn, learner.sequential, current, PER_SOURCE,
+                               exclude_session=session),
+                    0.8 if recommender == "similar" else 1.0, reason,
+                )  # fmt: skip
+            if recommender == "for_you":
+                if views:
+                    pool.add(
+                        learner.viewed_together.scores(views[-5:], PER_SOURCE),
+                        0.5, f"often viewed with {self.title(views[-1])}",
+                    )  # fmt: skip
+                for category in ask.categories[:2]:
+                    pool.add(
+                        self._popular_in(category), 0.3, f"popular in {category}, which you like"
+                    )
+                for key in ask.context_keys:
+                    top = self._context_top.get(key)
+                    if top:
+                        pool.add(top, 0.3, f"popular with visitors like you ({key})")
+                        break  # the most specific context known
+        elif recommender == "cart" and ask.cart:
+            pool.add(
+                learner.bought_together.scores(ask.cart, PER_SOURCE), 1.0,
+                f"bought together with {self.title(ask.cart[-1])}",
+            )  # fmt: skip
+            pool.add(
+                learner.viewed_together.scores(ask.cart, PER_SOURCE), 0.5,
+                f"viewed together with {self.title(ask.cart[-1])}",
+            )  # fmt: skip
+        elif recommender == "order" and ask.order:
+            pool.add(
+                learner.bought_together.scores(ask.order, PER_SOURCE), 1.0,
+                f"bought together with {self.title(ask.order[-1])}",
+            )  # fmt: skip
+            pool.add(
+                learner.viewed_together.scores(ask.order, PER_SOURCE), 0.3,
+                f"viewed together with {self.title(ask.order[-1])}",
+            )  # fmt: skip
+        elif recommender == "catalog":
+            popularity = learner.popularity
+            ranked = sorted(query_items, key=lambda i: -popularity.get(i, 0))[: PER_SOURCE * 4]
+            pool.add([(i, 1.0 + popularity.get(i, 0)) for i in ranked], 1.0, "in this selection")
+        if recommender == "popular":
+            pool.add(self.popular, 1.0, "popular")
+        else:
+            pool.add(self.trending, 0.1 if recommender != "trending" else 1.0, "trending now")
+            pool.add(self.popular, 0.05, "popular")
+        return pool
+
+    def _popular_in(self, category: str) -> list[tuple[str, float]]:
+        popularity = self.learner.popularity
+        members = islice(self.catalog.in_category(category), SIMILAR_SCAN)
+        return [(i, 1.0 + popularity.get(i, 0)) for i in members]
+
+    def _similar(self, pool: Pool, product_id: str, weight: float) -> None:
+        """Items like the one in view by attributes: the same category, then the same
+        brand and a near price. New items have no views, so this is how they are found."""
+        item = self.catalog.get(product_id)
+        if item is None or item.leaf_category is None:
+            return
+        scored = [
+            (other, _likeness(item, candidate))
+            for other in islice(self.catalog.in_category(item.leaf_category), SIMILAR_SCAN)
+            if other != product_id and (candidate := self.catalog.get(other)) is not None
+        ]
+        pool.add(scored, weight, f"like {item.title or product_id}")
+
+
+def _likeness(item: Item, other: Item) -> float:
+    score = 1.0  # same category
+    if item.brand is not None and item.brand == other.brand:
+        score += 0.5
+    if item.price and other.price:
+        score += 0.5 * min(item.price, other.price) / max(item.price, other.price)
+    return score

@@ -1,0 +1,711 @@
+"""Deciding: for each placement asked, what this visitor sees now, why, and with what
+probability; then learning from what they do next.
+
+A decision reads the visitor's live state (the session and profile the context stage
+keeps, updated by every acknowledged event before its acknowledgement), so the event
+acknowledged just before a decide is in it. For each placement:
+
+1. candidates: the offers open now whose eligibility rule the visitor meets, or the
+   items a recommender proposes (act/candidates.py), available and matching the
+   placement's query;
+2. business rules: include, exclude, pin, boost, bury, each for the visitors it names;
+3. the policy: a bandit draws offers from the distribution it logs; a slate draws items
+   position by position (act/slates.py); every pick's probability is logged;
+4. the decision is logged (act/decisions.py) and registered for attribution, whose
+   rewards update the policy online.
+
+A stage that overruns the placement's deadline, or fails, hands over to the fallback
+(the placement's default content, or popular items), and the decision says so
+(`degraded`). Without consent to personalization, nothing about the visitor is used: no
+session, no profile, no features beyond the request itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import msgspec
+import numpy as np
+
+from intently.act.candidates import Ask, Recommenders
+from intently.act.decisions import DecisionLog, DecisionRecord, FeatureValue, RewardRecord
+from intently.act.features import FeatureHasher, Vector, contributions
+from intently.act.placements import CatalogQuery, Placement, PlacementRegistry, PolicySpec, Rule
+from intently.act.policies import (
+    BetaThompson,
+    EpsilonGreedy,
+    LinThompson,
+    LinUCB,
+    Policy,
+    RulesFirst,
+    choose,
+)
+from intently.act.slates import Candidate, Rules, build_slate
+from intently.act.wire import (
+    DecideAnswer,
+    DecideBody,
+    DecidedItem,
+    PlacementDecision,
+    PolicyRef,
+)
+from intently.catalog.items import Item
+from intently.catalog.offers import Offer
+from intently.catalog.store import CatalogStore
+from intently.configfile import ConfigError
+from intently.context.facts import CHECKOUT_STAGES, Facts
+from intently.context.profile import Profile
+from intently.context.session import cart_value, engagement
+from intently.context.stage import ContextStage
+from intently.events.enrich import Enricher
+from intently.learn.rewards import Attribution, Decision, Observed, Outcome, Reward
+from intently.recommend.learn import LearnFromViews, context_keys, device_of
+from intently.stores.protocol import Changes
+
+log = logging.getLogger(__name__)
+
+# Features logged for explanation and freshness, not fed to the models: one-hot ids would
+# only add noise to a model over a few dozen offers.
+MODELLED_OUT = frozenset({"last_product", "session_events"})
+_CLICKS = frozenset({"Product Clicked", "Promotion Clicked", "Element Clicked", "Clicked"})
+MAX_LOGGED_CANDIDATES = 200
+
+
+class UnknownPlacements(ValueError):
+    def __init__(self, unknown: list[tuple[int, str]]) -> None:
+        self.unknown = unknown
+        names = ", ".join(repr(pid) for _, pid in unknown)
+        super().__init__(f"no placement is defined with the id {names}")
+
+
+class _Overrun(Exception):
+    pass
+
+
+@dataclass
+class _Visitor:
+    key: str  # the device: "a:<anonymousId>" or "u:<userId>"
+    profile: Profile | None
+    personal: bool
+    features: dict[str, FeatureValue]
+    ask: Ask
+
+
+@dataclass
+class _Outcome:
+    """What one placement decided, before it is logged and answered."""
+
+    items: list[str]
+    propensities: list[float]
+    item_reasons: list[list[str]]
+    reasons: list[str]
+    policy: str
+    candidates: list[str]
+    learn: tuple[Policy, Vector | None] | None = None  # the policy rewards go to
+    degraded: str | None = None
+
+
+@dataclass
+class _Pending:
+    policy: Policy
+    action: str
+    vector: Vector | None
+    bernoulli: bool  # rewards clipped to [0, 1]
+
+
+def policy_of(spec: PolicySpec, seed: int | None = None) -> Policy:
+    """A new policy as `spec` says; sampling ones draw from `seed` (random if None)."""
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little")
+    match spec.name:
+        case "linucb":
+            return LinUCB(spec.dimensions, spec.alpha, floor=spec.floor)
+        case "lin-thompson":
+            return LinThompson(spec.dimensions, floor=spec.floor, draws=spec.draws, seed=seed)
+        case "beta-thompson":
+            return BetaThompson(floor=spec.floor, draws=spec.draws, seed=seed)
+        case "epsilon-greedy":
+            return EpsilonGreedy(spec.epsilon)
+        case "rules-first":
+            return RulesFirst(spec.priority, floor=spec.floor)
+    raise ValueError(f"policy {spec.name!r} does not choose offers")
+
+
+def matches_query(item: Item, query: CatalogQuery) -> bool:
+    if query.categories and not set(query.categories) & set(item.category):
+        return False
+    if query.brands and item.brand not in query.brands:
+        return False
+    if query.tags and not set(query.tags) & set(item.tags):
+        return False
+    price = item.price
+    if query.min_price is not None and (price is None or price < query.min_price):
+        return False
+    return not (query.max_price is not None and (price is None or price > query.max_price))
+
+
+class Decider:
+    def __init__(
+        self,
+        *,
+        placements: PlacementRegistry,
+        catalog: CatalogStore,
+        context: ContextStage,
+        learner: LearnFromViews,
+        decisions: DecisionLog,
+        enricher: Enricher,
+        now_ms: Callable[[], int],
+        window_ms: int = 30 * 60_000,
+        seed: int | None = None,
+        timer: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.placements = placements
+        self.catalog = catalog
+        self.context = context
+        self.learner = learner
+        self.decisions = decisions
+        self.enricher = enricher
+        self.now_ms = now_ms
+        self.timer = timer
+        self.recommenders = Recommenders(learner, catalog)
+        self.attribution = Attribution(self._on_reward, window_ms)
+        self._rng = np.random.default_rng(seed)
+        self._policies: dict[tuple[str, bytes], Policy] = {}
+        self._hashers: dict[int, FeatureHasher] = {}
+        self._pending: dict[str, _Pending] = {}
+        self.degraded = 0
+        self.decided = 0
+
+    # -- deciding -------------------------------------------------------------------------
+
+    def placements_unknown(self, body: DecideBody) -> bool:
+        return any(self.placements.get(ask.id) is None for ask in body.placements)
+
+    def decide(
+        self, body: DecideBody, client_ip: str | None = None, user_agent: str | None = None,
+        refused: Sequence[str] = (),
+    ) -> DecideAnswer:  # fmt: skip
+        """Decide every placement of `body`; raises `UnknownPlacements` (nothing decided)
+        when any is not defined."""
+        placements = [self.placements.get(ask.id) for ask in body.placements]
+        unknown = [(i, ask.id) for i, ask in enumerate(body.placements) if placements[i] is None]
+        if unknown:
+            raise UnknownPlacements(unknown)
+        now = self.now_ms()
+        self.recommenders.refresh_if_stale(now)
+        visitor = self._visitor(body, client_ip, user_agent, refused, now)
+        answers = []
+        for ask, placement in zip(body.placements, placements, strict=True):
+            assert placement is not None
+            count = ask.count or placement.spec.count
+            answers.append(self._decide_placement(placement, count, visitor, now, body.explain))
+        return DecideAnswer(answers)
+
+    def _decide_placement(
+        self, placement: Placement, count: int, visitor: _Visitor, now: int, explain: bool
+    ) -> PlacementDecision:
+        started = self.timer()
+        deadline = started + placement.spec.deadline_ms / 1000.0
+        try:
+            if placement.spec.kind == "offers":
+                outcome = self._offers(placement, count, visitor, now, deadline)
+            else:
+                outcome = self._items(placement, count, visitor, deadline)
+        except _Overrun as overrun:
+            outcome = self._fallback(placement, count, visitor, now, str(overrun))
+        except Exception as error:  # a bug must not cost the page its content
+            log.exception("deciding placement %r failed; the fallback answers", placement.id)
+            outcome = self._fallback(
+                placement, count, visitor, now, f"deciding failed ({type(error).__name__})"
+            )
+        latency_us = int((self.timer() - started) * 1e6)
+        decision_id = uuid.uuid4().hex
+        record = DecisionRecord(
+            decision_id=decision_id,
+            at_ms=now,
+            placement=placement.id,
+            visitor=visitor.key,
+            profile_id=visitor.profile.id if visitor.profile is not None else None,
+            policy=outcome.policy,
+            policy_version=placement.version,
+            features=visitor.features,
+            candidates=outcome.candidates[:MAX_LOGGED_CANDIDATES],
+            items=outcome.items,
+            propensities=outcome.propensities,
+            reasons=outcome.reasons,
+            item_reasons=outcome.item_reasons,
+            latency_us=latency_us,
+            degraded=outcome.degraded,
+            personalized=visitor.personal,
+            reward_kind=placement.spec.reward,
+        )
+        self.decisions.record(record)
+        self.decided += 1
+        if outcome.degraded is not None:
+            self.degraded += 1
+        if outcome.items:
+            self._register(decision_id, placement, outcome, visitor.key, now)
+        return PlacementDecision(
+            placement=placement.id,
+            decision_id=decision_id,
+            items=[
+                self._describe(placement, item, propensity, reasons)
+                for item, propensity, reasons in zip(
+                    outcome.items, outcome.propensities, outcome.item_reasons, strict=True
+                )
+            ],
+            policy=PolicyRef(outcome.policy, placement.version),
+            reasons=outcome.reasons,
+            personalized=visitor.personal,
+            degraded=outcome.degraded,
+            features=dict(visitor.features) if explain else None,
+        )
+
+    def _check(self, deadline: float, stage: str) -> None:
+        if self.timer() > deadline:
+            raise _Overrun(f"{stage} overran the placement's deadline")
+
+    # -- who is asking ----------------------------------------------------------------------
+
+    def _visitor(
+        self, body: DecideBody, client_ip: str | None, user_agent: str | None,
+        refused: Sequence[str], now: int,
+    ) -> _Visitor:  # fmt: skip
+        context = self.context
+        profile = None
+        if body.user_id is not None:
+            profile = context.lookup(body.user_id)
+        if profile is None and body.anonymous_id is not None:
+            profile = context.lookup(body.anonymous_id)
+        if "personalization" in refused:
+            personal = False
+        elif profile is not None:
+            personal = context.rules.personalizes(profile)
+        else:
+            personal = "personalization" in context.settings.default_consent
+        key = (
+            "a:" + body.anonymous_id if body.anonymous_id is not None else "u:" + str(body.user_id)
+        )
+        request = body.context
+        features: dict[str, FeatureValue] = {}
+        product = self.catalog.get(request.product_id) if request.product_id else None
+        if product is not None and product.leaf_category is not None:
+            features["product_category"] = product.leaf_category
+        cart = [line.product_id for line in request.cart or ()]
+        if request.cart:
+            features["cart_items"] = len(request.cart)
+            features["cart_value"] = sum((x.price or 0.0) * x.quantity for x in request.cart)
+        order = [line.product_id for line in request.order.products] if request.order else []
+        if request.order is not None:
+            revenue = request.order.revenue
+            if revenue is None:
+                revenue = sum((x.price or 0.0) * x.quantity for x in request.order.products)
+            features["order_value"] = revenue
+        keys: list[str] = []
+        categories: list[str] = []
+        if personal:
+            self._personal_features(features, profile, body, client_ip, user_agent)
+            keys = context_keys(
+                _text(features.get("campaign")), _text(features.get("source")),
+                _text(features.get("device")), _text(features.get("country")),
+            )  # fmt: skip
+            categories = _top_categories(profile)
+            if not cart and profile is not None and profile.session and profile.session.cart:
+                cart = [line.product_id for line in profile.session.cart]
+        ask = Ask(
+            anonymous_id=body.anonymous_id,
+            product_id=request.product_id,
+            cart=cart,
+            order=order,
+            context_keys=keys,
+            categories=categories,
+            personal=personal,
+            now_ms=now,
+        )
+        return _Visitor(key, profile if personal else None, personal, features, ask)
+
+    def _personal_features(
+        self, features: dict[str, FeatureValue], profile: Profile | None, body: DecideBody,
+        client_ip: str | None, user_agent: str | None,
+    ) -> None:  # fmt: skip
+        session = profile.session if profile is not None else None
+        if session is not None and session.device is not None:
+            _put(features, "device", session.device)
+            _put(features, "country", session.country)
+            _put(features, "source", session.source)
+            _put(features, "medium", session.medium)
+            _put(features, "campaign", session.campaign)
+        else:  # a first request, before any event: what the request itself says
+            device, geo = self.enricher.client(client_ip, user_agent)
+            page = body.context.page
+            campaign, referrer = self.enricher.visit(
+                page.url if page else None, page.referrer if page else None
+            )
+            campaign = body.context.campaign or campaign
+            _put(features, "device", device.type if device else None)
+            _put(features, "country", geo.country if geo else None)
+            _put(features, "source", referrer.source)
+            _put(features, "medium", referrer.medium)
+            if campaign is not None and (campaign.name or campaign.source):
+                name = f"{campaign.source or ''}|{campaign.medium or ''}|{campaign.name or ''}"
+                features["campaign"] = name
+        if session is not None:
+            features["engagement"] = engagement(session)
+            features["pages"] = session.pages
+            features["checkout_stage"] = CHECKOUT_STAGES[session.checkout_stage]
+            features["exit_intent"] = session.exit_intent
+            features["session_events"] = session.events
+            if session.cart:
+                features["session_cart_value"] = cart_value(session)
+            if session.products:
+                features["last_product"] = session.products[-1]
+        if profile is not None:
+            features["known"] = profile.known
+            features["buyer"] = profile.purchases > 0
+            for name in profile.segments[:20]:
+                features["segment:" + name] = True
+            top = _top_categories(profile)
+            if top:
+                features["top_category"] = top[0]
+
+    # -- offers -----------------------------------------------------------------------------
+
+    def _offers(
+        self, placement: Placement, count: int, visitor: _Visitor, now: int, deadline: float
+    ) -> _Outcome:
+        spec = placement.spec
+        kinds = spec.offer_kinds
+        offers = [
+            o for o in self.catalog.eligible_offers(visitor.profile, now)
+            if not kinds or o.kind in kinds
+        ]  # fmt: skip
+        ids = [o.id for o in offers]
+        reasons: list[str] = []
+        allowed, pinned, buried, _ = self._apply_rules(placement, visitor, ids, reasons)
+        if not allowed:
+            raise _Overrun("no offer is eligible" + (" after the rules" if ids else ""))
+        self._check(deadline, "finding the candidates")
+        policy = self._policy(placement)
+        vector = self._vector(spec.policy.dimensions, visitor) if visitor.personal else None
+        chosen: list[str] = []
+        propensities: list[float] = []
+        item_reasons: list[list[str]] = []
+        for offer_id in pinned[:count]:
+            chosen.append(offer_id)
+            propensities.append(1.0)
+            item_reasons.append(["pinned by a rule"])
+        rest = [x for x in allowed if x not in chosen and x not in buried] or [
+            x for x in allowed if x not in chosen
+        ]
+        while len(chosen) < count and rest:
+            choice = choose(policy, rest, vector, self._rng)
+            chosen.append(choice.action)
+            propensities.append(choice.propensity)
+            item_reasons.append(self._why_offer(policy, choice.action, choice.propensity, visitor))
+            rest.remove(choice.action)
+        self._check(deadline, "the policy")
+        learn = (policy, vector) if not pinned[:count] else None
+        return _Outcome(
+            chosen, propensities, item_reasons, reasons, policy.name, allowed, learn=learn
+        )
+
+    def _why_offer(
+        self, policy: Policy, action: str, propensity: float, visitor: _Visitor
+    ) -> list[str]:
+        why = [f"chosen by {policy.name} with probability {propensity:.2f}"]
+        live = self.catalog.get_offer(action)
+        if live is not None and live.offer.eligibility:
+            why.append(f"its rule matched: {live.offer.eligibility}")
+        if isinstance(policy, LinUCB | LinThompson) and action in policy.models:
+            theta = policy.models[action].theta
+            weighed = contributions(self._modelled(visitor), theta)
+            top = [f"{name} ({value:+.2f})" for name, value in weighed[:3] if value > 0]
+            if top:
+                why.append("weighed most: " + ", ".join(top))
+        return why
+
+    def _policy(self, placement: Placement) -> Policy:
+        spec = placement.spec.policy
+        key = (placement.id, msgspec.json.encode(spec))
+        policy = self._policies.get(key)
+        if policy is None:
+            policy = self._policies[key] = policy_of(spec)
+        return policy
+
+    def adopt(self, placement_id: str, spec: PolicySpec, policy: Policy) -> Placement:
+        """Make `policy` (already trained, e.g. on the decision log) the live policy of
+        the placement, as `spec` describes it; raises `ConfigError`."""
+        current = self.placements.get(placement_id)
+        if current is None:
+            raise ConfigError(f"there is no placement {placement_id!r}")
+        replaced = msgspec.structs.replace(current.spec, policy=spec)
+        placement = self.placements.define(placement_id, replaced)
+        self._policies[(placement_id, msgspec.json.encode(spec))] = policy
+        return placement
+
+    def _modelled(self, visitor: _Visitor) -> dict[str, FeatureValue]:
+        return {k: v for k, v in visitor.features.items() if k not in MODELLED_OUT}
+
+    def _vector(self, dimensions: int, visitor: _Visitor) -> Vector:
+        hasher = self._hashers.get(dimensions)
+        if hasher is None:
+            hasher = self._hashers[dimensions] = FeatureHasher(dimensions)
+        return hasher.vector(self._modelled(visitor))
+
+    # -- items ------------------------------------------------------------------------------
+
+    def _items(
+        self, placement: Placement, count: int, visitor: _Visitor, deadline: float
+    ) -> _Outcome:
+        spec = placement.spec
+        catalog = self.catalog
+        query = spec.query
+        query_items: list[str] = []
+        if spec.recommender == "catalog":
+            query_items = [
+                item.id for item in catalog
+                if item.available and (query is None or matches_query(item, query))
+            ]  # fmt: skip
+        pool = self.recommenders.pool(spec.recommender, visitor.ask, query_items)
+        ask = visitor.ask
+        shown_elsewhere = {ask.product_id, *ask.cart, *ask.order}
+        scores = {
+            item_id: score
+            for item_id, score in pool.scores.items()
+            if item_id not in shown_elsewhere
+            and catalog.is_available(item_id)
+            and (query is None or _matches(catalog.get(item_id), query))
+        }
+        reasons: list[str] = []
+        allowed, pinned, buried, boosts = self._apply_rules(
+            placement, visitor, list(scores), reasons
+        )
+        if not allowed and not pinned:
+            raise _Overrun(
+                "the catalog is empty" if len(catalog) == 0 else "no item is a candidate"
+            )
+        self._check(deadline, "finding the candidates")
+        candidates = []
+        for item_id in dict.fromkeys([*pinned, *allowed]):
+            item = catalog.get(item_id)
+            group = item.attributes.get("group") if item is not None else None
+            candidates.append(
+                Candidate(
+                    item_id,
+                    scores.get(item_id, 0.0),
+                    category=item.leaf_category if item is not None else None,
+                    brand=item.brand if item is not None else None,
+                    group=group if isinstance(group, str) else None,
+                )
+            )
+        policy = spec.policy
+        slate = build_slate(
+            candidates, count, self._rng,
+            Rules(pinned=pinned, boost=boosts, buried=frozenset(buried)),
+            temperature=policy.temperature, floor=policy.floor,
+        )  # fmt: skip
+        self._check(deadline, "ranking")
+        item_reasons = []
+        for item_id, why in zip(slate.items, slate.reasons, strict=True):
+            source = pool.reasons.get(item_id)
+            item_reasons.append([source, why] if source else [why])
+        return _Outcome(
+            slate.items, slate.propensities, item_reasons, reasons, "slate", list(scores)
+        )
+
+    # -- rules ------------------------------------------------------------------------------
+
+    def _apply_rules(
+        self, placement: Placement, visitor: _Visitor, ids: list[str], reasons: list[str]
+    ) -> tuple[list[str], list[str], set[str], dict[str, float]]:
+        """The candidates allowed, those pinned (in order), buried and boosted."""
+        profile, now = visitor.profile, visitor.ask.now_ms
+        allowed = list(ids)
+        pinned: list[str] = []
+        buried: set[str] = set()
+        boosts: dict[str, float] = {}
+        for rule in placement.rules:
+            if not rule.applies_to(profile, now):
+                continue
+            spec = rule.spec
+            if spec.action == "pin":
+                named = [x for x in spec.items if self._pinnable(placement, x, visitor)]
+                targets = named + [x for x in allowed if x not in named and self._hit(rule, x)]
+            else:
+                targets = [x for x in allowed if self._hit(rule, x)]
+            if spec.action == "include":
+                keep = set(targets)
+                allowed = [x for x in allowed if x in keep]
+            elif spec.action == "exclude":
+                drop = set(targets)
+                allowed = [x for x in allowed if x not in drop]
+                pinned = [x for x in pinned if x not in drop]
+            elif spec.action == "pin":
+                pinned.extend(x for x in targets if x not in pinned)
+            elif spec.action == "bury":
+                buried.update(targets)
+            else:
+                for x in targets:
+                    boosts[x] = boosts.get(x, 0.0) + spec.amount
+            if targets:
+                reasons.append(rule.reason)
+        return allowed, pinned, buried, boosts
+
+    def _hit(self, rule: Rule, candidate: str) -> bool:
+        spec = rule.spec
+        if candidate in spec.items:
+            return True
+        if spec.match is None:
+            return False
+        item = self.catalog.get(candidate)
+        return item is not None and matches_query(item, spec.match)
+
+    def _pinnable(self, placement: Placement, candidate: str, visitor: _Visitor) -> bool:
+        if placement.spec.kind == "items":
+            return self.catalog.is_available(candidate)
+        live = self.catalog.get_offer(candidate)
+        return live is not None and live.eligible(visitor.profile, visitor.ask.now_ms)
+
+    # -- the fallback -----------------------------------------------------------------------
+
+    def _fallback(
+        self, placement: Placement, count: int, visitor: _Visitor, now: int, why: str
+    ) -> _Outcome:
+        """Default content: the placement's own list, else popular items or the first
+        open offers without a rule. Deterministic (probability 1), and never failing."""
+        spec = placement.spec
+        try:
+            if spec.kind == "items":
+                ids = [x for x in spec.fallback if self.catalog.is_available(x)] or [
+                    x for x, _ in self.recommenders.popular
+                    if x not in visitor.ask.cart and x != visitor.ask.product_id
+                ]  # fmt: skip
+            else:
+                ids = []
+                for offer_id in spec.fallback:
+                    live = self.catalog.get_offer(offer_id)
+                    if live is not None and live.open_at(now):
+                        ids.append(offer_id)
+                if not ids:
+                    ids = [
+                        live.offer.id for live in self.catalog.offers()
+                        if live.matches is None and live.open_at(now)
+                        and (not spec.offer_kinds or live.offer.kind in spec.offer_kinds)
+                    ]  # fmt: skip
+        except Exception:
+            log.exception("the fallback of placement %r failed; answering nothing", placement.id)
+            ids = []
+        ids = ids[:count]
+        reason = "default content" if spec.fallback else (
+            "popular items" if spec.kind == "items" else "the first open offer"
+        )  # fmt: skip
+        return _Outcome(
+            ids, [1.0] * len(ids), [[reason] for _ in ids], [f"fallback: {why}"], "fallback",
+            ids, degraded=why,
+        )  # fmt: skip
+
+    # -- the answer -------------------------------------------------------------------------
+
+    def _describe(
+        self, placement: Placement, item_id: str, propensity: float, reasons: list[str]
+    ) -> DecidedItem:
+        if placement.spec.kind == "offers":
+            live = self.catalog.get_offer(item_id)
+            offer: Offer | None = live.offer if live is not None else None
+            return DecidedItem(
+                item_id, propensity, reasons,
+                kind=offer.kind if offer else None,
+                title=offer.title if offer else None,
+                fields=dict(offer.fields) if offer and offer.fields else None,
+            )  # fmt: skip
+        item = self.catalog.get(item_id)
+        return DecidedItem(
+            item_id, propensity, reasons,
+            title=item.title if item else None, url=item.url if item else None,
+            image=item.image if item else None, price=item.price if item else None,
+        )  # fmt: skip
+
+    # -- learning ---------------------------------------------------------------------------
+
+    def _register(
+        self, decision_id: str, placement: Placement, outcome: _Outcome, visitor: str, now: int
+    ) -> None:
+        self.attribution.decided(
+            Decision(
+                decision_id, visitor, placement.id, outcome.items, now,
+                reward=placement.spec.reward,
+            )
+        )  # fmt: skip
+        if outcome.learn is not None and len(outcome.items) == 1:
+            policy, vector = outcome.learn
+            self._pending[decision_id] = _Pending(
+                policy, outcome.items[0], vector, isinstance(policy, BetaThompson)
+            )
+
+    def _on_reward(self, reward: Reward) -> None:
+        self.decisions.reward(
+            RewardRecord(
+                decision_id=reward.decision_id, at_ms=reward.at_ms, item=reward.item,
+                value=reward.value,
+            )
+        )  # fmt: skip
+        pending = self._pending.pop(reward.decision_id, None)
+        if pending is None:
+            return  # not learned from, or already learned from (its first reward)
+        value = min(1.0, max(0.0, reward.value)) if pending.bernoulli else reward.value
+        try:
+            pending.policy.update(pending.action, value, pending.vector)
+        except ValueError:
+            log.exception("the reward of decision %s could not be learned", reward.decision_id)
+
+    def __call__(self, profile: Profile, facts: Facts | None, changes: Changes) -> None:
+        """The context-stage hook: outcomes in events become rewards."""
+        if facts is None or not self.attribution.decisions:
+            return
+        outcome: Outcome
+        if facts.clicked is not None or (facts.decision_id and facts.kind in _CLICKS):
+            outcome, items = "click", [(facts.clicked or "", 0.0)]
+        elif facts.added is not None:
+            outcome, items = "add_to_cart", [(facts.added.product_id, 0.0)]
+        elif facts.order_lines:
+            outcome = "conversion"
+            items = [(x.product_id, (x.price or 0.0) * x.quantity) for x in facts.order_lines]
+        else:
+            return
+        visitor = device_of(facts)
+        if visitor is None:
+            return
+        self.attribution.observe(Observed(visitor, facts.at_ms, outcome, items, facts.decision_id))
+
+    def tick(self, now_ms: int) -> None:
+        """Each second: close attribution windows, refresh popular and trending lists."""
+        self.attribution.close_until(now_ms)
+        self.recommenders.refresh(now_ms)
+
+
+def _matches(item: Item | None, query: CatalogQuery) -> bool:
+    return item is not None and matches_query(item, query)
+
+
+def _put(features: dict[str, FeatureValue], name: str, value: str | None) -> None:
+    if value:
+        features[name] = value
+
+
+def _text(value: FeatureValue | None) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _top_categories(profile: Profile | None) -> list[str]:
+    """The visitor's strongest categories: the session's first, then the profile's."""
+    if profile is None:
+        return []
+    found: list[str] = []
+    for scores in (profile.session.categories if profile.session else None, profile.categories):
+        if scores:
+            found.extend(sorted(scores, key=scores.__getitem__, reverse=True)[:2])
+    return list(dict.fromkeys(found))

@@ -1,0 +1,180 @@
+"""`POST /v1/decide` and `POST /v1/context` (write key): what this visitor sees now.
+
+`/v1/context` takes the same body plus `events` (as in a `/v1/events` batch): the events
+are made durable and applied first, so the decisions in the same answer already reflect
+them: one round trip for a page that reports what happened and asks what to show.
+
+A decide answers 4xx only for a request it cannot read (malformed JSON, a wrong field,
+an unknown placement, a bad key). Once the request is understood, every failure inside
+is answered by the placement's fallback, marked `degraded`: never a 5xx to a browser.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+from msgspec import Meta
+from starlette.requests import Request
+from starlette.responses import Response
+
+from intently.act.decide import UnknownPlacements
+from intently.act.wire import MAX_PLACEMENTS, DecideAnswer, DecideBody
+from intently.api.auth import bearer_key, unauthorized
+from intently.api.events import BodyTooLarge, ingest, privacy_refusals, read_body
+from intently.api.problems import json_response, problem
+from intently.engine import Engine
+from intently.events.schema import Event
+from intently.events.validate import (
+    BodyError,
+    FieldError,
+    decode_body,
+    field_error,
+    split_msgspec_error,
+)
+
+_JSON_TYPES = ("application/json", "text/plain", "")
+
+
+class ContextBody(DecideBody, rename="camel", forbid_unknown_fields=True, omit_defaults=True):
+    events: Annotated[list[msgspec.Raw], Meta(max_length=500)] = msgspec.field(default_factory=list)
+    sent_at: msgspec.Raw = msgspec.Raw()
+
+
+class ContextForSchema(DecideBody, rename="camel", forbid_unknown_fields=True):
+    """The body of `POST /v1/context` as documented (events decoded one by one)."""
+
+    events: Annotated[list[Event], Meta(max_length=500)] = msgspec.field(default_factory=list)
+    sent_at: datetime | None = None
+
+
+class ContextAnswer(DecideAnswer):
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[FieldError] = msgspec.field(default_factory=list)
+
+
+B = TypeVar("B", bound=DecideBody)
+_decide_decoder = msgspec.json.Decoder(DecideBody)
+_context_decoder = msgspec.json.Decoder(ContextBody)
+
+
+def _invalid(error: msgspec.ValidationError) -> Response:
+    detail, path = split_msgspec_error(str(error))
+    found = field_error(None, path, detail, "invalid")
+    return problem(400, "invalid-body", f"{found.field}: {detail}", pointer=found.pointer)
+
+
+async def _read(request: Request, engine: Engine) -> bytes | Response:
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type not in _JSON_TYPES:
+        return problem(415, "unsupported-media-type", f"send JSON, not {media_type}")
+    try:
+        return await read_body(request, engine.settings.max_body_bytes)
+    except BodyTooLarge:
+        limit = engine.settings.max_body_bytes
+        return problem(413, "body-too-large", f"the body is larger than {limit} bytes")
+
+
+def _authorized(request: Request, engine: Engine, body_key: str | None) -> Response | None:
+    key = bearer_key(request)
+    if key is None:
+        key = body_key
+    if engine.keys.role_of(key) is None:
+        return unauthorized(
+            "missing or invalid key: send the write key as 'Authorization: Bearer KEY'"
+            " or as writeKey in the body"
+        )
+    return None
+
+
+def _checked(body: DecideBody) -> Response | None:
+    if body.anonymous_id is None and body.user_id is None:
+        return problem(
+            400, "missing-identity", "name the visitor: anonymousId or userId",
+            pointer="/anonymousId",
+        )  # fmt: skip
+    return None
+
+
+def _decide(engine: Engine, request: Request, body: DecideBody) -> DecideAnswer | Response:
+    client = request.client.host if request.client else None
+    try:
+        return engine.decider.decide(
+            body, client, request.headers.get("user-agent"),
+            privacy_refusals(request, engine.settings),
+        )  # fmt: skip
+    except UnknownPlacements as error:
+        index, _ = error.unknown[0]
+        return problem(404, "unknown-placement", str(error), pointer=f"/placements/{index}/id")
+
+
+async def _body(request: Request, engine: Engine, decoder: msgspec.json.Decoder[B]) -> B | Response:
+    """The request's body, decoded, from a caller with a key; or the problem to answer."""
+    raw = await _read(request, engine)
+    if isinstance(raw, Response):
+        return raw
+    try:
+        body = decoder.decode(raw)
+    except msgspec.ValidationError as error:
+        return _invalid(error)
+    except msgspec.DecodeError as error:
+        return problem(400, "malformed-json", f"the body is not valid JSON: {error}")
+    return _authorized(request, engine, body.write_key) or _checked(body) or body
+
+
+async def post_decide(request: Request) -> Response:
+    engine: Engine = request.app.state.engine
+    body = await _body(request, engine, _decide_decoder)
+    if isinstance(body, Response):
+        return body
+    answer = _decide(engine, request, body)
+    if isinstance(answer, Response):
+        return answer
+    return json_response(answer)
+
+
+async def post_context(request: Request) -> Response:
+    """Events first (durable and applied), then decisions that see them."""
+    engine: Engine = request.app.state.engine
+    body = await _body(request, engine, _context_decoder)
+    if isinstance(body, Response):
+        return body
+    if engine.decider.placements_unknown(body):
+        answer = _decide(engine, request, body)  # answers the 404, before any event
+        assert isinstance(answer, Response)
+        return answer
+    accepted = duplicates = 0
+    rejected: list[FieldError] = []
+    if body.events:
+        batch = b'{"batch":[' + b",".join(bytes(event) for event in body.events) + b"]"
+        if body.sent_at:
+            batch += b',"sentAt":' + bytes(body.sent_at)
+        try:
+            decoded = decode_body(batch + b"}", engine.settings.max_batch)
+        except BodyError as error:
+            pointer = "/events" + (error.pointer or "").removeprefix("/batch")
+            return problem(error.status, error.code, error.detail, pointer=pointer)
+        rejected = [_under_events(error) for error in decoded.errors]
+        engine.metrics.count_rejected(decoded.errors)
+        if decoded.events:
+            result = await ingest(engine, request, decoded.events)
+            if isinstance(result, Response):
+                return result
+            accepted, duplicates = result.accepted, result.duplicates
+    answer = _decide(engine, request, body)
+    if isinstance(answer, Response):
+        return answer
+    return json_response(ContextAnswer(answer.decisions, accepted, duplicates, rejected))
+
+
+def _under_events(error: FieldError) -> FieldError:
+    """An event's error, pointed at `/events/N/...` of this body."""
+    fields: dict[str, Any] = msgspec.structs.asdict(error)
+    if error.pointer:
+        fields["pointer"] = "/events" + error.pointer.removeprefix("/batch")
+    return FieldError(**fields)
+
+
+__all__ = ["MAX_PLACEMENTS", "post_context", "post_decide"]

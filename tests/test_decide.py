@@ -1,0 +1,417 @@
+"""`POST /v1/decide` and `/v1/context` on a real engine: candidates, rules, policies,
+reasons, fallbacks, rewards, the decision log, consent and erasure."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from intently import Engine, ManualClock
+from intently.act.decisions import DecisionLogReader
+from support import IPHONE, SECRET_KEY, client_for, make_settings, track
+
+pytestmark = pytest.mark.anyio
+
+CATEGORIES = ("running", "hiking")
+
+
+def catalog_items(count: int = 20) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": f"p{i}",
+            "title": f"Shoe {i}",
+            "category": ["Shoes", CATEGORIES[i % 2]],
+            "brand": f"brand{i % 4}",
+            "price": 50.0 + i,
+            "stock": 10,
+        }
+        for i in range(count)
+    ]
+
+
+BANNERS = [
+    {"id": f"b{i}", "kind": "banner", "title": f"Banner {i}", "fields": {"headline": f"H{i}"}}
+    for i in range(3)
+]
+
+
+async def load_catalog(engine: Engine, items: list[dict[str, Any]] | None = None) -> None:
+    async with client_for(engine, SECRET_KEY) as admin:
+        answer = await admin.post("/v1/catalog/items", json={"items": items or catalog_items()})
+        assert answer.status_code == 200, answer.text
+        answer = await admin.post("/v1/catalog/offers", json={"offers": BANNERS})
+        assert answer.status_code == 200, answer.text
+
+
+def decide_body(anonymous_id: str = "v1", **context: Any) -> dict[str, Any]:
+    return {
+        "anonymousId": anonymous_id,
+        "placements": [{"id": "home_hero"}, {"id": "pdp_recs"}],
+        "context": context,
+    }
+
+
+async def decide(client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+    answer = await client.post("/v1/decide", json=body)
+    assert answer.status_code == 200, answer.text
+    decisions: dict[str, Any] = {d["placement"]: d for d in answer.json()["decisions"]}
+    return decisions
+
+
+async def view(client: httpx.AsyncClient, visitor: str, product: str) -> None:
+    event = track(anonymousId=visitor, properties={"product_id": product})
+    answer = await client.post("/v1/events", json=event)
+    assert answer.status_code == 200, answer.text
+
+
+async def test_an_empty_catalog_answers_with_marked_fallbacks(
+    client: httpx.AsyncClient,
+) -> None:
+    decisions = await decide(client, decide_body(product_id="p1"))
+    assert decisions["pdp_recs"]["items"] == []
+    assert decisions["pdp_recs"]["degraded"] == "the catalog is empty"
+    assert decisions["home_hero"]["items"] == []
+    assert decisions["home_hero"]["degraded"] == "no offer is eligible"
+
+
+async def test_a_first_time_visitor_gets_a_full_decision(
+    engine: Engine, client: httpx.AsyncClient
+) -> None:
+    await load_catalog(engine)
+    decisions = await decide(client, decide_body("never-seen", product_id="p3"))
+    hero, recs = decisions["home_hero"], decisions["pdp_recs"]
+    assert hero["policy"]["name"] == "linucb"
+    assert hero["degraded"] is None
+    (banner,) = hero["items"]
+    assert banner["id"] in {"b0", "b1", "b2"}
+    assert banner["kind"] == "banner"
+    assert banner["fields"] == {"headline": "H" + banner["id"][1]}
+    # LinUCB with nothing learned: all tie, so each has a third of the probability.
+    assert banner["propensity"] == pytest.approx(1 / 3)
+    assert banner["reasons"][0].startswith("chosen by linucb with probability 0.33")
+    items = [item["id"] for item in recs["items"]]
+    assert len(items) == 8
+    assert len(set(items)) == 8
+    assert "p3" not in items
+    assert all(0 < item["propensity"] <= 1 for item in recs["items"])
+    # New items, never viewed, are found by likeness to the product in view.
+    assert any("like Shoe 3" in reason for item in recs["items"] for reason in item["reasons"])
+    assert recs["decision_id"] != hero["decision_id"]
+
+
+async def test_co_viewed_items_are_recommended_with_their_reason(
+    engine: Engine, client: httpx.AsyncClient
+) -> None:
+    await load_catalog(engine)
+    for visitor in range(30):
+        await view(client, f"u{visitor}", "p1")
+        await view(client, f"u{visitor}", "p7")
+    shown: Counter[str] = Counter()
+    for _ in range(20):
+        decisions = await decide(client, decide_body("newcomer", product_id="p1"))
+        first = decisions["pdp_recs"]["items"][0]
+        shown[first["id"]] += 1
+        if first["id"] == "p7":
+            assert "viewed together with Shoe 1" in first["reasons"]
+    # The slate draws with a floor of exploration, but p7 leads by far.
+    assert shown["p7"] >= 15
+
+
+async def test_the_next_decide_reflects_the_event_acknowledged_just_before(
+    engine: Engine, client: httpx.AsyncClient
+) -> None:
+    """1,000 interleaved event / decide pairs: every decision sees the event before it."""
+    await load_catalog(engine)
+    products = itertools.cycle([f"p{i}" for i in range(20)])
+    body = {"anonymousId": "fresh", "placements": [{"id": "pdp_recs"}], "explain": True}
+    for sent in range(1, 1001):
+        product = next(products)
+        await view(client, "fresh", product)
+        decisions = await decide(client, {**body, "context": {"product_id": product}})
+        features = decisions["pdp_recs"]["features"]
+        assert features["session_events"] == sent
+        assert features["last_product"] == product
+
+
+async def test_sold_out_items_are_never_recommended(
+    engine: Engine, client: httpx.AsyncClient
+) -> None:
+    await load_catalog(engine)
+    async with client_for(engine, SECRET_KEY) as admin:
+        sold_out = [{**item, "stock": 0} for item in catalog_items()[:10]]
+        assert (await admin.post("/v1/catalog/items", json={"items": sold_out})).status_code == 200
+    for visitor in range(20):
+        decisions = await decide(client, decide_body(f"s{visitor}", product_id="p15"))
+        ids = {item["id"] for item in decisions["pdp_recs"]["items"]}
+        assert ids
+        assert not ids & {f"p{i}" for i in range(10)}
+
+
+async def test_bad_requests_get_a_problem_naming_the_field(client: httpx.AsyncClient) -> None:
+    answer = await client.post(
+        "/v1/decide", json={"anonymousId": "v", "placements": [{"id": "home_hero"}, {"id": "x"}]}
+    )
+    assert answer.status_code == 404
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["pointer"] == "/placements/1/id"
+    assert "'x'" in answer.json()["detail"]
+    answer = await client.post("/v1/decide", json={"placements": [{"id": "home_hero"}]})
+    assert answer.status_code == 400
+    assert answer.json()["pointer"] == "/anonymousId"
+    answer = await client.post(
+        "/v1/decide", json={"anonymousId": "v", "placements": [{"id": "pdp_recs", "count": 0}]}
+    )
+    assert answer.status_code == 400
+    assert answer.json()["pointer"] == "/placements/0/count"
+    answer = await client.post("/v1/decide", json={"anonymousId": "v", "placements": []})
+    assert answer.status_code == 400
+    assert answer.json()["pointer"] == "/placements"
+    answer = await client.post("/v1/decide", content=b"{nope")
+    assert answer.status_code == 400
+    assert answer.json()["type"].endswith("malformed-json")
+    async with client_for_key(client, None) as anonymous:
+        answer = await anonymous.post("/v1/decide", json=decide_body())
+        assert answer.status_code == 401
+
+
+def client_for_key(client: httpx.AsyncClient, key: str | None) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.AsyncClient(transport=client._transport, base_url=client.base_url, headers=headers)
+
+
+async def test_a_count_larger_than_the_candidates_gives_them_all_once(
+    engine: Engine, client: httpx.AsyncClient
+) -> None:
+    await load_catalog(engine, catalog_items(6))
+    body = {"anonymousId": "v", "placements": [{"id": "pdp_recs", "count": 50}]}
+    body["context"] = {"product_id": "p0"}
+    items = [item["id"] for item in (await decide(client, body))["pdp_recs"]["items"]]
+    assert sorted(items) == ["p1", "p2", "p3", "p4", "p5"]
+
+
+async def put_placement(engine: Engine, placement_id: str, spec: dict[str, Any]) -> httpx.Response:
+    async with client_for(engine, SECRET_KEY) as admin:
+        return await admin.put(f"/v1/placements/{placement_id}", json=spec)
+
+
+async def test_rules_exclude_pin_and_fall_back_when_nothing_is_left(
+    engine: Engine, client: httpx.AsyncClient
+) -> None:
+    await load_catalog(engine)
+    spec = {
+        "kind": "items",
+        "recommender": "popular",
+        "count": 5,
+        "policy": {"name": "slate"},
+        "rules": [
+            {"action": "exclude", "match": {"categories": ["hiking"]}},
+            {"action": "pin", "items": ["p4"], "description": "featured this week"},
+        ],
+    }
+    answer = await put_placement(engine, "deals", spec)
+    assert answer.status_code == 201, answer.text
+    body = {"anonymousId": "v", "placements": [{"id": "deals"}]}
+    for _ in range(10):
+        decision = (await decide(client, body))["deals"]
+        ids = [item["id"] for item in decision["items"]]
+        assert ids[0] == "p4"
+        assert decision["items"][0]["propensity"] == 1.0
+        assert "pinned by a rule" in decision["items"][0]["reasons"]
+        assert all(int(i[1:]) % 2 == 0 for i in ids)  # even ids are running shoes
+        assert "featured this week" in decision["reasons"]
+    spec["rules"] = [{"action": "exclude", "match": {"categories": ["Shoes"]}}]
+    assert (await put_placement(engine, "deals", spec)).status_code == 200
+    decision = (await decide(client, body))["deals"]
+    assert decision["degraded"] == "no item is a candidate"
+    assert decision["policy"]["name"] == "fallback"
+
+
+async def test_bad_placement_definitions_are_refused(engine: Engine) -> None:
+    bad = {"kind": "offers", "policy": {"name": "slate"}}
+    answer = await put_placement(engine, "x", bad)
+    assert answer.status_code == 400
+    assert "offers take a bandit policy" in answer.json()["detail"]
+    bad = {"kind": "items", "policy": {"name": "slate"}, "rules": [{"action": "pin"}]}
+    answer = await put_placement(engine, "x", bad)
+    assert answer.status_code == 400
+    assert "rules/0" in answer.json()["detail"]
+    bad = {"kind": "items", "policy": {"name": "slate"}, "deadline_ms": -1}
+    answer = await put_placement(engine, "x", bad)
+    assert answer.status_code == 400
+    assert "deadline_ms" in answer.json()["detail"]
+    when = {"action": "exclude", "items": ["p1"], "when": "session.nope > 1"}
+    bad = {"kind": "items", "policy": {"name": "slate"}, "rules": [when]}
+    answer = await put_placement(engine, "x", bad)
+    assert answer.status_code == 400
+    assert "rules/0.when" in answer.json()["detail"]
+    assert engine.placements.get("x") is None
+
+
+async def test_an_overrun_or_a_failure_hands_over_to_the_fallback(
+    engine: Engine, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await load_catalog(engine)
+    await view(client, "somebody", "p2")
+    engine.decider.tick(engine.now_ms())  # the popular list
+    ticks = itertools.count()
+    monkeypatch.setattr(engine.decider, "timer", lambda: next(ticks) * 0.025)  # 25 ms a call
+    decision = (await decide(client, decide_body(product_id="p1")))["pdp_recs"]
+    assert decision["degraded"] == "finding the candidates overran the placement's deadline"
+    assert [item["id"] for item in decision["items"]] == ["p2"]  # the popular items
+    monkeypatch.undo()
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(engine.decider.recommenders, "pool", broken)
+    decision = (await decide(client, decide_body(product_id="p1")))["pdp_recs"]
+    assert decision["degraded"] == "deciding failed (RuntimeError)"
+    assert decision["reasons"] == ["fallback: deciding failed (RuntimeError)"]
+
+
+async def test_clicks_reward_the_decision_and_update_its_policy(
+    engine: Engine, client: httpx.AsyncClient, clock: ManualClock
+) -> None:
+    await load_catalog(engine)
+    hero = (await decide(client, decide_body("clicker")))["home_hero"]
+    banner = hero["items"][0]["id"]
+    policy = next(iter(engine.decider._policies.values()))
+    assert banner not in policy.models  # type: ignore[attr-defined]
+    click = track(
+        event="Promotion Clicked", anonymousId="clicker",
+        properties={"promotion_id": banner, "decision_id": hero["decision_id"]},
+    )  # fmt: skip
+    assert (await client.post("/v1/events", json=click)).status_code == 200
+    assert banner in policy.models  # type: ignore[attr-defined]
+    # An unknown decision is counted, not credited.
+    stray = track(event="Promotion Clicked", anonymousId="clicker",
+                  properties={"promotion_id": banner, "decision_id": "nope"})  # fmt: skip
+    assert (await client.post("/v1/events", json=stray)).status_code == 200
+    assert engine.decider.attribution.unattributed == 1
+    # Another decision, never clicked: reward 0 when its window closes.
+    other = (await decide(client, decide_body("idle")))["home_hero"]
+    clock.advance(timedelta(minutes=31))
+    engine.decider.tick(engine.now_ms())
+    engine.decisions.flush()
+    reader = DecisionLogReader(engine.settings.data_dir / "decisions.db")
+    rewards = reader.rewards()
+    assert rewards[hero["decision_id"]] == 1.0
+    assert rewards[other["decision_id"]] == 0.0
+    logged = {d.decision_id: d for d in reader.decisions(placement="home_hero")}
+    record = logged[hero["decision_id"]]
+    assert record.items == [banner]
+    assert record.policy == "linucb"
+    assert record.propensities == [pytest.approx(1 / 3)]
+    assert sorted(record.candidates) == ["b0", "b1", "b2"]
+    assert record.policy_version == hero["policy"]["version"]
+    assert record.visitor == "a:clicker"
+    assert record.latency_us > 0
+    reader.close()
+
+
+async def test_without_personalization_consent_nothing_personal_is_used(
+    engine: Engine, client: httpx.AsyncClient
+) -> None:
+    await load_catalog(engine)
+    await view(client, "private", "p1")
+    refuse = track(
+        event="Consent Updated", anonymousId="private", properties={},
+        context={"consent": {"categoryPreferences": {"personalization": False}}},
+    )  # fmt: skip
+    assert (await client.post("/v1/events", json=refuse)).status_code == 200
+    await view(client, "private", "p2")
+    body = {**decide_body("private", product_id="p5"), "explain": True}
+    body["placements"] = [{"id": "home_hero"}, {"id": "pdp_recs"}]
+    decisions = await decide(client, body)
+    for decision in decisions.values():
+        assert decision["personalized"] is False
+        assert decision["features"] == {"product_category": "hiking"}  # p5: odd
+    reasons = [r for item in decisions["pdp_recs"]["items"] for r in item["reasons"]]
+    assert not any("because you viewed" in reason for reason in reasons)
+    # Do Not Track, when honoured, refuses it per request.
+    engine.settings.honor_dnt = True
+    answer = await client.post("/v1/decide", json=decide_body("dnt"), headers={"DNT": "1"})
+    assert all(not d["personalized"] for d in answer.json()["decisions"])
+
+
+async def test_the_request_itself_describes_a_visitor_never_seen(
+    engine: Engine, client: httpx.AsyncClient
+) -> None:
+    await load_catalog(engine)
+    body = decide_body("brand-new")
+    body["explain"] = True
+    body["context"] = {
+        "page": {"url": "https://shop.example/?utm_source=news&utm_campaign=spring",
+                 "referrer": "https://www.google.com/"},
+    }  # fmt: skip
+    answer = await client.post("/v1/decide", json=body, headers={"User-Agent": IPHONE})
+    features = answer.json()["decisions"][0]["features"]
+    assert features["device"] == "mobile"
+    assert features["campaign"] == "news||spring"
+
+
+async def test_context_applies_the_events_before_deciding(
+    engine: Engine, client: httpx.AsyncClient
+) -> None:
+    await load_catalog(engine)
+    body = {
+        "anonymousId": "ctx",
+        "placements": [{"id": "pdp_recs"}],
+        "context": {"product_id": "p9"},
+        "explain": True,
+        "events": [
+            track(anonymousId="ctx", properties={"product_id": "p9"}),
+            {"type": "track", "anonymousId": "ctx"},  # no event name: rejected
+        ],
+    }
+    answer = await client.post("/v1/context", json=body)
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert result["accepted"] == 1
+    assert result["rejected"][0]["pointer"] == "/events/1/event"
+    assert result["decisions"][0]["features"]["last_product"] == "p9"
+    unknown = {**body, "placements": [{"id": "nope"}]}
+    answer = await client.post("/v1/context", json=unknown)
+    assert answer.status_code == 404
+    assert engine.context.lookup("ctx").session.events == 1  # type: ignore[union-attr]
+
+
+async def test_erasing_a_person_erases_their_decisions(
+    engine: Engine, client: httpx.AsyncClient
+) -> None:
+    await load_catalog(engine)
+    await view(client, "gone", "p1")
+    await decide(client, decide_body("gone"))
+    await decide(client, decide_body("stays"))
+    async with client_for(engine, SECRET_KEY) as admin:
+        assert (await admin.delete("/v1/profiles/gone")).status_code == 200
+    engine.decisions.flush()
+    reader = DecisionLogReader(engine.settings.data_dir / "decisions.db")
+    assert {d.visitor for d in reader.decisions()} == {"a:stays"}
+    assert engine.learner.views("gone") == []
+    reader.close()
+
+
+async def test_recommenders_learn_again_from_the_log_after_a_restart(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data")
+    engine = Engine(settings)
+    try:
+        await load_catalog(engine)
+        async with client_for(engine) as client:
+            for visitor in range(10):
+                await view(client, f"r{visitor}", "p3")
+                await view(client, f"r{visitor}", "p11")
+    finally:
+        engine.close()
+    engine = Engine(settings)
+    try:
+        assert engine.learner.popularity["p11"] == 10
+        assert engine.learner.viewed_together.scores(["p3"], 1) == [("p11", 10.0)]
+    finally:
+        engine.close()
