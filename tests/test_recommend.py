@@ -9,6 +9,7 @@ import math
 import random
 from collections import defaultdict
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 from click.testing import CliRunner
@@ -16,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from intently import cli
-from intently.recommend import evaluate
+from intently.recommend import evaluate, session_knn
 from intently.recommend.sequential import SequentialRules
 from intently.recommend.session_knn import SessionKNN
 from support import shared_data
@@ -90,16 +91,24 @@ def close(a: dict[str, float], b: dict[str, float]) -> bool:
     return a.keys() == b.keys() and all(math.isclose(a[x], b[x], rel_tol=1e-9) for x in a)
 
 
+@pytest.mark.parametrize("path", ["numpy", "plain Python"])
 @settings(max_examples=80, deadline=None)
 @given(
     st.integers(0, 10**6), st.integers(1, 12), st.sampled_from([0.0, 5.0]),
     st.sampled_from([4, 9, 1000]),
 )  # fmt: skip
 def test_session_knn_scores_equal_a_from_scratch_computation(
-    seed: int, sample: int, idf_weight: float, max_sessions: int
+    path: str, seed: int, sample: int, idf_weight: float, max_sessions: int
 ) -> None:
     """Online index vs recomputation from all clicks, with interleaved sessions, a small
-    sample and forgotten sessions."""
+    sample and forgotten sessions; by both ways of scoring (few neighbours are scored in
+    plain Python, many with numpy)."""
+    limit = 0 if path == "numpy" else session_knn._SMALL_ENTRIES
+    with patch.object(session_knn, "_SMALL_ENTRIES", limit):
+        check_against_reference(seed, sample, idf_weight, max_sessions)
+
+
+def check_against_reference(seed: int, sample: int, idf_weight: float, max_sessions: int) -> None:
     rng = random.Random(seed)
     clicks = random_clicks(rng, 30, 10)
     knn = SessionKNN(k=1000, sample=sample, idf_weight=idf_weight, max_sessions=max_sessions)

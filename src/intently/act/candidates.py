@@ -32,9 +32,10 @@ from intently.recommend.blend import next_items
 from intently.recommend.learn import LearnFromViews
 
 # How many candidates each source proposes (the slate picks among them all).
-PER_SOURCE = 50
+PER_SOURCE = 30
 # Items similar by attributes, considered per item in view.
-SIMILAR_SCAN = 200
+SIMILAR_SCAN = 30
+MAX_LIKE_CACHED = 100_000
 
 
 @dataclass
@@ -50,15 +51,17 @@ class Pool:
         scored = list(scored)
         if not scored:
             return
-        top = max(score for _, score in scored)
+        top = max([score for _, score in scored])
         if top <= 0:
             return
+        scale = weight / top
+        scores, best, reasons = self.scores, self._best, self.reasons
         for item, score in scored:
-            contribution = weight * score / top
-            self.scores[item] = self.scores.get(item, 0.0) + contribution
-            if contribution > self._best.get(item, 0.0):
-                self._best[item] = contribution
-                self.reasons[item] = reason
+            contribution = scale * score
+            scores[item] = scores.get(item, 0.0) + contribution
+            if contribution > best.get(item, 0.0):
+                best[item] = contribution
+                reasons[item] = reason
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,9 @@ class Recommenders:
         self.trending: list[tuple[str, float]] = []
         self._context_top: dict[str, list[tuple[str, float]]] = {}
         self._refreshed: tuple[int, int] | None = None  # (at, catalog version)
+        # Items like a product, by attributes: they change only with the catalog.
+        self._like: dict[str, list[tuple[str, float]]] = {}
+        self._like_version = -1
 
     def refresh_if_stale(self, now_ms: int) -> None:
         """Refresh at most each second, and at once after the catalog changed."""
@@ -179,8 +185,12 @@ class Recommenders:
             pool.add([(i, 1.0 + popularity.get(i, 0)) for i in ranked], 1.0, "in this selection")
         if recommender == "popular":
             pool.add(self.popular, 1.0, "popular")
-        else:
-            pool.add(self.trending, 0.1 if recommender != "trending" else 1.0, "trending now")
+        elif recommender == "trending":
+            pool.add(self.trending, 1.0, "trending now")
+        elif len(pool.scores) < PER_SOURCE:
+            # Too few to choose from (a new visitor, a new item): trending and popular
+            # items fill the widget, at a weight that keeps them after the rest.
+            pool.add(self.trending, 0.1, "trending now")
             pool.add(self.popular, 0.05, "popular")
         return pool
 
@@ -195,11 +205,15 @@ class Recommenders:
         item = self.catalog.get(product_id)
         if item is None or item.leaf_category is None:
             return
-        scored = [
-            (other, _likeness(item, candidate))
-            for other in islice(self.catalog.in_category(item.leaf_category), SIMILAR_SCAN)
-            if other != product_id and (candidate := self.catalog.get(other)) is not None
-        ]
+        if self._like_version != self.catalog.version or len(self._like) > MAX_LIKE_CACHED:
+            self._like, self._like_version = {}, self.catalog.version
+        scored = self._like.get(product_id)
+        if scored is None:
+            scored = self._like[product_id] = [
+                (other, _likeness(item, candidate))
+                for other in islice(self.catalog.in_category(item.leaf_category), SIMILAR_SCAN)
+                if other != product_id and (candidate := self.catalog.get(other)) is not None
+            ]
         pool.add(scored, weight, f"like {item.title or product_id}")
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -33,7 +32,13 @@ import msgspec
 import numpy as np
 
 from intently.act.candidates import Ask, Recommenders
-from intently.act.decisions import DecisionLog, DecisionRecord, FeatureValue, RewardRecord
+from intently.act.decisions import (
+    DecisionIds,
+    DecisionLog,
+    DecisionRecord,
+    FeatureValue,
+    RewardRecord,
+)
 from intently.act.features import FeatureHasher, Vector, contributions
 from intently.act.placements import CatalogQuery, Placement, PlacementRegistry, PolicySpec, Rule
 from intently.act.policies import (
@@ -73,6 +78,10 @@ log = logging.getLogger(__name__)
 MODELLED_OUT = frozenset({"last_product", "session_events"})
 _CLICKS = frozenset({"Product Clicked", "Promotion Clicked", "Element Clicked", "Clicked"})
 MAX_LOGGED_CANDIDATES = 200
+# A widget's slate is drawn among its best candidates: this many per position asked, and
+# at least SLATE_POOL_MIN.
+SLATE_POOL_PER_ITEM = 3
+SLATE_POOL_MIN = 16
 
 
 class UnknownPlacements(ValueError):
@@ -177,6 +186,7 @@ class Decider:
         self._policies: dict[tuple[str, bytes], Policy] = {}
         self._hashers: dict[int, FeatureHasher] = {}
         self._pending: dict[str, _Pending] = {}
+        self._new_id = DecisionIds()
         self.degraded = 0
         self.decided = 0
 
@@ -223,7 +233,7 @@ class Decider:
                 placement, count, visitor, now, f"deciding failed ({type(error).__name__})"
             )
         latency_us = int((self.timer() - started) * 1e6)
-        decision_id = uuid.uuid4().hex
+        decision_id = self._new_id(now)
         record = DecisionRecord(
             decision_id=decision_id,
             at_ms=now,
@@ -429,11 +439,10 @@ class Decider:
         return why
 
     def _policy(self, placement: Placement) -> Policy:
-        spec = placement.spec.policy
-        key = (placement.id, msgspec.json.encode(spec))
+        key = (placement.id, placement.policy_key)
         policy = self._policies.get(key)
         if policy is None:
-            policy = self._policies[key] = policy_of(spec)
+            policy = self._policies[key] = policy_of(placement.spec.policy)
         return policy
 
     def adopt(self, placement_id: str, spec: PolicySpec, policy: Policy) -> Placement:
@@ -444,7 +453,7 @@ class Decider:
             raise ConfigError(f"there is no placement {placement_id!r}")
         replaced = msgspec.structs.replace(current.spec, policy=spec)
         placement = self.placements.define(placement_id, replaced)
-        self._policies[(placement_id, msgspec.json.encode(spec))] = policy
+        self._policies[(placement_id, placement.policy_key)] = policy
         return placement
 
     def _modelled(self, visitor: _Visitor) -> dict[str, FeatureValue]:
@@ -473,13 +482,19 @@ class Decider:
         pool = self.recommenders.pool(spec.recommender, visitor.ask, query_items)
         ask = visitor.ask
         shown_elsewhere = {ask.product_id, *ask.cart, *ask.order}
-        scores = {
-            item_id: score
-            for item_id, score in pool.scores.items()
-            if item_id not in shown_elsewhere
-            and catalog.is_available(item_id)
-            and (query is None or _matches(catalog.get(item_id), query))
-        }
+        # The best `considered` candidates that may be shown, by blended score: the slate
+        # draws among them (each with its logged probability), not the long tail.
+        considered = max(SLATE_POOL_PER_ITEM * count, SLATE_POOL_MIN)
+        scores: dict[str, float] = {}
+        for item_id, score in sorted(pool.scores.items(), key=_by_score):
+            if (
+                item_id not in shown_elsewhere
+                and catalog.is_available(item_id)
+                and (query is None or _matches(catalog.get(item_id), query))
+            ):
+                scores[item_id] = score
+                if len(scores) == considered:
+                    break
         reasons: list[str] = []
         allowed, pinned, buried, boosts = self._apply_rules(
             placement, visitor, list(scores), reasons
@@ -685,6 +700,10 @@ class Decider:
         """Each second: close attribution windows, refresh popular and trending lists."""
         self.attribution.close_until(now_ms)
         self.recommenders.refresh(now_ms)
+
+
+def _by_score(pair: tuple[str, float]) -> tuple[float, str]:
+    return -pair[1], pair[0]
 
 
 def _matches(item: Item | None, query: CatalogQuery) -> bool:

@@ -15,10 +15,13 @@ only once durable (the event log); `close` writes everything queued.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
+import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -69,8 +72,6 @@ CREATE TABLE IF NOT EXISTS decisions (
     body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS decisions_by_placement ON decisions (placement, seq);
-CREATE INDEX IF NOT EXISTS decisions_by_visitor ON decisions (visitor);
-CREATE INDEX IF NOT EXISTS decisions_by_profile ON decisions (profile_id);
 CREATE TABLE IF NOT EXISTS rewards (
     seq INTEGER PRIMARY KEY,
     decision_id TEXT NOT NULL,
@@ -84,10 +85,29 @@ CREATE INDEX IF NOT EXISTS rewards_by_decision ON rewards (decision_id);
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(DecisionRecord).decode
 _STOP = object()
+LINGER_SECONDS = 0.01
 _Work = DecisionRecord | RewardRecord | threading.Event | object
 
 
+class DecisionIds:
+    """Unique ids that sort by time: the log's index on ids grows at its end (a random id
+    would land anywhere in the index, a costlier insert for every decision). The time in
+    ms, this process's random prefix (so that processes, and restarts within one ms,
+    cannot collide) and a counter."""
+
+    def __init__(self) -> None:
+        self._process = secrets.token_hex(4)
+        self._counter = itertools.count()
+
+    def __call__(self, now_ms: int) -> str:
+        return f"{now_ms:012x}{self._process}{next(self._counter) & 0xFFFFFF:06x}"
+
+
 class DecisionLog:
+    """Decisions are indexed by id and by placement; a person's decisions (erasure) are
+    found by a scan, which is rare, rather than by indexes that every decision would pay
+    to maintain."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -150,6 +170,9 @@ class DecisionLog:
         stop = False
         while not stop:
             batch = [self._queue.get()]
+            # Linger a little, so that a busy engine writes its decisions in a few large
+            # transactions rather than one small (and, per row, costly) one each.
+            time.sleep(LINGER_SECONDS)
             while True:  # everything queued meanwhile goes in the same transaction
                 try:
                     batch.append(self._queue.get_nowait())

@@ -111,6 +111,7 @@ class Placement:
     source: str  # "starter", "config" or "api"
     rules: tuple[Rule, ...]
     version: str  # changes whenever the definition does
+    policy_key: bytes  # the policy's definition: learned state is kept while it is equal
 
     def describe(self) -> dict[str, object]:
         return {
@@ -171,7 +172,8 @@ def prepare(
         if not rule.items and rule.match is None:
             raise ConfigError(f"rules/{i}: name the candidates it applies to (items or match)")
     digest = hashlib.blake2b(msgspec.json.encode(spec), digest_size=4).hexdigest()
-    return Placement(placement_id, spec, source, rules, digest)
+    policy_key = msgspec.json.encode(spec.policy)
+    return Placement(placement_id, spec, source, rules, digest, policy_key)
 
 
 def _policy(name: PolicyName, **options: object) -> PolicySpec:

@@ -17,16 +17,17 @@ slate, which position-aware off-policy estimators use.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 MAX_SCORE = 1e12
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):  # a tuple: made by the dozen in every decision
     id: str
     score: float
     category: str | None = None
@@ -66,62 +67,118 @@ def build_slate(
     if temperature <= 0 or not 0 < floor <= 1:
         raise ValueError("temperature must be positive and the floor in (0, 1]")
     rules = rules or Rules()
-    if not all(np.isfinite(boost) for boost in rules.boost.values()):
+    if not all(math.isfinite(boost) for boost in rules.boost.values()):
         raise ValueError("boosts must be finite numbers")
     pool: dict[str, Candidate] = {}
     for candidate in candidates:
-        if not np.isfinite(candidate.score):
+        if not math.isfinite(candidate.score):
             raise ValueError(f"the score of {candidate.id!r} is not a finite number")
         if candidate.id not in rules.excluded and candidate.id not in pool:
             pool[candidate.id] = candidate
     slate = Slate([], [], [])
-    groups: set[str] = set()
-    categories: dict[str, int] = {}
-    brands: dict[str, int] = {}
-
-    def place(candidate: Candidate, probability: float, reason: str) -> None:
-        slate.items.append(candidate.id)
-        slate.propensities.append(probability)
-        slate.reasons.append(reason)
-        del pool[candidate.id]
-        if candidate.group is not None:
-            groups.add(candidate.group)
-        if candidate.category is not None:
-            categories[candidate.category] = categories.get(candidate.category, 0) + 1
-        if candidate.brand is not None:
-            brands[candidate.brand] = brands.get(candidate.brand, 0) + 1
-
+    placed: list[Candidate] = []
     for item in rules.pinned:
         if len(slate.items) == size:
             break
         pinned = pool.get(item)
-        if pinned is not None and (pinned.group is None or pinned.group not in groups):
-            place(pinned, 1.0, "pinned by a rule")
+        if pinned is not None and (
+            pinned.group is None or all(pinned.group != p.group for p in placed)
+        ):
+            del pool[item]
+            placed.append(pinned)
+            slate.items.append(pinned.id)
+            slate.propensities.append(1.0)
+            slate.reasons.append("pinned by a rule")
+    if len(slate.items) < size and pool:
+        _draw(list(pool.values()), placed, size, rng, rules, slate, (
+            temperature, floor, same_category_penalty, same_brand_penalty))  # fmt: skip
+    return slate
+
+
+def _draw(
+    candidates: list[Candidate],
+    placed: list[Candidate],
+    size: int,
+    rng: np.random.Generator,
+    rules: Rules,
+    slate: Slate,
+    knobs: tuple[float, float, float, float],
+) -> None:
+    """Fill the slate's remaining positions after the `placed` (pinned) items.
+
+    Plain Python over a few dozen candidates. Weights are exp(score / temperature), kept
+    relative to the best score; a placement multiplies the weights of the candidates
+    sharing its category or brand by exp(-penalty / temperature) (found through indexes
+    built once), instead of recomputing every weight at every position."""
+    temperature, floor, category_penalty, brand_penalty = knobs
+    adjusted = [
+        min(max(c.score + rules.boost.get(c.id, 0.0), -MAX_SCORE), MAX_SCORE) for c in candidates
+    ]
+    top = max(adjusted)
+    weights = [math.exp((a - top) / temperature) for a in adjusted]
+    category_factor = math.exp(-category_penalty / temperature)
+    brand_factor = math.exp(-brand_penalty / temperature)
+    by_category: dict[str, list[int]] = {}
+    by_brand: dict[str, list[int]] = {}
+    by_group: dict[str, list[int]] = {}
+    for i, c in enumerate(candidates):
+        if c.category is not None:
+            by_category.setdefault(c.category, []).append(i)
+        if c.brand is not None:
+            by_brand.setdefault(c.brand, []).append(i)
+        if c.group is not None:
+            by_group.setdefault(c.group, []).append(i)
+    left = [True] * len(candidates)
+    buried = [c.id in rules.buried for c in candidates]
+
+    def took(taken: Candidate) -> None:
+        """`taken` is on the slate: its near-duplicates leave, its likes weigh less."""
+        for i in by_group.get(taken.group, ()) if taken.group is not None else ():
+            left[i] = False
+        for i in by_category.get(taken.category, ()) if taken.category is not None else ():
+            adjusted[i] -= category_penalty
+            weights[i] *= category_factor
+        for i in by_brand.get(taken.brand, ()) if taken.brand is not None else ():
+            adjusted[i] -= brand_penalty
+            weights[i] *= brand_factor
+
+    for pinned in placed:
+        took(pinned)
     while len(slate.items) < size:
-        allowed = [c for c in pool.values() if c.group is None or c.group not in groups]
-        if not allowed:
-            break
-        unburied = [c for c in allowed if c.id not in rules.buried]
-        choices = unburied or allowed
-        scores = np.array([
-            c.score + rules.boost.get(c.id, 0.0)
-            - same_category_penalty * categories.get(c.category or "", 0) * (c.category is not None)
-            - same_brand_penalty * brands.get(c.brand or "", 0) * (c.brand is not None)
-            for c in choices
-        ])  # fmt: skip
-        # Clipped, so that a huge score plus a huge boost cannot overflow into inf or NaN.
-        scores = np.clip(scores, -MAX_SCORE, MAX_SCORE)
-        weights = np.exp((scores - scores.max()) / temperature)
-        probabilities = (1 - floor) * weights / weights.sum() + floor / len(choices)
-        probabilities /= probabilities.sum()
-        index = int(rng.choice(len(choices), p=probabilities))
-        chosen = choices[index]
+        choices = [i for i, ok in enumerate(left) if ok and not buried[i]] or [
+            i for i, ok in enumerate(left) if ok
+        ]
+        if not choices:
+            return
+        chosen_weights = [weights[i] for i in choices]
+        total = sum(chosen_weights)
+        if not total > 0 or total < 1e-200:  # the relative weights underflowed: rebase
+            best = max([adjusted[i] for i in choices])
+            for i in choices:
+                weights[i] = math.exp((adjusted[i] - best) / temperature)
+            chosen_weights = [weights[i] for i in choices]
+            total = sum(chosen_weights)
+        share = floor / len(choices)
+        keep = (1 - floor) / total
+        point = rng.random()
+        running = 0.0
+        at = len(choices) - 1  # rounding at the very end
+        for j, weight in enumerate(chosen_weights):
+            running += keep * weight + share
+            if point < running:
+                at = j
+                break
+        index = choices[at]
+        chosen = candidates[index]
         reason = (
             "buried by a rule: nothing else was left"
-            if chosen.id in rules.buried
+            if buried[index]
             else "boosted by a rule"
             if chosen.id in rules.boost
             else "ranked by score"
         )
-        place(chosen, float(probabilities[index]), reason)
-    return slate
+        slate.items.append(chosen.id)
+        slate.propensities.append(keep * chosen_weights[at] + share)
+        slate.reasons.append(reason)
+        left[index] = False
+        took(chosen)

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from intently.act.wire import PlacementDecision
 from intently.events.record import EventRecord
 from intently.events.schema import EVENT_TAGS
 from intently.events.validate import FieldError
@@ -53,6 +54,13 @@ class Metrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
+        self.decisions = Counter(
+            "intently_decisions",
+            "Decisions made, by placement and outcome (decided, or degraded: the fallback "
+            "answered).",
+            ["placement", "outcome"],
+            registry=self.registry,
+        )
         self.log_seq = Gauge(
             "intently_event_log_last_seq", "Position of the last event written.",
             registry=self.registry,
@@ -71,6 +79,11 @@ class Metrics:
             self._accepted_by_type[kind].inc(count)
         if records:
             self.log_seq.set(records[-1].seq)
+
+    def count_decisions(self, decisions: Sequence[PlacementDecision]) -> None:
+        for decision in decisions:
+            outcome = "decided" if decision.degraded is None else "degraded"
+            self.decisions.labels(decision.placement, outcome).inc()
 
     def count_rejected(self, errors: Sequence[FieldError]) -> None:
         for error in errors:

@@ -60,6 +60,7 @@ class CatalogStore:
         self._offers: dict[str, LiveOffer] = {}
         # Counts every change that decisions can see (caches compare it).
         self.version = 0
+        self._offer_checks: tuple[int, list[tuple[Offer, LiveOffer | None]]] | None = None
         # Items by leaf category, in the order they were added (a dict as an ordered
         # set): similar items for new items and new visitors, without a catalog scan.
         self._by_category: dict[str, dict[str, None]] = {}
@@ -128,7 +129,20 @@ class CatalogStore:
 
     def eligible_offers(self, profile: Profile | None, now_ms: int) -> list[Offer]:
         """The offers open now whose rule the visitor meets, in the order they were added."""
-        return [live.offer for live in self._offers.values() if live.eligible(profile, now_ms)]
+        if self._offer_checks is None or self._offer_checks[0] != self.version:
+            # Per catalog version: which offers need a check at all (a time window or a
+            # rule); most do not, and this runs on every decision.
+            checks = [
+                (live.offer, live if live.matches or live.starts_ms or live.ends_ms else None)
+                for live in self._offers.values()
+                if live.offer.active
+            ]
+            self._offer_checks = (self.version, checks)
+        return [
+            offer
+            for offer, live in self._offer_checks[1]
+            if live is None or live.eligible(profile, now_ms)
+        ]
 
     def apply(self, items: Iterable[Item]) -> None:
         """Show written items to readers (on the thread that serves decisions)."""

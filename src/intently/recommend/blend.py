@@ -33,15 +33,24 @@ def next_items(
         scored, votes = knn.votes(current, exclude_session)
         best = votes.max(initial=0.0)
         if best > 0:
-            votes *= neighbours_weight / best
+            votes = votes * (neighbours_weight / best)
     else:
-        scored, votes = np.empty(0, dtype=np.intp), np.zeros(len(knn.items))
+        scored, votes = np.empty(0, dtype=np.intp), np.empty(0)
     followers = rules.scores(list(current)) if rules is not None and rules_weight else {}
     if followers:
         top = max(followers.values())
-        for item, score in followers.items():
-            index = knn.index_of(item)
-            if index is not None:
-                votes[index] += rules_weight * score / top
-        scored = np.flatnonzero(votes)
+        numbered = [
+            (index, rules_weight * score / top)
+            for item, score in followers.items()
+            if (index := knn.index_of(item)) is not None
+        ]
+        if numbered:
+            both = np.concatenate([scored, np.array([i for i, _ in numbered], dtype=np.intp)])
+            values = np.concatenate([votes, np.array([v for _, v in numbered])])
+            scored, inverse = np.unique(both, return_inverse=True)
+            votes = np.bincount(inverse, weights=values, minlength=len(scored)).astype(
+                np.float64, copy=False
+            )
+            voted = votes != 0
+            scored, votes = scored[voted], votes[voted]
     return knn.rank(scored, votes, count, allowed)

@@ -37,6 +37,11 @@ import numpy.typing as npt
 Floats = npt.NDArray[np.float64]
 Indexes = npt.NDArray[np.intp]
 _TRIM_AT = 1024
+# Below these sizes the neighbours are found and scored in plain Python: numpy's fixed
+# cost per call (dozens of calls) outweighs the work for a handful of neighbours, which
+# is the common case at decision time. Both paths compute the same votes (tested).
+_SMALL_ENTRIES = 2048
+_SMALL_CANDIDATES = 256
 
 
 class SessionKNN:
@@ -148,7 +153,7 @@ class SessionKNN:
     ) -> dict[str, float]:
         """Every item the neighbours vote for, with its score (higher is better)."""
         scored, votes = self.votes(current, exclude_session)
-        return {self.items[i]: float(votes[i]) for i in scored}
+        return {self.items[i]: float(v) for i, v in zip(scored, votes, strict=True)}
 
     def recommend(
         self,
@@ -166,32 +171,39 @@ class SessionKNN:
     def rank(
         self, scored: Indexes, votes: Floats, count: int, allowed: AbstractSet[str] | None = None
     ) -> list[tuple[str, float]]:
-        """The best `count` of the `scored` item numbers by `votes`, as (item, score)."""
+        """The best `count` of the item numbers `scored` by their `votes` (aligned), as
+        (item, score)."""
         if allowed is not None:
             items = self.items
-            scored = scored[[items[i] in allowed for i in scored]]
+            keep = [items[i] in allowed for i in scored]
+            scored, votes = scored[keep], votes[keep]
         if len(scored) == 0:
             return []
         # Highest score first; equal scores by item number (stable and deterministic).
-        order = scored[np.lexsort((scored, -votes[scored]))][:count]
-        return [(self.items[i], float(votes[i])) for i in order]
+        order = np.lexsort((scored, -votes))[:count]
+        return [(self.items[i], float(v)) for i, v in zip(scored[order], votes[order], strict=True)]
 
     def votes(
         self, current: Sequence[str], exclude_session: Hashable | None = None
     ) -> tuple[Indexes, Floats]:
-        """The numbers of the items voted for, and every item's votes (by number)."""
-        nothing = np.empty(0, dtype=np.intp), np.zeros(len(self.items))
+        """The numbers of the items voted for (ascending) and their votes, aligned.
+
+        Sparse throughout: the work grows with the neighbours' items, not the catalog."""
+        nothing = np.empty(0, dtype=np.intp), np.empty(0)
         length = len(current)
-        weight = np.zeros(len(self.items))
-        position = np.full(len(self.items), -1, dtype=np.int64)
+        known: dict[int, tuple[float, int]] = {}
         for at, item in enumerate(current):
             index = self._item_index.get(item)
             if index is not None:  # the last view of an item sets its weight
-                weight[index] = ((at + 1) / length) ** 2
-                position[index] = at
-        shared = np.flatnonzero(position >= 0)
-        if len(shared) == 0:
+                known[index] = (((at + 1) / length) ** 2, at)
+        if not known:
             return nothing
+        small = self._votes_small(known, length, exclude_session)
+        if small is not None:
+            return small
+        shared = np.fromiter(sorted(known), dtype=np.intp, count=len(known))
+        shared_weight = np.array([known[i][0] for i in shared.tolist()])
+        shared_position = np.array([known[i][1] for i in shared.tolist()], dtype=np.int64)
         candidates = self._candidates(shared, exclude_session)
         if len(candidates) == 0:
             return nothing
@@ -200,26 +212,75 @@ class SessionKNN:
         slots = candidates % self.max_sessions
         members = [self._session_items[slot] for slot in slots]
         sizes = np.fromiter(map(len, members), dtype=np.int64, count=len(members))
-        items = np.fromiter(chain.from_iterable(members), dtype=np.int64, count=int(sizes.sum()))
+        items = np.fromiter(chain.from_iterable(members), dtype=np.intp, count=int(sizes.sum()))
         owner = np.repeat(np.arange(len(members)), sizes)
-        similarity = np.bincount(owner, weights=weight[items], minlength=len(members))
+        found = np.searchsorted(shared, items)
+        found[found == len(shared)] = 0
+        hit = shared[found] == items
+        weight = np.where(hit, shared_weight[found], 0.0)
+        position = np.where(hit, shared_position[found], -1)
+        similarity = np.bincount(owner, weights=weight, minlength=len(members))
         nearest = np.full(len(members), -1, dtype=np.int64)
-        np.maximum.at(nearest, owner, position[items])
+        np.maximum.at(nearest, owner, position)
         chosen = np.arange(len(members))
         if len(chosen) > self.k:  # the most similar
             chosen = np.argpartition(-similarity, self.k - 1)[: self.k]
         # A neighbour's vote fades with how far back its most recent shared item is.
         strength = np.zeros(len(members))
         strength[chosen] = similarity[chosen] / (length - nearest[chosen])
-        votes: Floats = np.bincount(
-            items, weights=strength[owner], minlength=len(self.items)
-        ).astype(np.float64, copy=False)
-        scored = np.flatnonzero(votes)
+        scored, inverse = np.unique(items, return_inverse=True)
+        # (astype: bincount of nothing is an integer array, whatever the weights)
+        votes: Floats = np.bincount(inverse, weights=strength[owner], minlength=len(scored)).astype(
+            np.float64, copy=False
+        )
+        voted = votes != 0
+        scored, votes = scored[voted], votes[voted]
         if self.idf_weight:
             holders = np.frombuffer(self._holders, dtype=np.int64)[scored]
             idf = np.log(self.live_sessions / np.maximum(holders, 1))
-            votes[scored] *= 1.0 + self.idf_weight * idf
+            votes *= 1.0 + self.idf_weight * idf
         return scored, votes
+
+    def _votes_small(
+        self, known: dict[int, tuple[float, int]], length: int, exclude_session: Hashable | None
+    ) -> tuple[Indexes, Floats] | None:
+        """`votes` in plain Python when few sessions met the current items (None when
+        too many: the numpy path answers)."""
+        item_sessions = self._item_sessions
+        if sum(len(item_sessions[i]) for i in known) > _SMALL_ENTRIES:
+            return None
+        oldest = self._oldest_live()
+        excluded = (
+            self._session_number.get(exclude_session) if exclude_session is not None else None
+        )
+        candidates: set[int] = set()
+        for index in known:
+            live = [n for n in item_sessions[index] if n >= oldest and n != excluded]
+            candidates.update(live[-self.sample :])
+        if len(candidates) > min(_SMALL_CANDIDATES, self.k, self.sample):
+            return None
+        votes: dict[int, float] = {}
+        max_sessions, session_items = self.max_sessions, self._session_items
+        for number in candidates:
+            members = session_items[number % max_sessions]
+            similarity, nearest = 0.0, -1
+            for item in members:
+                found = known.get(item)
+                if found is not None:
+                    similarity += found[0]
+                    nearest = max(nearest, found[1])
+            strength = similarity / (length - nearest)
+            if strength:
+                for item in members:
+                    votes[item] = votes.get(item, 0.0) + strength
+        scored = np.fromiter(sorted(votes), dtype=np.intp, count=len(votes))
+        values = np.array([votes[i] for i in scored.tolist()])
+        voted = values != 0
+        scored, values = scored[voted], values[voted]
+        if self.idf_weight and len(scored):
+            holders = np.frombuffer(self._holders, dtype=np.int64)[scored]
+            values *= 1.0 + self.idf_weight * np.log(self.live_sessions / np.maximum(holders, 1))
+        return scored, values
 
     def _candidates(self, shared: Indexes, exclude_session: Hashable | None) -> Indexes:
         """The `sample` most recent live sessions among those that most recently met each

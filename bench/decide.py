@@ -1,0 +1,294 @@
+"""Decide benchmark: the real server, over loopback, with a shop-sized state.
+
+Set-up, through the public API: 10,000 catalog items (50 categories, 20 brands), 50
+banner offers (10 with an eligibility rule), 20 segments, and 1,000 live sessions of 10
+product views each (visitors browse within a category, so the session kNN has real
+neighbours). Each decide asks for `home_hero` (LinUCB over the banners) and `pdp_recs`
+(8 items: viewed together, session kNN with sequential rules, items like the one in
+view), for one of the 1,000 visitors on a product they viewed.
+
+Measured in one run, on one server process:
+
+- saturation (wrk, closed loop): `POST /_bench/hello` (same server, same middleware,
+  reads the body, no work) and `POST /v1/decide`, interleaved rounds, medians;
+- a fixed 1,000 decides/s (open loop, latency from each request's scheduled time): the
+  server-side latency from the `Server-Timing` header the decide endpoint sets, and the
+  client-side latency.
+
+    python bench/decide.py [--seconds 8] [--rounds 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ingest import SECRET_KEY, WRITE_KEY, Server, free_port
+
+ITEMS = 10_000
+CATEGORIES = 50
+VISITORS = 1_000
+VIEWS = 10
+IPHONE = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1"
+)
+SEGMENTS = {
+    **{f"pages-{n}": f"session.pages >= {n}" for n in range(1, 6)},
+    **{f"cart-over-{n}": f"session.cart.value > {n * 50}" for n in range(1, 6)},
+    **{f"buyer-{n}": f"profile.purchases.count >= {n}" for n in range(1, 6)},
+    **{f"events-{n}": f"session.events >= {n * 3}" for n in range(1, 6)},
+}
+
+
+def call(port: int, method: str, path: str, body: Any, key: str = SECRET_KEY) -> Any:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", method=method, data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read() or b"null")
+
+
+def set_up(port: int, rng: random.Random) -> list[bytes]:
+    """Load the shop and the sessions; returns the decide bodies to send."""
+    items = [
+        {
+            "id": f"p{i}",
+            "title": f"Product {i}",
+            "category": ["Shop", f"c{i % CATEGORIES}"],
+            "brand": f"brand{i % 20}",
+            "price": round(10 + (i * 7919) % 190, 2),
+            "stock": 100,
+        }
+        for i in range(ITEMS)
+    ]
+    for start in range(0, ITEMS, 5000):
+        call(port, "POST", "/v1/catalog/items", {"items": items[start : start + 5000]})
+    offers = [
+        {"id": f"banner{i}", "kind": "banner", "title": f"Banner {i}",
+         "fields": {"headline": f"Offer {i}", "image": f"/img/{i}.svg"},
+         **({"eligibility": f"session.pages >= {i % 3}"} if i < 10 else {})}
+        for i in range(50)
+    ]  # fmt: skip
+    call(port, "POST", "/v1/catalog/offers", {"offers": offers})
+    for name, expression in SEGMENTS.items():
+        call(port, "PUT", f"/v1/segments/{name}", {"expression": expression})
+    bodies = []
+    events = []
+    for visitor in range(VISITORS):
+        category = rng.randrange(CATEGORIES)
+        viewed = [category + CATEGORIES * rng.randrange(ITEMS // CATEGORIES) for _ in range(VIEWS)]
+        for product in viewed:
+            events.append({
+                "type": "track", "event": "Product Viewed", "anonymousId": f"v{visitor}",
+                "messageId": uuid.uuid4().hex,
+                "properties": {"product_id": f"p{product}", "category": f"c{category}",
+                               "price": 50.0},
+                "context": {"ip": f"81.2.{visitor % 250}.{visitor % 200 + 1}",
+                            "userAgent": IPHONE},
+            })  # fmt: skip
+        bodies.append(
+            json.dumps(
+                {
+                    "anonymousId": f"v{visitor}",
+                    "placements": [{"id": "home_hero"}, {"id": "pdp_recs"}],
+                    "context": {"product_id": f"p{viewed[-1]}"},
+                }
+            ).encode()  # fmt: skip
+        )
+    for start in range(0, len(events), 500):
+        call(port, "POST", "/v1/events", {"batch": events[start : start + 500]}, WRITE_KEY)
+    return bodies
+
+
+def wrk_script(bodies: list[bytes]) -> str:
+    table = ",\n".join("[==[" + body.decode() + "]==]" for body in bodies)
+    return f"""
+local bodies = {{ {table} }}
+local n = #bodies
+local counter = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {WRITE_KEY}"
+function request()
+  counter = counter + 1
+  return wrk.format(nil, nil, nil, bodies[(counter % n) + 1])
+end
+"""
+
+
+_RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
+_PCT = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+_NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+_UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(url: str, script: Path, seconds: int, connections: int) -> dict[str, float]:
+    import subprocess
+
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    found = {f"p{p}_ms": float(v) * _UNIT[u] for p, v, u in _PCT.findall(out)}
+    errors = _NON_2XX.search(out)
+    return {
+        "requests_per_s": float(_RPS.search(out).group(1)),  # type: ignore[union-attr]
+        **found,
+        "non_2xx": float(errors.group(1)) if errors else 0.0,
+    }
+
+
+async def at_fixed_rate(
+    port: int, bodies: list[bytes], rate: int, seconds: float, connections: int = 16
+) -> dict[str, float]:
+    """`rate` decides/s for `seconds` (open loop): client latency from each request's
+    scheduled time, server latency from its Server-Timing header."""
+    client: list[float] = []
+    server: list[float] = []
+    errors = 0
+    queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+
+    async def worker() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while (item := await queue.get()) is not None:
+            scheduled, body = item
+            writer.write(
+                f"POST /v1/decide HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Type: application/json\r\nAuthorization: Bearer {WRITE_KEY}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            status = await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode().partition(":")
+                if name.lower() == "content-length":
+                    length = int(value)
+                elif name.lower() == "server-timing":
+                    server.append(float(value.split("dur=")[1]))
+            await reader.readexactly(length)
+            client.append((time.perf_counter() - scheduled) * 1000)
+            errors += b" 200 " not in status
+        writer.close()
+
+    workers = [asyncio.create_task(worker()) for _ in range(connections)]
+    start = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        queue.put_nowait((scheduled, bodies[i % len(bodies)]))
+    for _ in workers:
+        queue.put_nowait(None)
+    await asyncio.gather(*workers)
+    elapsed = time.perf_counter() - start
+
+    def pct(values: list[float], p: float) -> float:
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+    return {
+        "requests_per_s": len(client) / elapsed,
+        "server_p50_ms": pct(server, 0.50),
+        "server_p99_ms": pct(server, 0.99),
+        "client_p50_ms": pct(client, 0.50),
+        "client_p99_ms": pct(client, 0.99),
+        "non_2xx": float(errors),
+    }
+
+
+def degraded(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found: dict[str, float] = {}
+    pattern = r'^intently_decisions_total\{outcome="(\w+)",placement="(\w+)"\} ([\d.e+]+)$'
+    for outcome, placement, value in re.findall(pattern, text, re.MULTILINE):
+        found[f"{placement}:{outcome}"] = float(value)
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=8, help="per saturation run")
+    parser.add_argument("--rounds", type=int, default=3, help="saturation rounds")
+    parser.add_argument("--rate-seconds", type=int, default=10, help="the fixed-rate run")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
+    parser.add_argument("--json", action="store_true", help="print JSON only")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench/decide.py needs wrk: apt-get install wrk")
+    work = Path(tempfile.mkdtemp(prefix="intently-bench-decide-"))
+    port = free_port()
+    server = Server(work / "data", port)
+    base = f"http://127.0.0.1:{port}"
+    results: dict[str, Any] = {"cpus": os.cpu_count()}
+    try:
+        started = time.perf_counter()
+        bodies = set_up(port, random.Random(3))
+        results["set_up_seconds"] = round(time.perf_counter() - started, 1)
+        script = work / "decide.lua"
+        script.write_text(wrk_script(bodies))
+        hello = work / "hello.lua"
+        hello.write_text(wrk_script([b'{"hello":"world"}']))
+        wrk(f"{base}/v1/decide", script, 5, args.connections)  # warm-up
+        rounds: dict[str, list[dict[str, float]]] = {"hello": [], "decide": []}
+        for _ in range(args.rounds):
+            rounds["hello"].append(wrk(f"{base}/_bench/hello", hello, args.seconds,
+                                       args.connections))  # fmt: skip
+            time.sleep(1)
+            rounds["decide"].append(wrk(f"{base}/v1/decide", script, args.seconds,
+                                        args.connections))  # fmt: skip
+            time.sleep(1)
+        for name, measured in rounds.items():
+            measured.sort(key=lambda r: r["requests_per_s"])
+            results[name] = measured[len(measured) // 2]
+            results[name]["rounds_requests_per_s"] = [r["requests_per_s"] for r in measured]
+        results["decide_vs_hello"] = (
+            results["decide"]["requests_per_s"] / results["hello"]["requests_per_s"]
+        )
+        time.sleep(2)
+        results["decide_at_1000"] = asyncio.run(
+            at_fixed_rate(port, bodies, 1000, args.rate_seconds)
+        )
+        results["decisions"] = degraded(port)
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"intently decide benchmark ({results['cpus']} CPUs; set-up {results['set_up_seconds']}"
+          f" s: {ITEMS} items, 50 offers, {len(SEGMENTS)} segments, {VISITORS} sessions)")  # fmt: skip
+    for name in ("hello", "decide"):
+        r = results[name]
+        print(f"{name:<8} {r['requests_per_s']:>8.0f} req/s (rounds {r['rounds_requests_per_s']})"
+              f"  p50 {r.get('p50_ms', 0):.2f} ms  p99 {r.get('p99_ms', 0):.2f} ms"
+              f"  non-2xx {r['non_2xx']:.0f}")  # fmt: skip
+    print(f"decide req/s as share of hello-world (medians): {results['decide_vs_hello']:.0%}")
+    r = results["decide_at_1000"]
+    print(f"at 1,000 decides/s: {r['requests_per_s']:.0f} req/s; server p50 "
+          f"{r['server_p50_ms']:.3f} ms, p99 {r['server_p99_ms']:.3f} ms; client p50 "
+          f"{r['client_p50_ms']:.3f} ms, p99 {r['client_p99_ms']:.3f} ms; "
+          f"non-2xx {r['non_2xx']:.0f}")  # fmt: skip
+    print(f"decisions by placement and outcome: {results['decisions']}")
+
+
+if __name__ == "__main__":
+    main()
