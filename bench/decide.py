@@ -92,15 +92,17 @@ def set_up(port: int, rng: random.Random) -> list[bytes]:
     for visitor in range(VISITORS):
         category = rng.randrange(CATEGORIES)
         viewed = [category + CATEGORIES * rng.randrange(ITEMS // CATEGORIES) for _ in range(VIEWS)]
-        for product in viewed:
-            events.append({
+        events.extend(
+            {
                 "type": "track", "event": "Product Viewed", "anonymousId": f"v{visitor}",
                 "messageId": uuid.uuid4().hex,
                 "properties": {"product_id": f"p{product}", "category": f"c{category}",
                                "price": 50.0},
                 "context": {"ip": f"81.2.{visitor % 250}.{visitor % 200 + 1}",
                             "userAgent": IPHONE},
-            })  # fmt: skip
+            }
+            for product in viewed
+        )  # fmt: skip
         bodies.append(
             json.dumps(
                 {
@@ -108,7 +110,7 @@ def set_up(port: int, rng: random.Random) -> list[bytes]:
                     "placements": [{"id": "home_hero"}, {"id": "pdp_recs"}],
                     "context": {"product_id": f"p{viewed[-1]}"},
                 }
-            ).encode()  # fmt: skip
+            ).encode()
         )
     for start in range(0, len(events), 500):
         call(port, "POST", "/v1/events", {"batch": events[start : start + 500]}, WRITE_KEY)
@@ -274,8 +276,9 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"intently decide benchmark ({results['cpus']} CPUs; set-up {results['set_up_seconds']}"
-          f" s: {ITEMS} items, 50 offers, {len(SEGMENTS)} segments, {VISITORS} sessions)")  # fmt: skip
+    print(f"intently decide benchmark ({results['cpus']} CPUs; set-up "
+          f"{results['set_up_seconds']} s: {ITEMS} items, 50 offers, {len(SEGMENTS)} segments, "
+          f"{VISITORS} sessions)")  # fmt: skip
     for name in ("hello", "decide"):
         r = results[name]
         print(f"{name:<8} {r['requests_per_s']:>8.0f} req/s (rounds {r['rounds_requests_per_s']})"

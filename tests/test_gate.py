@@ -21,7 +21,8 @@ pytestmark = pytest.mark.anyio
 
 # The true click-through rate of each banner: b2 is by far the best.
 TRUE_CTR = {"b0": 0.05, "b1": 0.05, "b2": 0.5}
-LIVE = {"kind": "offers", "offer_kinds": ["banner"], "policy": {
+# A generous deadline: a loaded test machine must not turn a decision into a fallback.
+LIVE = {"kind": "offers", "offer_kinds": ["banner"], "deadline_ms": 5000, "policy": {
     "name": "rules-first", "priority": ["b0"], "floor": 0.5}}  # fmt: skip
 
 

@@ -419,7 +419,7 @@ def export_decisions_command(data_dir: Path | None, placement: str | None) -> No
         raise click.ClickException(str(error)) from None
     out = sys.stdout.buffer
     try:
-        rewards = reader.rewards(placement)
+        rewards = reader.rewards()
         for record in reader.decisions(placement=placement):
             out.write(as_json_line(record, rewards.get(record.decision_id)))
     finally:

@@ -27,6 +27,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 import msgspec
 import numpy as np
@@ -486,7 +487,8 @@ class Decider:
         # draws among them (each with its logged probability), not the long tail.
         considered = max(SLATE_POOL_PER_ITEM * count, SLATE_POOL_MIN)
         scores: dict[str, float] = {}
-        for item_id, score in sorted(pool.scores.items(), key=_by_score):
+        # Best first; equal scores in the order the sources proposed them (stable sort).
+        for item_id, score in sorted(pool.scores.items(), key=itemgetter(1), reverse=True):
             if (
                 item_id not in shown_elsewhere
                 and catalog.is_available(item_id)
@@ -504,19 +506,11 @@ class Decider:
                 "the catalog is empty" if len(catalog) == 0 else "no item is a candidate"
             )
         self._check(deadline, "finding the candidates")
-        candidates = []
-        for item_id in dict.fromkeys([*pinned, *allowed]):
-            item = catalog.get(item_id)
-            group = item.attributes.get("group") if item is not None else None
-            candidates.append(
-                Candidate(
-                    item_id,
-                    scores.get(item_id, 0.0),
-                    category=item.leaf_category if item is not None else None,
-                    brand=item.brand if item is not None else None,
-                    group=group if isinstance(group, str) else None,
-                )
-            )
+        facets = catalog.facets
+        candidates = [
+            Candidate(item_id, scores.get(item_id, 0.0), *facets(item_id))
+            for item_id in dict.fromkeys([*pinned, *allowed])
+        ]
         policy = spec.policy
         slate = build_slate(
             candidates, count, self._rng,
@@ -700,10 +694,6 @@ class Decider:
         """Each second: close attribution windows, refresh popular and trending lists."""
         self.attribution.close_until(now_ms)
         self.recommenders.refresh(now_ms)
-
-
-def _by_score(pair: tuple[str, float]) -> tuple[float, str]:
-    return -pair[1], pair[0]
 
 
 def _matches(item: Item | None, query: CatalogQuery) -> bool:

@@ -11,6 +11,12 @@ record is written within a few milliseconds of the answer (`flush` waits for it)
 queued when the process is killed (-9) is lost, which is the price of keeping disk
 latency out of every page view. Events, which decisions learn from, are acknowledged
 only once durable (the event log); `close` writes everything queued.
+
+Decisions are stored a batch per row (a MessagePack array of records), not a row each:
+the writer then crosses into SQLite once per batch, not once per decision, and each
+crossing takes Python's global lock from the thread that serves requests. Readers filter
+as they decode (exports and evaluations read everything anyway); an erasure rewrites
+the batches that hold the person's decisions.
 """
 
 from __future__ import annotations
@@ -62,16 +68,12 @@ class RewardRecord(Struct, kw_only=True, array_like=True):
 
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS decisions (
+CREATE TABLE IF NOT EXISTS decision_batches (
     seq INTEGER PRIMARY KEY,
-    decision_id TEXT NOT NULL UNIQUE,
-    at_ms INTEGER NOT NULL,
-    placement TEXT NOT NULL,
-    visitor TEXT NOT NULL,
-    profile_id TEXT,
+    last_ms INTEGER NOT NULL,
+    count INTEGER NOT NULL,
     body BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS decisions_by_placement ON decisions (placement, seq);
 CREATE TABLE IF NOT EXISTS rewards (
     seq INTEGER PRIMARY KEY,
     decision_id TEXT NOT NULL,
@@ -83,7 +85,7 @@ CREATE INDEX IF NOT EXISTS rewards_by_decision ON rewards (decision_id);
 """
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(DecisionRecord).decode
+_decode_batch = msgspec.msgpack.Decoder(list[DecisionRecord]).decode
 _STOP = object()
 LINGER_SECONDS = 0.01
 _Work = DecisionRecord | RewardRecord | threading.Event | object
@@ -148,23 +150,33 @@ class DecisionLog:
 
     def erase(self, visitors: Sequence[str], profile_ids: Sequence[str]) -> int:
         """Delete a person's decisions and their rewards (after what is queued is written);
-        returns how many decisions."""
+        returns how many decisions. Rewrites each batch that held any."""
         self.flush()
-        marks = ", ".join("?" * len(visitors)) or "NULL"
-        profile_marks = ", ".join("?" * len(profile_ids)) or "NULL"
-        where = f"visitor IN ({marks}) OR profile_id IN ({profile_marks})"
+        wanted_visitors, wanted_profiles = set(visitors), set(profile_ids)
+        erased: list[str] = []
         with self._lock, self._db:
             self._db.execute("BEGIN")
-            self._db.execute(
-                f"DELETE FROM rewards WHERE decision_id IN "  # noqa: S608 (placeholders only)
-                f"(SELECT decision_id FROM decisions WHERE {where})",
-                [*visitors, *profile_ids],
+            for seq, body in self._db.execute("SELECT seq, body FROM decision_batches").fetchall():
+                records = _decode_batch(body)
+                kept: list[DecisionRecord] = []
+                for record in records:
+                    if record.visitor in wanted_visitors or record.profile_id in wanted_profiles:
+                        erased.append(record.decision_id)
+                    else:
+                        kept.append(record)
+                if len(kept) == len(records):
+                    continue
+                if kept:
+                    self._db.execute(
+                        "UPDATE decision_batches SET count = ?, body = ? WHERE seq = ?",
+                        (len(kept), _encode(kept), seq),
+                    )
+                else:
+                    self._db.execute("DELETE FROM decision_batches WHERE seq = ?", (seq,))
+            self._db.executemany(
+                "DELETE FROM rewards WHERE decision_id = ?", [(i,) for i in erased]
             )
-            cursor = self._db.execute(
-                f"DELETE FROM decisions WHERE {where}",  # noqa: S608
-                [*visitors, *profile_ids],
-            )
-            return cursor.rowcount
+        return len(erased)
 
     def _write_loop(self) -> None:
         stop = False
@@ -197,15 +209,11 @@ class DecisionLog:
             return
         with self._lock, self._db:
             self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT OR IGNORE INTO decisions "
-                "(decision_id, at_ms, placement, visitor, profile_id, body) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (d.decision_id, d.at_ms, d.placement, d.visitor, d.profile_id, _encode(d))
-                    for d in decisions
-                ],
-            )
+            if decisions:
+                self._db.execute(
+                    "INSERT INTO decision_batches (last_ms, count, body) VALUES (?, ?, ?)",
+                    (max(d.at_ms for d in decisions), len(decisions), _encode(decisions)),
+                )
             self._db.executemany(
                 "INSERT INTO rewards (decision_id, at_ms, item, value) VALUES (?, ?, ?, ?)",
                 [(r.decision_id, r.at_ms, r.item, r.value) for r in rewards],
@@ -223,30 +231,18 @@ class DecisionLogReader:
     def decisions(
         self, placement: str | None = None, since_ms: int | None = None
     ) -> Iterator[DecisionRecord]:
-        sql = "SELECT body FROM decisions WHERE 1 = 1"
-        parameters: list[object] = []
-        if placement is not None:
-            sql += " AND placement = ?"
-            parameters.append(placement)
-        if since_ms is not None:
-            sql += " AND at_ms >= ?"
-            parameters.append(since_ms)
-        for (body,) in self._db.execute(sql + " ORDER BY seq", parameters):
-            yield _decode(body)
+        """Every decision (of `placement`, made at or after `since_ms`), in log order."""
+        floor = -(2**62) if since_ms is None else since_ms
+        for (body,) in self._db.execute(
+            "SELECT body FROM decision_batches WHERE last_ms >= ? ORDER BY seq", (floor,)
+        ):
+            for record in _decode_batch(body):
+                if (placement is None or record.placement == placement) and (record.at_ms >= floor):
+                    yield record
 
-    def rewards(self, placement: str | None = None) -> dict[str, float]:
-        """The total reward of each rewarded decision (of `placement`)."""
-        if placement is None:
-            rows = self._db.execute(
-                "SELECT decision_id, SUM(value) FROM rewards GROUP BY decision_id"
-            )
-        else:
-            rows = self._db.execute(
-                "SELECT r.decision_id, SUM(r.value) FROM rewards r"
-                " JOIN decisions d USING (decision_id) WHERE d.placement = ?"
-                " GROUP BY r.decision_id",
-                (placement,),
-            )
+    def rewards(self) -> dict[str, float]:
+        """The total reward of each rewarded decision."""
+        rows = self._db.execute("SELECT decision_id, SUM(value) FROM rewards GROUP BY decision_id")
         return {decision_id: float(total) for decision_id, total in rows}
 
     def reward_rows(self) -> Iterator[RewardRecord]:

@@ -106,64 +106,65 @@ def _draw(
 ) -> None:
     """Fill the slate's remaining positions after the `placed` (pinned) items.
 
-    Plain Python over a few dozen candidates. Weights are exp(score / temperature), kept
-    relative to the best score; a placement multiplies the weights of the candidates
-    sharing its category or brand by exp(-penalty / temperature) (found through indexes
-    built once), instead of recomputing every weight at every position."""
+    Plain Python over a few dozen candidates. A candidate's weight is
+    exp((score - best) / temperature), times exp(-penalty / temperature) for each item
+    already on the slate with its category (or brand): kept as a base weight and a count
+    per category and brand, so a placement costs one increment."""
     temperature, floor, category_penalty, brand_penalty = knobs
     adjusted = [
         min(max(c.score + rules.boost.get(c.id, 0.0), -MAX_SCORE), MAX_SCORE) for c in candidates
     ]
     top = max(adjusted)
-    weights = [math.exp((a - top) / temperature) for a in adjusted]
+    base = [math.exp((a - top) / temperature) for a in adjusted]
     category_factor = math.exp(-category_penalty / temperature)
     brand_factor = math.exp(-brand_penalty / temperature)
-    by_category: dict[str, list[int]] = {}
-    by_brand: dict[str, list[int]] = {}
-    by_group: dict[str, list[int]] = {}
-    for i, c in enumerate(candidates):
-        if c.category is not None:
-            by_category.setdefault(c.category, []).append(i)
-        if c.brand is not None:
-            by_brand.setdefault(c.brand, []).append(i)
-        if c.group is not None:
-            by_group.setdefault(c.group, []).append(i)
-    left = [True] * len(candidates)
+    # Categories and brands numbered (apart: a brand may be named like a category); 0 is
+    # "none". factor[code]: what the items on the slate sharing it cost (1.0 for none).
+    categories: dict[str | None, int] = {None: 0}
+    category = [categories.setdefault(c.category, len(categories)) for c in candidates]
+    brands: dict[str | None, int] = {None: 0}
+    brand = [len(categories) + brands.setdefault(c.brand, len(brands)) for c in candidates]
+    brands_at = len(categories)
+    factor = [1.0] * (len(categories) + len(brands))
+    groups = {p.group for p in placed if p.group is not None}
+    left = [
+        i for i, c in enumerate(candidates) if c.group is None or c.group not in groups
+    ]  # fmt: skip
     buried = [c.id in rules.buried for c in candidates]
 
     def took(taken: Candidate) -> None:
-        """`taken` is on the slate: its near-duplicates leave, its likes weigh less."""
-        for i in by_group.get(taken.group, ()) if taken.group is not None else ():
-            left[i] = False
-        for i in by_category.get(taken.category, ()) if taken.category is not None else ():
-            adjusted[i] -= category_penalty
-            weights[i] *= category_factor
-        for i in by_brand.get(taken.brand, ()) if taken.brand is not None else ():
-            adjusted[i] -= brand_penalty
-            weights[i] *= brand_factor
+        code = categories.get(taken.category, 0)
+        if code:
+            factor[code] *= category_factor
+        code = brands.get(taken.brand, 0)
+        if code:
+            factor[brands_at + code] *= brand_factor
 
     for pinned in placed:
         took(pinned)
     while len(slate.items) < size:
-        choices = [i for i, ok in enumerate(left) if ok and not buried[i]] or [
-            i for i, ok in enumerate(left) if ok
-        ]
+        choices = [i for i in left if not buried[i]] or left
         if not choices:
             return
-        chosen_weights = [weights[i] for i in choices]
-        total = sum(chosen_weights)
-        if not total > 0 or total < 1e-200:  # the relative weights underflowed: rebase
-            best = max([adjusted[i] for i in choices])
-            for i in choices:
-                weights[i] = math.exp((adjusted[i] - best) / temperature)
-            chosen_weights = [weights[i] for i in choices]
-            total = sum(chosen_weights)
+        weights = [base[i] * factor[category[i]] * factor[brand[i]] for i in choices]
+        total = sum(weights)
+        if not total > 1e-200:  # the relative weights underflowed: rebase on the best
+            best = max([
+                adjusted[i] + temperature * math.log(factor[category[i]] * factor[brand[i]])
+                for i in choices
+            ])  # fmt: skip
+            weights = [
+                math.exp((adjusted[i] - best) / temperature) * factor[category[i]]
+                * factor[brand[i]]
+                for i in choices
+            ]  # fmt: skip
+            total = sum(weights)
         share = floor / len(choices)
         keep = (1 - floor) / total
         point = rng.random()
         running = 0.0
         at = len(choices) - 1  # rounding at the very end
-        for j, weight in enumerate(chosen_weights):
+        for j, weight in enumerate(weights):
             running += keep * weight + share
             if point < running:
                 at = j
@@ -178,7 +179,10 @@ def _draw(
             else "ranked by score"
         )
         slate.items.append(chosen.id)
-        slate.propensities.append(keep * chosen_weights[at] + share)
+        slate.propensities.append(keep * weights[at] + share)
         slate.reasons.append(reason)
-        left[index] = False
+        if chosen.group is None:
+            left.remove(index)
+        else:
+            left = [i for i in left if i != index and candidates[i].group != chosen.group]
         took(chosen)

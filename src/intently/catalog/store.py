@@ -45,6 +45,9 @@ _decode = msgspec.json.Decoder(Item).decode
 _decode_offer = msgspec.json.Decoder(Offer).decode
 
 
+_NO_FACETS: tuple[None, None, None] = (None, None, None)
+
+
 class CatalogStore:
     def __init__(self, path: Path, fields: FieldCatalog) -> None:
         self.path = path
@@ -64,6 +67,7 @@ class CatalogStore:
         # Items by leaf category, in the order they were added (a dict as an ordered
         # set): similar items for new items and new visitors, without a catalog scan.
         self._by_category: dict[str, dict[str, None]] = {}
+        self._facets: dict[str, tuple[str | None, str | None, str | None]] = {}
         for (body,) in self._db.execute("SELECT body FROM items"):
             self._apply(_decode(body))
         for (body,) in self._db.execute("SELECT body FROM offers"):
@@ -155,6 +159,11 @@ class CatalogStore:
         self.apply(written)
         return len(written)
 
+    def facets(self, item_id: str) -> tuple[str | None, str | None, str | None]:
+        """What slates keep apart: the item's narrowest category, its brand and its group
+        (`attributes.group`: near-duplicates, e.g. one product in several colours)."""
+        return self._facets.get(item_id, _NO_FACETS)
+
     def in_category(self, category: str) -> Iterable[str]:
         """The ids of the items whose narrowest category is `category`."""
         return self._by_category.get(category, {}).keys()
@@ -166,6 +175,12 @@ class CatalogStore:
         if item.leaf_category is not None:
             self._by_category.setdefault(item.leaf_category, {})[item.id] = None
         self._items[item.id] = item
+        group = item.attributes.get("group")
+        self._facets[item.id] = (
+            item.leaf_category,
+            item.brand,
+            group if isinstance(group, str) else None,
+        )
         if item.available:
             self._available.add(item.id)
         else:

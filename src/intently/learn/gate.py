@@ -51,7 +51,7 @@ class Logged:
 def usable_decisions(reader: DecisionLogReader, placement: str, dimensions: int) -> list[Logged]:
     """The placement's decisions a policy chose (not a fallback, not a pin), of one
     offer among several, whose reward is known (rewarded, or its window closed)."""
-    rewards = reader.rewards(placement)
+    rewards = reader.rewards()
     hasher = FeatureHasher(dimensions)
     found = []
     for record in reader.decisions(placement=placement):

@@ -181,7 +181,11 @@ class SessionKNN:
             return []
         # Highest score first; equal scores by item number (stable and deterministic).
         order = np.lexsort((scored, -votes))[:count]
-        return [(self.items[i], float(v)) for i, v in zip(scored[order], votes[order], strict=True)]
+        items = self.items
+        return [
+            (items[i], v)
+            for i, v in zip(scored[order].tolist(), votes[order].tolist(), strict=True)
+        ]
 
     def votes(
         self, current: Sequence[str], exclude_session: Hashable | None = None
@@ -261,18 +265,21 @@ class SessionKNN:
             return None
         votes: dict[int, float] = {}
         max_sessions, session_items = self.max_sessions, self._session_items
+        current_items = known.keys()
         for number in candidates:
             members = session_items[number % max_sessions]
+            # The current items it holds (a set operation, in C), usually one or two.
             similarity, nearest = 0.0, -1
-            for item in members:
-                found = known.get(item)
-                if found is not None:
-                    similarity += found[0]
-                    nearest = max(nearest, found[1])
+            for item in current_items & members:
+                weight, position = known[item]
+                similarity += weight
+                if position > nearest:
+                    nearest = position
             strength = similarity / (length - nearest)
             if strength:
+                get = votes.get
                 for item in members:
-                    votes[item] = votes.get(item, 0.0) + strength
+                    votes[item] = get(item, 0.0) + strength
         scored = np.fromiter(sorted(votes), dtype=np.intp, count=len(votes))
         values = np.array([votes[i] for i in scored.tolist()])
         voted = values != 0
