@@ -415,3 +415,43 @@ async def test_recommenders_learn_again_from_the_log_after_a_restart(tmp_path: P
         assert engine.learner.viewed_together.scores(["p3"], 1) == [("p11", 10.0)]
     finally:
         engine.close()
+
+
+async def test_a_broken_visitor_or_a_failing_log_still_answers_every_placement(
+    engine: Engine, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await load_catalog(engine)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(engine.decider, "_visitor", broken)
+    decisions = await decide(client, decide_body(product_id="p1"))
+    assert {d["degraded"] for d in decisions.values()} == {"reading the visitor failed"}
+    assert decisions["home_hero"]["items"][0]["id"] == "b0"  # the first open offer
+    assert all(d["personalized"] is False for d in decisions.values())
+    monkeypatch.undo()
+    monkeypatch.setattr(engine.decisions, "record", broken)
+    decisions = await decide(client, decide_body(product_id="p1"))
+    assert all(d["degraded"] is None and d["items"] for d in decisions.values())
+    assert engine.decider.unlogged == 2
+
+
+async def test_recently_viewed_and_a_content_set(engine: Engine, client: httpx.AsyncClient) -> None:
+    await load_catalog(engine)
+    for product in ("p1", "p2", "p3", "p2"):
+        await view(client, "back-again", product)
+    recent = {"kind": "items", "recommender": "recently_viewed", "count": 5,
+              "policy": {"name": "slate", "temperature": 0.01, "floor": 0.0001}}  # fmt: skip
+    assert (await put_placement(engine, "recent", recent)).status_code == 201
+    chosen = {"kind": "offers", "offers": ["b1", "b2"], "policy": {"name": "epsilon-greedy"}}
+    assert (await put_placement(engine, "chosen", chosen)).status_code == 201
+    body = {"anonymousId": "back-again", "placements": [{"id": "recent"}, {"id": "chosen"}]}
+    shown = Counter()
+    for _ in range(20):
+        decisions = await decide(client, body)
+        items = [item["id"] for item in decisions["recent"]["items"]]
+        assert items == ["p2", "p3", "p1"]  # latest first, each once
+        assert decisions["recent"]["items"][0]["reasons"][0] == "you viewed it recently"
+        shown[decisions["chosen"]["items"][0]["id"]] += 1
+    assert set(shown) <= {"b1", "b2"}

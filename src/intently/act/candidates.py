@@ -15,6 +15,7 @@ in view, which is how a new item, never viewed yet, gets its first exposures.
 |             | viewed it went on to view; items like it                           |
 | cart        | bought together, then viewed together, with the cart               |
 | order       | bought together with the order just completed                      |
+| recently_viewed | the device's own recent views, latest first                    |
 | trending    | views decayed by time (6 h half-life)                              |
 | popular     | views of all time                                                  |
 | catalog     | the placement's catalog query, most viewed first                   |
@@ -22,6 +23,7 @@ in view, which is how a new item, never viewed yet, gets its first exposures.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
@@ -112,9 +114,10 @@ class Recommenders:
             (i, s) for i, s in learner.trending.top(PER_SOURCE * 4, now_ms) if available(i)
         ][:PER_SOURCE]
         self._context_top = {
-            key: [(i, float(n)) for i, n in counts.most_common(PER_SOURCE) if available(i)]
+            key: [(i, float(counts[i])) for i in heapq.nlargest(
+                PER_SOURCE * 2, counts, key=counts.__getitem__) if available(i)][:PER_SOURCE]
             for key, counts in learner.by_context.items()
-        }
+        }  # fmt: skip
 
     def title(self, item_id: str) -> str:
         item = self.catalog.get(item_id)
@@ -179,6 +182,12 @@ class Recommenders:
                 learner.viewed_together.scores(ask.order, PER_SOURCE), 0.3,
                 f"viewed together with {self.title(ask.order[-1])}",
             )  # fmt: skip
+        elif recommender == "recently_viewed" and views:
+            recent = list(dict.fromkeys(reversed(views)))
+            pool.add(
+                [(item, float(len(recent) - rank)) for rank, item in enumerate(recent)],
+                1.0, "you viewed it recently",
+            )  # fmt: skip
         elif recommender == "catalog":
             popularity = learner.popularity
             ranked = sorted(query_items, key=lambda i: -popularity.get(i, 0))[: PER_SOURCE * 4]
@@ -187,7 +196,7 @@ class Recommenders:
             pool.add(self.popular, 1.0, "popular")
         elif recommender == "trending":
             pool.add(self.trending, 1.0, "trending now")
-        elif len(pool.scores) < PER_SOURCE:
+        elif len(pool.scores) < PER_SOURCE and recommender != "recently_viewed":
             # Too few to choose from (a new visitor, a new item): trending and popular
             # items fill the widget, at a weight that keeps them after the rest.
             pool.add(self.trending, 0.1, "trending now")

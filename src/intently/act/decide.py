@@ -190,6 +190,7 @@ class Decider:
         self._new_id = DecisionIds()
         self.degraded = 0
         self.decided = 0
+        self.unlogged = 0  # decisions answered but not logged (the log failed)
 
     # -- deciding -------------------------------------------------------------------------
 
@@ -207,21 +208,38 @@ class Decider:
         if unknown:
             raise UnknownPlacements(unknown)
         now = self.now_ms()
-        self.recommenders.refresh_if_stale(now)
-        visitor = self._visitor(body, client_ip, user_agent, refused, now)
+        trouble = None
+        try:
+            self.recommenders.refresh_if_stale(now)
+            visitor = self._visitor(body, client_ip, user_agent, refused, now)
+        except Exception:  # a bug: every placement answers with its fallback
+            log.exception("reading the visitor failed; the fallbacks answer")
+            trouble = "reading the visitor failed"
+            visitor = self._nobody(body, now)
         answers = []
         for ask, placement in zip(body.placements, placements, strict=True):
             assert placement is not None
             count = ask.count or placement.spec.count
-            answers.append(self._decide_placement(placement, count, visitor, now, body.explain))
+            answers.append(
+                self._decide_placement(placement, count, visitor, now, body.explain, trouble)
+            )
         return DecideAnswer(answers)
 
+    def _nobody(self, body: DecideBody, now: int) -> _Visitor:
+        """A visitor known only by id: nothing read, nothing personal."""
+        key = "a:" + body.anonymous_id if body.anonymous_id else "u:" + str(body.user_id)
+        ask = Ask(body.anonymous_id, body.context.product_id, (), (), (), (), False, now)
+        return _Visitor(key, None, False, {}, ask)
+
     def _decide_placement(
-        self, placement: Placement, count: int, visitor: _Visitor, now: int, explain: bool
-    ) -> PlacementDecision:
+        self, placement: Placement, count: int, visitor: _Visitor, now: int, explain: bool,
+        trouble: str | None = None,
+    ) -> PlacementDecision:  # fmt: skip
         started = self.timer()
         deadline = started + placement.spec.deadline_ms / 1000.0
         try:
+            if trouble is not None:
+                raise _Overrun(trouble)
             if placement.spec.kind == "offers":
                 outcome = self._offers(placement, count, visitor, now, deadline)
             else:
@@ -254,12 +272,16 @@ class Decider:
             personalized=visitor.personal,
             reward_kind=placement.spec.reward,
         )
-        self.decisions.record(record)
         self.decided += 1
         if outcome.degraded is not None:
             self.degraded += 1
-        if outcome.items:
-            self._register(decision_id, placement, outcome, visitor.key, now)
+        try:  # the page gets its answer even when the decision cannot be kept
+            self.decisions.record(record)
+            if outcome.items:
+                self._register(decision_id, placement, outcome, visitor.key, now)
+        except Exception:
+            self.unlogged += 1
+            log.exception("decision %s could not be logged", decision_id)
         return PlacementDecision(
             placement=placement.id,
             decision_id=decision_id,
@@ -316,7 +338,7 @@ class Decider:
             if revenue is None:
                 revenue = sum((x.price or 0.0) * x.quantity for x in request.order.products)
             features["order_value"] = revenue
-        keys: list[str] = []
+        keys: Sequence[str] = ()
         categories: list[str] = []
         if personal:
             self._personal_features(features, profile, body, client_ip, user_agent)
@@ -389,10 +411,10 @@ class Decider:
         self, placement: Placement, count: int, visitor: _Visitor, now: int, deadline: float
     ) -> _Outcome:
         spec = placement.spec
-        kinds = spec.offer_kinds
+        kinds, content_set = spec.offer_kinds, spec.offers
         offers = [
             o for o in self.catalog.eligible_offers(visitor.profile, now)
-            if not kinds or o.kind in kinds
+            if (not kinds or o.kind in kinds) and (not content_set or o.id in content_set)
         ]  # fmt: skip
         ids = [o.id for o in offers]
         reasons: list[str] = []

@@ -36,7 +36,9 @@ PolicyName = Literal[
     "linucb", "lin-thompson", "beta-thompson", "epsilon-greedy", "rules-first", "slate"
 ]
 # Where a widget's items come from (see act/candidates.py for what each blends).
-Recommender = Literal["for_you", "similar", "cart", "order", "trending", "popular", "catalog"]
+Recommender = Literal[
+    "for_you", "similar", "cart", "order", "recently_viewed", "trending", "popular", "catalog"
+]
 RuleAction = Literal["include", "exclude", "pin", "boost", "bury"]
 MAX_COUNT = 50
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -83,6 +85,8 @@ class PlacementSpec(Struct, forbid_unknown_fields=True, omit_defaults=True):
     policy: PolicySpec
     count: Annotated[int, Meta(ge=1, le=MAX_COUNT)] = 1
     offer_kinds: list[OfferKind] = msgspec.field(default_factory=list)  # offers: all if empty
+    # offers: a content set, these offers only (still open and eligible); all if empty.
+    offers: list[Id] = msgspec.field(default_factory=list)
     recommender: Recommender = "for_you"  # items
     query: CatalogQuery | None = None  # items: only these
     rules: Annotated[list[RuleSpec], Meta(max_length=100)] = msgspec.field(default_factory=list)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import Counter, OrderedDict
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from intently.context.facts import Facts
 from intently.context.profile import Profile, ProfileRules
@@ -32,10 +33,11 @@ RECENT_VIEWS = 20
 MAX_CONTEXTS = 10_000
 
 
+@lru_cache(maxsize=4096)
 def context_keys(
     campaign: str | None, source: str | None, device: str | None, country: str | None
-) -> list[str]:
-    """The cold-start keys of a visit, most specific first."""
+) -> tuple[str, ...]:
+    """The cold-start keys of a visit, most specific first (cached: visits repeat them)."""
     keys = []
     if campaign:
         keys.append("campaign=" + campaign)
@@ -45,7 +47,7 @@ def context_keys(
         keys.append("country=" + country)
     if device:
         keys.append("device=" + device)
-    return keys
+    return tuple(keys)
 
 
 @dataclass
@@ -85,10 +87,10 @@ class LearnFromViews:
         self.session_timeout_ms = session_timeout_ms
         self.max_devices = max_devices
         self.popularity: Counter[str] = Counter()
-        self.viewed_together = CoOccurrence()
+        self.viewed_together = CoOccurrence(window=3)
         self.bought_together = CoOccurrence()
         self.trending = Trending()
-        self.by_context: dict[str, Counter[str]] = {}
+        self.by_context: dict[str, dict[str, int]] = {}
         self.learning = True
         self._paths: OrderedDict[str, _Path] = OrderedDict()
 
@@ -137,13 +139,14 @@ class LearnFromViews:
             del path.views[0]
 
     def _count_in_context(self, facts: Facts, item: str) -> None:
+        by_context = self.by_context
         for key in context_keys(facts.campaign, facts.source, facts.device, facts.country):
-            counts = self.by_context.get(key)
+            counts = by_context.get(key)
             if counts is None:
-                if len(self.by_context) >= MAX_CONTEXTS:
+                if len(by_context) >= MAX_CONTEXTS:
                     continue
-                counts = self.by_context[key] = Counter()
-            counts[item] += 1
+                counts = by_context[key] = {}
+            counts[item] = counts.get(item, 0) + 1
 
     def forget(self, anonymous_ids: Iterable[str], user_ids: Iterable[str]) -> None:
         """Erase a person: their devices' paths, and their sessions from the kNN (which
