@@ -284,7 +284,10 @@ def main() -> None:
         print(f"{name:<8} {r['requests_per_s']:>8.0f} req/s (rounds {r['rounds_requests_per_s']})"
               f"  p50 {r.get('p50_ms', 0):.2f} ms  p99 {r.get('p99_ms', 0):.2f} ms"
               f"  non-2xx {r['non_2xx']:.0f}")  # fmt: skip
-    print(f"decide req/s as share of hello-world (medians): {results['decide_vs_hello']:.0%}")
+    print(
+        f"decide req/s as share of hello-world (medians): {results['decide_vs_hello']:.0%}; "
+        f"decisions/s (2 per request) as share: {2 * results['decide_vs_hello']:.0%}"
+    )
     r = results["decide_at_1000"]
     print(f"at 1,000 decides/s: {r['requests_per_s']:.0f} req/s; server p50 "
           f"{r['server_p50_ms']:.3f} ms, p99 {r['server_p99_ms']:.3f} ms; client p50 "

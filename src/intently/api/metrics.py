@@ -65,6 +65,7 @@ class Metrics:
             "intently_event_log_last_seq", "Position of the last event written.",
             registry=self.registry,
         )  # fmt: skip
+        self._decisions_by: dict[tuple[str, bool], Counter] = {}
         self._accepted_by_type = {
             event_type: self.accepted.labels(tag) for event_type, tag in EVENT_TAGS.items()
         }
@@ -82,8 +83,12 @@ class Metrics:
 
     def count_decisions(self, decisions: Sequence[PlacementDecision]) -> None:
         for decision in decisions:
-            outcome = "decided" if decision.degraded is None else "degraded"
-            self.decisions.labels(decision.placement, outcome).inc()
+            key = (decision.placement, decision.degraded is None)
+            counter = self._decisions_by.get(key)
+            if counter is None:  # labels() takes a lock and builds a key: once per pair
+                outcome = "decided" if key[1] else "degraded"
+                counter = self._decisions_by[key] = self.decisions.labels(key[0], outcome)
+            counter.inc()
 
     def count_rejected(self, errors: Sequence[FieldError]) -> None:
         for error in errors:
