@@ -199,3 +199,15 @@ def test_logged_propensities_equal_a_from_scratch_computation(
                         temperature=temperature)  # fmt: skip
     expected = expected_propensities(candidates, slate.items, rules, knobs)
     assert slate.propensities == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_tiny_temperatures_and_one_category_do_not_break_the_draw() -> None:
+    """Every candidate shares one category and brand: the penalties pile up position after
+    position, and at a temperature of 0.001 the raw weights would underflow (found in
+    review: a math domain error made every decision fall back)."""
+    candidates = [Candidate(f"p{i}", i / 50, category="c", brand="b") for i in range(60)]
+    for temperature, size in ((0.001, 10), (0.01, 30), (0.02, 48)):
+        slate = build_slate(candidates, size, np.random.default_rng(1), temperature=temperature)
+        assert len(slate.items) == size
+        assert all(0 < p <= 1 for p in slate.propensities)
+        assert slate.items[0] == "p59"  # the best, all but surely

@@ -606,6 +606,12 @@ async def test_erasure_leaves_nothing_on_disk(tmp_path: Path, clock: ManualClock
             assert engine.context.lookup(ERASE_ANON).id == canonical  # type: ignore[union-attr]
             keeper_export = (await admin.get(f"/v1/profiles/{KEEP_USER}/export")).json()
             keeper_profile = (await admin.get(f"/v1/profiles/{KEEP_ANON}")).text
+            # A decision for the person, logged with their ids and features.
+            decided = await admin.post("/v1/decide", json={
+                "anonymousId": ERASE_ANON, "placements": [{"id": "pdp_recs"}],
+                "context": {"product_id": ERASE_SKU}})  # fmt: skip
+            assert decided.status_code == 200
+            engine.decisions.flush()
         assert len(keeper_export["events"]) == 4
         assert keeper_export["identities"] == {
             "user_ids": [KEEP_USER],
@@ -618,17 +624,19 @@ async def test_erasure_leaves_nothing_on_disk(tmp_path: Path, clock: ManualClock
         engine.store.flush()
         checkpoint(data_dir / "events.db")
         checkpoint(data_dir / "state.db")
+        checkpoint(data_dir / "decisions.db")
         held = files_holding(data_dir, needles)
         for needle in needles:
             where = set(held.get(needle, []))
             assert "state.db" in where, needle
             assert needle == canonical or "events.db" in where, needle
+        assert "decisions.db" in held[ERASE_ANON]
 
         async with client_for(engine, SECRET_KEY) as admin:
             erased = await admin.delete(f"/v1/profiles/{ERASE_USER}")
             assert erased.status_code == 200, erased.text
             assert erased.json() == {"profile": canonical, "events": ERASED_EVENTS,
-                                     "identities": 2}  # fmt: skip
+                                     "identities": 2, "decisions": 1}  # fmt: skip
             for any_id in (ERASE_USER, ERASE_ANON, canonical):
                 assert (await admin.get(f"/v1/profiles/{any_id}")).status_code == 404
                 assert (await admin.get(f"/v1/profiles/{any_id}/export")).status_code == 404

@@ -405,8 +405,8 @@ def _judge_on_log(
 @click.option("--placement", default=None, help="Only this placement's decisions.")
 def export_decisions_command(data_dir: Path | None, placement: str | None) -> None:
     """Export the decision log: one decision per line, with its features, candidates,
-    items, propensities, policy and version, reasons, latency and total reward (null
-    while its attribution window is open and nothing was earned).
+    items, propensities, policy and version, reasons, latency, total reward (null while
+    its attribution window is open and nothing was earned) and viewable impressions.
 
     Safe while the engine is serving.
     """
@@ -419,9 +419,10 @@ def export_decisions_command(data_dir: Path | None, placement: str | None) -> No
         raise click.ClickException(str(error)) from None
     out = sys.stdout.buffer
     try:
-        rewards = reader.rewards()
+        rewards, exposures = reader.rewards(), reader.exposures()
         for record in reader.decisions(placement=placement):
-            out.write(as_json_line(record, rewards.get(record.decision_id)))
+            found = record.decision_id
+            out.write(as_json_line(record, rewards.get(found), exposures.get(found, 0)))
     finally:
         reader.close()
     out.flush()

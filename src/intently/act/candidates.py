@@ -101,6 +101,10 @@ class Recommenders:
         ):
             self.refresh(now_ms)
 
+    @property
+    def refreshed_at(self) -> int:
+        return -1 if self._refreshed is None else self._refreshed[0]
+
     def refresh(self, now_ms: int) -> None:
         self._refreshed = (now_ms, self.catalog.version)
         learner = self.learner
@@ -188,10 +192,11 @@ class Recommenders:
                 [(item, float(len(recent) - rank)) for rank, item in enumerate(recent)],
                 1.0, "you viewed it recently",
             )  # fmt: skip
-        elif recommender == "catalog":
+        elif recommender == "catalog":  # already the most viewed first (Decider._selection)
             popularity = learner.popularity
-            ranked = sorted(query_items, key=lambda i: -popularity.get(i, 0))[: PER_SOURCE * 4]
-            pool.add([(i, 1.0 + popularity.get(i, 0)) for i in ranked], 1.0, "in this selection")
+            pool.add(
+                [(i, 1.0 + popularity.get(i, 0)) for i in query_items], 1.0, "in this selection"
+            )
         if recommender == "popular":
             pool.add(self.popular, 1.0, "popular")
         elif recommender == "trending":

@@ -22,12 +22,12 @@ session, no profile, no features beyond the request itself.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 
 import msgspec
 import numpy as np
@@ -37,6 +37,7 @@ from intently.act.decisions import (
     DecisionIds,
     DecisionLog,
     DecisionRecord,
+    ExposureRecord,
     FeatureValue,
     RewardRecord,
 )
@@ -50,6 +51,7 @@ from intently.act.policies import (
     Policy,
     RulesFirst,
     choose,
+    learnable,
 )
 from intently.act.slates import Candidate, Rules, build_slate
 from intently.act.wire import (
@@ -83,6 +85,8 @@ MAX_LOGGED_CANDIDATES = 200
 # at least SLATE_POOL_MIN.
 SLATE_POOL_PER_ITEM = 3
 SLATE_POOL_MIN = 16
+# A `catalog` placement considers its this many most viewed matching items.
+SELECTION_SIZE = 200
 
 
 class UnknownPlacements(ValueError):
@@ -99,10 +103,17 @@ class _Overrun(Exception):
 @dataclass
 class _Visitor:
     key: str  # the device: "a:<anonymousId>" or "u:<userId>"
-    profile: Profile | None
+    profile: Profile | None  # None without consent to personalization
     personal: bool
     features: dict[str, FeatureValue]
     ask: Ask
+    # The profile's id whatever the consent: an identifier, kept so that attribution can
+    # match the person's events and an erasure can find the decision.
+    profile_id: str | None = None
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        return () if self.profile_id is None else (profile_key(self.profile_id),)
 
 
 @dataclass
@@ -124,7 +135,6 @@ class _Pending:
     policy: Policy
     action: str
     vector: Vector | None
-    bernoulli: bool  # rewards clipped to [0, 1]
 
 
 def policy_of(spec: PolicySpec, seed: int | None = None) -> Policy:
@@ -188,6 +198,7 @@ class Decider:
         self._hashers: dict[int, FeatureHasher] = {}
         self._pending: dict[str, _Pending] = {}
         self._new_id = DecisionIds()
+        self._selections: dict[str, tuple[tuple[str, int, int], list[str]]] = {}
         self.degraded = 0
         self.decided = 0
         self.unlogged = 0  # decisions answered but not logged (the log failed)
@@ -258,7 +269,7 @@ class Decider:
             at_ms=now,
             placement=placement.id,
             visitor=visitor.key,
-            profile_id=visitor.profile.id if visitor.profile is not None else None,
+            profile_id=visitor.profile_id,
             policy=outcome.policy,
             policy_version=placement.version,
             features=visitor.features,
@@ -278,7 +289,7 @@ class Decider:
         try:  # the page gets its answer even when the decision cannot be kept
             self.decisions.record(record)
             if outcome.items:
-                self._register(decision_id, placement, outcome, visitor.key, now)
+                self._register(decision_id, placement, outcome, visitor, now)
         except Exception:
             self.unlogged += 1
             log.exception("decision %s could not be logged", decision_id)
@@ -359,7 +370,10 @@ class Decider:
             personal=personal,
             now_ms=now,
         )
-        return _Visitor(key, profile if personal else None, personal, features, ask)
+        return _Visitor(
+            key, profile if personal else None, personal, features, ask,
+            profile.id if profile is not None else None,
+        )  # fmt: skip
 
     def _personal_features(
         self, features: dict[str, FeatureValue], profile: Profile | None, body: DecideBody,
@@ -419,7 +433,7 @@ class Decider:
         ids = [o.id for o in offers]
         reasons: list[str] = []
         allowed, pinned, buried, _ = self._apply_rules(placement, visitor, ids, reasons)
-        if not allowed:
+        if not allowed and not pinned:
             raise _Overrun("no offer is eligible" + (" after the rules" if ids else ""))
         self._check(deadline, "finding the candidates")
         policy = self._policy(placement)
@@ -431,20 +445,25 @@ class Decider:
             chosen.append(offer_id)
             propensities.append(1.0)
             item_reasons.append(["pinned by a rule"])
-        rest = [x for x in allowed if x not in chosen and x not in buried] or [
-            x for x in allowed if x not in chosen
-        ]
+        # Buried offers are drawn only once nothing else is left.
+        unburied = [x for x in allowed if x not in chosen and x not in buried]
+        later = [x for x in allowed if x not in chosen and x in buried]
+        rest = unburied or later
+        drawn_from = list(rest)  # the set the first draw was made from: what is logged
         while len(chosen) < count and rest:
             choice = choose(policy, rest, vector, self._rng)
             chosen.append(choice.action)
             propensities.append(choice.propensity)
             item_reasons.append(self._why_offer(policy, choice.action, choice.propensity, visitor))
             rest.remove(choice.action)
+            if not rest and rest is unburied:
+                rest = later
         self._check(deadline, "the policy")
         learn = (policy, vector) if not pinned[:count] else None
         return _Outcome(
-            chosen, propensities, item_reasons, reasons, policy.name, allowed, learn=learn
-        )
+            chosen, propensities, item_reasons, reasons, policy.name,
+            [*pinned[:count], *drawn_from], learn=learn,
+        )  # fmt: skip
 
     def _why_offer(
         self, policy: Policy, action: str, propensity: float, visitor: _Visitor
@@ -496,29 +515,19 @@ class Decider:
         spec = placement.spec
         catalog = self.catalog
         query = spec.query
-        query_items: list[str] = []
-        if spec.recommender == "catalog":
-            query_items = [
-                item.id for item in catalog
-                if item.available and (query is None or matches_query(item, query))
-            ]  # fmt: skip
-        pool = self.recommenders.pool(spec.recommender, visitor.ask, query_items)
+        selection = self._selection(placement) if spec.recommender == "catalog" else []
+        pool = self.recommenders.pool(spec.recommender, visitor.ask, selection)
         ask = visitor.ask
         shown_elsewhere = {ask.product_id, *ask.cart, *ask.order}
-        # The best `considered` candidates that may be shown, by blended score: the slate
-        # draws among them (each with its logged probability), not the long tail.
-        considered = max(SLATE_POOL_PER_ITEM * count, SLATE_POOL_MIN)
-        scores: dict[str, float] = {}
-        # Best first; equal scores in the order the sources proposed them (stable sort).
-        for item_id, score in sorted(pool.scores.items(), key=itemgetter(1), reverse=True):
-            if (
-                item_id not in shown_elsewhere
-                and catalog.is_available(item_id)
-                and (query is None or _matches(catalog.get(item_id), query))
-            ):
-                scores[item_id] = score
-                if len(scores) == considered:
-                    break
+        scores = {
+            item_id: score
+            for item_id, score in pool.scores.items()
+            if item_id not in shown_elsewhere
+            and catalog.is_available(item_id)
+            and (query is None or _matches(catalog.get(item_id), query))
+        }
+        # The rules see every candidate; then the slate draws among the best `considered`
+        # of those allowed (by score and boost), each with its logged probability.
         reasons: list[str] = []
         allowed, pinned, buried, boosts = self._apply_rules(
             placement, visitor, list(scores), reasons
@@ -527,6 +536,12 @@ class Decider:
             raise _Overrun(
                 "the catalog is empty" if len(catalog) == 0 else "no item is a candidate"
             )
+        considered = max(SLATE_POOL_PER_ITEM * count, SLATE_POOL_MIN)
+        if boosts:
+            allowed.sort(key=lambda x: scores[x] + boosts.get(x, 0.0), reverse=True)
+        else:  # (stable: equal scores keep the order the sources proposed them in)
+            allowed.sort(key=scores.__getitem__, reverse=True)
+        allowed = allowed[:considered]
         self._check(deadline, "finding the candidates")
         facets = catalog.facets
         candidates = [
@@ -545,24 +560,30 @@ class Decider:
             source = pool.reasons.get(item_id)
             item_reasons.append([source, why] if source else [why])
         return _Outcome(
-            slate.items, slate.propensities, item_reasons, reasons, "slate", list(scores)
-        )
+            slate.items, slate.propensities, item_reasons, reasons, "slate",
+            [c.id for c in candidates],
+        )  # fmt: skip
 
     # -- rules ------------------------------------------------------------------------------
 
     def _apply_rules(
         self, placement: Placement, visitor: _Visitor, ids: list[str], reasons: list[str]
     ) -> tuple[list[str], list[str], set[str], dict[str, float]]:
-        """The candidates allowed, those pinned (in order), buried and boosted."""
+        """The candidates allowed, those pinned (in order), buried and boosted. An
+        exclusion wins over every other rule, whatever the order they are written in."""
         profile, now = visitor.profile, visitor.ask.now_ms
         allowed = list(ids)
         pinned: list[str] = []
         buried: set[str] = set()
         boosts: dict[str, float] = {}
+        excluding: list[Rule] = []
         for rule in placement.rules:
             if not rule.applies_to(profile, now):
                 continue
             spec = rule.spec
+            if spec.action == "exclude":
+                excluding.append(rule)
+                continue
             if spec.action == "pin":
                 named = [x for x in spec.items if self._pinnable(placement, x, visitor)]
                 targets = named + [x for x in allowed if x not in named and self._hit(rule, x)]
@@ -571,10 +592,6 @@ class Decider:
             if spec.action == "include":
                 keep = set(targets)
                 allowed = [x for x in allowed if x in keep]
-            elif spec.action == "exclude":
-                drop = set(targets)
-                allowed = [x for x in allowed if x not in drop]
-                pinned = [x for x in pinned if x not in drop]
             elif spec.action == "pin":
                 pinned.extend(x for x in targets if x not in pinned)
             elif spec.action == "bury":
@@ -584,7 +601,38 @@ class Decider:
                     boosts[x] = boosts.get(x, 0.0) + spec.amount
             if targets:
                 reasons.append(rule.reason)
+        for rule in excluding:
+            hit = {x for x in (*allowed, *pinned) if self._hit(rule, x)}
+            if hit:
+                allowed = [x for x in allowed if x not in hit]
+                pinned = [x for x in pinned if x not in hit]
+                reasons.append(rule.reason)
         return allowed, pinned, buried, boosts
+
+    def _excluded(self, placement: Placement, visitor: _Visitor, ids: list[str]) -> list[str]:
+        """`ids` without those the placement's exclusions remove for this visitor."""
+        profile, now = visitor.profile, visitor.ask.now_ms
+        for rule in placement.rules:
+            if rule.spec.action == "exclude" and rule.applies_to(profile, now):
+                ids = [x for x in ids if not self._hit(rule, x)]
+        return ids
+
+    def _selection(self, placement: Placement) -> list[str]:
+        """A `catalog` placement's items, most viewed first: computed again only when
+        the placement, the catalog or the popularity counts (each second) change."""
+        key = (placement.version, self.catalog.version, self.recommenders.refreshed_at)
+        cached = self._selections.get(placement.id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        query = placement.spec.query
+        matching = [
+            item.id for item in self.catalog
+            if item.available and (query is None or matches_query(item, query))
+        ]  # fmt: skip
+        popularity = self.learner.popularity
+        ranked = heapq.nlargest(SELECTION_SIZE, matching, key=lambda i: popularity.get(i, 0))
+        self._selections[placement.id] = (key, ranked)
+        return ranked
 
     def _hit(self, rule: Rule, candidate: str) -> bool:
         spec = rule.spec
@@ -607,26 +655,31 @@ class Decider:
         self, placement: Placement, count: int, visitor: _Visitor, now: int, why: str
     ) -> _Outcome:
         """Default content: the placement's own list, else popular items or the first
-        open offers without a rule. Deterministic (probability 1), and never failing."""
+        open offers without a rule; within the placement's content set, kinds and query,
+        and without what its exclusions remove. Deterministic (probability 1), and never
+        failing."""
         spec = placement.spec
+        catalog = self.catalog
         try:
             if spec.kind == "items":
-                ids = [x for x in spec.fallback if self.catalog.is_available(x)] or [
-                    x for x, _ in self.recommenders.popular
-                    if x not in visitor.ask.cart and x != visitor.ask.product_id
+                ask = visitor.ask
+                shown = {ask.product_id, *ask.cart, *ask.order}
+                ids = [
+                    x for x in spec.fallback or [x for x, _ in self.recommenders.popular]
+                    if x not in shown and catalog.is_available(x)
+                    and (spec.query is None or _matches(catalog.get(x), spec.query))
                 ]  # fmt: skip
             else:
-                ids = []
-                for offer_id in spec.fallback:
-                    live = self.catalog.get_offer(offer_id)
-                    if live is not None and live.open_at(now):
-                        ids.append(offer_id)
-                if not ids:
-                    ids = [
-                        live.offer.id for live in self.catalog.offers()
-                        if live.matches is None and live.open_at(now)
-                        and (not spec.offer_kinds or live.offer.kind in spec.offer_kinds)
-                    ]  # fmt: skip
+                open_offers = [
+                    live for live in catalog.offers()
+                    if live.open_at(now)
+                    and (not spec.offer_kinds or live.offer.kind in spec.offer_kinds)
+                    and (not spec.offers or live.offer.id in spec.offers)
+                ]  # fmt: skip
+                ids = [x for x in spec.fallback if any(x == o.offer.id for o in open_offers)]
+                if not spec.fallback:
+                    ids = [live.offer.id for live in open_offers if live.matches is None]
+            ids = self._excluded(placement, visitor, ids)
         except Exception:
             log.exception("the fallback of placement %r failed; answering nothing", placement.id)
             ids = []
@@ -663,19 +716,18 @@ class Decider:
     # -- learning ---------------------------------------------------------------------------
 
     def _register(
-        self, decision_id: str, placement: Placement, outcome: _Outcome, visitor: str, now: int
-    ) -> None:
+        self, decision_id: str, placement: Placement, outcome: _Outcome, visitor: _Visitor,
+        now: int,
+    ) -> None:  # fmt: skip
         self.attribution.decided(
             Decision(
-                decision_id, visitor, placement.id, outcome.items, now,
-                reward=placement.spec.reward,
+                decision_id, visitor.key, placement.id, outcome.items, now,
+                reward=placement.spec.reward, aliases=visitor.aliases,
             )
         )  # fmt: skip
         if outcome.learn is not None and len(outcome.items) == 1:
             policy, vector = outcome.learn
-            self._pending[decision_id] = _Pending(
-                policy, outcome.items[0], vector, isinstance(policy, BetaThompson)
-            )
+            self._pending[decision_id] = _Pending(policy, outcome.items[0], vector)
 
     def _on_reward(self, reward: Reward) -> None:
         self.decisions.reward(
@@ -687,8 +739,8 @@ class Decider:
         pending = self._pending.pop(reward.decision_id, None)
         if pending is None:
             return  # not learned from, or already learned from (its first reward)
-        value = min(1.0, max(0.0, reward.value)) if pending.bernoulli else reward.value
         try:
+            value = learnable(pending.policy, reward.value)
             pending.policy.update(pending.action, value, pending.vector)
         except ValueError:
             log.exception("the reward of decision %s could not be learned", reward.decision_id)
@@ -696,6 +748,9 @@ class Decider:
     def __call__(self, profile: Profile, facts: Facts | None, changes: Changes) -> None:
         """The context-stage hook: outcomes in events become rewards."""
         if facts is None or not self.attribution.decisions:
+            return
+        if facts.exposure:
+            self._exposed(profile, facts)
             return
         outcome: Outcome
         if facts.clicked is not None or (facts.decision_id and facts.kind in _CLICKS):
@@ -707,10 +762,31 @@ class Decider:
             items = [(x.product_id, (x.price or 0.0) * x.quantity) for x in facts.order_lines]
         else:
             return
-        visitor = device_of(facts)
-        if visitor is None:
+        device = device_of(facts)
+        if device is None:
             return
-        self.attribution.observe(Observed(visitor, facts.at_ms, outcome, items, facts.decision_id))
+        # The client sets an event's time: one from the future must not reach past the
+        # windows of the decisions it could be credited to.
+        at_ms = min(facts.at_ms, self.now_ms())
+        self.attribution.observe(
+            Observed(device, at_ms, outcome, items, facts.decision_id, (profile_key(profile.id),))
+        )
+
+    def _exposed(self, profile: Profile, facts: Facts) -> None:
+        """A viewable impression: logged for an open decision of this visitor."""
+        decision = self.attribution.decisions.get(facts.decision_id or "")
+        keys = {device_of(facts), profile_key(profile.id)}
+        if decision is None or not keys & set(decision.keys):
+            self.attribution.unattributed += 1
+            return
+        self.decisions.exposure(ExposureRecord(decision_id=decision.decision_id, at_ms=facts.at_ms))
+
+    def forget(self, devices: Sequence[str], profile_ids: Sequence[str]) -> None:
+        """An erasure: the person's open decisions are dropped (no reward will be logged
+        or learned for them)."""
+        keys = [*devices, *(profile_key(p) for p in profile_ids)]
+        for decision_id in self.attribution.forget(keys):
+            self._pending.pop(decision_id, None)
 
     def tick(self, now_ms: int) -> None:
         """Each second: close attribution windows, refresh popular and trending lists."""
@@ -720,6 +796,11 @@ class Decider:
 
 def _matches(item: Item | None, query: CatalogQuery) -> bool:
     return item is not None and matches_query(item, query)
+
+
+def profile_key(profile_id: str) -> str:
+    """A profile as an attribution key (apart from device keys, "a:..." and "u:...")."""
+    return "p:" + profile_id
 
 
 def _put(features: dict[str, FeatureValue], name: str, value: str | None) -> None:

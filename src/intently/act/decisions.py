@@ -34,6 +34,8 @@ from pathlib import Path
 import msgspec
 from msgspec import Struct
 
+from intently.log.eventlog import truncate_wal
+
 log = logging.getLogger(__name__)
 
 FeatureValue = str | float | int | bool
@@ -67,6 +69,13 @@ class RewardRecord(Struct, kw_only=True, array_like=True):
     value: float
 
 
+class ExposureRecord(Struct, kw_only=True, array_like=True):
+    """The client saw the decision's content (a viewable impression)."""
+
+    decision_id: str
+    at_ms: int
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS decision_batches (
     seq INTEGER PRIMARY KEY,
@@ -82,13 +91,18 @@ CREATE TABLE IF NOT EXISTS rewards (
     value REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rewards_by_decision ON rewards (decision_id);
+CREATE TABLE IF NOT EXISTS exposures (
+    seq INTEGER PRIMARY KEY,
+    decision_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
 """
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_batch = msgspec.msgpack.Decoder(list[DecisionRecord]).decode
 _STOP = object()
 LINGER_SECONDS = 0.01
-_Work = DecisionRecord | RewardRecord | threading.Event | object
+_Work = DecisionRecord | RewardRecord | ExposureRecord | threading.Event | object
 
 
 class DecisionIds:
@@ -115,6 +129,8 @@ class DecisionLog:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")
+        # An erasure rewrites batches: the pages it frees are zeroed, not left readable.
+        self._db.execute("PRAGMA secure_delete = ON")
         self._db.executescript(_SCHEMA)
         self._queue: queue.SimpleQueue[_Work] = queue.SimpleQueue()
         self.written = 0
@@ -132,6 +148,10 @@ class DecisionLog:
     def reward(self, reward: RewardRecord) -> None:
         if not self._closed:
             self._queue.put(reward)
+
+    def exposure(self, exposure: ExposureRecord) -> None:
+        if not self._closed:
+            self._queue.put(exposure)
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until everything recorded so far is written."""
@@ -173,9 +193,14 @@ class DecisionLog:
                     )
                 else:
                     self._db.execute("DELETE FROM decision_batches WHERE seq = ?", (seq,))
-            self._db.executemany(
-                "DELETE FROM rewards WHERE decision_id = ?", [(i,) for i in erased]
-            )
+            for table in ("rewards", "exposures"):
+                self._db.executemany(
+                    f"DELETE FROM {table} WHERE decision_id = ?",  # noqa: S608 (fixed names)
+                    [(i,) for i in erased],
+                )
+        if erased:
+            with self._lock:  # the WAL still holds the old pages
+                truncate_wal(self._db, self.path)
         return len(erased)
 
     def _write_loop(self) -> None:
@@ -192,8 +217,9 @@ class DecisionLog:
                     break
             decisions = [w for w in batch if isinstance(w, DecisionRecord)]
             rewards = [w for w in batch if isinstance(w, RewardRecord)]
+            exposures = [w for w in batch if isinstance(w, ExposureRecord)]
             try:
-                self._write(decisions, rewards)
+                self._write(decisions, rewards, exposures)
                 self.written += len(decisions)
             except sqlite3.Error:  # logged and counted; the engine keeps deciding
                 self.failed += len(decisions)
@@ -204,8 +230,13 @@ class DecisionLog:
                 elif work is _STOP:
                     stop = True
 
-    def _write(self, decisions: list[DecisionRecord], rewards: list[RewardRecord]) -> None:
-        if not decisions and not rewards:
+    def _write(
+        self,
+        decisions: list[DecisionRecord],
+        rewards: list[RewardRecord],
+        exposures: list[ExposureRecord],
+    ) -> None:
+        if not decisions and not rewards and not exposures:
             return
         with self._lock, self._db:
             self._db.execute("BEGIN")
@@ -217,6 +248,10 @@ class DecisionLog:
             self._db.executemany(
                 "INSERT INTO rewards (decision_id, at_ms, item, value) VALUES (?, ?, ?, ?)",
                 [(r.decision_id, r.at_ms, r.item, r.value) for r in rewards],
+            )
+            self._db.executemany(
+                "INSERT INTO exposures (decision_id, at_ms) VALUES (?, ?)",
+                [(x.decision_id, x.at_ms) for x in exposures],
             )
 
 
@@ -245,6 +280,11 @@ class DecisionLogReader:
         rows = self._db.execute("SELECT decision_id, SUM(value) FROM rewards GROUP BY decision_id")
         return {decision_id: float(total) for decision_id, total in rows}
 
+    def exposures(self) -> dict[str, int]:
+        """How many viewable impressions each exposed decision had."""
+        rows = self._db.execute("SELECT decision_id, COUNT(*) FROM exposures GROUP BY decision_id")
+        return {decision_id: int(count) for decision_id, count in rows}
+
     def reward_rows(self) -> Iterator[RewardRecord]:
         for decision_id, at_ms, item, value in self._db.execute(
             "SELECT decision_id, at_ms, item, value FROM rewards ORDER BY seq"
@@ -255,7 +295,8 @@ class DecisionLogReader:
         self._db.close()
 
 
-def as_json_line(record: DecisionRecord, reward: float | None) -> bytes:
+def as_json_line(record: DecisionRecord, reward: float | None, exposures: int = 0) -> bytes:
     body = msgspec.to_builtins(record)
     body["reward"] = reward
+    body["exposures"] = exposures
     return msgspec.json.encode(body) + b"\n"

@@ -92,6 +92,12 @@ def check_reward(reward: float) -> float:
     return reward
 
 
+def learnable(policy: Policy, reward: float) -> float:
+    """A reward as `policy` can learn it: Bernoulli Thompson sampling takes [0, 1] (a
+    revenue counts as one success), the others take it as it is."""
+    return min(1.0, max(0.0, reward)) if isinstance(policy, BetaThompson) else reward
+
+
 def _with_floor(best: Floats, floor: float) -> Floats:
     """`best` (a distribution) mixed with the uniform one: every action >= floor / n."""
     mixed: Floats = (1.0 - floor) * best + floor / len(best)

@@ -106,26 +106,23 @@ def _draw(
 ) -> None:
     """Fill the slate's remaining positions after the `placed` (pinned) items.
 
-    Plain Python over a few dozen candidates. A candidate's weight is
-    exp((score - best) / temperature), times exp(-penalty / temperature) for each item
-    already on the slate with its category (or brand): kept as a base weight and a count
-    per category and brand, so a placement costs one increment."""
+    Plain Python over a few dozen candidates. Penalties are kept per category and per
+    brand (what the items on the slate sharing it cost), so a placement costs one
+    addition; each position's weights are exp((score - penalties - best) / temperature),
+    relative to that position's best, which weighs 1: nothing overflows, and the sum
+    never vanishes whatever the temperature."""
     temperature, floor, category_penalty, brand_penalty = knobs
     adjusted = [
         min(max(c.score + rules.boost.get(c.id, 0.0), -MAX_SCORE), MAX_SCORE) for c in candidates
     ]
-    top = max(adjusted)
-    base = [math.exp((a - top) / temperature) for a in adjusted]
-    category_factor = math.exp(-category_penalty / temperature)
-    brand_factor = math.exp(-brand_penalty / temperature)
     # Categories and brands numbered (apart: a brand may be named like a category); 0 is
-    # "none". factor[code]: what the items on the slate sharing it cost (1.0 for none).
+    # "none", whose penalty stays 0.
     categories: dict[str | None, int] = {None: 0}
     category = [categories.setdefault(c.category, len(categories)) for c in candidates]
     brands: dict[str | None, int] = {None: 0}
-    brand = [len(categories) + brands.setdefault(c.brand, len(brands)) for c in candidates]
     brands_at = len(categories)
-    factor = [1.0] * (len(categories) + len(brands))
+    brand = [brands_at + brands.setdefault(c.brand, len(brands)) for c in candidates]
+    penalty = [0.0] * (brands_at + len(brands))
     groups = {p.group for p in placed if p.group is not None}
     left = [
         i for i, c in enumerate(candidates) if c.group is None or c.group not in groups
@@ -135,10 +132,10 @@ def _draw(
     def took(taken: Candidate) -> None:
         code = categories.get(taken.category, 0)
         if code:
-            factor[code] *= category_factor
+            penalty[code] += category_penalty
         code = brands.get(taken.brand, 0)
         if code:
-            factor[brands_at + code] *= brand_factor
+            penalty[brands_at + code] += brand_penalty
 
     for pinned in placed:
         took(pinned)
@@ -146,19 +143,10 @@ def _draw(
         choices = [i for i in left if not buried[i]] or left
         if not choices:
             return
-        weights = [base[i] * factor[category[i]] * factor[brand[i]] for i in choices]
+        scores = [adjusted[i] - penalty[category[i]] - penalty[brand[i]] for i in choices]
+        best = max(scores)
+        weights = [math.exp((score - best) / temperature) for score in scores]
         total = sum(weights)
-        if not total > 1e-200:  # the relative weights underflowed: rebase on the best
-            best = max([
-                adjusted[i] + temperature * math.log(factor[category[i]] * factor[brand[i]])
-                for i in choices
-            ])  # fmt: skip
-            weights = [
-                math.exp((adjusted[i] - best) / temperature) * factor[category[i]]
-                * factor[brand[i]]
-                for i in choices
-            ]  # fmt: skip
-            total = sum(weights)
         share = floor / len(choices)
         keep = (1 - floor) / total
         point = rng.random()

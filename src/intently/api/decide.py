@@ -34,6 +34,7 @@ from intently.events.validate import (
     field_error,
     split_msgspec_error,
 )
+from intently.keys import Role
 
 _JSON_TYPES = ("application/json", "text/plain", "")
 
@@ -54,6 +55,9 @@ class ContextAnswer(DecideAnswer):
     accepted: int = 0
     duplicates: int = 0
     rejected: list[FieldError] = msgspec.field(default_factory=list)
+    # Set when the events could not be stored (none was acknowledged: send them again);
+    # the decisions are made all the same.
+    events_error: str | None = None
 
 
 B = TypeVar("B", bound=DecideBody)
@@ -78,15 +82,23 @@ async def _read(request: Request, engine: Engine) -> bytes | Response:
         return problem(413, "body-too-large", f"the body is larger than {limit} bytes")
 
 
-def _authorized(request: Request, engine: Engine, body_key: str | None) -> Response | None:
+def _authorized(request: Request, engine: Engine, body: DecideBody) -> Response | None:
     key = bearer_key(request)
     if key is None:
-        key = body_key
-    if engine.keys.role_of(key) is None:
+        key = body.write_key
+    role = engine.keys.role_of(key)
+    if role is None:
         return unauthorized(
             "missing or invalid key: send the write key as 'Authorization: Bearer KEY'"
             " or as writeKey in the body"
         )
+    if body.explain and role is not Role.ADMIN:
+        # The write key ships in web pages, and a request names any userId: the features
+        # held about a person are for the operator's eyes only.
+        return problem(
+            403, "forbidden", "explain shows what is held about the visitor: it needs the "
+            "secret (admin) key", pointer="/explain",
+        )  # fmt: skip
     return None
 
 
@@ -133,7 +145,7 @@ async def _body(request: Request, engine: Engine, decoder: msgspec.json.Decoder[
         return _invalid(error)
     except msgspec.DecodeError as error:
         return problem(400, "malformed-json", f"the body is not valid JSON: {error}")
-    return _authorized(request, engine, body.write_key) or _checked(body) or body
+    return _authorized(request, engine, body) or _checked(body) or body
 
 
 async def post_decide(request: Request) -> Response:
@@ -161,6 +173,7 @@ async def post_context(request: Request) -> Response:
         return answer
     accepted = duplicates = 0
     rejected: list[FieldError] = []
+    events_error = None
     if body.events:
         batch = b'{"batch":[' + b",".join(bytes(event) for event in body.events) + b"]"
         if body.sent_at:
@@ -174,13 +187,21 @@ async def post_context(request: Request) -> Response:
         engine.metrics.count_rejected(decoded.errors)
         if decoded.events:
             result = await ingest(engine, request, decoded.events)
-            if isinstance(result, Response):
-                return result
-            accepted, duplicates = result.accepted, result.duplicates
+            if isinstance(result, Response):  # the log failed: still decide (never a 5xx)
+                events_error = (
+                    "the event log could not store the events; nothing was acknowledged, "
+                    "send them again"
+                )
+            else:
+                accepted, duplicates = result.accepted, result.duplicates
     answer = _decide(engine, request, body)
     if isinstance(answer, Response):
         return answer
-    return _timed(ContextAnswer(answer.decisions, accepted, duplicates, rejected), started)
+    found = ContextAnswer(answer.decisions, accepted, duplicates, rejected, events_error)
+    response = _timed(found, started)
+    if events_error is not None:
+        response.headers["Retry-After"] = "1"
+    return response
 
 
 def _under_events(error: FieldError) -> FieldError:

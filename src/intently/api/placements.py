@@ -91,7 +91,10 @@ async def promote_policy(request: Request) -> Response:
     report = judgement.report
     if not judgement.promote:
         return problem(409, "not-promoted", report["verdict"], report=report)
-    promoted = engine.decider.adopt(placement_id, spec, judgement.policy)
+    try:
+        promoted = engine.decider.adopt(placement_id, spec, judgement.policy)
+    except ConfigError as error:  # the placement changed while it was judged
+        return problem(409, "placement-changed", str(error))
     return json_response({**report, "placement_version": promoted.version})
 
 

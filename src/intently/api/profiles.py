@@ -36,6 +36,7 @@ class Erased(Struct):
     profile: str
     events: int
     identities: int
+    decisions: int = 0
 
 
 _consent_decoder = msgspec.json.Decoder(ConsentUpdate)
@@ -111,15 +112,25 @@ async def delete_profile(request: Request) -> Response:
     the events."""
     engine, any_id, profile = _profile(request)
     if profile is None:
-        return _not_found(any_id)
+        # No profile (never sent an event, or already erased): decisions made for the id
+        # as a device may still be logged.
+        devices = ["a:" + any_id, "u:" + any_id]
+        engine.decider.forget(devices, [])
+        decisions = await asyncio.to_thread(engine.decisions.erase, devices, [any_id])
+        if not decisions:
+            return _not_found(any_id)
+        return json_response(Erased(any_id, 0, 0, decisions))
     anonymous_ids, user_ids = list(profile.anonymous_ids), list(profile.user_ids)
-    events = await asyncio.to_thread(engine.log.erase, anonymous_ids, user_ids)
     devices = [*("a:" + a for a in anonymous_ids), *("u:" + u for u in user_ids)]
-    await asyncio.to_thread(engine.decisions.erase, devices, [profile.id])
+    events = await asyncio.to_thread(engine.log.erase, anonymous_ids, user_ids)
+    engine.decider.forget(devices, [profile.id])
     engine.learner.forget(anonymous_ids, user_ids)
     engine.context.forget(profile)
+    # After the profile is gone, so that no decision personalized for it is logged after
+    # the log was cleaned.
+    decisions = await asyncio.to_thread(engine.decisions.erase, devices, [profile.id])
     await asyncio.wrap_future(engine.store.compact())
-    return json_response(Erased(profile.id, events, len(anonymous_ids) + len(user_ids)))
+    return json_response(Erased(profile.id, events, len(anonymous_ids) + len(user_ids), decisions))
 
 
 @require(Role.ADMIN)

@@ -59,7 +59,8 @@ class CatalogStore:
         # One connection, written from worker threads: one transaction at a time.
         self._write_lock = threading.Lock()
         self._items: dict[str, Item] = {}
-        self._available: set[str] = set()
+        # An ordered set (a dict): the catalog's own order, for a widget with nothing better.
+        self._available: dict[str, None] = {}
         self._offers: dict[str, LiveOffer] = {}
         # Counts every change that decisions can see (caches compare it).
         self.version = 0
@@ -92,7 +93,7 @@ class CatalogStore:
         return frozenset(self._available)
 
     def available_ids(self) -> Iterator[str]:
-        return iter(list(self._available))
+        return iter(list(self._available))  # in the order items were first added
 
     def is_available(self, item_id: str) -> bool:
         return item_id in self._available
@@ -182,9 +183,9 @@ class CatalogStore:
             group if isinstance(group, str) else None,
         )
         if item.available:
-            self._available.add(item.id)
+            self._available.setdefault(item.id)
         else:
-            self._available.discard(item.id)
+            self._available.pop(item.id, None)
 
     def close(self) -> None:
         self._db.close()

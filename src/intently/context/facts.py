@@ -56,6 +56,7 @@ _STAGE_OF_EVENT = {
     "Order Completed": 5,
 }
 _CLICK_EVENTS = frozenset({"Element Clicked", "Clicked"})
+_EXPOSURE_EVENTS = frozenset({"Decision Viewed", "Promotion Viewed"})
 # Clicks that reward a decision, and the property naming what was clicked.
 _CLICKED_ITEM = {
     "Product Clicked": "product_id",
@@ -103,6 +104,9 @@ class Facts(Struct, gc=False, kw_only=True):
     # offer a click was on (`Product Clicked`, `Promotion Clicked`, `Element Clicked`).
     decision_id: str | None = None
     clicked: str | None = None
+    # A viewable impression of a decision, reported by the client (`Decision Viewed` or
+    # Segment's `Promotion Viewed`, with `decision_id`).
+    exposure: bool = False
     traits: dict[str, Any] | None = None
     consent: dict[str, bool] | None = None
     # Where the visit came from and what it runs on (from enrichment).
@@ -183,6 +187,9 @@ def _read_track(event: TrackEvent, facts: Facts) -> None:
     decision_id = properties.get("decision_id")
     if decision_id is not None:
         facts.decision_id = decision_id if isinstance(decision_id, str) else None
+        if name in _EXPOSURE_EVENTS:
+            facts.exposure = True
+            return
     clicked_key = _CLICKED_ITEM.get(name)
     if clicked_key is not None:
         clicked = properties.get(clicked_key)

@@ -26,7 +26,7 @@ from intently.act.decide import MODELLED_OUT, policy_of
 from intently.act.decisions import DecisionLogReader, DecisionRecord
 from intently.act.features import FeatureHasher, Vector
 from intently.act.placements import PolicySpec
-from intently.act.policies import Policy
+from intently.act.policies import Policy, learnable
 from intently.learn.ope import ESTIMATORS, LoggedFeedback, estimate_with_interval
 
 MIN_DECISIONS = 100
@@ -99,7 +99,7 @@ def replay(candidate: PolicySpec, logged: Sequence[Logged]) -> Replayed:
         probabilities = policy.distribution(decision.actions, decision.context)
         distributions.append(probabilities)
         target[i] = probabilities[decision.actions.index(decision.action)]
-        policy.update(decision.action, decision.reward, decision.context)
+        policy.update(decision.action, learnable(policy, decision.reward), decision.context)
     feedback = _with_model(logged, rewards, target, distributions, np.arange(len(logged)))
     return Replayed(feedback, distributions, policy)
 

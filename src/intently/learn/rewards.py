@@ -3,9 +3,15 @@
 A decision showed items (products, or offers) to a visitor at a placement. Within the
 attribution window (30 minutes by default) the visitor's later events are matched to it:
 
-- an event that names the decision (`decision_id` in its properties) goes to it;
+- an event that names the decision (`decision_id` in its properties) goes to it, if the
+  event comes from the same visitor (a decision id is no licence to credit it);
 - otherwise, the most recent open decision of the same visitor that showed the event's
   item gets it (last touch).
+
+A visitor is known by several keys (the device, `a:<anonymousId>`, and the profile id
+once known): a decision made for a logged-in user and a click from the browser they use
+meet through the profile, a decision made while anonymous and a click after login meet
+through the device.
 
 Each placement defines what counts: a click, an add to cart, a conversion (an order
 holding a shown item), or revenue (the order lines of shown items). A reward is reported
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -32,13 +38,18 @@ DEFAULT_WINDOW_MS = 30 * 60_000
 @dataclass
 class Decision:
     decision_id: str
-    visitor: str  # the canonical profile id
+    visitor: str  # the main key: the device ("a:<anonymousId>") or the profile id
     placement: str
     items: Sequence[str]
     at_ms: int
     reward: RewardKind = "click"
     rewarded: float = 0.0  # the sum reported so far
     closed: bool = False
+    aliases: tuple[str, ...] = ()  # other keys of the same visitor
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.visitor, *self.aliases)
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,11 @@ class Observed:
     outcome: Outcome
     items: Sequence[tuple[str, float]]  # (item, revenue of its line; 0 for non-orders)
     decision_id: str | None = None
+    aliases: tuple[str, ...] = ()  # other keys of the same visitor
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.visitor, *self.aliases)
 
 
 @dataclass
@@ -75,15 +91,22 @@ class Attribution:
         if decision.decision_id in self.decisions:
             raise ValueError(f"decision {decision.decision_id!r} is already recorded")
         self.decisions[decision.decision_id] = decision
-        self._open_by_visitor.setdefault(decision.visitor, []).append(decision.decision_id)
+        for key in decision.keys:
+            self._open_by_visitor.setdefault(key, []).append(decision.decision_id)
         heapq.heappush(self._closing, (decision.at_ms + self.window_ms, decision.decision_id))
 
     def observe(self, event: Observed) -> list[Reward]:
-        """Attribute one event; returns (and reports) the rewards it produced."""
-        self.close_until(event.at_ms)
+        """Attribute one event; returns (and reports) the rewards it produced. Windows
+        close by `close_until` (the server's clock), never by an event's own time, which
+        the client sets."""
         if event.decision_id is not None:
             named = self.decisions.get(event.decision_id)
-            if named is None or named.closed or not self._within(named, event.at_ms):
+            if (
+                named is None
+                or named.closed
+                or not self._within(named, event.at_ms)
+                or not set(named.keys) & set(event.keys)
+            ):
                 self.unattributed += 1
                 return []
             targets = [named]
@@ -108,16 +131,33 @@ class Attribution:
             if decision is None:
                 continue
             decision.closed = True
-            open_ids = self._open_by_visitor.get(decision.visitor, [])
-            if decision_id in open_ids:
-                open_ids.remove(decision_id)
-                if not open_ids:
-                    del self._open_by_visitor[decision.visitor]
+            self._unlist(decision)
             if decision.rewarded <= 0:
                 zero = Reward(decision_id, decision.placement, None, 0.0, closes_at)
                 zeros.append(zero)
                 self.on_reward(zero)
         return zeros
+
+    def forget(self, keys: Iterable[str]) -> list[str]:
+        """Drop the open decisions of a visitor (an erasure): no reward, not even a zero,
+        is reported for them. Returns their ids."""
+        dropped = {
+            decision_id for key in keys for decision_id in self._open_by_visitor.get(key, ())
+        }
+        for decision_id in dropped:
+            decision = self.decisions.pop(decision_id, None)
+            if decision is not None:
+                decision.closed = True
+                self._unlist(decision)
+        return sorted(dropped)
+
+    def _unlist(self, decision: Decision) -> None:
+        for key in decision.keys:
+            open_ids = self._open_by_visitor.get(key)
+            if open_ids is not None and decision.decision_id in open_ids:
+                open_ids.remove(decision.decision_id)
+                if not open_ids:
+                    del self._open_by_visitor[key]
 
     def _within(self, decision: Decision, at_ms: int) -> bool:
         return decision.at_ms <= at_ms < decision.at_ms + self.window_ms
@@ -125,11 +165,15 @@ class Attribution:
     def _last_touch(self, event: Observed) -> list[Decision]:
         """The most recent open decision of the visitor that showed any of the items."""
         items = {item for item, _ in event.items}
-        for decision_id in reversed(self._open_by_visitor.get(event.visitor, [])):
-            decision = self.decisions[decision_id]
-            if self._within(decision, event.at_ms) and items & set(decision.items):
-                return [decision]
-        return []
+        found: Decision | None = None
+        for key in event.keys:
+            for decision_id in reversed(self._open_by_visitor.get(key, [])):
+                decision = self.decisions[decision_id]
+                if self._within(decision, event.at_ms) and items & set(decision.items):
+                    if found is None or decision.at_ms > found.at_ms:
+                        found = decision
+                    break
+        return [] if found is None else [found]
 
     @staticmethod
     def _values(decision: Decision, event: Observed) -> list[tuple[str | None, float]]:

@@ -21,17 +21,20 @@ class SequentialRules:
         self.steps = steps
         self.max_rules = max_rules
         self.rules: dict[str, dict[str, float]] = {}
+        self._weights = [1.0 / distance**2 for distance in range(1, steps + 1)]
 
     def learn(self, earlier_views: Sequence[str], item: str) -> None:
         """A session that viewed `earlier_views` (oldest first) now views `item`."""
         # A -> A counts too: visitors do view an item again (a quarter of the next clicks
         # in YOOCHOOSE); a placement that must not show the item in view excludes it.
-        for distance, earlier in enumerate(reversed(earlier_views[-self.steps :]), start=1):
-            targets = self.rules.get(earlier)
+        rules, max_rules = self.rules, self.max_rules
+        recent = earlier_views[-self.steps :]
+        for weight, earlier in zip(self._weights, reversed(recent), strict=False):
+            targets = rules.get(earlier)
             if targets is None:
-                targets = self.rules[earlier] = {}
-            targets[item] = targets.get(item, 0.0) + 1.0 / distance**2
-            if len(targets) > self.max_rules:
+                targets = rules[earlier] = {}
+            targets[item] = targets.get(item, 0.0) + weight
+            if len(targets) > max_rules:
                 # The weakest other target goes: a new rule starts weak and would
                 # otherwise never get in.
                 weakest = min((t for t in targets if t != item), key=targets.__getitem__)

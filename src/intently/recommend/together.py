@@ -31,10 +31,11 @@ class CoOccurrence:
         """A session whose last views were `earlier` now views `item`: it pairs with each
         distinct item of the last `window` views (older ones say little, and would make a
         long session cost a pair per view it ever made)."""
+        add = self._add
         for other in set(earlier[-self.window :]):
             if other != item:
-                self._add(other, item)
-                self._add(item, other)
+                add(other, item)
+                add(item, other)
 
     def learn_basket(self, items: Sequence[str]) -> None:
         """Items bought in one order: every pair of distinct items counts once."""
