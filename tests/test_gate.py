@@ -9,6 +9,7 @@ import json
 import random
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 
 from intently import Engine, ManualClock
 from intently.cli import main
-from support import SECRET_KEY, client_for, track
+from support import SECRET_KEY, client_for, make_settings, track
 
 pytestmark = pytest.mark.anyio
 
@@ -42,13 +43,16 @@ LIVE = {"kind": "offers", "offer_kinds": ["banner"], "deadline_ms": 5000, "polic
     "name": "rules-first", "priority": ["b0"], "floor": 0.5}}  # fmt: skip
 
 
-async def simulate(engine: Engine, client: httpx.AsyncClient, clock: ManualClock, n: int) -> float:
+async def simulate(
+    engine: Engine, client: httpx.AsyncClient, clock: ManualClock, n: int,
+    live: dict[str, Any] = LIVE,
+) -> float:  # fmt: skip
     """`n` visitors see home_hero and click with the shown banner's true rate; returns
     the click-through they got. Windows are then closed, so every reward is known."""
     async with client_for(engine, SECRET_KEY) as admin:
         banners = [{"id": b, "kind": "banner"} for b in TRUE_CTR]
         assert (await admin.post("/v1/catalog/offers", json={"offers": banners})).status_code == 200
-        assert (await admin.put("/v1/placements/home_hero", json=LIVE)).status_code == 200
+        assert (await admin.put("/v1/placements/home_hero", json=live)).status_code == 200
     rng = random.Random(7)
     clicks = 0
     for visitor in range(n):
@@ -114,7 +118,7 @@ async def test_a_better_policy_is_promoted_and_a_worse_one_is_not(
         )
     ).json()["decisions"][0]
     assert decision["policy"] == {"name": "epsilon-greedy", "version": placement.version}
-    policy = engine.decider._policy(placement)
+    policy = engine.decider.policy(placement)
     assert (
         list(policy.distribution(["b0", "b1", "b2"], None)).index(
             max(policy.distribution(["b0", "b1", "b2"], None))
@@ -192,3 +196,28 @@ async def test_a_bernoulli_candidate_on_a_revenue_placement_is_judged_not_crashe
     report = answer.json() if answer.status_code == 200 else answer.json()["report"]
     assert report["decisions"] == 150
     assert report["live_value"] > 1.0  # revenue, not a rate
+
+
+async def test_a_bandit_learns_again_from_the_decision_log_after_a_restart(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    settings = make_settings(tmp_path / "data")
+    engine = Engine(settings, clock=clock)
+    live = {**LIVE, "policy": {"name": "epsilon-greedy", "epsilon": 0.5}}
+    try:
+        async with client_for(engine) as client:
+            observed = await simulate(engine, client, clock, 200, live)
+        before = engine.decider.policy(engine.placements.get("home_hero"))  # type: ignore[arg-type]
+        pulls = dict(before.pulls)  # type: ignore[attr-defined]
+        totals = dict(before.total)  # type: ignore[attr-defined]
+    finally:
+        engine.close()
+    assert sum(pulls.values()) == 200
+    assert observed > 0
+    engine = Engine(settings, clock=clock)
+    try:
+        after = engine.decider.policy(engine.placements.get("home_hero"))  # type: ignore[arg-type]
+        assert after.pulls == pulls  # type: ignore[attr-defined]
+        assert after.total == pytest.approx(totals)  # type: ignore[attr-defined]
+    finally:
+        engine.close()

@@ -68,6 +68,9 @@ class Settings(Struct, kw_only=True):
     # At start-up, recommenders learn again from at most this many of the log's latest
     # events (they are kept in memory only).
     recommender_warmup_events: int = 1_000_000
+    # At start-up, each offer placement's bandit learns again from at most this many of
+    # its latest logged decisions whose reward is known.
+    policy_warmup_decisions: int = 100_000
     # Signs segment webhooks (HMAC-SHA256); needed once a segment names a webhook.
     webhook_secret: str | None = None
     webhook_max_attempts: int = 6
@@ -139,6 +142,7 @@ _ENV_FIELDS = {
     "PLACEMENTS_FILE": "placements_file",
     "ATTRIBUTION_WINDOW_MINUTES": "attribution_window_minutes",
     "RECOMMENDER_WARMUP_EVENTS": "recommender_warmup_events",
+    "POLICY_WARMUP_DECISIONS": "policy_warmup_decisions",
     "WEBHOOK_SECRET": "webhook_secret",
     "WEBHOOK_MAX_ATTEMPTS": "webhook_max_attempts",
     "WEBHOOK_TIMEOUT_SECONDS": "webhook_timeout_seconds",

@@ -9,12 +9,14 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+from collections import deque
 from contextlib import ExitStack
 from pathlib import Path
 
 from intently.act.decide import Decider
-from intently.act.decisions import DecisionLog
+from intently.act.decisions import DecisionLog, DecisionLogReader, DecisionRecord
 from intently.act.placements import PlacementRegistry
+from intently.act.policies import learnable
 from intently.api.metrics import Metrics
 from intently.catalog.store import CatalogStore
 from intently.clock import Clock, SystemClock, epoch_ms
@@ -27,6 +29,7 @@ from intently.events.geo import GeoLocator
 from intently.events.record import decode_record
 from intently.events.referrer import ReferrerClassifier
 from intently.keys import Keys, load_or_create_keys
+from intently.learn.gate import usable
 from intently.log.dedupe import MessageIdWindow
 from intently.log.eventlog import EventLog
 from intently.pipeline import Pipeline
@@ -165,6 +168,9 @@ class Engine:
             loaded = self.pipeline.prime_dedupe(latest - window_ms, latest)
             log.info("loaded %d recent messageIds for deduplication", loaded)
         self.metrics.log_seq.set(self.log.last_seq)
+        warmed = self._warm_policies(settings.policy_warmup_decisions)
+        if warmed:
+            log.info("bandit policies learned from %d logged decisions", warmed)
         # Rewards are attributed only to decisions made from now on: hooked after the
         # catch-up, which must not credit replayed outcomes to nothing.
         self.context.hooks.append(self.decider)
@@ -192,6 +198,34 @@ class Engine:
                     learned += 1
         finally:
             rows.close()
+        return learned
+
+    def _warm_policies(self, limit: int) -> int:
+        """Bandits live in memory: at start-up each offer placement's policy learns again
+        from its last `limit` logged decisions whose reward is known."""
+        offers = [p for p in self.placements if p.spec.kind == "offers"]
+        if not offers or not self.settings.decision_log_path.exists():
+            return 0
+        self.decisions.flush()
+        reader = DecisionLogReader(self.settings.decision_log_path)
+        try:
+            wanted = {p.id for p in offers}
+            by_placement: dict[str, deque[DecisionRecord]] = {
+                p: deque(maxlen=limit) for p in wanted
+            }
+            for record in reader.decisions():
+                if record.placement in wanted:
+                    by_placement[record.placement].append(record)
+            rewards = reader.rewards()
+        finally:
+            reader.close()
+        learned = 0
+        for placement in offers:
+            policy = self.decider.policy(placement)
+            spec = placement.spec.policy
+            for decision in usable(by_placement[placement.id], rewards, spec.dimensions):
+                policy.update(decision.action, learnable(policy, decision.reward), decision.context)
+                learned += 1
         return learned
 
     def define_segment(self, name: str, spec: SegmentSpec) -> tuple[Segment, int]:

@@ -436,7 +436,7 @@ class Decider:
         if not allowed and not pinned:
             raise _Overrun("no offer is eligible" + (" after the rules" if ids else ""))
         self._check(deadline, "finding the candidates")
-        policy = self._policy(placement)
+        policy = self.policy(placement)
         vector = self._vector(spec.policy.dimensions, visitor) if visitor.personal else None
         chosen: list[str] = []
         propensities: list[float] = []
@@ -480,7 +480,8 @@ class Decider:
                 why.append("weighed most: " + ", ".join(top))
         return why
 
-    def _policy(self, placement: Placement) -> Policy:
+    def policy(self, placement: Placement) -> Policy:
+        """The placement's live policy (made on first use)."""
         key = (placement.id, placement.policy_key)
         policy = self._policies.get(key)
         if policy is None:

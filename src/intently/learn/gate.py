@@ -15,7 +15,7 @@ evidence that it is better, not a hope.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,10 +51,16 @@ class Logged:
 def usable_decisions(reader: DecisionLogReader, placement: str, dimensions: int) -> list[Logged]:
     """The placement's decisions a policy chose (not a fallback, not a pin), of one
     offer among several, whose reward is known (rewarded, or its window closed)."""
-    rewards = reader.rewards()
+    return usable(reader.decisions(placement=placement), reader.rewards(), dimensions)
+
+
+def usable(
+    records: Iterable[DecisionRecord], rewards: Mapping[str, float], dimensions: int
+) -> list[Logged]:
+    """`usable_decisions` over given records and rewards (one pass can serve many)."""
     hasher = FeatureHasher(dimensions)
     found = []
-    for record in reader.decisions(placement=placement):
+    for record in records:
         reward = rewards.get(record.decision_id)
         if reward is None or not _chosen_by_a_policy(record):
             continue
