@@ -89,3 +89,17 @@ def test_a_decision_id_is_recorded_once() -> None:
     rewards.decided(shown("d1", ["a"], 0))
     with pytest.raises(ValueError, match="already recorded"):
         rewards.decided(shown("d1", ["a"], 0))
+
+
+def test_open_decisions_are_bounded_the_oldest_closing_early() -> None:
+    """Memory stays bounded under any load: past `max_open`, the oldest open decision is
+    closed early, with its zero reported (as when its window ends)."""
+    reported: list[Reward] = []
+    attribution = Attribution(reported.append, max_open=3)
+    for i in range(5):
+        attribution.decided(Decision(f"d{i}", "a:v", "home_hero", ["x"], at_ms=1000 + i))
+    assert sorted(attribution.decisions) == ["d2", "d3", "d4"]
+    assert attribution.closed_early == 2
+    assert [(r.decision_id, r.value) for r in reported] == [("d0", 0.0), ("d1", 0.0)]
+    click = Observed("a:v", 1010, "click", [("x", 0.0)])
+    assert [r.decision_id for r in attribution.observe(click)] == ["d4"]  # last touch

@@ -82,8 +82,13 @@ class Observed:
 class Attribution:
     on_reward: Callable[[Reward], None]
     window_ms: int = DEFAULT_WINDOW_MS
+    # Open decisions are held in memory for their whole window; past this many the
+    # oldest is closed early (reported as if its window had ended), so memory is bounded
+    # under any load (3,000 decisions/s for 30 minutes would be 5.4 million).
+    max_open: int = 500_000
     decisions: dict[str, Decision] = field(default_factory=dict)
     unattributed: int = 0  # events naming a decision that is unknown or closed
+    closed_early: int = 0  # decisions closed before their window ended (max_open)
     _open_by_visitor: dict[str, list[str]] = field(default_factory=dict)
     _closing: list[tuple[int, str]] = field(default_factory=list)  # (closes at, id)
 
@@ -94,6 +99,11 @@ class Attribution:
         for key in decision.keys:
             self._open_by_visitor.setdefault(key, []).append(decision.decision_id)
         heapq.heappush(self._closing, (decision.at_ms + self.window_ms, decision.decision_id))
+        while len(self.decisions) > self.max_open and self._closing:
+            closes_at, oldest = heapq.heappop(self._closing)
+            if oldest in self.decisions:
+                self.closed_early += 1
+                self._close(oldest, min(closes_at, decision.at_ms))
 
     def observe(self, event: Observed) -> list[Reward]:
         """Attribute one event; returns (and reports) the rewards it produced. Windows
@@ -127,16 +137,23 @@ class Attribution:
         zeros = []
         while self._closing and self._closing[0][0] <= now_ms:
             closes_at, decision_id = heapq.heappop(self._closing)
-            decision = self.decisions.pop(decision_id, None)
-            if decision is None:
-                continue
-            decision.closed = True
-            self._unlist(decision)
-            if decision.rewarded <= 0:
-                zero = Reward(decision_id, decision.placement, None, 0.0, closes_at)
+            zero = self._close(decision_id, closes_at)
+            if zero is not None:
                 zeros.append(zero)
-                self.on_reward(zero)
         return zeros
+
+    def _close(self, decision_id: str, at_ms: int) -> Reward | None:
+        """Close one decision (if still open); its zero reward, if it earned nothing."""
+        decision = self.decisions.pop(decision_id, None)
+        if decision is None:
+            return None
+        decision.closed = True
+        self._unlist(decision)
+        if decision.rewarded > 0:
+            return None
+        zero = Reward(decision_id, decision.placement, None, 0.0, at_ms)
+        self.on_reward(zero)
+        return zero
 
     def forget(self, keys: Iterable[str]) -> list[str]:
         """Drop the open decisions of a visitor (an erasure): no reward, not even a zero,
