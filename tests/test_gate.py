@@ -221,3 +221,16 @@ async def test_a_bandit_learns_again_from_the_decision_log_after_a_restart(
         assert after.total == pytest.approx(totals)  # type: ignore[attr-defined]
     finally:
         engine.close()
+
+
+def test_an_unlearnable_logged_reward_is_left_out() -> None:
+    from intently.act.decisions import DecisionRecord
+    from intently.learn.gate import usable
+
+    record = DecisionRecord(
+        decision_id="d1", at_ms=1, placement="home_hero", visitor="a:v", policy="linucb",
+        policy_version="v", candidates=["b0", "b1"], items=["b0"], propensities=[0.5],
+        reward_kind="revenue",
+    )  # fmt: skip
+    assert len(usable([record], {"d1": 5.0}, 8)) == 1
+    assert usable([record], {"d1": float("inf")}, 8) == []

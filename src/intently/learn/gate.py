@@ -15,6 +15,7 @@ evidence that it is better, not a hope.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,7 +63,8 @@ def usable(
     found = []
     for record in records:
         reward = rewards.get(record.decision_id)
-        if reward is None or not _chosen_by_a_policy(record):
+        # (A sum of huge revenues can overflow to infinity: no policy can learn it.)
+        if reward is None or not math.isfinite(reward) or not _chosen_by_a_policy(record):
             continue
         if record.reward_kind != "revenue":
             reward = min(1.0, reward)  # one success, however many clicks
