@@ -232,5 +232,20 @@ def test_an_unlearnable_logged_reward_is_left_out() -> None:
         policy_version="v", candidates=["b0", "b1"], items=["b0"], propensities=[0.5],
         reward_kind="revenue",
     )  # fmt: skip
-    assert len(usable([record], {"d1": 5.0}, 8)) == 1
-    assert usable([record], {"d1": float("inf")}, 8) == []
+    assert len(usable([record], {"d1": 5.0}, 8, closed_by_ms=10)) == 1
+    assert usable([record], {"d1": 5.0}, 8, closed_by_ms=0) == []  # its window is open
+    assert usable([record], {"d1": float("inf")}, 8, closed_by_ms=10) == []
+
+
+async def test_a_policy_judged_on_an_older_definition_is_not_adopted(engine: Engine) -> None:
+    from intently.act.placements import PolicySpec
+    from intently.configfile import ConfigError
+
+    placement = engine.placements.get("home_hero")
+    assert placement is not None
+    spec = PolicySpec(name="epsilon-greedy")
+    async with client_for(engine, SECRET_KEY) as admin:  # changed while it was judged
+        assert (await admin.put("/v1/placements/home_hero", json=LIVE)).status_code == 200
+    with pytest.raises(ConfigError, match="changed while the candidate was judged"):
+        engine.decider.adopt("home_hero", spec, engine.decider.policy(placement),
+                             judged_version=placement.version)  # fmt: skip

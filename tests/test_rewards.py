@@ -103,3 +103,18 @@ def test_open_decisions_are_bounded_the_oldest_closing_early() -> None:
     assert [(r.decision_id, r.value) for r in reported] == [("d0", 0.0), ("d1", 0.0)]
     click = Observed("a:v", 1010, "click", [("x", 0.0)])
     assert [r.decision_id for r in attribution.observe(click)] == ["d4"]  # last touch
+
+
+def test_last_touch_prefers_the_events_own_device_and_bounds_each_visitor() -> None:
+    reported: list[Reward] = []
+    attribution = Attribution(reported.append, max_open_per_visitor=2)
+    laptop = Decision("d_laptop", "a:laptop", "pdp", ["x"], at_ms=1000, aliases=("p:1",))
+    phone = Decision("d_phone", "a:phone", "pdp", ["x"], at_ms=2000, aliases=("p:1",))
+    attribution.decided(laptop)
+    attribution.decided(phone)
+    click = Observed("a:laptop", 3000, "click", [("x", 0.0)], aliases=("p:1",))
+    assert [r.decision_id for r in attribution.observe(click)] == ["d_laptop"]
+    # A third decision of the same person: the profile's list holds two, the oldest goes.
+    attribution.decided(Decision("d3", "a:tablet", "pdp", ["y"], at_ms=4000, aliases=("p:1",)))
+    assert "d_laptop" not in attribution.decisions
+    assert attribution.closed_early == 1

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -381,7 +382,9 @@ def _judge_on_log(
     except FileNotFoundError as error:
         raise click.ClickException(str(error)) from None
     try:
-        judgement = judge(reader, placement, spec, estimator=estimator)
+        window_ms = int(settings.attribution_window_minutes * 60_000)
+        closed_by = int(time.time() * 1000) - window_ms
+        judgement = judge(reader, placement, spec, closed_by_ms=closed_by, estimator=estimator)
     except NotEnoughEvidence as error:
         raise click.ClickException(str(error)) from None
     finally:

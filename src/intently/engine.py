@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-from collections import deque
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -207,23 +206,36 @@ class Engine:
         if not offers or not self.settings.decision_log_path.exists():
             return 0
         self.decisions.flush()
+        # Only decisions whose window closed: an open one has its clicks but not yet its
+        # misses. The latest first, and no further back than each placement needs.
+        closed_by = self.now_ms() - int(self.settings.attribution_window_minutes * 60_000)
         reader = DecisionLogReader(self.settings.decision_log_path)
         try:
             wanted = {p.id for p in offers}
-            by_placement: dict[str, deque[DecisionRecord]] = {
-                p: deque(maxlen=limit) for p in wanted
-            }
-            for record in reader.decisions():
-                if record.placement in wanted:
-                    by_placement[record.placement].append(record)
-            rewards = reader.rewards()
+            by_placement: dict[str, list[DecisionRecord]] = {p: [] for p in wanted}
+            full: set[str] = set()
+            for record in reader.newest_first():
+                if record.placement not in wanted or record.placement in full:
+                    continue
+                if record.at_ms > closed_by:
+                    continue
+                found = by_placement[record.placement]
+                found.append(record)
+                if len(found) >= limit:
+                    full.add(record.placement)
+                    if full == wanted:
+                        break
+            rewards = reader.rewards_of(
+                r.decision_id for found in by_placement.values() for r in found
+            )
         finally:
             reader.close()
         learned = 0
         for placement in offers:
             policy = self.decider.policy(placement)
             spec = placement.spec.policy
-            for decision in usable(by_placement[placement.id], rewards, spec.dimensions):
+            records = reversed(by_placement[placement.id])  # in the order they were made
+            for decision in usable(records, rewards, spec.dimensions, closed_by):
                 policy.update(decision.action, learnable(policy, decision.reward), decision.context)
                 learned += 1
         return learned

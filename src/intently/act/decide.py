@@ -488,12 +488,19 @@ class Decider:
             policy = self._policies[key] = policy_of(placement.spec.policy)
         return policy
 
-    def adopt(self, placement_id: str, spec: PolicySpec, policy: Policy) -> Placement:
+    def adopt(
+        self, placement_id: str, spec: PolicySpec, policy: Policy, judged_version: str
+    ) -> Placement:
         """Make `policy` (already trained, e.g. on the decision log) the live policy of
-        the placement, as `spec` describes it; raises `ConfigError`."""
+        the placement, as `spec` describes it; raises `ConfigError` if the placement is
+        gone or changed since the version it was judged on."""
         current = self.placements.get(placement_id)
         if current is None:
             raise ConfigError(f"there is no placement {placement_id!r}")
+        if current.version != judged_version:
+            raise ConfigError(
+                f"placement {placement_id!r} changed while the candidate was judged; judge again"
+            )
         replaced = msgspec.structs.replace(current.spec, policy=spec)
         placement = self.placements.define(placement_id, replaced)
         self._policies[(placement_id, placement.policy_key)] = policy

@@ -28,7 +28,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import msgspec
@@ -274,6 +274,28 @@ class DecisionLogReader:
             for record in _decode_batch(body):
                 if (placement is None or record.placement == placement) and (record.at_ms >= floor):
                     yield record
+
+    def newest_first(self) -> Iterator[DecisionRecord]:
+        """Every decision, the latest first (start-up reads only as far back as needed)."""
+        for (body,) in self._db.execute("SELECT body FROM decision_batches ORDER BY seq DESC"):
+            yield from reversed(_decode_batch(body))
+
+    def rewards_of(self, decision_ids: Iterable[str]) -> dict[str, float]:
+        """The total reward of each of `decision_ids` that has one (by the index)."""
+        ids = list(decision_ids)
+        found: dict[str, float] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            found.update(
+                (decision_id, float(total))
+                for decision_id, total in self._db.execute(
+                    "SELECT decision_id, SUM(value) FROM rewards "  # noqa: S608 (marks only)
+                    f"WHERE decision_id IN ({marks}) GROUP BY decision_id",
+                    chunk,
+                )
+            )
+        return found
 
     def rewards(self) -> dict[str, float]:
         """The total reward of each rewarded decision."""

@@ -92,7 +92,9 @@ async def promote_policy(request: Request) -> Response:
     if not judgement.promote:
         return problem(409, "not-promoted", report["verdict"], report=report)
     try:
-        promoted = engine.decider.adopt(placement_id, spec, judgement.policy)
+        promoted = engine.decider.adopt(
+            placement_id, spec, judgement.policy, judged_version=placement.version
+        )
     except ConfigError as error:  # the placement changed while it was judged
         return problem(409, "placement-changed", str(error))
     return json_response({**report, "placement_version": promoted.version})
@@ -101,7 +103,9 @@ async def promote_policy(request: Request) -> Response:
 def _judge(engine: Engine, placement_id: str, spec: PolicySpec, estimator: str) -> Judgement:
     reader = DecisionLogReader(engine.settings.decision_log_path)
     try:
-        return judge(reader, placement_id, spec, estimator=estimator)
+        window_ms = int(engine.settings.attribution_window_minutes * 60_000)
+        closed_by = engine.now_ms() - window_ms
+        return judge(reader, placement_id, spec, closed_by_ms=closed_by, estimator=estimator)
     finally:
         reader.close()
 

@@ -124,11 +124,12 @@ async def delete_profile(request: Request) -> Response:
     devices = [*("a:" + a for a in anonymous_ids), *("u:" + u for u in user_ids)]
     events = await asyncio.to_thread(engine.log.erase, anonymous_ids, user_ids)
     engine.decider.forget(devices, [profile.id])
+    # The decisions before the profile goes (a failure here leaves the profile, so the
+    # erasure can be asked again), and once more after: a decide made meanwhile is gone.
+    decisions = await asyncio.to_thread(engine.decisions.erase, devices, [profile.id])
     engine.learner.forget(anonymous_ids, user_ids)
     engine.context.forget(profile)
-    # After the profile is gone, so that no decision personalized for it is logged after
-    # the log was cleaned.
-    decisions = await asyncio.to_thread(engine.decisions.erase, devices, [profile.id])
+    decisions += await asyncio.to_thread(engine.decisions.erase, devices, [profile.id])
     await asyncio.wrap_future(engine.store.compact())
     return json_response(Erased(profile.id, events, len(anonymous_ids) + len(user_ids), decisions))
 

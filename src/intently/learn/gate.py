@@ -49,19 +49,28 @@ class Logged:
     context: Vector | None
 
 
-def usable_decisions(reader: DecisionLogReader, placement: str, dimensions: int) -> list[Logged]:
+def usable_decisions(
+    reader: DecisionLogReader, placement: str, dimensions: int, closed_by_ms: int
+) -> list[Logged]:
     """The placement's decisions a policy chose (not a fallback, not a pin), of one
-    offer among several, whose reward is known (rewarded, or its window closed)."""
-    return usable(reader.decisions(placement=placement), reader.rewards(), dimensions)
+    offer among several, whose attribution window closed by `closed_by_ms` (their reward
+    is final: an open one would count its clicks but not yet its misses)."""
+    records = reader.decisions(placement=placement)
+    return usable(records, reader.rewards(), dimensions, closed_by_ms)
 
 
 def usable(
-    records: Iterable[DecisionRecord], rewards: Mapping[str, float], dimensions: int
+    records: Iterable[DecisionRecord],
+    rewards: Mapping[str, float],
+    dimensions: int,
+    closed_by_ms: int,
 ) -> list[Logged]:
     """`usable_decisions` over given records and rewards (one pass can serve many)."""
     hasher = FeatureHasher(dimensions)
     found = []
     for record in records:
+        if record.at_ms > closed_by_ms:
+            continue
         reward = rewards.get(record.decision_id)
         # (A sum of huge revenues can overflow to infinity: no policy can learn it.)
         if reward is None or not math.isfinite(reward) or not _chosen_by_a_policy(record):
@@ -152,6 +161,7 @@ def judge(
     placement: str,
     candidate: PolicySpec,
     *,
+    closed_by_ms: int,
     estimator: str = "snips",
     confidence: float = 0.95,
     resamples: int = 500,
@@ -159,7 +169,7 @@ def judge(
     """Every estimator for the candidate, the live policy's value, and the verdict."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}: one of {', '.join(ESTIMATORS)}")
-    logged = usable_decisions(reader, placement, candidate.dimensions)
+    logged = usable_decisions(reader, placement, candidate.dimensions, closed_by_ms)
     if len(logged) < MIN_DECISIONS:
         raise NotEnoughEvidence(
             f"placement {placement!r} has {len(logged)} logged decisions with a known reward "

@@ -86,6 +86,7 @@ class Attribution:
     # oldest is closed early (reported as if its window had ended), so memory is bounded
     # under any load (3,000 decisions/s for 30 minutes would be 5.4 million).
     max_open: int = 500_000
+    max_open_per_visitor: int = 100
     decisions: dict[str, Decision] = field(default_factory=dict)
     unattributed: int = 0  # events naming a decision that is unknown or closed
     closed_early: int = 0  # decisions closed before their window ended (max_open)
@@ -97,13 +98,19 @@ class Attribution:
             raise ValueError(f"decision {decision.decision_id!r} is already recorded")
         self.decisions[decision.decision_id] = decision
         for key in decision.keys:
-            self._open_by_visitor.setdefault(key, []).append(decision.decision_id)
+            open_ids = self._open_by_visitor.setdefault(key, [])
+            open_ids.append(decision.decision_id)
+            if len(open_ids) > self.max_open_per_visitor:
+                # A visitor asking again and again (a bot, a loop) must not make every
+                # event of theirs scan a long list: their oldest decision closes early.
+                self.closed_early += 1
+                self._close(open_ids[0], decision.at_ms)
         heapq.heappush(self._closing, (decision.at_ms + self.window_ms, decision.decision_id))
         while len(self.decisions) > self.max_open and self._closing:
-            closes_at, oldest = heapq.heappop(self._closing)
-            if oldest in self.decisions:
+            closes_at, oldest_id = heapq.heappop(self._closing)
+            if oldest_id in self.decisions:
                 self.closed_early += 1
-                self._close(oldest, min(closes_at, decision.at_ms))
+                self._close(oldest_id, min(closes_at, decision.at_ms))
 
     def observe(self, event: Observed) -> list[Reward]:
         """Attribute one event; returns (and reports) the rewards it produced. Windows
@@ -180,17 +187,15 @@ class Attribution:
         return decision.at_ms <= at_ms < decision.at_ms + self.window_ms
 
     def _last_touch(self, event: Observed) -> list[Decision]:
-        """The most recent open decision of the visitor that showed any of the items."""
+        """The most recent open decision that showed any of the items: on the event's own
+        device first, then on the person's other devices (through the profile)."""
         items = {item for item, _ in event.items}
-        found: Decision | None = None
         for key in event.keys:
             for decision_id in reversed(self._open_by_visitor.get(key, [])):
                 decision = self.decisions[decision_id]
                 if self._within(decision, event.at_ms) and items & set(decision.items):
-                    if found is None or decision.at_ms > found.at_ms:
-                        found = decision
-                    break
-        return [] if found is None else [found]
+                    return [decision]
+        return []
 
     @staticmethod
     def _values(decision: Decision, event: Observed) -> list[tuple[str | None, float]]:

@@ -470,11 +470,19 @@ def truncate_wal(connection: sqlite3.Connection, path: Path, attempts: int = 500
     """Checkpoint the whole WAL into the database and truncate it, so no old copy of a
     deleted row stays in the WAL (after an erasure). Readers can hold it busy for a
     moment: retried every 10 ms, blocking, so call it off the event loop."""
-    for _ in range(attempts):
-        busy = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-        if not busy:
-            return
-        time.sleep(0.01)
+    # Each attempt must answer at once: with the connection's busy timeout (5 s by
+    # default) an attempt would wait that long, and 500 of them 40 minutes (found in
+    # review, with a reader holding the decision log open).
+    timeout = connection.execute("PRAGMA busy_timeout").fetchone()[0]
+    connection.execute("PRAGMA busy_timeout = 0")
+    try:
+        for _ in range(attempts):
+            busy = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if not busy:
+                return
+            time.sleep(0.01)
+    finally:
+        connection.execute(f"PRAGMA busy_timeout = {int(timeout)}")
     log.warning("%s: the WAL could not be truncated (readers kept it busy)", path)
 
 
