@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -15,6 +16,20 @@ from support import START, client_for, make_settings
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def no_collection_pauses() -> Iterator[None]:
+    """No automatic garbage collection during the test. Decisions have a 20 ms deadline; a
+    full collection of a test process that has run hundreds of tests can take longer and
+    turn a decision into its fallback. (The server freezes its start-up heap and collects
+    rarely; see cli.serve.)"""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 @pytest.fixture

@@ -3,11 +3,10 @@ reasons, fallbacks, rewards, the decision log, consent and erasure."""
 
 from __future__ import annotations
 
-import gc
 import itertools
 import sqlite3
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,20 +18,8 @@ from intently import Engine, ManualClock
 from intently.act.decisions import DecisionLogReader
 from support import IPHONE, SECRET_KEY, client_for, make_settings, track
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(autouse=True)
-def no_collection_pauses() -> Iterator[None]:
-    """Decisions have a 20 ms deadline; a full garbage collection of a test process that
-    has run hundreds of tests can take longer and turn a decision into its fallback.
-    (The server freezes its start-up heap and collects rarely; see cli.serve.)"""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+# Decisions have a 20 ms deadline: see conftest.no_collection_pauses.
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_collection_pauses")]
 
 
 CATEGORIES = ("running", "hiking")

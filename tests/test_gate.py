@@ -4,10 +4,8 @@ APIs; a candidate that is truly better is promoted, one that is worse is refused
 
 from __future__ import annotations
 
-import gc
 import json
 import random
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,20 +18,8 @@ from intently import Engine, ManualClock
 from intently.cli import main
 from support import SECRET_KEY, client_for, make_settings, track
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(autouse=True)
-def no_collection_pauses() -> Iterator[None]:
-    """Decisions have a 20 ms deadline; a full garbage collection of a test process that
-    has run hundreds of tests can take longer and turn a decision into its fallback.
-    (The server freezes its start-up heap and collects rarely; see cli.serve.)"""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+# Decisions have a 20 ms deadline: see conftest.no_collection_pauses.
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_collection_pauses")]
 
 
 # The true click-through rate of each banner: b2 is by far the best.

@@ -96,8 +96,9 @@ class UnknownPlacements(ValueError):
         super().__init__(f"no placement is defined with the id {names}")
 
 
-class _Overrun(Exception):
-    pass
+class _Fallback(Exception):
+    """The placement's fallback answers: a deadline overrun, or nothing to choose from;
+    the message says which, and becomes the decision's `degraded`."""
 
 
 @dataclass
@@ -199,8 +200,6 @@ class Decider:
         self._pending: dict[str, _Pending] = {}
         self._new_id = DecisionIds()
         self._selections: dict[str, tuple[tuple[str, int, int], list[str]]] = {}
-        self.degraded = 0
-        self.decided = 0
         self.unlogged = 0  # decisions answered but not logged (the log failed)
 
     # -- deciding -------------------------------------------------------------------------
@@ -250,13 +249,13 @@ class Decider:
         deadline = started + placement.spec.deadline_ms / 1000.0
         try:
             if trouble is not None:
-                raise _Overrun(trouble)
+                raise _Fallback(trouble)
             if placement.spec.kind == "offers":
                 outcome = self._offers(placement, count, visitor, now, deadline)
             else:
                 outcome = self._items(placement, count, visitor, deadline)
-        except _Overrun as overrun:
-            outcome = self._fallback(placement, count, visitor, now, str(overrun))
+        except _Fallback as why:
+            outcome = self._fallback(placement, count, visitor, now, str(why))
         except Exception as error:  # a bug must not cost the page its content
             log.exception("deciding placement %r failed; the fallback answers", placement.id)
             outcome = self._fallback(
@@ -283,9 +282,6 @@ class Decider:
             personalized=visitor.personal,
             reward_kind=placement.spec.reward,
         )
-        self.decided += 1
-        if outcome.degraded is not None:
-            self.degraded += 1
         try:  # the page gets its answer even when the decision cannot be kept
             self.decisions.record(record)
             if outcome.items:
@@ -311,7 +307,7 @@ class Decider:
 
     def _check(self, deadline: float, stage: str) -> None:
         if self.timer() > deadline:
-            raise _Overrun(f"{stage} overran the placement's deadline")
+            raise _Fallback(f"{stage} overran the placement's deadline")
 
     # -- who is asking ----------------------------------------------------------------------
 
@@ -434,7 +430,7 @@ class Decider:
         reasons: list[str] = []
         allowed, pinned, buried, _ = self._apply_rules(placement, visitor, ids, reasons)
         if not allowed and not pinned:
-            raise _Overrun("no offer is eligible" + (" after the rules" if ids else ""))
+            raise _Fallback("no offer is eligible" + (" after the rules" if ids else ""))
         self._check(deadline, "finding the candidates")
         policy = self.policy(placement)
         vector = self._vector(spec.policy.dimensions, visitor) if visitor.personal else None
@@ -541,7 +537,7 @@ class Decider:
             placement, visitor, list(scores), reasons
         )
         if not allowed and not pinned:
-            raise _Overrun(
+            raise _Fallback(
                 "the catalog is empty" if len(catalog) == 0 else "no item is a candidate"
             )
         considered = max(SLATE_POOL_PER_ITEM * count, SLATE_POOL_MIN)

@@ -307,12 +307,6 @@ class DecisionLogReader:
         rows = self._db.execute("SELECT decision_id, COUNT(*) FROM exposures GROUP BY decision_id")
         return {decision_id: int(count) for decision_id, count in rows}
 
-    def reward_rows(self) -> Iterator[RewardRecord]:
-        for decision_id, at_ms, item, value in self._db.execute(
-            "SELECT decision_id, at_ms, item, value FROM rewards ORDER BY seq"
-        ):
-            yield RewardRecord(decision_id=decision_id, at_ms=at_ms, item=item, value=value)
-
     def close(self) -> None:
         self._db.close()
 
