@@ -42,28 +42,37 @@ MAX_LIKE_CACHED = 100_000
 
 @dataclass
 class Pool:
-    """Candidates with their blended score and the reason of their strongest source."""
+    """Candidates with their blended score; each keeps the reason of its strongest
+    source, which a visitor can read."""
 
     scores: dict[str, float] = field(default_factory=dict)
-    reasons: dict[str, str] = field(default_factory=dict)
-    _best: dict[str, float] = field(default_factory=dict)
+    # Each source's scale and scores, to find the reason of the few items shown (not of
+    # every candidate: most are never shown).
+    _sources: list[tuple[float, dict[str, float], str]] = field(default_factory=list)
 
     def add(self, scored: Iterable[tuple[str, float]], weight: float, reason: str) -> None:
         """Add a source's (item, score) pairs, scaled by the source's best score."""
-        scored = list(scored)
-        if not scored:
+        source = dict(scored)
+        if not source:
             return
-        top = max([score for _, score in scored])
+        top = max(source.values())
         if top <= 0:
             return
         scale = weight / top
-        scores, best, reasons = self.scores, self._best, self.reasons
-        for item, score in scored:
-            contribution = scale * score
-            scores[item] = scores.get(item, 0.0) + contribution
-            if contribution > best.get(item, 0.0):
-                best[item] = contribution
-                reasons[item] = reason
+        scores = self.scores
+        get = scores.get
+        for item, score in source.items():
+            scores[item] = get(item, 0.0) + scale * score
+        self._sources.append((scale, source, reason))
+
+    def reason(self, item: str) -> str | None:
+        """The reason of the source that gave `item` the most (the first of equals)."""
+        best, found = 0.0, None
+        for scale, source, reason in self._sources:
+            score = source.get(item)
+            if score is not None and scale * score > best:
+                best, found = scale * score, reason
+        return found
 
 
 @dataclass(frozen=True)

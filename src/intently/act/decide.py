@@ -523,13 +523,14 @@ class Decider:
         pool = self.recommenders.pool(spec.recommender, visitor.ask, selection)
         ask = visitor.ask
         shown_elsewhere = {ask.product_id, *ask.cart, *ask.order}
+        available = catalog.availability()
         scores = {
             item_id: score
             for item_id, score in pool.scores.items()
-            if item_id not in shown_elsewhere
-            and catalog.is_available(item_id)
-            and (query is None or _matches(catalog.get(item_id), query))
+            if item_id in available and item_id not in shown_elsewhere
         }
+        if query is not None:
+            scores = {i: s for i, s in scores.items() if _matches(catalog.get(i), query)}
         # The rules see every candidate; then the slate draws among the best `considered`
         # of those allowed (by score and boost), each with its logged probability.
         reasons: list[str] = []
@@ -547,10 +548,10 @@ class Decider:
             allowed.sort(key=scores.__getitem__, reverse=True)
         allowed = allowed[:considered]
         self._check(deadline, "finding the candidates")
-        facets = catalog.facets
+        ids = list(dict.fromkeys([*pinned, *allowed]))
         candidates = [
-            Candidate(item_id, scores.get(item_id, 0.0), *facets(item_id))
-            for item_id in dict.fromkeys([*pinned, *allowed])
+            Candidate(item_id, scores.get(item_id, 0.0), *facets)
+            for item_id, facets in zip(ids, catalog.facets_of(ids), strict=True)
         ]
         policy = spec.policy
         slate = build_slate(
@@ -561,7 +562,7 @@ class Decider:
         self._check(deadline, "ranking")
         item_reasons = []
         for item_id, why in zip(slate.items, slate.reasons, strict=True):
-            source = pool.reasons.get(item_id)
+            source = pool.reason(item_id)
             item_reasons.append([source, why] if source else [why])
         return _Outcome(
             slate.items, slate.propensities, item_reasons, reasons, "slate",

@@ -10,6 +10,7 @@ so a model saved with its features stays valid. Slot 0 is a constant 1.0 (the bi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from functools import lru_cache
 from hashlib import blake2b
@@ -32,24 +33,27 @@ class FeatureHasher:
         """The hashed vector: `name=value` for strings and booleans (one-hot), `name`
         weighted by the value for numbers (clipped to +-MAX_VALUE; non-finite ones left
         out); None and empty strings are left out."""
-        out = np.zeros(self.dimensions)
+        # Summed in a list, made an array once: numpy's cost per element write would be
+        # most of the work for a few dozen features.
+        out = [0.0] * self.dimensions
         out[0] = 1.0
+        dimensions = self.dimensions
         for name, value in features.items():
             if value is None or value == "":
                 continue
             if isinstance(value, bool | str):
-                slot, sign = _slot(f"{name}={value}", self.dimensions)
+                slot, sign = _slot(f"{name}={value}", dimensions)
                 out[slot] += sign
             else:
                 try:
                     number = float(value)
                 except OverflowError:  # an integer past the float range
                     continue
-                if np.isfinite(number):
+                if math.isfinite(number):
                     # Clipped: one absurd value must not swamp (or overflow) a model.
-                    slot, sign = _slot(name, self.dimensions)
+                    slot, sign = _slot(name, dimensions)
                     out[slot] += sign * min(max(number, -MAX_VALUE), MAX_VALUE)
-        return out
+        return np.array(out)
 
 
 def contributions(features: Mapping[str, FeatureValue], weights: Vector) -> list[tuple[str, float]]:

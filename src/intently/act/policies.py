@@ -26,8 +26,10 @@ the floor), which makes the logged propensity exact for what was drawn.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Protocol
 
 import numpy as np
@@ -42,14 +44,17 @@ MAX_FEATURE = 1e6 * 64  # FeatureHasher clips each value to 1e6; a slot may sum 
 
 @dataclass(frozen=True)
 class Choice:
-    """The action drawn, and the distribution it was drawn from (eligible actions only)."""
+    """The action drawn, its probability, and the distribution it was drawn from
+    (eligible actions only)."""
 
     action: str
-    propensities: Mapping[str, float]
+    propensity: float
+    actions: Sequence[str]
+    probabilities: Sequence[float]
 
     @property
-    def propensity(self) -> float:
-        return self.propensities[self.action]
+    def propensities(self) -> dict[str, float]:
+        return dict(zip(self.actions, self.probabilities, strict=True))
 
 
 class Policy(Protocol):
@@ -74,15 +79,10 @@ def choose(
     probabilities = policy.distribution(actions, context).tolist()
     # The inverse of the cumulative distribution at a uniform draw (what rng.choice(p=)
     # does, without its checks of p, which cost more than the draw here).
-    point = rng.random() * sum(probabilities)
-    running = 0.0
-    index = len(actions) - 1  # rounding at the very end
-    for i, probability in enumerate(probabilities):
-        running += probability
-        if point < running:
-            index = i
-            break
-    return Choice(actions[index], dict(zip(actions, probabilities, strict=True)))
+    running = list(accumulate(probabilities))
+    index = bisect_right(running, rng.random() * running[-1])
+    index = min(index, len(actions) - 1)  # (rounding at the very end)
+    return Choice(actions[index], probabilities[index], actions, probabilities)
 
 
 def check_reward(reward: float) -> float:
@@ -215,6 +215,10 @@ class _Linear:
         self._slots: dict[str, int] = {}
         self._inverses = np.empty((0, dimensions, dimensions))
         self._thetas = np.empty((0, dimensions))
+        self._known_for: (
+            tuple[tuple[tuple[str, ...], int], tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]]
+            | None
+        ) = None
 
     def _context(self, context: Vector | None) -> Vector:
         if context is None:
@@ -255,14 +259,28 @@ class _Linear:
         for every action at once (one never rewarded has the prior: 0 and x.x/lambda)."""
         mean = np.zeros(len(actions))
         variance = np.full(len(actions), (x @ x) / self.regularization)
-        slots = self._slots
-        known = [i for i, action in enumerate(actions) if action in slots]
-        if known:
-            used = len(slots)
-            at = [slots[actions[i]] for i in known]
+        known, at = self._known(actions)
+        if len(known):
+            used = len(self._slots)
             mean[known] = (self._thetas[:used] @ x)[at]
             variance[known] = ((self._inverses[:used] @ x) @ x)[at]
         return mean, np.sqrt(variance.clip(0.0))
+
+    def _known(self, actions: Sequence[str]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+        """Which of `actions` have a model (their positions) and the models' slots. The
+        same eligible set comes back decision after decision: kept until it or the models
+        change."""
+        key = (tuple(actions), len(self._slots))
+        if self._known_for is not None and self._known_for[0] == key:
+            return self._known_for[1]
+        slots = self._slots
+        known = [i for i, action in enumerate(actions) if action in slots]
+        found = (
+            np.array(known, dtype=np.intp),
+            np.array([slots[actions[i]] for i in known], dtype=np.intp),
+        )
+        self._known_for = (key, found)
+        return found
 
     def update(self, action: str, reward: float, context: Vector | None) -> None:
         x, reward = self._context(context), check_reward(reward)  # checked before any change

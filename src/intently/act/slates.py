@@ -17,14 +17,19 @@ slate, which position-aware off-policy estimators use.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import NamedTuple
 
 import numpy as np
 
 MAX_SCORE = 1e12
+# Below this sum, the weights of the candidates left are computed afresh (far above the
+# smallest normal float, so the weights that matter keep their precision).
+_FADED = 1e-200
 
 
 class Candidate(NamedTuple):  # a tuple: made by the dozen in every decision
@@ -106,71 +111,100 @@ def _draw(
 ) -> None:
     """Fill the slate's remaining positions after the `placed` (pinned) items.
 
-    Plain Python over a few dozen candidates. Penalties are kept per category and per
-    brand (what the items on the slate sharing it cost), so a placement costs one
-    addition; each position's weights are exp((score - penalties - best) / temperature),
-    relative to that position's best, which weighs 1: nothing overflows, and the sum
-    never vanishes whatever the temperature."""
+    Plain Python over a few dozen candidates, with one weight per candidate kept from
+    one position to the next (0 for those out of the draw: placed, in a placed item's
+    group, or buried while others are left). Placing an item multiplies the weights of
+    those sharing its category (or brand) by exp(-penalty / temperature) instead of
+    recomputing them. Weights start relative to the best candidate (at most 1: nothing
+    overflows); buried candidates, once drawn from, and weights fading towards underflow
+    are computed afresh from the scores, relative to the best left. Each position draws
+    from the mixture its probabilities describe: uniform with probability `floor`, else
+    by weight."""
     temperature, floor, category_penalty, brand_penalty = knobs
-    adjusted = [
-        min(max(c.score + rules.boost.get(c.id, 0.0), -MAX_SCORE), MAX_SCORE) for c in candidates
-    ]
+    boost = rules.boost
+    adjusted = [min(max(c.score + boost.get(c.id, 0.0), -MAX_SCORE), MAX_SCORE) for c in candidates]
     # Categories and brands numbered (apart: a brand may be named like a category); 0 is
-    # "none", whose penalty stays 0.
+    # "none", which is never penalized.
     categories: dict[str | None, int] = {None: 0}
     category = [categories.setdefault(c.category, len(categories)) for c in candidates]
     brands: dict[str | None, int] = {None: 0}
     brands_at = len(categories)
     brand = [brands_at + brands.setdefault(c.brand, len(brands)) for c in candidates]
     penalty = [0.0] * (brands_at + len(brands))
+    sharing: list[list[int]] = [[] for _ in penalty]  # the candidates with each code
+    for i, code in enumerate(category):
+        sharing[code].append(i)
+    for i, code in enumerate(brand):
+        sharing[code].append(i)
     groups = {p.group for p in placed if p.group is not None}
     left = [
         i for i, c in enumerate(candidates) if c.group is None or c.group not in groups
     ]  # fmt: skip
-    buried = [c.id in rules.buried for c in candidates]
+    buried = rules.buried
+    later = [i for i in left if candidates[i].id in buried] if buried else []
+    drawing = [i for i in left if candidates[i].id not in buried] if later else left
+    weight = [0.0] * len(candidates)
 
-    def took(taken: Candidate) -> None:
-        code = categories.get(taken.category, 0)
-        if code:
-            penalty[code] += category_penalty
-        code = brands.get(taken.brand, 0)
-        if code:
-            penalty[brands_at + code] += brand_penalty
+    def weigh_afresh() -> None:
+        scores = [adjusted[i] - penalty[category[i]] - penalty[brand[i]] for i in drawing]
+        top = max(scores)
+        for i, score in zip(drawing, scores, strict=True):
+            weight[i] = math.exp((score - top) / temperature)
+
+    everyone = len(candidates)
+    fading = [0.0, *(math.exp(-category_penalty / temperature) for _ in range(1, brands_at))]
+    fading += [0.0, *(math.exp(-brand_penalty / temperature) for _ in range(1, len(brands)))]
+
+    def penalize(code: int) -> None:
+        if code and code != brands_at:  # (brands_at is "no brand")
+            penalty[code] += category_penalty if code < brands_at else brand_penalty
+            members = sharing[code]
+            # Shared by every candidate (a widget of one category, often): all weights
+            # fade alike, which changes no probability; they are left as they are.
+            if len(members) < everyone:
+                factor = fading[code]
+                for i in members:
+                    weight[i] *= factor
 
     for pinned in placed:
-        took(pinned)
-    while len(slate.items) < size:
-        choices = [i for i in left if not buried[i]] or left
-        if not choices:
-            return
-        scores = [adjusted[i] - penalty[category[i]] - penalty[brand[i]] for i in choices]
-        best = max(scores)
-        weights = [math.exp((score - best) / temperature) for score in scores]
-        total = sum(weights)
-        share = floor / len(choices)
-        keep = (1 - floor) / total
-        point = rng.random()
-        running = 0.0
-        at = len(choices) - 1  # rounding at the very end
-        for j, weight in enumerate(weights):
-            running += keep * weight + share
-            if point < running:
-                at = j
-                break
-        index = choices[at]
+        penalize(categories.get(pinned.category, 0))
+        penalize(brands_at + brands.get(pinned.brand, 0))
+    if drawing:
+        weigh_afresh()
+    for point in rng.random(size - len(slate.items)).tolist():
+        if not drawing:
+            if not later:
+                return
+            drawing, later = later, []  # nothing else is left: the buried ones
+            weigh_afresh()
+        running = list(accumulate(weight))
+        if running[-1] < _FADED:
+            weigh_afresh()
+            running = list(accumulate(weight))
+        total = running[-1]
+        if point < floor:
+            index = drawing[min(int(point / floor * len(drawing)), len(drawing) - 1)]
+        else:
+            index = bisect.bisect_right(running, (point - floor) / (1 - floor) * total)
+            if index == everyone or weight[index] == 0:  # (rounding at the very end)
+                index = max(i for i in drawing if weight[i] > 0)
         chosen = candidates[index]
         reason = (
             "buried by a rule: nothing else was left"
-            if buried[index]
+            if chosen.id in buried
             else "boosted by a rule"
-            if chosen.id in rules.boost
+            if chosen.id in boost
             else "ranked by score"
         )
         slate.items.append(chosen.id)
-        slate.propensities.append(keep * weights[at] + share)
+        slate.propensities.append((1 - floor) * weight[index] / total + floor / len(drawing))
         slate.reasons.append(reason)
-        if chosen.group is None:
-            left.remove(index)
-        else:
-            left = [i for i in left if i != index and candidates[i].group != chosen.group]
-        took(chosen)
+        drawing.remove(index)
+        weight[index] = 0.0
+        if chosen.group is not None:
+            for i in [i for i in drawing if candidates[i].group == chosen.group]:
+                drawing.remove(i)
+                weight[i] = 0.0
+            later = [i for i in later if candidates[i].group != chosen.group]
+        penalize(category[index])
+        penalize(brand[index])

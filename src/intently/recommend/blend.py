@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from collections.abc import Set as AbstractSet
 
-import numpy as np
-
 from intently.recommend.sequential import SequentialRules
 from intently.recommend.session_knn import SessionKNN
 
@@ -29,28 +27,16 @@ def next_items(
 ) -> list[tuple[str, float]]:
     """The `count` best next items for a session that viewed `current`, best first.
     `knn` also numbers the items (rules about items it never saw are not used)."""
-    if neighbours_weight:
-        scored, votes = knn.votes(current, exclude_session)
-        best = votes.max(initial=0.0)
-        if best > 0:
-            votes = votes * (neighbours_weight / best)
-    else:
-        scored, votes = np.empty(0, dtype=np.intp), np.empty(0)
+    votes = knn.vote_map(current, exclude_session) if neighbours_weight else {}
+    best = max(votes.values(), default=0.0)
+    if best > 0:
+        scale = neighbours_weight / best
+        votes = {item: vote * scale for item, vote in votes.items()}
     followers = rules.scores(list(current)) if rules is not None and rules_weight else {}
     if followers:
         top = max(followers.values())
-        numbered = [
-            (index, rules_weight * score / top)
-            for item, score in followers.items()
-            if (index := knn.index_of(item)) is not None
-        ]
-        if numbered:
-            both = np.concatenate([scored, np.array([i for i, _ in numbered], dtype=np.intp)])
-            values = np.concatenate([votes, np.array([v for _, v in numbered])])
-            scored, inverse = np.unique(both, return_inverse=True)
-            votes = np.bincount(inverse, weights=values, minlength=len(scored)).astype(
-                np.float64, copy=False
-            )
-            voted = votes != 0
-            scored, votes = scored[voted], votes[voted]
-    return knn.rank(scored, votes, count, allowed)
+        for item, score in followers.items():
+            index = knn.index_of(item)
+            if index is not None:
+                votes[index] = votes.get(index, 0.0) + rules_weight * score / top
+    return knn.rank(votes, count, allowed)

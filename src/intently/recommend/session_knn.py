@@ -25,6 +25,7 @@ up); a forgotten session that comes back starts afresh.
 
 from __future__ import annotations
 
+import heapq
 import math
 from array import array
 from collections.abc import Hashable, Sequence
@@ -66,6 +67,9 @@ class SessionKNN:
         # live sessions hold it (for idf).
         self._item_sessions: list[array[int]] = []
         self._holders = array("q")
+        # log(n) for n = 0 .. the most holders an item has had (log 0 taken as log 1: no
+        # item voted for has none), so scoring reads idf from a table instead of calling log.
+        self._logs = [0.0]
         # Per live session (slot = number modulo max_sessions): its distinct items, its
         # last event time and its key.
         self._session_items: list[list[int]] = []
@@ -101,6 +105,8 @@ class SessionKNN:
         if index not in held:
             held.append(index)
             self._holders[index] += 1
+            if self._holders[index] == len(self._logs):
+                self._logs.append(math.log(len(self._logs)))
             sessions = self._item_sessions[index]
             sessions.append(number)
             # Trimmed once most entries are forgotten sessions: amortised O(1) per view.
@@ -152,8 +158,8 @@ class SessionKNN:
         self, current: Sequence[str], exclude_session: Hashable | None = None
     ) -> dict[str, float]:
         """Every item the neighbours vote for, with its score (higher is better)."""
-        scored, votes = self.votes(current, exclude_session)
-        return {self.items[i]: float(v) for i, v in zip(scored, votes, strict=True)}
+        items = self.items
+        return {items[i]: v for i, v in self.vote_map(current, exclude_session).items()}
 
     def recommend(
         self,
@@ -165,46 +171,67 @@ class SessionKNN:
         """The `count` best items for a session that viewed `current` (oldest first), best
         first; ties by the order items were first seen; only `allowed` items if given.
         Items already in `current` may be recommended again (visitors go back to them)."""
-        scored, votes = self.votes(current, exclude_session)
-        return self.rank(scored, votes, count, allowed)
+        return self.rank(self.vote_map(current, exclude_session), count, allowed)
 
     def rank(
-        self, scored: Indexes, votes: Floats, count: int, allowed: AbstractSet[str] | None = None
+        self, votes: dict[int, float], count: int, allowed: AbstractSet[str] | None = None
     ) -> list[tuple[str, float]]:
-        """The best `count` of the item numbers `scored` by their `votes` (aligned), as
-        (item, score)."""
-        if allowed is not None:
-            items = self.items
-            keep = [items[i] in allowed for i in scored]
-            scored, votes = scored[keep], votes[keep]
-        if len(scored) == 0:
-            return []
-        # Highest score first; equal scores by item number (stable and deterministic).
-        order = np.lexsort((scored, -votes))[:count]
+        """The best `count` of the item numbers voted for, as (item, score): highest
+        score first, equal scores by item number (stable and deterministic). Items whose
+        vote is 0 are not recommended."""
         items = self.items
-        return [
-            (items[i], v)
-            for i, v in zip(scored[order].tolist(), votes[order].tolist(), strict=True)
-        ]
+        if allowed is None:
+            keyed = [(-v, i) for i, v in votes.items() if v]
+        else:
+            keyed = [(-v, i) for i, v in votes.items() if v and items[i] in allowed]
+        # Tuples compare in C, cheaper than a key function. A heap pays off only when
+        # far more items are voted for than asked (thousands: the numpy path's sizes).
+        best = heapq.nsmallest(count, keyed) if len(keyed) > 8 * count else sorted(keyed)[:count]
+        return [(items[i], -negated) for negated, i in best]
+
+    def vote_map(
+        self, current: Sequence[str], exclude_session: Hashable | None = None
+    ) -> dict[int, float]:
+        """The votes, by item number: what deciding reads (a few dozen items, where dict
+        arithmetic costs less than numpy's fixed cost per call)."""
+        known = self._known(current)
+        if not known:
+            return {}
+        small = self._votes_small(known, len(current), exclude_session)
+        if small is not None:
+            return small
+        scored, votes = self._votes_numpy(known, len(current), exclude_session)
+        return dict(zip(scored.tolist(), votes.tolist(), strict=True))
 
     def votes(
         self, current: Sequence[str], exclude_session: Hashable | None = None
     ) -> tuple[Indexes, Floats]:
-        """The numbers of the items voted for (ascending) and their votes, aligned.
+        """The numbers of the items voted for (ascending) and their votes, aligned."""
+        known = self._known(current)
+        if not known:
+            return np.empty(0, dtype=np.intp), np.empty(0)
+        small = self._votes_small(known, len(current), exclude_session)
+        if small is None:
+            return self._votes_numpy(known, len(current), exclude_session)
+        scored = np.fromiter(sorted(small), dtype=np.intp, count=len(small))
+        return scored, np.array([small[i] for i in scored.tolist()], dtype=np.float64)
 
-        Sparse throughout: the work grows with the neighbours' items, not the catalog."""
-        nothing = np.empty(0, dtype=np.intp), np.empty(0)
+    def _known(self, current: Sequence[str]) -> dict[int, tuple[float, int]]:
+        """The current items the index knows: number -> (position weight, position)."""
         length = len(current)
         known: dict[int, tuple[float, int]] = {}
         for at, item in enumerate(current):
             index = self._item_index.get(item)
             if index is not None:  # the last view of an item sets its weight
                 known[index] = (((at + 1) / length) ** 2, at)
-        if not known:
-            return nothing
-        small = self._votes_small(known, length, exclude_session)
-        if small is not None:
-            return small
+        return known
+
+    def _votes_numpy(
+        self, known: dict[int, tuple[float, int]], length: int, exclude_session: Hashable | None
+    ) -> tuple[Indexes, Floats]:
+        """Votes with numpy, for many neighbours. Sparse throughout: the work grows with
+        the neighbours' items, not the catalog."""
+        nothing = np.empty(0, dtype=np.intp), np.empty(0)
         shared = np.fromiter(sorted(known), dtype=np.intp, count=len(known))
         shared_weight = np.array([known[i][0] for i in shared.tolist()])
         shared_position = np.array([known[i][1] for i in shared.tolist()], dtype=np.int64)
@@ -247,8 +274,8 @@ class SessionKNN:
 
     def _votes_small(
         self, known: dict[int, tuple[float, int]], length: int, exclude_session: Hashable | None
-    ) -> tuple[Indexes, Floats] | None:
-        """`votes` in plain Python when few sessions met the current items (None when
+    ) -> dict[int, float] | None:
+        """The votes in plain Python when few sessions met the current items (None when
         too many: the numpy path answers)."""
         item_sessions = self._item_sessions
         if sum(len(item_sessions[i]) for i in known) > _SMALL_ENTRIES:
@@ -257,37 +284,50 @@ class SessionKNN:
         excluded = (
             self._session_number.get(exclude_session) if exclude_session is not None else None
         )
-        candidates: set[int] = set()
-        for index in known:
+        # Each candidate's similarity and most recent shared position, read from the
+        # items' lists as they are walked: exact while no list is cut to `sample` (each
+        # live session is then listed under every current item it holds).
+        found: dict[int, tuple[float, int]] = {}
+        complete = True
+        for index, (weight, position) in known.items():
             live = [n for n in item_sessions[index] if n >= oldest and n != excluded]
-            candidates.update(live[-self.sample :])
-        if len(candidates) > min(_SMALL_CANDIDATES, self.k, self.sample):
+            if len(live) > self.sample:
+                live, complete = live[-self.sample :], False
+            for number in live:
+                seen = found.get(number)
+                found[number] = (
+                    (weight, position)
+                    if seen is None
+                    else (seen[0] + weight, position if position > seen[1] else seen[1])
+                )
+        if len(found) > min(_SMALL_CANDIDATES, self.k, self.sample):
             return None
         votes: dict[int, float] = {}
+        get = votes.get
         max_sessions, session_items = self.max_sessions, self._session_items
         current_items = known.keys()
-        for number in candidates:
+        for number, (similarity, nearest) in found.items():
             members = session_items[number % max_sessions]
-            # The current items it holds (a set operation, in C), usually one or two.
-            similarity, nearest = 0.0, -1
-            for item in current_items & members:
-                weight, position = known[item]
-                similarity += weight
-                if position > nearest:
-                    nearest = position
+            if not complete:  # read from its own items (a set operation, in C)
+                similarity, nearest = 0.0, -1
+                for item in current_items & members:
+                    weight, position = known[item]
+                    similarity += weight
+                    if position > nearest:
+                        nearest = position
             strength = similarity / (length - nearest)
             if strength:
-                get = votes.get
                 for item in members:
                     votes[item] = get(item, 0.0) + strength
-        scored = np.fromiter(sorted(votes), dtype=np.intp, count=len(votes))
-        values = np.array([votes[i] for i in scored.tolist()])
-        voted = values != 0
-        scored, values = scored[voted], values[voted]
-        if self.idf_weight and len(scored):
-            holders = np.frombuffer(self._holders, dtype=np.int64)[scored]
-            values *= 1.0 + self.idf_weight * np.log(self.live_sessions / np.maximum(holders, 1))
-        return scored, values
+        if self.idf_weight:
+            holders, logs, idf_weight = self._holders, self._logs, self.idf_weight
+            log_live = math.log(self.live_sessions)
+            return {
+                item: vote * (1.0 + idf_weight * (log_live - logs[holders[item]]))
+                for item, vote in votes.items()
+                if vote
+            }
+        return {item: vote for item, vote in votes.items() if vote}
 
     def _candidates(self, shared: Indexes, exclude_session: Hashable | None) -> Indexes:
         """The `sample` most recent live sessions among those that most recently met each
