@@ -122,7 +122,12 @@ def _draw(
     by weight."""
     temperature, floor, category_penalty, brand_penalty = knobs
     boost = rules.boost
-    adjusted = [min(max(c.score + boost.get(c.id, 0.0), -MAX_SCORE), MAX_SCORE) for c in candidates]
+    if boost:
+        adjusted = [c.score + boost.get(c.id, 0.0) for c in candidates]
+    else:
+        adjusted = [c.score for c in candidates]
+    if max(adjusted) > MAX_SCORE or min(adjusted) < -MAX_SCORE:
+        adjusted = [min(max(score, -MAX_SCORE), MAX_SCORE) for score in adjusted]
     # Categories and brands numbered (apart: a brand may be named like a category); 0 is
     # "none", which is never penalized.
     categories: dict[str | None, int] = {None: 0}
@@ -137,9 +142,10 @@ def _draw(
     for i, code in enumerate(brand):
         sharing[code].append(i)
     groups = {p.group for p in placed if p.group is not None}
-    left = [
-        i for i, c in enumerate(candidates) if c.group is None or c.group not in groups
-    ]  # fmt: skip
+    if groups:
+        left = [i for i, c in enumerate(candidates) if c.group is None or c.group not in groups]
+    else:
+        left = list(range(len(candidates)))
     buried = rules.buried
     later = [i for i in left if candidates[i].id in buried] if buried else []
     drawing = [i for i in left if candidates[i].id not in buried] if later else left

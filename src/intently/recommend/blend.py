@@ -28,15 +28,15 @@ def next_items(
     """The `count` best next items for a session that viewed `current`, best first.
     `knn` also numbers the items (rules about items it never saw are not used)."""
     votes = knn.vote_map(current, exclude_session) if neighbours_weight else {}
+    # The votes are scaled (their best to `neighbours_weight`) as they are ranked, not
+    # before: only the `count` kept need it. The rules' scores join them unscaled.
     best = max(votes.values(), default=0.0)
-    if best > 0:
-        scale = neighbours_weight / best
-        votes = {item: vote * scale for item, vote in votes.items()}
+    scale = neighbours_weight / best if best > 0 else 1.0
     followers = rules.scores(list(current)) if rules is not None and rules_weight else {}
     if followers:
         top = max(followers.values())
         for item, score in followers.items():
             index = knn.index_of(item)
             if index is not None:
-                votes[index] = votes.get(index, 0.0) + rules_weight * score / top
-    return knn.rank(votes, count, allowed)
+                votes[index] = votes.get(index, 0.0) + rules_weight * score / top / scale
+    return knn.rank(votes, count, allowed, scale=scale)

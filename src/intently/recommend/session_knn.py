@@ -174,11 +174,16 @@ class SessionKNN:
         return self.rank(self.vote_map(current, exclude_session), count, allowed)
 
     def rank(
-        self, votes: dict[int, float], count: int, allowed: AbstractSet[str] | None = None
+        self,
+        votes: dict[int, float],
+        count: int,
+        allowed: AbstractSet[str] | None = None,
+        *,
+        scale: float = 1.0,
     ) -> list[tuple[str, float]]:
-        """The best `count` of the item numbers voted for, as (item, score): highest
-        score first, equal scores by item number (stable and deterministic). Items whose
-        vote is 0 are not recommended."""
+        """The best `count` of the item numbers voted for, as (item, score times
+        `scale`): highest score first, equal scores by item number (stable and
+        deterministic). Items whose vote is 0 are not recommended."""
         items = self.items
         if allowed is None:
             keyed = [(-v, i) for i, v in votes.items() if v]
@@ -187,7 +192,7 @@ class SessionKNN:
         # Tuples compare in C, cheaper than a key function. A heap pays off only when
         # far more items are voted for than asked (thousands: the numpy path's sizes).
         best = heapq.nsmallest(count, keyed) if len(keyed) > 8 * count else sorted(keyed)[:count]
-        return [(items[i], -negated) for negated, i in best]
+        return [(items[i], -negated * scale) for negated, i in best]
 
     def vote_map(
         self, current: Sequence[str], exclude_session: Hashable | None = None
