@@ -640,3 +640,35 @@ async def test_context_decides_even_when_the_events_cannot_be_stored(
     assert result["accepted"] == 0
     assert "send them again" in result["events_error"]
     assert len(result["decisions"]) == 2
+
+
+async def test_without_rules_the_slate_considers_the_same_best_candidates(
+    engine: Engine, client: httpx.AsyncClient
+) -> None:
+    """A placement without rules checks candidates best first, only as far as the slate
+    needs; the same placement with a rule that applies to no one checks every candidate.
+    Both must consider the same items, in the same order: the best available ones."""
+    items = catalog_items(60)
+    for item in items[:10]:
+        item["stock"] = 0  # among the most viewed: never candidates
+    await load_catalog(engine, items)
+    for n in range(40):
+        for visitor in range(40 - n):  # p0 the most viewed, then p1, ...
+            await view(client, f"viewer{visitor}", f"p{n}")
+    spec: dict[str, Any] = {"kind": "items", "recommender": "popular", "count": 4,
+                            "policy": {"name": "slate"}}  # fmt: skip
+    assert (await put_placement(engine, "plain", spec)).status_code == 201
+    spec["rules"] = [{"action": "boost", "amount": 5.0, "match": {"categories": ["Shoes"]},
+                      "when": "session.pages > 1000"}]  # fmt: skip
+    assert (await put_placement(engine, "ruled", spec)).status_code == 201
+    body = {"anonymousId": "new", "placements": [{"id": "plain"}, {"id": "ruled"}],
+            "context": {"product_id": "p10", "cart": [{"product_id": "p12"}]}}  # fmt: skip
+    answer = await decide(client, body)
+    engine.decisions.flush()
+    reader = DecisionLogReader(engine.settings.data_dir / "decisions.db")
+    logged = {d.placement: d.candidates for d in reader.decisions()}
+    assert logged["plain"] == logged["ruled"]
+    # The 16 most viewed available items not already on the page (in view, in the cart).
+    assert logged["plain"] == [f"p{n}" for n in (11, *range(13, 28))]
+    assert answer["plain"]["degraded"] is None
+    assert answer["ruled"]["degraded"] is None

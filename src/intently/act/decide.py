@@ -28,6 +28,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import msgspec
 import numpy as np
@@ -524,29 +525,39 @@ class Decider:
         ask = visitor.ask
         shown_elsewhere = {ask.product_id, *ask.cart, *ask.order}
         available = catalog.availability()
-        scores = {
-            item_id: score
-            for item_id, score in pool.scores.items()
-            if item_id in available and item_id not in shown_elsewhere
-        }
-        if query is not None:
-            scores = {i: s for i, s in scores.items() if _matches(catalog.get(i), query)}
-        # The rules see every candidate; then the slate draws among the best `considered`
-        # of those allowed (by score and boost), each with its logged probability.
+
+        def candidate(item_id: str) -> bool:
+            return (
+                item_id in available
+                and item_id not in shown_elsewhere
+                and (query is None or _matches(catalog.get(item_id), query))
+            )
+
+        # The slate draws among the best `considered` candidates allowed (by score and
+        # boost), each with its logged probability.
+        considered = max(SLATE_POOL_PER_ITEM * count, SLATE_POOL_MIN)
         reasons: list[str] = []
-        allowed, pinned, buried, boosts = self._apply_rules(
-            placement, visitor, list(scores), reasons
-        )
+        scores = pool.scores
+        # (sorts are stable: equal scores keep the order the sources proposed them in)
+        if not placement.rules:  # the best first, checked only as far as needed
+            pinned: list[str] = []
+            buried: set[str] = set()
+            boosts: dict[str, float] = {}
+            best_first = sorted(scores, key=scores.__getitem__, reverse=True)
+            allowed = list(islice(filter(candidate, best_first), considered))
+        else:  # the rules see every candidate
+            allowed, pinned, buried, boosts = self._apply_rules(
+                placement, visitor, [i for i in scores if candidate(i)], reasons
+            )
+            if boosts:
+                allowed.sort(key=lambda x: scores[x] + boosts.get(x, 0.0), reverse=True)
+            else:
+                allowed.sort(key=scores.__getitem__, reverse=True)
+            allowed = allowed[:considered]
         if not allowed and not pinned:
             raise _Fallback(
                 "the catalog is empty" if len(catalog) == 0 else "no item is a candidate"
             )
-        considered = max(SLATE_POOL_PER_ITEM * count, SLATE_POOL_MIN)
-        if boosts:
-            allowed.sort(key=lambda x: scores[x] + boosts.get(x, 0.0), reverse=True)
-        else:  # (stable: equal scores keep the order the sources proposed them in)
-            allowed.sort(key=scores.__getitem__, reverse=True)
-        allowed = allowed[:considered]
         self._check(deadline, "finding the candidates")
         ids = list(dict.fromkeys([*pinned, *allowed]))
         candidates = [
