@@ -67,6 +67,13 @@ def test_only_eligible_actions_are_chosen_and_each_keeps_the_floor(name: str) ->
         assert sum(choice.propensities.values()) == pytest.approx(1.0, abs=1e-12)
         assert min(choice.propensities.values()) >= FLOOR / len(eligible) - 1e-12
         policy.update(choice.action, float(choice.action == "offer-4"), context)
+    # The choice keeps the distribution it was drawn from, whatever the caller does next
+    # with its list (the decider removes what was drawn, to draw the next).
+    working = list(eligible)
+    choice = choose(policy, working, CONTEXTS[0], rng)
+    working.remove(choice.action)
+    assert list(choice.propensities) == eligible
+    assert choice.propensities[choice.action] == choice.propensity
 
 
 def test_the_same_seed_gives_the_same_choices(name: str) -> None:

@@ -126,6 +126,8 @@ def test_a_slate_larger_than_the_candidates_and_bad_input() -> None:
         build_slate([Candidate("a", float("nan"))], 1, rng)
     with pytest.raises(ValueError, match="negative"):
         build_slate([Candidate("a", 1.0)], -1, rng)
+    with pytest.raises(ValueError, match="penalties cannot be negative"):
+        build_slate([Candidate("a", 1.0)], 1, rng, same_category_penalty=-1.0)
     pinned = build_slate([Candidate("a", 1.0), Candidate("z", -9.0)], 2, rng,
                          Rules(pinned=["z"]))  # fmt: skip
     assert (pinned.items[0], pinned.propensities[0], pinned.reasons[0]) == (

@@ -82,7 +82,8 @@ def choose(
     running = list(accumulate(probabilities))
     index = bisect_right(running, rng.random() * running[-1])
     index = min(index, len(actions) - 1)  # (rounding at the very end)
-    return Choice(actions[index], probabilities[index], actions, probabilities)
+    # (a copy: the caller may go on changing its list, e.g. removing what was drawn)
+    return Choice(actions[index], probabilities[index], tuple(actions), probabilities)
 
 
 def check_reward(reward: float) -> float:

@@ -71,6 +71,8 @@ def build_slate(
         raise ValueError("a slate size cannot be negative")
     if temperature <= 0 or not 0 < floor <= 1:
         raise ValueError("temperature must be positive and the floor in (0, 1]")
+    if same_category_penalty < 0 or same_brand_penalty < 0:
+        raise ValueError("the diversity penalties cannot be negative")
     rules = rules or Rules()
     if not all(math.isfinite(boost) for boost in rules.boost.values()):
         raise ValueError("boosts must be finite numbers")

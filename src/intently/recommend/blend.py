@@ -27,6 +27,8 @@ def next_items(
 ) -> list[tuple[str, float]]:
     """The `count` best next items for a session that viewed `current`, best first.
     `knn` also numbers the items (rules about items it never saw are not used)."""
+    if rules_weight < 0 or neighbours_weight < 0:
+        raise ValueError("the weights cannot be negative")
     votes = knn.vote_map(current, exclude_session) if neighbours_weight else {}
     # The votes are scaled (their best to `neighbours_weight`) as they are ranked, not
     # before: only the `count` kept need it. The rules' scores join them unscaled.
