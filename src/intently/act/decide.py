@@ -54,7 +54,7 @@ from intently.act.policies import (
     choose,
     learnable,
 )
-from intently.act.slates import Candidate, Rules, build_slate
+from intently.act.slates import Rules, build_slate, candidates_of
 from intently.act.wire import (
     DecideAnswer,
     DecideBody,
@@ -349,12 +349,12 @@ class Decider:
         keys: Sequence[str] = ()
         categories: list[str] = []
         if personal:
-            self._personal_features(features, profile, body, client_ip, user_agent)
+            categories = _top_categories(profile)
+            self._personal_features(features, profile, body, client_ip, user_agent, categories)
             keys = context_keys(
                 _text(features.get("campaign")), _text(features.get("source")),
                 _text(features.get("device")), _text(features.get("country")),
             )  # fmt: skip
-            categories = _top_categories(profile)
             if not cart and profile is not None and profile.session and profile.session.cart:
                 cart = [line.product_id for line in profile.session.cart]
         ask = Ask(
@@ -374,7 +374,7 @@ class Decider:
 
     def _personal_features(
         self, features: dict[str, FeatureValue], profile: Profile | None, body: DecideBody,
-        client_ip: str | None, user_agent: str | None,
+        client_ip: str | None, user_agent: str | None, top_categories: list[str],
     ) -> None:  # fmt: skip
         session = profile.session if profile is not None else None
         if session is not None and session.device is not None:
@@ -412,9 +412,8 @@ class Decider:
             features["buyer"] = profile.purchases > 0
             for name in profile.segments[:20]:
                 features["segment:" + name] = True
-            top = _top_categories(profile)
-            if top:
-                features["top_category"] = top[0]
+            if top_categories:
+                features["top_category"] = top_categories[0]
 
     # -- offers -----------------------------------------------------------------------------
 
@@ -443,8 +442,11 @@ class Decider:
             propensities.append(1.0)
             item_reasons.append(["pinned by a rule"])
         # Buried offers are drawn only once nothing else is left.
-        unburied = [x for x in allowed if x not in chosen and x not in buried]
-        later = [x for x in allowed if x not in chosen and x in buried]
+        if chosen or buried:
+            unburied = [x for x in allowed if x not in chosen and x not in buried]
+            later = [x for x in allowed if x not in chosen and x in buried]
+        else:  # (the common case: no rule pinned or buried anything)
+            unburied, later = list(allowed), []
         rest = unburied or later
         drawn_from = list(rest)  # the set the first draw was made from: what is logged
         while len(chosen) < count and rest:
@@ -544,7 +546,15 @@ class Decider:
             buried: set[str] = set()
             boosts: dict[str, float] = {}
             best_first = sorted(scores, key=scores.__getitem__, reverse=True)
-            allowed = list(islice(filter(candidate, best_first), considered))
+            if query is None:  # (the same checks as `candidate`, without a call each)
+                allowed = []
+                for item_id in best_first:
+                    if item_id in available and item_id not in shown_elsewhere:
+                        allowed.append(item_id)
+                        if len(allowed) == considered:
+                            break
+            else:
+                allowed = list(islice(filter(candidate, best_first), considered))
         else:  # the rules see every candidate
             allowed, pinned, buried, boosts = self._apply_rules(
                 placement, visitor, [i for i in scores if candidate(i)], reasons
@@ -560,10 +570,9 @@ class Decider:
             )
         self._check(deadline, "finding the candidates")
         ids = list(dict.fromkeys([*pinned, *allowed]))
-        candidates = [
-            Candidate(item_id, scores.get(item_id, 0.0), *facets)
-            for item_id, facets in zip(ids, catalog.facets_of(ids), strict=True)
-        ]
+        candidates = candidates_of(
+            ids, [scores.get(item_id, 0.0) for item_id in ids], catalog.facets_of(ids)
+        )
         policy = spec.policy
         slate = build_slate(
             candidates, count, self._rng,

@@ -40,6 +40,21 @@ class Candidate(NamedTuple):  # a tuple: made by the dozen in every decision
     group: str | None = None  # near-duplicates share a group
 
 
+Facets = tuple[str | None, str | None, str | None]  # category, brand, group
+
+
+def candidates_of(
+    ids: Iterable[str], scores: Iterable[float], facets: Iterable[Facets]
+) -> list[Candidate]:
+    """Candidates from aligned ids, scores and facets: the tuples made directly (a
+    NamedTuple's own constructor is Python code, its cost noticeable by the dozen)."""
+    make = tuple.__new__
+    return [
+        make(Candidate, (item_id, score, *facet))
+        for item_id, score, facet in zip(ids, scores, facets, strict=True)
+    ]
+
+
 @dataclass(frozen=True)
 class Rules:
     pinned: Sequence[str] = ()
