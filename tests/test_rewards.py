@@ -118,3 +118,19 @@ def test_last_touch_prefers_the_events_own_device_and_bounds_each_visitor() -> N
     attribution.decided(Decision("d3", "a:tablet", "pdp", ["y"], at_ms=4000, aliases=("p:1",)))
     assert "d_laptop" not in attribution.decisions
     assert attribution.closed_early == 1
+
+
+def test_decisions_closed_early_do_not_pile_up_until_their_window_would_end() -> None:
+    """A visitor past their bound closes a decision with every new one; what is kept for
+    the decisions still open stays proportional to them, not to all decisions made."""
+    reported: list[Reward] = []
+    attribution = Attribution(reported.append, max_open_per_visitor=3)
+    for i in range(20_000):
+        attribution.decided(Decision(f"d{i}", "a:bot", "pdp", ["x"], at_ms=1000 + i))
+    assert sorted(attribution.decisions) == ["d19997", "d19998", "d19999"]
+    assert attribution.closed_early == 19_997
+    assert len(attribution._closing) <= 2 * 3 + 1024 + 1  # the bound itself
+    # Windows still close on time for those open, and only for them.
+    closed = attribution.close_until(1000 + 19_999 + 30 * MINUTE)
+    assert sorted(r.decision_id for r in closed) == ["d19997", "d19998", "d19999"]
+    assert not attribution.decisions

@@ -33,6 +33,7 @@ Outcome = Literal["click", "add_to_cart", "conversion"]
 RewardKind = Literal["click", "add_to_cart", "conversion", "revenue"]
 
 DEFAULT_WINDOW_MS = 30 * 60_000
+_STALE_SLACK = 1024  # closing-heap entries of closed decisions tolerated beyond 2 per open
 
 
 @dataclass
@@ -90,7 +91,9 @@ class Attribution:
     decisions: dict[str, Decision] = field(default_factory=dict)
     unattributed: int = 0  # events naming a decision that is unknown or closed
     closed_early: int = 0  # decisions closed before their window ended (max_open)
-    _open_by_visitor: dict[str, list[str]] = field(default_factory=dict)
+    # Per visitor key, its open decisions oldest first (a dict as an ordered set: one is
+    # taken out in O(1) when it closes, which happens to every decision).
+    _open_by_visitor: dict[str, dict[str, None]] = field(default_factory=dict)
     _closing: list[tuple[int, str]] = field(default_factory=list)  # (closes at, id)
 
     def decided(self, decision: Decision) -> None:
@@ -98,14 +101,19 @@ class Attribution:
             raise ValueError(f"decision {decision.decision_id!r} is already recorded")
         self.decisions[decision.decision_id] = decision
         for key in decision.keys:
-            open_ids = self._open_by_visitor.setdefault(key, [])
-            open_ids.append(decision.decision_id)
+            open_ids = self._open_by_visitor.setdefault(key, {})
+            open_ids[decision.decision_id] = None
             if len(open_ids) > self.max_open_per_visitor:
                 # A visitor asking again and again (a bot, a loop) must not make every
                 # event of theirs scan a long list: their oldest decision closes early.
                 self.closed_early += 1
-                self._close(open_ids[0], decision.at_ms)
+                self._close(next(iter(open_ids)), decision.at_ms)
         heapq.heappush(self._closing, (decision.at_ms + self.window_ms, decision.decision_id))
+        if len(self._closing) > 2 * len(self.decisions) + _STALE_SLACK:
+            # Most entries are of decisions closed early (a visitor past their bound):
+            # dropped now, rather than held until their window would have ended.
+            self._closing = [entry for entry in self._closing if entry[1] in self.decisions]
+            heapq.heapify(self._closing)
         while len(self.decisions) > self.max_open and self._closing:
             closes_at, oldest_id = heapq.heappop(self._closing)
             if oldest_id in self.decisions:
@@ -178,8 +186,8 @@ class Attribution:
     def _unlist(self, decision: Decision) -> None:
         for key in decision.keys:
             open_ids = self._open_by_visitor.get(key)
-            if open_ids is not None and decision.decision_id in open_ids:
-                open_ids.remove(decision.decision_id)
+            if open_ids is not None:
+                open_ids.pop(decision.decision_id, None)
                 if not open_ids:
                     del self._open_by_visitor[key]
 
@@ -191,7 +199,7 @@ class Attribution:
         device first, then on the person's other devices (through the profile)."""
         items = {item for item, _ in event.items}
         for key in event.keys:
-            for decision_id in reversed(self._open_by_visitor.get(key, [])):
+            for decision_id in reversed(self._open_by_visitor.get(key, {})):
                 decision = self.decisions[decision_id]
                 if self._within(decision, event.at_ms) and items & set(decision.items):
                     return [decision]
