@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from intently.act.features import FeatureHasher
+from intently.act.features import FeatureHasher, contributions
 from intently.act.policies import (
     BetaThompson,
     EpsilonGreedy,
@@ -251,3 +251,16 @@ def test_contexts_that_would_poison_a_model_are_refused() -> None:
     assert np.isfinite(hashed).all()
     assert np.abs(hashed).max() <= 1e6  # clipped
     policy.update("a", 1.0, hashed)  # a hashed context is always accepted
+
+
+def test_feature_contributions_add_up_to_the_linear_score() -> None:
+    """The "weighed most" reasons: each feature's share of theta . x, which with the bias
+    add up to the model's score; values the vector leaves out are left out here too."""
+    features = {"device": "mobile", "country": "DE", "pages": 3, "buyer": True,
+                "cart_value": 2e7, "huge": 10**400, "nan": float("nan"), "none": None}  # fmt: skip
+    theta = np.random.default_rng(5).normal(size=DIMENSIONS)
+    shares = contributions(features, theta)
+    assert [name for name, _ in shares if name in ("huge", "nan", "none")] == []
+    assert [value for _, value in shares] == sorted((v for _, v in shares), reverse=True)
+    total = theta[0] + sum(value for _, value in shares)
+    assert total == pytest.approx(float(theta @ FeatureHasher(DIMENSIONS).vector(features)))

@@ -61,19 +61,23 @@ def contributions(features: Mapping[str, FeatureValue], weights: Vector) -> list
     first: the "features that weighed most" of a decision. Features sharing a slot (a
     hash collision) each show the slot's weight."""
     dimensions = len(weights)
+    slot_weights = weights.tolist()  # (Python floats: numpy's per-element access costs more)
     found = []
     for name, value in features.items():
         if value is None or value == "":
             continue
         if isinstance(value, bool | str):
             slot, sign = _slot(f"{name}={value}", dimensions)
-            found.append((f"{name}={value}", float(sign * weights[slot])))
+            found.append((f"{name}={value}", sign * slot_weights[slot]))
         else:
-            number = float(value)
-            if np.isfinite(number):
+            try:
+                number = float(value)
+            except OverflowError:  # left out of the vector too
+                continue
+            if math.isfinite(number):
                 slot, sign = _slot(name, dimensions)
                 clipped = min(max(number, -MAX_VALUE), MAX_VALUE)
-                found.append((name, float(sign * clipped * weights[slot])))
+                found.append((name, sign * clipped * slot_weights[slot]))
     return sorted(found, key=lambda pair: -pair[1])
 
 

@@ -201,7 +201,8 @@ class _Ridge:
     def update(self, x: Vector, reward: float) -> None:
         a_inv_x = self.a_inv @ x
         self.a_inv -= np.outer(a_inv_x, a_inv_x) / (1.0 + x @ a_inv_x)
-        self.b += reward * x
+        if reward:  # (a zero, the most common reward, leaves b as it is)
+            self.b += reward * x
         self.theta[:] = self.a_inv @ self.b
 
 
