@@ -422,3 +422,23 @@ def test_trending_scores_equal_the_decayed_counts(views: list[tuple[int, float]]
         assert trending.score(item, now) == pytest.approx(expected, rel=1e-9, abs=1e-300)
     top = trending.top(2, now)
     assert [score for _, score in top] == sorted((s for _, s in top), reverse=True)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.integers(0, 399), st.sampled_from([0.0, 0.5, 1.0, 2.5, 3.0]),
+                       max_size=400),
+       st.integers(1, 40), st.booleans())  # fmt: skip
+def test_ranking_is_by_vote_then_item_number_without_zeros(
+    votes: dict[int, float], count: int, restrict: bool
+) -> None:
+    """Both ways of ranking (a few dozen votes, or many more than asked) give the best
+    `count` by vote, equal votes by item number, never an item without a vote."""
+    knn = SessionKNN()
+    for number in range(400):
+        knn.observe("s", f"i{number}", 0.0)
+    allowed = {f"i{n}" for n in range(0, 400, 3)} if restrict else None
+    expected = sorted(
+        (-vote, n) for n, vote in votes.items() if vote and (allowed is None or f"i{n}" in allowed)
+    )[:count]
+    ranked = knn.rank(votes, count, allowed, scale=2.0)
+    assert ranked == [(f"i{n}", -negated * 2.0) for negated, n in expected]

@@ -185,14 +185,21 @@ class SessionKNN:
         `scale`): highest score first, equal scores by item number (stable and
         deterministic). Items whose vote is 0 are not recommended."""
         items = self.items
-        if allowed is None:
+        if len(votes) > 8 * count:  # thousands (the numpy path's sizes): a heap of tuples
             keyed = [(-v, i) for i, v in votes.items() if v]
-        else:
-            keyed = [(-v, i) for i, v in votes.items() if v and items[i] in allowed]
-        # Tuples compare in C, cheaper than a key function. A heap pays off only when
-        # far more items are voted for than asked (thousands: the numpy path's sizes).
-        best = heapq.nsmallest(count, keyed) if len(keyed) > 8 * count else sorted(keyed)[:count]
-        return [(items[i], -negated * scale) for negated, i in best]
+            if allowed is not None:
+                keyed = [(v, i) for v, i in keyed if items[i] in allowed]
+            return [(items[i], -negated * scale) for negated, i in heapq.nsmallest(count, keyed)]
+        # A few dozen: two sorts of the numbers, in C, make no tuple per item (by number,
+        # then by vote; sorts are stable, also reversed, so equal votes stay by number).
+        ranked: list[tuple[str, float]] = []
+        for i in sorted(sorted(votes), key=votes.__getitem__, reverse=True):
+            vote = votes[i]
+            if vote and (allowed is None or items[i] in allowed):
+                ranked.append((items[i], vote * scale))
+                if len(ranked) == count:
+                    break
+        return ranked
 
     def vote_map(
         self, current: Sequence[str], exclude_session: Hashable | None = None
