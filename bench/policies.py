@@ -11,10 +11,9 @@ learning step can cost in Python (one dict increment) and the feature hashing it
 from __future__ import annotations
 
 import argparse
+import random
 import time
 from collections.abc import Callable
-
-import numpy as np
 
 from intently.act.features import FeatureHasher
 from intently.act.policies import (
@@ -55,7 +54,7 @@ def main() -> None:
         "lin-thompson": LinThompson(dimensions=args.dimensions),
         "rules-first": RulesFirst(priority=actions[:5]),
     }
-    rng = np.random.default_rng(0)
+    rng = random.Random(0)
     counts: dict[str, int] = {}
 
     def ceiling(i: int) -> None:

@@ -3,6 +3,7 @@ exploration floor, determinism, and learning from rewards in a simulation."""
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 from collections import Counter
@@ -57,7 +58,7 @@ def name(request: pytest.FixtureRequest) -> str:
 
 def test_only_eligible_actions_are_chosen_and_each_keeps_the_floor(name: str) -> None:
     policy = POLICIES[name](1)
-    rng = np.random.default_rng(1)
+    rng = random.Random(1)
     eligible = ["offer-5", "offer-1", "offer-4"]
     for round_ in range(300):
         context = CONTEXTS[round_ % 4]
@@ -78,7 +79,7 @@ def test_only_eligible_actions_are_chosen_and_each_keeps_the_floor(name: str) ->
 
 def test_the_same_seed_gives_the_same_choices(name: str) -> None:
     def run() -> list[tuple[str, float]]:
-        policy, rng = POLICIES[name](7), np.random.default_rng(7)
+        policy, rng = POLICIES[name](7), random.Random(7)
         out = []
         for round_ in range(100):
             choice = choose(policy, ACTIONS, CONTEXTS[round_ % 4], rng)
@@ -90,7 +91,7 @@ def test_the_same_seed_gives_the_same_choices(name: str) -> None:
 
 
 def test_logged_propensities_are_the_frequencies_actions_are_drawn_with(name: str) -> None:
-    policy, rng = POLICIES[name](3), np.random.default_rng(3)
+    policy, rng = POLICIES[name](3), random.Random(3)
     for _ in range(200):  # some learning first, so the distribution is not uniform
         choice = choose(policy, ACTIONS, CONTEXTS[0], rng)
         policy.update(choice.action, float(rng.random() < click_rate(choice.action, 0)),
@@ -109,10 +110,10 @@ def test_logged_propensities_are_the_frequencies_actions_are_drawn_with(name: st
 
 def simulate(name: str, rounds: int, seed: int) -> float:
     """The click-through of the last half of `rounds` decisions."""
-    policy, rng = POLICIES[name](seed), np.random.default_rng(seed)
+    policy, rng = POLICIES[name](seed), random.Random(seed)
     clicks = 0
     for round_ in range(rounds):
-        index = int(rng.integers(4))
+        index = rng.randrange(4)
         choice = choose(policy, ACTIONS, CONTEXTS[index], rng)
         clicked = rng.random() < click_rate(choice.action, index)
         policy.update(choice.action, float(clicked), CONTEXTS[index])
@@ -139,7 +140,7 @@ def test_contextual_policies_learn_what_each_context_prefers(learner: str) -> No
 
 def test_rules_first_puts_the_mass_on_the_first_eligible_rule() -> None:
     policy = RulesFirst(priority=["offer-3", "offer-1"], floor=FLOOR)
-    rng = np.random.default_rng(0)
+    rng = random.Random(0)
     assert choose(policy, ACTIONS, None, rng).propensities["offer-3"] == pytest.approx(
         1 - FLOOR + FLOOR / 6
     )
@@ -173,7 +174,7 @@ def test_beta_thompson_takes_rewards_in_zero_to_one_only() -> None:
 
 
 def test_no_action_or_repeated_actions_are_refused() -> None:
-    rng = np.random.default_rng(0)
+    rng = random.Random(0)
     with pytest.raises(ValueError, match="no eligible action"):
         choose(EpsilonGreedy(), [], None, rng)
     with pytest.raises(ValueError, match="distinct"):

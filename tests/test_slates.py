@@ -4,9 +4,9 @@ position-wise propensities that are the probabilities the slate was drawn with."
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -36,7 +36,7 @@ def test_rules_and_groups_always_hold(
     excluded: frozenset[str], buried: frozenset[str],
 ) -> None:  # fmt: skip
     rules = Rules(pinned=pinned, excluded=excluded, buried=buried)
-    slate = build_slate(candidates, size, np.random.default_rng(seed), rules)
+    slate = build_slate(candidates, size, random.Random(seed), rules)
     first: dict[str, Candidate] = {}
     for candidate in candidates:  # a repeated id: its first entry counts
         first.setdefault(candidate.id, candidate)
@@ -72,15 +72,15 @@ def test_rules_and_groups_always_hold(
 
 def test_the_same_seed_gives_the_same_slate() -> None:
     candidates = [Candidate(f"p{i}", score=i / 10, category=f"c{i % 3}") for i in range(20)]
-    first = build_slate(candidates, 6, np.random.default_rng(4))
-    again = build_slate(candidates, 6, np.random.default_rng(4))
+    first = build_slate(candidates, 6, random.Random(4))
+    again = build_slate(candidates, 6, random.Random(4))
     assert first == again
 
 
 def test_logged_propensities_are_the_draw_frequencies() -> None:
     candidates = [Candidate("a", 1.0), Candidate("b", 0.9), Candidate("c", 0.5, brand="x"),
                   Candidate("d", 0.0, brand="x")]  # fmt: skip
-    rng = np.random.default_rng(0)
+    rng = random.Random(0)
     rounds = 20_000
     firsts: Counter[str] = Counter()
     logged: Counter[str] = Counter()
@@ -103,7 +103,7 @@ def test_logged_propensities_are_the_draw_frequencies() -> None:
 def test_diversity_spreads_categories_and_brands() -> None:
     candidates = [Candidate(f"s{i}", 1.0, category="shoes", brand="acme") for i in range(5)]
     candidates += [Candidate("bag", 0.8, category="bags", brand="zeta")]
-    rng = np.random.default_rng(1)
+    rng = random.Random(1)
     with_bag = sum("bag" in build_slate(candidates, 2, rng).items for _ in range(500))
     without = sum(
         "bag" in build_slate(candidates, 2, rng, same_category_penalty=0,
@@ -117,7 +117,7 @@ def test_diversity_spreads_categories_and_brands() -> None:
 
 
 def test_a_slate_larger_than_the_candidates_and_bad_input() -> None:
-    rng = np.random.default_rng(0)
+    rng = random.Random(0)
     slate = build_slate([Candidate("a", 1.0), Candidate("b", 0.5, group="g"),
                          Candidate("c", 0.4, group="g")], 8, rng)  # fmt: skip
     assert sorted(slate.items) in (["a", "b"], ["a", "c"])
@@ -136,7 +136,7 @@ def test_a_slate_larger_than_the_candidates_and_bad_input() -> None:
 
 
 def test_boosts_must_be_finite_and_huge_scores_do_not_overflow() -> None:
-    rng = np.random.default_rng(0)
+    rng = random.Random(0)
     with pytest.raises(ValueError, match="boosts must be finite"):
         build_slate([Candidate("a", 1.0)], 1, rng, Rules(boost={"a": float("inf")}))
     slate = build_slate([Candidate("a", 1e308), Candidate("b", 0.0)], 2, rng,
@@ -197,7 +197,7 @@ def test_logged_propensities_equal_a_from_scratch_computation(
     definition computed afresh from the items above it."""
     rules = Rules(boost=dict.fromkeys(boosted, 0.7), buried=buried)
     knobs = (temperature, 0.05, 0.3, 0.15)
-    slate = build_slate(candidates, size, np.random.default_rng(seed), rules,
+    slate = build_slate(candidates, size, random.Random(seed), rules,
                         temperature=temperature)  # fmt: skip
     expected = expected_propensities(candidates, slate.items, rules, knobs)
     assert slate.propensities == pytest.approx(expected, rel=1e-9, abs=1e-12)
@@ -209,7 +209,8 @@ def test_tiny_temperatures_and_one_category_do_not_break_the_draw() -> None:
     review: a math domain error made every decision fall back)."""
     candidates = [Candidate(f"p{i}", i / 50, category="c", brand="b") for i in range(60)]
     for temperature, size in ((0.001, 10), (0.01, 30), (0.02, 48)):
-        slate = build_slate(candidates, size, np.random.default_rng(1), temperature=temperature)
+        slate = build_slate(candidates, size, random.Random(1), temperature=temperature, floor=1e-9)
         assert len(slate.items) == size
         assert all(0 < p <= 1 for p in slate.propensities)
-        assert slate.items[0] == "p59"  # the best, all but surely
+        if temperature == 0.001:  # the best, all but surely (p58 weighs exp(-20))
+            assert slate.items[0] == "p59"

@@ -25,13 +25,13 @@ from __future__ import annotations
 import heapq
 import logging
 import os
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 
 import msgspec
-import numpy as np
 
 from intently.act.candidates import Ask, Recommenders
 from intently.act.decisions import (
@@ -132,7 +132,7 @@ class _Outcome:
     degraded: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)  # (slots: one object, not two, for the collector to walk)
 class _Pending:
     policy: Policy
     action: str
@@ -195,7 +195,10 @@ class Decider:
         self.timer = timer
         self.recommenders = Recommenders(learner, catalog)
         self.attribution = Attribution(self._on_reward, window_ms)
-        self._rng = np.random.default_rng(seed)
+        # Python's generator, not numpy's: numpy's gives up the GIL on every draw, and a
+        # thread that does so thousands of times a second starves the others (the
+        # decision log's writer waited hundreds of ms for the GIL and fell behind).
+        self._rng = random.Random(seed)
         self._policies: dict[tuple[str, bytes], Policy] = {}
         self._hashers: dict[int, FeatureHasher] = {}
         self._pending: dict[str, _Pending] = {}
@@ -746,7 +749,8 @@ class Decider:
     ) -> None:  # fmt: skip
         self.attribution.decided(
             Decision(
-                decision_id, visitor.key, placement.id, outcome.items, now,
+                # (a tuple of strings: the collector stops tracking it)
+                decision_id, visitor.key, placement.id, tuple(outcome.items), now,
                 reward=placement.spec.reward, aliases=visitor.aliases,
             )
         )  # fmt: skip

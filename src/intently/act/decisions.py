@@ -35,6 +35,7 @@ import msgspec
 from msgspec import Struct
 
 from intently.log.eventlog import truncate_wal
+from intently.sqlite_rows import insert_rows
 
 log = logging.getLogger(__name__)
 
@@ -245,14 +246,14 @@ class DecisionLog:
                     "INSERT INTO decision_batches (last_ms, count, body) VALUES (?, ?, ?)",
                     (max(d.at_ms for d in decisions), len(decisions), _encode(decisions)),
                 )
-            self._db.executemany(
-                "INSERT INTO rewards (decision_id, at_ms, item, value) VALUES (?, ?, ?, ?)",
+            insert_rows(
+                self._db, "INSERT INTO rewards (decision_id, at_ms, item, value) VALUES",
                 [(r.decision_id, r.at_ms, r.item, r.value) for r in rewards],
-            )
-            self._db.executemany(
-                "INSERT INTO exposures (decision_id, at_ms) VALUES (?, ?)",
+            )  # fmt: skip
+            insert_rows(
+                self._db, "INSERT INTO exposures (decision_id, at_ms) VALUES",
                 [(x.decision_id, x.at_ms) for x in exposures],
-            )
+            )  # fmt: skip
 
 
 class DecisionLogReader:

@@ -26,6 +26,7 @@ the floor), which makes the logged propensity exact for what was drawn.
 
 from __future__ import annotations
 
+import random
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -69,7 +70,7 @@ class Policy(Protocol):
 
 
 def choose(
-    policy: Policy, actions: Sequence[str], context: Vector | None, rng: np.random.Generator
+    policy: Policy, actions: Sequence[str], context: Vector | None, rng: random.Random
 ) -> Choice:
     """Draw one of the eligible `actions` from the policy's distribution."""
     if not actions:

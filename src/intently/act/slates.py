@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import bisect
 import math
+import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import NamedTuple
-
-import numpy as np
 
 MAX_SCORE = 1e12
 # Below this sum, the weights of the candidates left are computed afresh (far above the
@@ -74,7 +73,7 @@ class Slate:
 def build_slate(
     candidates: Iterable[Candidate],
     size: int,
-    rng: np.random.Generator,
+    rng: random.Random,
     rules: Rules | None = None,
     *,
     temperature: float = 0.1,
@@ -121,7 +120,7 @@ def _draw(
     candidates: list[Candidate],
     placed: list[Candidate],
     size: int,
-    rng: np.random.Generator,
+    rng: random.Random,
     rules: Rules,
     slate: Slate,
     knobs: tuple[float, float, float, float],
@@ -194,7 +193,7 @@ def _draw(
         penalize(brands_at + brands.get(pinned.brand, 0))
     if drawing:
         weigh_afresh()
-    for point in rng.random(size - len(slate.items)).tolist():
+    for point in [rng.random() for _ in range(size - len(slate.items))]:
         if not drawing:
             if not later:
                 return

@@ -36,7 +36,9 @@ DEFAULT_WINDOW_MS = 30 * 60_000
 _STALE_SLACK = 1024  # closing-heap entries of closed decisions tolerated beyond 2 per open
 
 
-@dataclass
+# Open decisions are many (up to `Attribution.max_open`) and live for minutes: slots keep
+# each one object for the garbage collector to walk, not two.
+@dataclass(slots=True)
 class Decision:
     decision_id: str
     visitor: str  # the main key: the device ("a:<anonymousId>") or the profile id

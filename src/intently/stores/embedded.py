@@ -24,13 +24,13 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
 from intently.background import lower_priority
 from intently.context.profile import Profile, SegmentChange
 from intently.log.eventlog import truncate_wal
+from intently.sqlite_rows import insert_rows
 from intently.stores.protocol import Changes
 
 log = logging.getLogger(__name__)
@@ -374,13 +374,13 @@ class EmbeddedStore:
                         "DELETE FROM profiles WHERE id = ?", [(i,) for i in batch.removed]
                     )
                 if batch.profiles:
-                    _insert_rows(db, "INSERT OR REPLACE INTO profiles VALUES", batch.profiles)
+                    insert_rows(db, "INSERT OR REPLACE INTO profiles VALUES", batch.profiles)
                 if batch.unlinked:
                     db.executemany(
                         "DELETE FROM links WHERE key = ?", [(k,) for k in batch.unlinked]
                     )
                 if batch.links:
-                    _insert_rows(db, "INSERT OR REPLACE INTO links VALUES", batch.links)
+                    insert_rows(db, "INSERT OR REPLACE INTO links VALUES", batch.links)
                 db.executemany(
                     "INSERT OR REPLACE INTO meta VALUES (?, ?)",
                     [("applied_seq", str(batch.seq)), ("watermark_ms", str(batch.watermark_ms))],
@@ -426,20 +426,6 @@ class EmbeddedStore:
             self._profiles[profile.id] = profile
             self._index(profile)
         self._links = dict(db.execute("SELECT key, profile_id FROM links"))
-
-
-# Rows per statement. executemany steps once per row, and every step gives up the GIL and
-# must take it back from the event loop thread (waiting up to the 5 ms switch interval):
-# a write of a few hundred rows that way showed up as multi-millisecond stalls in request
-# latency. Multi-row statements take the GIL back a handful of times per write.
-_ROWS_PER_STATEMENT = 256
-
-
-def _insert_rows(db: sqlite3.Connection, insert: str, rows: list[tuple[str, Any]]) -> None:
-    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-        chunk = rows[start : start + _ROWS_PER_STATEMENT]
-        values = ",".join(["(?, ?)"] * len(chunk))
-        db.execute(f"{insert} {values}", [item for row in chunk for item in row])
 
 
 def _oldest(order: dict[str, int], before_ms: int, limit: int) -> list[str]:

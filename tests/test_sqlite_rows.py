@@ -1,0 +1,26 @@
+"""Multi-row inserts write exactly what one insert per row would, across chunk edges."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+
+import pytest
+
+from intently.sqlite_rows import ROWS_PER_STATEMENT, insert_rows
+
+
+@pytest.mark.parametrize("count", [0, 1, ROWS_PER_STATEMENT, ROWS_PER_STATEMENT + 1, 700])
+def test_insert_rows_equals_one_insert_per_row(count: int) -> None:
+    rng = random.Random(count)
+    rows = [(f"d{i}", rng.randrange(10**12), rng.choice([None, "p1"]), rng.uniform(-1e9, 1e9))
+            for i in range(count)]  # fmt: skip
+    schema = "CREATE TABLE t (seq INTEGER PRIMARY KEY, a TEXT, b INTEGER, c TEXT, d REAL)"
+    batched, plain = sqlite3.connect(":memory:"), sqlite3.connect(":memory:")
+    for db in (batched, plain):
+        db.execute(schema)
+    insert_rows(batched, "INSERT INTO t (a, b, c, d) VALUES", rows)
+    plain.executemany("INSERT INTO t (a, b, c, d) VALUES (?, ?, ?, ?)", rows)
+    query = "SELECT seq, a, b, c, d FROM t ORDER BY seq"
+    assert batched.execute(query).fetchall() == plain.execute(query).fetchall()
+    assert [row[1:] for row in batched.execute(query)] == rows  # in order, floats exact
