@@ -7,10 +7,10 @@ import sqlite3
 
 import pytest
 
-from intently.sqlite_rows import ROWS_PER_STATEMENT, insert_rows
+from intently.sqlite_rows import insert_rows
 
 
-@pytest.mark.parametrize("count", [0, 1, ROWS_PER_STATEMENT, ROWS_PER_STATEMENT + 1, 700])
+@pytest.mark.parametrize("count", [0, 1, 7, 8, 9, 2047, 2048, 2049, 10_000])
 def test_insert_rows_equals_one_insert_per_row(count: int) -> None:
     rng = random.Random(count)
     rows = [(f"d{i}", rng.randrange(10**12), rng.choice([None, "p1"]), rng.uniform(-1e9, 1e9))

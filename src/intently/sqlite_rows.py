@@ -1,29 +1,47 @@
 """Writing many rows to SQLite from a worker thread without stalling the event loop.
 
-`executemany` steps once per row, and every step gives up the GIL and must take it back
-from the thread serving requests, waiting up to the 5 ms switch interval each time while
-that thread is busy. A write of a few hundred rows that way showed up as
-multi-millisecond stalls in request latency (the embedded store), and under a busy
-decide load the decision log's writer fell behind by tens of thousands of records.
-Multi-row statements take the GIL back a handful of times per write instead.
+Python's sqlite3 gives up the GIL around every statement step and must take it back from
+the thread serving requests, waiting up to the 5 ms switch interval each time while that
+thread is busy. `executemany` steps once per row: a write of a few hundred rows that way
+showed up as multi-millisecond stalls in request latency (the state store), halved
+batched ingest (the event log), and let the decision log's writer fall behind under a
+busy decide load. One multi-row `INSERT ... VALUES (...),(...)` per chunk takes the GIL
+back a handful of times per write instead. Chunks have fixed sizes, largest first, so
+the few statements stay prepared in the connection's cache.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
-ROWS_PER_STATEMENT = 256
+CHUNKS = (2048, 512, 128, 32, 8, 1)
+MAX_VARIABLES = 32_766  # SQLite's limit on parameters per statement (since 3.32)
+
+
+def insert_flat(db: sqlite3.Connection, insert: str, columns: int, values: list[Any]) -> None:
+    """Run `insert` (e.g. "INSERT INTO t (a, b) VALUES") for rows of `columns` values
+    each, flattened into `values` in row order."""
+    start, total = 0, len(values) // columns
+    for size in CHUNKS:
+        if size * columns > MAX_VARIABLES:
+            continue
+        statement = _statement(insert, columns, size)
+        while total - start >= size:
+            end = start + size
+            db.execute(statement, values[start * columns : end * columns])
+            start = end
 
 
 def insert_rows(db: sqlite3.Connection, insert: str, rows: Sequence[Sequence[Any]]) -> None:
-    """Run `insert` (e.g. "INSERT INTO t (a, b) VALUES") for every row, a few hundred
-    rows per statement. Every row must have the same number of values."""
-    if not rows:
-        return
-    placeholders = "(" + ", ".join(["?"] * len(rows[0])) + ")"
-    for start in range(0, len(rows), ROWS_PER_STATEMENT):
-        chunk = rows[start : start + ROWS_PER_STATEMENT]
-        values = ",".join([placeholders] * len(chunk))
-        db.execute(f"{insert} {values}", [value for row in chunk for value in row])
+    """`insert_flat` for rows given as sequences (all of the same length)."""
+    if rows:
+        insert_flat(db, insert, len(rows[0]), [value for row in rows for value in row])
+
+
+@lru_cache(maxsize=256)
+def _statement(insert: str, columns: int, rows: int) -> str:
+    placeholders = "(" + ",".join(["?"] * columns) + ")"
+    return f"{insert} {','.join([placeholders] * rows)}"

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 from intently.background import lower_priority
+from intently.sqlite_rows import insert_flat
 
 log = logging.getLogger(__name__)
 
@@ -56,28 +57,6 @@ _COLUMNS = 8
 WAL_RESTART_BYTES = 32 * 1024 * 1024
 # Appends grouped into one transaction, at most.
 MAX_GROUP_ROWS = 20_000
-# Rows per INSERT statement, largest first. Python's sqlite3 releases and re-takes the GIL
-# around every statement step, and re-taking it waits for the event loop thread, so one
-# multi-row INSERT beats executemany by far under load. Fixed sizes keep the set of
-# prepared statements small (SQLite allows 32,766 parameters: 4,095 rows of 8).
-_CHUNKS = (2048, 512, 128, 32, 8, 1)
-_ROW_PLACEHOLDERS = "(?,?,?,?,?,?,?,?)"
-_INSERTS = {
-    size: "INSERT INTO events VALUES " + ",".join([_ROW_PLACEHOLDERS] * size)  # noqa: S608
-    for size in _CHUNKS
-}
-
-
-def _insert_all(connection: sqlite3.Connection, values: list[object]) -> None:
-    """Insert rows whose columns are flattened into `values`, in few statements."""
-    start, total = 0, len(values) // _COLUMNS
-    for size in _CHUNKS:
-        while total - start >= size:
-            end = start + size
-            connection.execute(_INSERTS[size], values[start * _COLUMNS : end * _COLUMNS])
-            start = end
-
-
 # What the log stores of an event, in column order: messageId, received and event times
 # (epoch ms), type, anonymousId, userId, body (the encoded `EventRecord`). The pipeline
 # builds plain tuples (a NamedTuple costs ten times more to build, per event); `LogRow`
@@ -351,7 +330,8 @@ class EventLog(EventLogReader):
                     seq += 1
             try:
                 connection.execute("BEGIN")
-                _insert_all(connection, values)
+                # (a few multi-row statements: see intently.sqlite_rows)
+                insert_flat(connection, "INSERT INTO events VALUES", _COLUMNS, values)
                 connection.execute("COMMIT")
             except BaseException as error:  # report every failure to the waiting requests
                 with contextlib.suppress(sqlite3.Error):
