@@ -301,8 +301,14 @@ class SessionKNN:
         # live session is then listed under every current item it holds).
         found: dict[int, tuple[float, int]] = {}
         complete = True
+        wrapped = oldest > 0  # the ring has forgotten sessions: their numbers are skipped
         for index, (weight, position) in known.items():
-            live = [n for n in item_sessions[index] if n >= oldest and n != excluded]
+            if wrapped:
+                live = [n for n in item_sessions[index] if n >= oldest and n != excluded]
+            else:  # (copies and scans in C; a session is listed once per item)
+                live = item_sessions[index].tolist()
+                if excluded is not None and excluded in live:
+                    live.remove(excluded)
             if len(live) > self.sample:
                 live, complete = live[-self.sample :], False
             for number in live:
