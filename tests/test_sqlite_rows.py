@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from intently.sqlite_rows import insert_rows
+from intently.sqlite_rows import insert_flat, insert_rows
 
 
 @pytest.mark.parametrize("count", [0, 1, 7, 8, 9, 2047, 2048, 2049, 10_000])
@@ -24,3 +24,13 @@ def test_insert_rows_equals_one_insert_per_row(count: int) -> None:
     query = "SELECT seq, a, b, c, d FROM t ORDER BY seq"
     assert batched.execute(query).fetchall() == plain.execute(query).fetchall()
     assert [row[1:] for row in batched.execute(query)] == rows  # in order, floats exact
+
+
+def test_rows_that_do_not_line_up_are_refused_not_shifted() -> None:
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (a, b)")
+    with pytest.raises(ValueError, match="different lengths"):
+        insert_rows(db, "INSERT INTO t VALUES", [(1, 2), (3,), (4, 5, 6)])
+    with pytest.raises(ValueError, match="do not make rows"):
+        insert_flat(db, "INSERT INTO t VALUES", 2, [1, 2, 3])
+    assert db.execute("SELECT count(*) FROM t").fetchone() == (0,)

@@ -18,15 +18,17 @@ from functools import lru_cache
 from typing import Any
 
 CHUNKS = (2048, 512, 128, 32, 8, 1)
-MAX_VARIABLES = 32_766  # SQLite's limit on parameters per statement (since 3.32)
 
 
 def insert_flat(db: sqlite3.Connection, insert: str, columns: int, values: list[Any]) -> None:
     """Run `insert` (e.g. "INSERT INTO t (a, b) VALUES") for rows of `columns` values
     each, flattened into `values` in row order."""
+    limit = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    if columns < 1 or columns > limit or len(values) % columns:
+        raise ValueError(f"{len(values)} values do not make rows of {columns} (at most {limit})")
     start, total = 0, len(values) // columns
     for size in CHUNKS:
-        if size * columns > MAX_VARIABLES:
+        if size * columns > limit:
             continue
         statement = _statement(insert, columns, size)
         while total - start >= size:
@@ -38,7 +40,10 @@ def insert_flat(db: sqlite3.Connection, insert: str, columns: int, values: list[
 def insert_rows(db: sqlite3.Connection, insert: str, rows: Sequence[Sequence[Any]]) -> None:
     """`insert_flat` for rows given as sequences (all of the same length)."""
     if rows:
-        insert_flat(db, insert, len(rows[0]), [value for row in rows for value in row])
+        columns = len(rows[0])
+        if any(len(row) != columns for row in rows):
+            raise ValueError(f"rows of different lengths (the first has {columns} values)")
+        insert_flat(db, insert, columns, [value for row in rows for value in row])
 
 
 @lru_cache(maxsize=256)
