@@ -26,6 +26,7 @@ the floor), which makes the logged propensity exact for what was drawn.
 
 from __future__ import annotations
 
+import math
 import random
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
@@ -89,7 +90,7 @@ def choose(
 
 def check_reward(reward: float) -> float:
     reward = float(reward)
-    if not np.isfinite(reward):
+    if not math.isfinite(reward):
         raise ValueError(f"a reward must be a finite number, not {reward}")
     return reward
 
@@ -201,7 +202,8 @@ class _Ridge:
 
     def update(self, x: Vector, reward: float) -> None:
         a_inv_x = self.a_inv @ x
-        self.a_inv -= np.outer(a_inv_x, a_inv_x) / (1.0 + x @ a_inv_x)
+        # (one d x d temporary, not three: outer of the scaled vector, then subtract)
+        self.a_inv -= np.multiply.outer(a_inv_x, a_inv_x / (1.0 + x @ a_inv_x))
         if reward:  # (a zero, the most common reward, leaves b as it is)
             self.b += reward * x
         self.theta[:] = self.a_inv @ self.b

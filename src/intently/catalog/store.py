@@ -61,6 +61,7 @@ class CatalogStore:
         self._items: dict[str, Item] = {}
         # An ordered set (a dict): the catalog's own order, for a widget with nothing better.
         self._available: dict[str, None] = {}
+        self._available_ids = self._available.keys()  # a live view, made once
         self._offers: dict[str, LiveOffer] = {}
         # Counts every change that decisions can see (caches compare it).
         self.version = 0
@@ -101,7 +102,7 @@ class CatalogStore:
     def availability(self) -> KeysView[str]:
         """The ids of the items decisions may show now, as a live read-only view: for
         checking many items in a row (`in` on it costs no call)."""
-        return self._available.keys()
+        return self._available_ids
 
     def write(self, items: Iterable[Item]) -> list[Item]:
         """Make `items` durable (the last of the same id wins); returns them, to `apply`
