@@ -88,12 +88,15 @@ async def test_a_better_policy_is_promoted_and_a_worse_one_is_not(
     assert better.status_code == 200, better.text
     report = better.json()
     assert report["promote"] is True
-    # Its estimated value is near what it would truly earn: ~0.9 * 0.5 + 0.1 * 0.2.
+    # Its estimated value is near what it would truly earn: ~0.9 * 0.5 + 0.1 * 0.2. The
+    # decider draws unseeded, and IPS over 600 decisions has a standard error of about
+    # 0.065 here (importance weights up to 5.6): the bounds are 3.5 of those each side,
+    # not 2 (0.3 < v < 0.6 failed in one of a dozen runs here).
     for name in ("ips", "snips", "dm", "dr"):
         found = report["candidate"][name]
         assert found["low"] <= found["value"] <= found["high"]
         assert found["low"] > report["live_value"]
-        assert 0.3 < found["value"] < 0.6
+        assert 0.24 < found["value"] < 0.7
     placement = engine.placements.get("home_hero")
     assert placement is not None
     assert placement.spec.policy.name == "epsilon-greedy"
