@@ -13,10 +13,6 @@ MAX_DEPTH = 10
 MAX_STRING = 16 * 1024
 MAX_KEYS = 500
 MAX_LIST = 1000
-# What MessagePack, and so the log and the stores, can hold: a larger integer would be
-# accepted here and then fail every later write of the profile that keeps it (found by
-# the API fuzzer: an identify trait of 2**70).
-MIN_INT, MAX_INT = -(2**63), 2**64 - 1
 
 
 class LimitError(ValueError):
@@ -47,7 +43,6 @@ def within_bounds_without_walk(value: dict[str, Any], source_size: int) -> bool:
         and _FLAT.issuperset(map(type, value.values()))
         # (`default=` would cost more than the rest of the check)
         and (not value or max(map(len, value)) <= 256)
-        and all(MIN_INT <= item <= MAX_INT for item in value.values() if type(item) is int)
     )
 
 
@@ -59,11 +54,6 @@ def _walk(value: Any, path: list[str | int], depth: int) -> None:
         if len(value) > MAX_STRING:
             raise LimitError(path, f"string longer than {MAX_STRING} characters")
         return
-    if kind is int:
-        if not MIN_INT <= value <= MAX_INT:
-            detail = "integer outside -2**63 .. 2**64-1 (send larger numbers as strings)"
-            raise LimitError(path, detail)
-        return
     if kind is dict:
         if depth >= MAX_DEPTH:
             raise LimitError(path, f"nested deeper than {MAX_DEPTH} levels")
@@ -74,12 +64,7 @@ def _walk(value: Any, path: list[str | int], depth: int) -> None:
                 raise LimitError([*path, key], "key longer than 256 characters")
             # Scalars are the common case: no call for them.
             kind = type(item)
-            if (
-                kind is dict
-                or kind is list
-                or (kind is str and len(item) > MAX_STRING)
-                or (kind is int and not MIN_INT <= item <= MAX_INT)
-            ):
+            if kind is dict or kind is list or (kind is str and len(item) > MAX_STRING):
                 _walk(item, [*path, key], depth + 1)
         return
     if kind is list:
@@ -89,10 +74,5 @@ def _walk(value: Any, path: list[str | int], depth: int) -> None:
             raise LimitError(path, f"array with more than {MAX_LIST} items")
         for index, item in enumerate(value):
             kind = type(item)
-            if (
-                kind is dict
-                or kind is list
-                or (kind is str and len(item) > MAX_STRING)
-                or (kind is int and not MIN_INT <= item <= MAX_INT)
-            ):
+            if kind is dict or kind is list or (kind is str and len(item) > MAX_STRING):
                 _walk(item, [*path, index], depth + 1)
