@@ -671,3 +671,32 @@ async def test_erasure_leaves_nothing_on_disk(tmp_path: Path, clock: ManualClock
         finally:
             reopened.close()
         assert files_holding(data_dir, needles) == {}
+
+
+@pytest.mark.anyio
+async def test_a_trait_beyond_64_bits_is_written_and_read_back(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """MessagePack cannot hold an integer beyond 64 bits; free-form traits can (as events
+    can). Such a profile is kept as JSON: before, it failed every later write of the
+    store, and an unrelated erasure, which writes the store, answered 500."""
+    data_dir = tmp_path / "data"
+    engine = Engine(make_settings(data_dir), clock=clock)
+    traits = {"big": 2**70, "small": -(2**70), "plain": 3}
+    try:
+        async with client_for(engine) as client:
+            identify = {"type": "identify", "userId": "u1", "anonymousId": "a1", "traits": traits}
+            assert (await client.post("/v1/events", json=identify)).status_code == 200
+            other = track(anonymousId="other")
+            assert (await client.post("/v1/events", json=other)).status_code == 200
+        async with client_for(engine, SECRET_KEY) as admin:
+            assert (await admin.delete("/v1/profiles/other")).status_code == 200
+    finally:
+        engine.close()
+    reopened = Engine(make_settings(data_dir), clock=clock)
+    try:
+        profile = reopened.context.lookup("u1")
+        assert profile is not None
+        assert profile.traits == traits
+    finally:
+        reopened.close()

@@ -45,8 +45,26 @@ CREATE TABLE IF NOT EXISTS segment_changes (
 );
 CREATE INDEX IF NOT EXISTS segment_changes_profile ON segment_changes (profile_id, at_ms);
 """
-_encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(Profile).decode
+_to_msgpack = msgspec.msgpack.Encoder().encode
+_to_json = msgspec.json.Encoder().encode
+_from_msgpack = msgspec.msgpack.Decoder(Profile).decode
+_from_json = msgspec.json.Decoder(Profile).decode
+
+
+def _encode(profile: Profile) -> bytes:
+    """A profile's body: MessagePack, or JSON for one holding an integer beyond 64 bits
+    (a trait can: free-form data keeps any JSON number, as the event log does), which
+    MessagePack cannot hold. Without this, such a trait failed every later write of the
+    store, and the erasure that forced one answered 500 (found by the API fuzzer)."""
+    try:
+        return _to_msgpack(profile)
+    except OverflowError:
+        return _to_json(profile)
+
+
+def _decode(body: bytes) -> Profile:
+    # A MessagePack map never starts with "{" (0x7b is a positive integer there).
+    return _from_json(body) if body[:1] == b"{" else _from_msgpack(body)
 
 
 class _Batch(msgspec.Struct):
