@@ -527,17 +527,7 @@ class Decider:
         query = spec.query
         selection = self._selection(placement) if spec.recommender == "catalog" else []
         pool = self.recommenders.pool(spec.recommender, visitor.ask, selection)
-        ask = visitor.ask
-        shown_elsewhere = {ask.product_id, *ask.cart, *ask.order}
-        available = catalog.availability()
-
-        def candidate(item_id: str) -> bool:
-            return (
-                item_id in available
-                and item_id not in shown_elsewhere
-                and (query is None or _matches(catalog.get(item_id), query))
-            )
-
+        candidate = self._showable(visitor, query)
         # The slate draws among the best `considered` candidates allowed (by score and
         # boost), each with its logged probability.
         considered = max(SLATE_POOL_PER_ITEM * count, SLATE_POOL_MIN)
@@ -549,15 +539,7 @@ class Decider:
             buried: set[str] = set()
             boosts: dict[str, float] = {}
             best_first = sorted(scores, key=scores.__getitem__, reverse=True)
-            if query is None:  # (the same checks as `candidate`, without a call each)
-                allowed = []
-                for item_id in best_first:
-                    if item_id in available and item_id not in shown_elsewhere:
-                        allowed.append(item_id)
-                        if len(allowed) == considered:
-                            break
-            else:
-                allowed = list(islice(filter(candidate, best_first), considered))
+            allowed = list(islice(filter(candidate, best_first), considered))
         else:  # the rules see every candidate
             allowed, pinned, buried, boosts = self._apply_rules(
                 placement, visitor, [i for i in scores if candidate(i)], reasons
@@ -591,6 +573,23 @@ class Decider:
             slate.items, slate.propensities, item_reasons, reasons, "slate",
             [c.id for c in candidates],
         )  # fmt: skip
+
+    def _showable(self, visitor: _Visitor, query: CatalogQuery | None) -> Callable[[str], bool]:
+        """Whether an item may be shown to this visitor: available, not already on the
+        page (in view, in the cart, in the order) and matching the placement's query."""
+        ask = visitor.ask
+        shown_elsewhere = {ask.product_id, *ask.cart, *ask.order}
+        available = self.catalog.availability()
+        get = self.catalog.get
+
+        def showable(item_id: str) -> bool:
+            return (
+                item_id in available
+                and item_id not in shown_elsewhere
+                and (query is None or _matches(get(item_id), query))
+            )
+
+        return showable
 
     # -- rules ------------------------------------------------------------------------------
 
@@ -690,13 +689,8 @@ class Decider:
         catalog = self.catalog
         try:
             if spec.kind == "items":
-                ask = visitor.ask
-                shown = {ask.product_id, *ask.cart, *ask.order}
-                ids = [
-                    x for x in spec.fallback or [x for x, _ in self.recommenders.popular]
-                    if x not in shown and catalog.is_available(x)
-                    and (spec.query is None or _matches(catalog.get(x), spec.query))
-                ]  # fmt: skip
+                popular = [x for x, _ in self.recommenders.popular]
+                ids = list(filter(self._showable(visitor, spec.query), spec.fallback or popular))
             else:
                 open_offers = [
                     live for live in catalog.offers()
