@@ -382,8 +382,7 @@ def _judge_on_log(
     except FileNotFoundError as error:
         raise click.ClickException(str(error)) from None
     try:
-        window_ms = int(settings.attribution_window_minutes * 60_000)
-        closed_by = int(time.time() * 1000) - window_ms
+        closed_by = int(time.time() * 1000) - settings.attribution_window_ms
         judgement = judge(reader, placement, spec, closed_by_ms=closed_by, estimator=estimator)
     except NotEnoughEvidence as error:
         raise click.ClickException(str(error)) from None

@@ -101,6 +101,10 @@ class Settings(Struct, kw_only=True):
         return self.data_dir / "events.db"
 
     @property
+    def attribution_window_ms(self) -> int:
+        return int(self.attribution_window_minutes * 60_000)
+
+    @property
     def decision_log_path(self) -> Path:
         return self.data_dir / "decisions.db"
 

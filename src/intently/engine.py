@@ -136,7 +136,7 @@ class Engine:
             decisions=self.decisions,
             enricher=self.enricher,
             now_ms=self.now_ms,
-            window_ms=int(settings.attribution_window_minutes * 60_000),
+            window_ms=settings.attribution_window_ms,
         )
         self.webhooks = WebhookDispatcher(
             settings.webhook_secret,
@@ -208,7 +208,7 @@ class Engine:
         self.decisions.flush()
         # Only decisions whose window closed: an open one has its clicks but not yet its
         # misses. The latest first, and no further back than each placement needs.
-        closed_by = self.now_ms() - int(self.settings.attribution_window_minutes * 60_000)
+        closed_by = self.now_ms() - self.settings.attribution_window_ms
         reader = DecisionLogReader(self.settings.decision_log_path)
         try:
             wanted = {p.id for p in offers}

@@ -103,8 +103,7 @@ async def promote_policy(request: Request) -> Response:
 def _judge(engine: Engine, placement_id: str, spec: PolicySpec, estimator: str) -> Judgement:
     reader = DecisionLogReader(engine.settings.decision_log_path)
     try:
-        window_ms = int(engine.settings.attribution_window_minutes * 60_000)
-        closed_by = engine.now_ms() - window_ms
+        closed_by = engine.now_ms() - engine.settings.attribution_window_ms
         return judge(reader, placement_id, spec, closed_by_ms=closed_by, estimator=estimator)
     finally:
         reader.close()
