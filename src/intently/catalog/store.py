@@ -166,13 +166,10 @@ class CatalogStore:
         self.apply(written)
         return len(written)
 
-    def facets(self, item_id: str) -> tuple[str | None, str | None, str | None]:
-        """What slates keep apart: the item's narrowest category, its brand and its group
-        (`attributes.group`: near-duplicates, e.g. one product in several colours)."""
-        return self._facets.get(item_id, _NO_FACETS)
-
     def facets_of(self, item_ids: Iterable[str]) -> list[tuple[str | None, str | None, str | None]]:
-        """`facets` of each of `item_ids`, in order (one call for a slate's candidates)."""
+        """What slates keep apart, for each of `item_ids` in order: the item's narrowest
+        category, its brand and its group (`attributes.group`: near-duplicates, e.g. one
+        product in several colours)."""
         get = self._facets.get
         return [get(item_id, _NO_FACETS) for item_id in item_ids]
 

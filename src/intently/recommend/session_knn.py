@@ -215,19 +215,6 @@ class SessionKNN:
         scored, votes = self._votes_numpy(known, len(current), exclude_session)
         return dict(zip(scored.tolist(), votes.tolist(), strict=True))
 
-    def votes(
-        self, current: Sequence[str], exclude_session: Hashable | None = None
-    ) -> tuple[Indexes, Floats]:
-        """The numbers of the items voted for (ascending) and their votes, aligned."""
-        known = self._known(current)
-        if not known:
-            return np.empty(0, dtype=np.intp), np.empty(0)
-        small = self._votes_small(known, len(current), exclude_session)
-        if small is None:
-            return self._votes_numpy(known, len(current), exclude_session)
-        scored = np.fromiter(sorted(small), dtype=np.intp, count=len(small))
-        return scored, np.array([small[i] for i in scored.tolist()], dtype=np.float64)
-
     def _known(self, current: Sequence[str]) -> dict[int, tuple[float, int]]:
         """The current items the index knows: number -> (position weight, position)."""
         length = len(current)
