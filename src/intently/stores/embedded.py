@@ -374,10 +374,10 @@ class EmbeddedStore:
             db.execute("BEGIN")
             try:
                 if batch.transitions:
-                    db.executemany(
-                        "INSERT INTO segment_changes VALUES (?, ?, ?, ?, ?)",
+                    insert_rows(
+                        db, "INSERT INTO segment_changes VALUES",
                         [msgspec.structs.astuple(c) for c in batch.transitions],
-                    )
+                    )  # fmt: skip
                 if batch.merged:  # the absorbed profile's history follows it
                     db.executemany(
                         "UPDATE segment_changes SET profile_id = ? WHERE profile_id = ?",
