@@ -75,6 +75,15 @@ async def decide(client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, A
     return decisions
 
 
+def clicked(visitor: str, decision: dict[str, Any]) -> dict[str, Any]:
+    """A click from `visitor` on the first item of `decision`, naming the decision."""
+    return track(
+        event="Promotion Clicked", anonymousId=visitor,
+        properties={"promotion_id": decision["items"][0]["id"],
+                    "decision_id": decision["decision_id"]},
+    )  # fmt: skip
+
+
 async def view(client: httpx.AsyncClient, visitor: str, product: str) -> None:
     event = track(anonymousId=visitor, properties={"product_id": product})
     answer = await client.post("/v1/events", json=event)
@@ -294,10 +303,7 @@ async def test_clicks_reward_the_decision_and_update_its_policy(
     banner = hero["items"][0]["id"]
     policy = next(iter(engine.decider._policies.values()))
     assert banner not in policy.models  # type: ignore[attr-defined]
-    click = track(
-        event="Promotion Clicked", anonymousId="clicker",
-        properties={"promotion_id": banner, "decision_id": hero["decision_id"]},
-    )  # fmt: skip
+    click = clicked("clicker", hero)
     assert (await client.post("/v1/events", json=click)).status_code == 200
     assert banner in policy.models  # type: ignore[attr-defined]
     # An unknown decision is counted, not credited.
@@ -492,10 +498,7 @@ async def test_a_click_from_the_future_does_not_close_other_decisions(
     )  # fmt: skip
     assert (await client.post("/v1/events", json=future)).status_code == 200
     assert hero["decision_id"] in engine.decider.attribution.decisions
-    click = track(
-        event="Promotion Clicked", anonymousId="alice",
-        properties={"promotion_id": hero["items"][0]["id"], "decision_id": hero["decision_id"]},
-    )  # fmt: skip
+    click = clicked("alice", hero)
     assert (await client.post("/v1/events", json=click)).status_code == 200
     engine.decisions.flush()
     reader = DecisionLogReader(engine.settings.decision_log_path)
@@ -508,10 +511,7 @@ async def test_a_decision_id_is_credited_only_by_its_own_visitor(
 ) -> None:
     await load_catalog(engine)
     hero = (await decide(client, decide_body("alice")))["home_hero"]
-    forged = track(
-        event="Promotion Clicked", anonymousId="mallory",
-        properties={"promotion_id": hero["items"][0]["id"], "decision_id": hero["decision_id"]},
-    )  # fmt: skip
+    forged = clicked("mallory", hero)
     assert (await client.post("/v1/events", json=forged)).status_code == 200
     assert engine.decider.attribution.unattributed == 1
     assert engine.decider.attribution.decisions[hero["decision_id"]].rewarded == 0
