@@ -96,3 +96,49 @@ def shared_data(name: str) -> Path:
         if (place / name).exists():
             return place / name
     raise AssertionError(f"dataset {name} not found in {', '.join(map(str, places))}")
+
+
+class GilTakes:
+    """Counts how often another thread gets the GIL while the calling thread runs code
+    that must keep it (`with GilTakes() as takes: ...; assert takes.count == 0`).
+
+    The other thread takes the GIL, counts, and gives it straight back. The switch
+    interval is made long meanwhile, so the only way it gets the GIL is a voluntary
+    release by the calling thread (numpy's larger computations release it).
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self.count = 0
+        self._taken = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._take, daemon=True)
+
+    def _take(self) -> None:
+        import time
+
+        while not self._stop.is_set():
+            self._taken += 1
+            time.sleep(0)  # gives the GIL back, then waits for it again
+
+    def __enter__(self) -> GilTakes:
+        import sys
+        import time
+
+        self._interval = sys.getswitchinterval()
+        self._thread.start()
+        while self._taken == 0:
+            time.sleep(0.001)
+        sys.setswitchinterval(60.0)
+        time.sleep(0)  # (any switch request made under the old interval is served here)
+        self._before = self._taken
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import sys
+
+        self.count = self._taken - self._before
+        sys.setswitchinterval(self._interval)
+        self._stop.set()
+        self._thread.join()

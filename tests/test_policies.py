@@ -22,6 +22,7 @@ from intently.act.policies import (
     RulesFirst,
     choose,
 )
+from support import GilTakes
 
 DIMENSIONS = 16
 FLOOR = 0.05
@@ -200,6 +201,28 @@ def test_linear_models_match_a_batch_ridge_regression() -> None:
     model = policy.models["offer-1"]
     assert np.allclose(model.theta, theta)
     assert np.allclose(model.a_inv, np.linalg.inv(a))
+
+
+def test_linucb_keeps_the_gil_while_it_scores_and_learns() -> None:
+    """Decisions are made on the request thread, where a numpy call that gives up the
+    GIL hands it to a writer thread (docs/architecture.md): LinUCB scores 50 trained
+    actions and learns in pieces numpy computes without releasing it."""
+    rng = np.random.default_rng(11)
+    policy = LinUCB(dimensions=32)
+    actions = [f"banner-{i}" for i in range(50)]
+    contexts = [np.where(rng.random(32) < 0.3, 1.0, 0.0) for _ in range(20)]
+    for i in range(500):
+        policy.update(actions[i % 50], float(i % 7 == 0), contexts[i % 20])
+    big = np.zeros(2_000_000)
+    with GilTakes() as control:  # the watcher sees a release: numpy's add over 2M values
+        for _ in range(20):
+            np.add(big, 1.0, out=big)
+    assert control.count > 0
+    with GilTakes() as takes:
+        for i in range(300):
+            policy.distribution(actions, contexts[i % 20])
+            policy.update(actions[i % 50], 0.0, contexts[i % 20])
+    assert takes.count == 0
 
 
 def test_hashed_features_are_stable_across_processes() -> None:

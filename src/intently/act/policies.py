@@ -188,25 +188,48 @@ class BetaThompson:
         self.failures[action] = self.failures.get(action, 0.0) + 1.0 - reward
 
 
+# numpy gives up the GIL while it computes more than 500 values at once (a ufunc's
+# elements, a matrix product's outputs; numpy 2.4, measured). On the request thread each
+# such release lets a writer thread take the GIL until that thread blocks again: measured in
+# steady state, LinUCB's update took 50 us and its scores 60 us per decision this way, 15
+# and 30 without. So the linear policies compute in pieces of at most this many values
+# (docs/architecture.md, "No GIL round trips from the request thread"; a test checks it).
+_HELD = 500
+
+
+def _matvec(matrices: Floats, x: Vector, out: Floats) -> Floats:
+    """`matrices @ x` (a stack of d x d, or one m x d) into `out`, in pieces small
+    enough that numpy keeps the GIL."""
+    outputs_each = out[0].size if out.ndim > 1 else 1
+    step = max(1, _HELD // outputs_each)
+    for start in range(0, len(matrices), step):
+        np.matmul(matrices[start : start + step], x, out=out[start : start + step])
+    return out
+
+
 class _Ridge:
     """One action's ridge regression: A = lambda I + sum x x^T, b = sum r x, with A^-1
     kept up to date by Sherman-Morrison (a rank-one update, O(d^2)). Its A^-1 and theta
-    are views into the policy's stacked arrays, so every action is scored in one product."""
+    are views into the policy's stacked arrays, so every action is scored at once."""
 
-    __slots__ = ("a_inv", "b", "theta")
+    __slots__ = ("a_inv", "b", "rows", "theta")
 
     def __init__(self, a_inv: Floats, theta: Floats) -> None:
         self.a_inv = a_inv
         self.theta = theta
         self.b = np.zeros(len(theta))
+        self.rows = max(1, _HELD // len(theta))  # of A^-1 per piece of the update
 
     def update(self, x: Vector, reward: float) -> None:
-        a_inv_x = self.a_inv @ x
-        # (one d x d temporary, not three: outer of the scaled vector, then subtract)
-        self.a_inv -= np.multiply.outer(a_inv_x, a_inv_x / (1.0 + x @ a_inv_x))
+        a_inv, rows = self.a_inv, self.rows
+        a_inv_x = a_inv @ x  # (A^-1 is symmetric: this is also x^T A^-1)
+        scaled = a_inv_x / (1.0 + x @ a_inv_x)
+        for start in range(0, len(a_inv), rows):  # A^-1 -= (A^-1 x)(x^T A^-1) / (1 + x^T A^-1 x)
+            part = a_inv[start : start + rows]
+            part -= np.multiply.outer(a_inv_x[start : start + rows], scaled)
         if reward:  # (a zero, the most common reward, leaves b as it is)
             self.b += reward * x
-        self.theta[:] = self.a_inv @ self.b
+        np.matmul(a_inv, self.b, out=self.theta)
 
 
 class _Linear:
@@ -220,6 +243,8 @@ class _Linear:
         self._slots: dict[str, int] = {}
         self._inverses = np.empty((0, dimensions, dimensions))
         self._thetas = np.empty((0, dimensions))
+        self._scratch = np.empty((0, dimensions))  # A^-1 x of each model, when scoring
+        self._scores = np.empty(0)
         self._known_for: (
             tuple[tuple[tuple[str, ...], int], tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]]
             | None
@@ -256,6 +281,7 @@ class _Linear:
         used = len(self._slots)
         inverses[:used], thetas[:used] = self._inverses[:used], self._thetas[:used]
         self._inverses, self._thetas = inverses, thetas
+        self._scratch, self._scores = np.empty((capacity, self.dimensions)), np.empty(capacity)
         for action, slot in self._slots.items():
             model = self.models[action]
             model.a_inv, model.theta = inverses[slot], thetas[slot]
@@ -268,8 +294,9 @@ class _Linear:
         known, at = self._known(actions)
         if len(known):
             used = len(self._slots)
-            mean[known] = (self._thetas[:used] @ x)[at]
-            variance[known] = ((self._inverses[:used] @ x) @ x)[at]
+            a_inv_x = _matvec(self._inverses[:used], x, self._scratch[:used])
+            mean[known] = _matvec(self._thetas[:used], x, self._scores[:used])[at]
+            variance[known] = _matvec(a_inv_x, x, self._scores[:used])[at]
         return mean, np.sqrt(variance.clip(0.0))
 
     def _known(self, actions: Sequence[str]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
