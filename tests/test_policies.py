@@ -283,7 +283,7 @@ def test_feature_contributions_add_up_to_the_linear_score() -> None:
     features = {"device": "mobile", "country": "DE", "pages": 3, "buyer": True,
                 "cart_value": 2e7, "huge": 10**400, "nan": float("nan"), "none": None}  # fmt: skip
     theta = np.random.default_rng(5).normal(size=DIMENSIONS)
-    shares = contributions(features, theta)
+    shares = contributions(FeatureHasher(DIMENSIONS).hashed(features), theta)
     assert [name for name, _ in shares if name in ("huge", "nan", "none")] == []
     assert [value for _, value in shares] == sorted((v for _, v in shares), reverse=True)
     total = theta[0] + sum(value for _, value in shares)

@@ -28,7 +28,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 
 import msgspec
@@ -42,7 +42,7 @@ from intently.act.decisions import (
     FeatureValue,
     RewardRecord,
 )
-from intently.act.features import FeatureHasher, Vector, contributions
+from intently.act.features import FeatureHasher, Hashed, Vector, contributions
 from intently.act.placements import CatalogQuery, Placement, PlacementRegistry, PolicySpec, Rule
 from intently.act.policies import (
     BetaThompson,
@@ -112,6 +112,8 @@ class _Visitor:
     # The profile's id whatever the consent: an identifier, kept so that attribution can
     # match the person's events and an erasure can find the decision.
     profile_id: str | None = None
+    # The modelled features hashed, by dimensions (a vector and its reasons share them).
+    hashed: dict[int, Hashed] = field(default_factory=dict)
 
     @property
     def aliases(self) -> tuple[str, ...]:
@@ -476,7 +478,7 @@ class Decider:
             why.append(f"its rule matched: {live.offer.eligibility}")
         if isinstance(policy, LinUCB | LinThompson) and action in policy.models:
             theta = policy.models[action].theta
-            weighed = contributions(self._modelled(visitor), theta)
+            weighed = contributions(self._hashed(len(theta), visitor), theta)
             top = [f"{name} ({value:+.2f})" for name, value in weighed[:3] if value > 0]
             if top:
                 why.append("weighed most: " + ", ".join(top))
@@ -512,10 +514,21 @@ class Decider:
         return {k: v for k, v in visitor.features.items() if k not in MODELLED_OUT}
 
     def _vector(self, dimensions: int, visitor: _Visitor) -> Vector:
+        return self._hasher(dimensions).vector_of(self._hashed(dimensions, visitor))
+
+    def _hashed(self, dimensions: int, visitor: _Visitor) -> Hashed:
+        hashed = visitor.hashed.get(dimensions)
+        if hashed is None:
+            hashed = visitor.hashed[dimensions] = self._hasher(dimensions).hashed(
+                self._modelled(visitor)
+            )
+        return hashed
+
+    def _hasher(self, dimensions: int) -> FeatureHasher:
         hasher = self._hashers.get(dimensions)
         if hasher is None:
             hasher = self._hashers[dimensions] = FeatureHasher(dimensions)
-        return hasher.vector(self._modelled(visitor))
+        return hasher
 
     # -- items ------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import math
 from collections.abc import Mapping
 from functools import lru_cache
 from hashlib import blake2b
+from operator import itemgetter
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +22,12 @@ import numpy.typing as npt
 Vector = npt.NDArray[np.float64]
 MAX_VALUE = 1e6  # numeric features are clipped to +-this
 FeatureValue = str | float | int | bool | None
+
+
+# A feature as hashed: its label (`name=value` for strings and booleans, the name for
+# numbers), its slot and its signed value. The vector and the "weighed most" reasons of a
+# decision are both made from it, so each feature is hashed once.
+Hashed = list[tuple[str, int, float]]
 
 
 class FeatureHasher:
@@ -33,17 +40,19 @@ class FeatureHasher:
         """The hashed vector: `name=value` for strings and booleans (one-hot), `name`
         weighted by the value for numbers (clipped to +-MAX_VALUE; non-finite ones left
         out); None and empty strings are left out."""
-        # Summed in a list, made an array once: numpy's cost per element write would be
-        # most of the work for a few dozen features.
-        out = [0.0] * self.dimensions
-        out[0] = 1.0
+        return self.vector_of(self.hashed(features))
+
+    def hashed(self, features: Mapping[str, FeatureValue]) -> Hashed:
+        """What `vector` adds up: each feature's label, slot and signed value."""
         dimensions = self.dimensions
+        found: Hashed = []
         for name, value in features.items():
             if value is None or value == "":
                 continue
             if isinstance(value, bool | str):
-                slot, sign = _slot(f"{name}={value}", dimensions)
-                out[slot] += sign
+                label = f"{name}={value}"
+                slot, sign = _slot(label, dimensions)
+                found.append((label, slot, sign))
             else:
                 try:
                     number = float(value)
@@ -52,33 +61,27 @@ class FeatureHasher:
                 if math.isfinite(number):
                     # Clipped: one absurd value must not swamp (or overflow) a model.
                     slot, sign = _slot(name, dimensions)
-                    out[slot] += sign * min(max(number, -MAX_VALUE), MAX_VALUE)
+                    found.append((name, slot, sign * min(max(number, -MAX_VALUE), MAX_VALUE)))
+        return found
+
+    def vector_of(self, hashed: Hashed) -> Vector:
+        """The vector of hashed features (slot 0, the bias, is 1.0)."""
+        # Summed in a list, made an array once: numpy's cost per element write would be
+        # most of the work for a few dozen features.
+        out = [0.0] * self.dimensions
+        out[0] = 1.0
+        for _, slot, value in hashed:
+            out[slot] += value
         return np.array(out)
 
 
-def contributions(features: Mapping[str, FeatureValue], weights: Vector) -> list[tuple[str, float]]:
-    """What each named feature adds to a linear model's score `weights . x`, largest
-    first: the "features that weighed most" of a decision. Features sharing a slot (a
-    hash collision) each show the slot's weight."""
-    dimensions = len(weights)
+def contributions(hashed: Hashed, weights: Vector) -> list[tuple[str, float]]:
+    """What each hashed feature adds to a linear model's score `weights . x`, largest
+    first: the "weighed most" of a decision. Features sharing a slot (a hash collision)
+    each show the slot's weight."""
     slot_weights = weights.tolist()  # (Python floats: numpy's per-element access costs more)
-    found = []
-    for name, value in features.items():
-        if value is None or value == "":
-            continue
-        if isinstance(value, bool | str):
-            slot, sign = _slot(f"{name}={value}", dimensions)
-            found.append((f"{name}={value}", sign * slot_weights[slot]))
-        else:
-            try:
-                number = float(value)
-            except OverflowError:  # left out of the vector too
-                continue
-            if math.isfinite(number):
-                slot, sign = _slot(name, dimensions)
-                clipped = min(max(number, -MAX_VALUE), MAX_VALUE)
-                found.append((name, sign * clipped * slot_weights[slot]))
-    return sorted(found, key=lambda pair: -pair[1])
+    found = [(label, value * slot_weights[slot]) for label, slot, value in hashed]
+    return sorted(found, key=itemgetter(1), reverse=True)  # (stable: equals keep their order)
 
 
 @lru_cache(maxsize=65_536)

@@ -243,8 +243,9 @@ class _Linear:
         self._slots: dict[str, int] = {}
         self._inverses = np.empty((0, dimensions, dimensions))
         self._thetas = np.empty((0, dimensions))
-        self._scratch = np.empty((0, dimensions))  # A^-1 x of each model, when scoring
-        self._scores = np.empty(0)
+        # Where scoring computes A^-1 x, x . theta and x A^-1 x of each model.
+        self._scratch = np.empty((0, dimensions))
+        self._means, self._variances = np.empty(0), np.empty(0)
         self._known_for: (
             tuple[tuple[tuple[str, ...], int], tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]]
             | None
@@ -281,7 +282,8 @@ class _Linear:
         used = len(self._slots)
         inverses[:used], thetas[:used] = self._inverses[:used], self._thetas[:used]
         self._inverses, self._thetas = inverses, thetas
-        self._scratch, self._scores = np.empty((capacity, self.dimensions)), np.empty(capacity)
+        self._scratch = np.empty((capacity, self.dimensions))
+        self._means, self._variances = np.empty(capacity), np.empty(capacity)
         for action, slot in self._slots.items():
             model = self.models[action]
             model.a_inv, model.theta = inverses[slot], thetas[slot]
@@ -289,15 +291,26 @@ class _Linear:
     def _mean_and_spread(self, actions: Sequence[str], x: Vector) -> tuple[Floats, Floats]:
         """Each action's predicted reward x . theta and its standard error sqrt(x A^-1 x),
         for every action at once (one never rewarded has the prior: 0 and x.x/lambda)."""
-        mean = np.zeros(len(actions))
-        variance = np.full(len(actions), (x @ x) / self.regularization)
         known, at = self._known(actions)
-        if len(known):
-            used = len(self._slots)
-            a_inv_x = _matvec(self._inverses[:used], x, self._scratch[:used])
-            mean[known] = _matvec(self._thetas[:used], x, self._scores[:used])[at]
-            variance[known] = _matvec(a_inv_x, x, self._scores[:used])[at]
-        return mean, np.sqrt(variance.clip(0.0))
+        if len(known) == len(actions):  # (the usual case: every action has a model)
+            mean, variance = self._scored(x)
+            mean, variance = mean[at], variance[at]
+        else:
+            mean = np.zeros(len(actions))
+            variance = np.full(len(actions), (x @ x) / self.regularization)
+            if len(known):
+                all_means, all_variances = self._scored(x)
+                mean[known], variance[known] = all_means[at], all_variances[at]
+        np.maximum(variance, 0.0, out=variance)  # (rounding can take it below 0)
+        return mean, np.sqrt(variance, out=variance)
+
+    def _scored(self, x: Vector) -> tuple[Floats, Floats]:
+        """x . theta and x A^-1 x of every model, by slot (views of scratch arrays: read
+        them before the next call)."""
+        used = len(self._slots)
+        a_inv_x = _matvec(self._inverses[:used], x, self._scratch[:used])
+        means = _matvec(self._thetas[:used], x, self._means[:used])
+        return means, _matvec(a_inv_x, x, self._variances[:used])
 
     def _known(self, actions: Sequence[str]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
         """Which of `actions` have a model (their positions) and the models' slots. The

@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from msgspec import Struct
+
 Outcome = Literal["click", "add_to_cart", "conversion"]
 RewardKind = Literal["click", "add_to_cart", "conversion", "revenue"]
 
@@ -55,8 +57,7 @@ class Decision:
         return (self.visitor, *self.aliases)
 
 
-@dataclass(frozen=True)
-class Reward:
+class Reward(Struct, frozen=True):  # (a Struct: made on every close, 0.07 us, not 0.6)
     decision_id: str
     placement: str
     item: str | None  # the shown item the reward is about; None for "nothing happened"
