@@ -28,6 +28,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 
+from msgspec import Struct
+
 from intently.catalog.items import Item
 from intently.catalog.store import CatalogStore
 from intently.recommend.blend import next_items
@@ -75,8 +77,7 @@ class Pool:
         return found
 
 
-@dataclass(frozen=True)
-class Ask:
+class Ask(Struct, frozen=True):
     """What a decide request tells the recommenders."""
 
     anonymous_id: str | None

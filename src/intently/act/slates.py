@@ -21,9 +21,11 @@ import bisect
 import math
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import NamedTuple
+
+import msgspec
+from msgspec import Struct
 
 MAX_SCORE = 1e12
 # Below this sum, the weights of the candidates left are computed afresh (far above the
@@ -54,16 +56,15 @@ def candidates_of(
     ]
 
 
-@dataclass(frozen=True)
-class Rules:
+# (Structs: made on every decision of an items placement, and cheaply)
+class Rules(Struct, frozen=True):
     pinned: Sequence[str] = ()
     excluded: frozenset[str] = frozenset()
-    boost: dict[str, float] = field(default_factory=dict)  # added to the score
+    boost: dict[str, float] = msgspec.field(default_factory=dict)  # added to the score
     buried: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True)
-class Slate:
+class Slate(Struct, frozen=True):
     items: list[str]
     # The probability of each item at its position, given the items above it.
     propensities: list[float]

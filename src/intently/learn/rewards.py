@@ -103,8 +103,11 @@ class Attribution:
         if decision.decision_id in self.decisions:
             raise ValueError(f"decision {decision.decision_id!r} is already recorded")
         self.decisions[decision.decision_id] = decision
+        by_visitor = self._open_by_visitor
         for key in decision.keys:
-            open_ids = self._open_by_visitor.setdefault(key, {})
+            open_ids = by_visitor.get(key)
+            if open_ids is None:  # (not setdefault: that makes a dict every time)
+                open_ids = by_visitor[key] = {}
             open_ids[decision.decision_id] = None
             if len(open_ids) > self.max_open_per_visitor:
                 # A visitor asking again and again (a bot, a loop) must not make every
