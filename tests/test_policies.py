@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from intently.act.features import FeatureHasher, contributions
 from intently.act.policies import (
@@ -20,6 +22,7 @@ from intently.act.policies import (
     LinUCB,
     Policy,
     RulesFirst,
+    _best_with_floor,
     choose,
 )
 from support import GilTakes
@@ -201,6 +204,24 @@ def test_linear_models_match_a_batch_ridge_regression() -> None:
     model = policy.models["offer-1"]
     assert np.allclose(model.theta, theta)
     assert np.allclose(model.a_inv, np.linalg.inv(a))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    scores=st.lists(st.sampled_from([-1.0, 0.0, 0.5, 2.0, float("inf")]) | st.floats(-5, 5),
+                    min_size=1, max_size=60),
+    floor=st.sampled_from([0.05, 0.1, 0.5, 1.0]),
+)  # fmt: skip
+def test_best_with_floor_is_the_argmax_share_mixed_with_the_floor(
+    scores: list[float], floor: float
+) -> None:
+    """The greedy policies' distribution, computed in Python floats, equals its
+    definition in numpy to the last bit: 1 - floor split between the best scores, and
+    floor / n on every action, normalized."""
+    array = np.array(scores)
+    best = (array == array.max()) / (array == array.max()).sum()
+    mixed = (1.0 - floor) * best + floor / len(array)
+    assert _best_with_floor(array, floor).tolist() == (mixed / mixed.sum()).tolist()
 
 
 def test_linucb_keeps_the_gil_while_it_scores_and_learns() -> None:

@@ -107,11 +107,17 @@ def _with_floor(best: Floats, floor: float) -> Floats:
     return normalized
 
 
-def _argmax_share(scores: Floats) -> Floats:
-    """All the mass on the best score, split evenly between ties."""
-    top = scores == scores.max()
-    share: Floats = top / top.sum()
-    return share
+def _best_with_floor(scores: Floats, floor: float) -> Floats:
+    """`_with_floor` of all the mass on the best score (split evenly between ties), the
+    same numbers computed in Python floats: for a few dozen scores numpy's cost per call
+    was most of the work (eight calls, measured 9-24 us per decision)."""
+    values = scores.tolist()
+    best = max(values)
+    each = floor / len(values)
+    top = (1.0 - floor) * (1.0 / values.count(best)) + each
+    mixed = np.array([top if value == best else each for value in values])
+    normalized: Floats = mixed / mixed.sum()  # exactly 1 despite rounding
+    return normalized
 
 
 def _check_floor(floor: float) -> float:
@@ -130,7 +136,7 @@ class EpsilonGreedy:
 
     def distribution(self, actions: Sequence[str], context: Vector | None) -> Floats:
         means = np.array([self._mean(a) for a in actions])
-        return _with_floor(_argmax_share(means), self.epsilon)
+        return _best_with_floor(means, self.epsilon)
 
     def _mean(self, action: str) -> float:
         pulls = self.pulls.get(action, 0)
@@ -347,7 +353,7 @@ class LinUCB(_Linear):
 
     def distribution(self, actions: Sequence[str], context: Vector | None) -> Floats:
         mean, spread = self._mean_and_spread(actions, self._context(context))
-        return _with_floor(_argmax_share(mean + self.alpha * spread), self.floor)
+        return _best_with_floor(mean + self.alpha * spread, self.floor)
 
 
 class LinThompson(_Linear):
