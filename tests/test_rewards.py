@@ -134,3 +134,19 @@ def test_decisions_closed_early_do_not_pile_up_until_their_window_would_end() ->
     closed = attribution.close_until(1000 + 19_999 + 30 * MINUTE)
     assert sorted(r.decision_id for r in closed) == ["d19997", "d19998", "d19999"]
     assert not attribution.decisions
+
+
+def test_windows_close_in_time_order_even_when_decisions_come_out_of_order() -> None:
+    """A decision made "earlier" than the last one (the clock went back, or decisions of
+    several threads) still closes when its own window ends: not before, not after."""
+    rewards, reported = attribution()
+    made = [("d1", 10), ("d2", 12), ("d3", 5), ("d4", 12), ("d5", 1), ("d6", 20)]
+    for decision_id, minute in made:
+        rewards.decided(shown(decision_id, ["a"], minute * MINUTE, visitor=decision_id))
+    for now in range(0, 60):
+        closed = [r.decision_id for r in rewards.close_until(now * MINUTE)]
+        expected = sorted(
+            (minute, decision_id) for decision_id, minute in made if minute + 30 == now
+        )
+        assert closed == [decision_id for _, decision_id in expected]
+    assert sorted(r.decision_id for r in reported) == sorted(d for d, _ in made)
