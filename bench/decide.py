@@ -179,9 +179,13 @@ def warm_up(port: int, script: Path, connections: int) -> float:
     day once attribution windows end. (Measuring before that flattered decide by ~15%.)
     Returns how many decides the warm-up took."""
     steady_after = VISITORS * (Attribution.max_open_per_visitor // 2 + 5)
-    while decides(port) < steady_after:
+    done = decides(port)
+    while done < steady_after:
         wrk(f"http://127.0.0.1:{port}/v1/decide", script, 5, connections)
-    return decides(port)
+        before, done = done, decides(port)
+        if done == before:
+            sys.exit("the warm-up decided nothing in 5 s: see the server's log")
+    return done
 
 
 def main() -> None:

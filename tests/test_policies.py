@@ -239,11 +239,14 @@ def test_linucb_keeps_the_gil_while_it_scores_and_learns() -> None:
         for _ in range(20):
             np.add(big, 1.0, out=big)
     assert control.count > 0
-    with GilTakes() as takes:
+    # (A short release is seen only when the watcher wakes before it ends: many calls.)
+    with GilTakes() as scoring:
         for i in range(300):
             policy.distribution(actions, contexts[i % 20])
+    with GilTakes() as learning:
+        for i in range(5000):
             policy.update(actions[i % 50], 0.0, contexts[i % 20])
-    assert takes.count == 0
+    assert (scoring.count, learning.count) == (0, 0)
 
 
 def test_hashed_features_are_stable_across_processes() -> None:

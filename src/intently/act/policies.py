@@ -110,7 +110,8 @@ def _with_floor(best: Floats, floor: float) -> Floats:
 def _best_with_floor(scores: Floats, floor: float) -> Floats:
     """`_with_floor` of all the mass on the best score (split evenly between ties), the
     same numbers computed in Python floats: for a few dozen scores numpy's cost per call
-    was most of the work (eight calls, measured 9-24 us per decision)."""
+    was most of the work (eight calls, measured 9-24 us per decision). Scores are never
+    NaN here (contexts and rewards are checked; a NaN would compare otherwise)."""
     values = scores.tolist()
     best = max(values)
     each = floor / len(values)
@@ -197,15 +198,17 @@ class BetaThompson:
 # elements, a matrix product's outputs; numpy 2.4, measured). On the request thread each
 # such release lets a writer thread take the GIL until that thread blocks again: measured in
 # steady state, LinUCB's update took 50 us and its scores 60 us per decision this way, 15
-# and 30 without. So the linear policies compute in pieces of at most this many values
-# (docs/architecture.md, "No GIL round trips from the request thread"; a test checks it).
+# and 30 without. So the linear models score and learn in pieces of at most this many
+# values, for up to 500 dimensions (the default is 32; beyond, one row is more than 500).
+# LinThompson's Monte Carlo draws still give it up (docs/architecture.md, "No GIL round
+# trips from the request thread"; a test checks LinUCB).
 _HELD = 500
 
 
 def _matvec(matrices: Floats, x: Vector, out: Floats) -> Floats:
     """`matrices @ x` (a stack of d x d, or one m x d) into `out`, in pieces small
     enough that numpy keeps the GIL."""
-    outputs_each = out[0].size if out.ndim > 1 else 1
+    outputs_each = out.shape[1] if out.ndim > 1 else 1
     step = max(1, _HELD // outputs_each)
     for start in range(0, len(matrices), step):
         np.matmul(matrices[start : start + step], x, out=out[start : start + step])

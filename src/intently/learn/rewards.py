@@ -23,7 +23,7 @@ otherwise ignored.
 
 from __future__ import annotations
 
-import bisect
+import heapq
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -100,8 +100,10 @@ class Attribution:
     _open_by_visitor: dict[str, dict[str, None]] = field(default_factory=dict)
     # (closes at, id), soonest first. Every window is as long, so decisions close in the
     # order they were made: a queue, appended to at its end (a heap push walked ~17 levels
-    # of a list of 100,000s, a cache miss each), save when the clock goes back.
+    # of a list of 100,000s, a cache miss each). A decision made "before" the last one (the
+    # clock went back) goes to a small heap beside it; closing takes the sooner of the two.
     _closing: deque[tuple[int, str]] = field(default_factory=deque)
+    _behind: list[tuple[int, str]] = field(default_factory=list)
 
     def decided(self, decision: Decision) -> None:
         if decision.decision_id in self.decisions:
@@ -122,14 +124,19 @@ class Attribution:
         entry = (decision.at_ms + self.window_ms, decision.decision_id)
         if not closing or closing[-1] <= entry:
             closing.append(entry)
-        else:  # made "before" the last one (the clock went back): kept in order
-            bisect.insort(closing, entry)
-        if len(closing) > 2 * len(self.decisions) + _STALE_SLACK:
+        else:
+            heapq.heappush(self._behind, entry)
+        if len(closing) + len(self._behind) > 2 * len(self.decisions) + _STALE_SLACK:
             # Most entries are of decisions closed early (a visitor past their bound):
             # dropped now, rather than held until their window would have ended.
             self._closing = deque(entry for entry in closing if entry[1] in self.decisions)
-        while len(self.decisions) > self.max_open and self._closing:
-            closes_at, oldest_id = self._closing.popleft()
+            self._behind = [entry for entry in self._behind if entry[1] in self.decisions]
+            heapq.heapify(self._behind)
+        while len(self.decisions) > self.max_open:
+            soonest = self._next_to_close()
+            if soonest is None:
+                break
+            closes_at, oldest_id = soonest
             if oldest_id in self.decisions:
                 self.closed_early += 1
                 self._close(oldest_id, min(closes_at, decision.at_ms))
@@ -164,12 +171,22 @@ class Attribution:
         """Close the decisions whose window ended by `now_ms`; those never rewarded are
         reported with reward 0."""
         zeros = []
-        while self._closing and self._closing[0][0] <= now_ms:
-            closes_at, decision_id = self._closing.popleft()
+        while (soonest := self._next_to_close(now_ms)) is not None:
+            closes_at, decision_id = soonest
             zero = self._close(decision_id, closes_at)
             if zero is not None:
                 zeros.append(zero)
         return zeros
+
+    def _next_to_close(self, by_ms: int | None = None) -> tuple[int, str] | None:
+        """Take the entry that closes soonest (of those closing by `by_ms`, if given)."""
+        closing, behind = self._closing, self._behind
+        if behind and (not closing or behind[0] < closing[0]):
+            if by_ms is None or behind[0][0] <= by_ms:
+                return heapq.heappop(behind)
+        elif closing and (by_ms is None or closing[0][0] <= by_ms):
+            return closing.popleft()
+        return None
 
     def _close(self, decision_id: str, at_ms: int) -> Reward | None:
         """Close one decision (if still open); its zero reward, if it earned nothing."""
