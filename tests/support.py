@@ -123,9 +123,15 @@ class GilTakes:
             time.sleep(0)  # gives the GIL back, then waits for it again
 
     def __enter__(self) -> GilTakes:
+        import gc
         import sys
         import time
 
+        # No collection inside: a finalizer it ran (a connection closing) could release
+        # the GIL and be counted against the code under test.
+        gc.collect()
+        self._gc_was_enabled = gc.isenabled()
+        gc.disable()
         self._interval = sys.getswitchinterval()
         self._thread.start()
         while self._taken == 0:
@@ -136,9 +142,12 @@ class GilTakes:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        import gc
         import sys
 
         self.count = self._taken - self._before
         sys.setswitchinterval(self._interval)
         self._stop.set()
         self._thread.join()
+        if self._gc_was_enabled:
+            gc.enable()
