@@ -36,7 +36,7 @@ Outcome = Literal["click", "add_to_cart", "conversion"]
 RewardKind = Literal["click", "add_to_cart", "conversion", "revenue"]
 
 DEFAULT_WINDOW_MS = 30 * 60_000
-_STALE_SLACK = 1024  # closing-heap entries of closed decisions tolerated beyond 2 per open
+_STALE_SLACK = 1024  # closing entries of closed decisions tolerated beyond 2 per open
 
 
 # Open decisions are many (up to `Attribution.max_open`) and live for minutes: slots keep
