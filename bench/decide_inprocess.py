@@ -14,7 +14,11 @@ is bench/decide.py, against hello-world on the real server); it is steadier than
 server bench on a noisy machine and it is what a profiler should be pointed at, e.g.
 `py-spy record -r 1000 -- python bench/decide_inprocess.py --rounds 6`.
 
-    python bench/decide_inprocess.py [--rounds 3] [--profile]
+With `--locality`, it times instead each stage of a decide for one visitor asked again and
+again against the 1,000 visitors in turn (the same work on other data): the difference
+is what reaching cold memory costs, which no profiler shows as a line of code.
+
+    python bench/decide_inprocess.py [--rounds 3] [--profile] [--locality]
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import random
 import sys
 import tempfile
 import time
+import timeit
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +87,56 @@ def rounds(engine: Engine, bodies: list[DecideBody], count: int, bound: int) -> 
     return found
 
 
+def locality(engine: Engine, bodies: list[DecideBody]) -> None:
+    """Microseconds per call of each stage, for one visitor and for the 1,000 in turn."""
+    decider = engine.decider
+    decider.attribution.max_open_per_visitor = 10
+    rounds(engine, bodies, 1, 10)  # the steady state: closing and learning
+    hero, recs = decider.placements.get("home_hero"), decider.placements.get("pdp_recs")
+    if hero is None or recs is None:
+        sys.exit("the starter placements home_hero and pdp_recs are missing")
+    now = decider.now_ms
+    visitors = [decider._visitor(body, "127.0.0.1", None, (), now()) for body in bodies]
+    turn = iter(range(10**9))
+
+    def best(call: Callable[[int], object]) -> float:
+        return min(timeit.repeat(lambda: call(next(turn) % len(bodies)), number=2000, repeat=5))
+
+    stages: dict[str, Callable[[int], object]] = {
+        "decide (both placements)": lambda i: decider.decide(bodies[i], "127.0.0.1", None, ()),
+        "pdp_recs: candidate pool": lambda i: decider.recommenders.pool("similar", visitors[i].ask),
+        "pdp_recs: items, no log": lambda i: decider._items(recs, 8, visitors[i], 1e18),
+        "pdp_recs: with log, learning": lambda i: decider._decide_placement(
+            recs, 8, visitors[i], now(), False
+        ),
+        "home_hero: offers, no log": lambda i: decider._offers(hero, 1, visitors[i], now(), 1e18),
+        "home_hero: with log, learning": lambda i: decider._decide_placement(
+            hero, 1, visitors[i], now(), False
+        ),
+    }
+    print(f"{'us per call':<32} {'one visitor':>12} {'1,000 in turn':>14}")
+    for label, call in stages.items():
+        one = best(lambda i, call=call: call(7)) / 2000 * 1e6  # (the same visitor each time)
+        many = best(call) / 2000 * 1e6
+        print(f"{label:<32} {one:>12.1f} {many:>14.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds of 10,000 decides each")
     parser.add_argument("--profile", action="store_true", help="cProfile the learning run")
+    parser.add_argument(
+        "--locality", action="store_true", help="one visitor against 1,000 in turn, by stage"
+    )
     args = parser.parse_args()
+    if args.locality:
+        with tempfile.TemporaryDirectory(prefix="intently-bench-inprocess-") as work:
+            engine, bodies = build(Path(work) / "data")
+            try:
+                locality(engine, bodies)
+            finally:
+                engine.close()
+        return
     measured = {}
     for label, bound in (("learning", 10), ("no closes", 10**9)):
         with tempfile.TemporaryDirectory(prefix="intently-bench-inprocess-") as work:
