@@ -134,8 +134,7 @@ class _Outcome:
     degraded: str | None = None
 
 
-@dataclass(slots=True)  # (slots: one object, not two, for the collector to walk)
-class _Pending:
+class _Pending(msgspec.Struct, gc=False):  # (untracked, as `Decision` is: see there)
     policy: Policy
     action: str
     vector: Vector | None

@@ -39,10 +39,11 @@ DEFAULT_WINDOW_MS = 30 * 60_000
 _STALE_SLACK = 1024  # closing entries of closed decisions tolerated beyond 2 per open
 
 
-# Open decisions are many (up to `Attribution.max_open`) and live for minutes: slots keep
-# each one object for the garbage collector to walk, not two.
-@dataclass(slots=True)
-class Decision:
+# Open decisions are many (up to `Attribution.max_open`) and live for minutes. Untracked
+# by the garbage collector (gc=False: a decision holds only strings and numbers, so it can
+# be in no reference cycle): as tracked objects they piled up in the young generation,
+# which then walked all of them in one pass (docs/architecture.md, "Young objects").
+class Decision(Struct, gc=False):
     decision_id: str
     visitor: str  # the main key: the device ("a:<anonymousId>") or the profile id
     placement: str
