@@ -4,9 +4,11 @@ reasons, fallbacks, rewards, the decision log, consent and erasure."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import itertools
 import sqlite3
+import weakref
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -324,8 +326,34 @@ async def test_each_tick_moves_the_young_objects_on(engine: Engine) -> None:
     ticking = asyncio.create_task(_tick(engine, seconds=0.01))
     await asyncio.sleep(0.2)
     ticking.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await ticking
     assert len(gc.get_objects(generation=0)) < len(kept) // 10
     assert all(gc.is_tracked(x) for x in kept[:10])  # moved on, not untracked
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.me = self  # a reference cycle: only the collector frees it
+
+
+async def test_ticks_also_free_cycles_that_outlived_a_young_pass(engine: Engine) -> None:
+    """Ticks collect the older generations when due: a cycle promoted out of the young
+    generation and dropped later is still freed."""
+    node = _Node()
+    alive = weakref.ref(node)
+    ticking = asyncio.create_task(_tick(engine, seconds=0.001))
+    await asyncio.sleep(0.05)  # promoted by the young passes
+    assert alive() is not None
+    assert not any(o is node for o in gc.get_objects(generation=0))
+    del node
+    deadline = asyncio.get_running_loop().time() + 5
+    while alive() is not None and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    ticking.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await ticking
+    assert alive() is None
 
 
 async def test_clicks_reward_the_decision_and_update_its_policy(

@@ -88,11 +88,22 @@ async def _tick(engine: Engine, seconds: float = 1.0) -> None:
             engine.decider.tick(engine.now_ms())
         except Exception:
             log.exception("the decision engine's periodic work failed")
-        # The collector starts a young pass when allocations outnumber frees by its
-        # threshold; under a steady load, long-lived objects are freed as fast as new ones
-        # are made, so the young generation grew for half a minute and then took one pass
-        # of ~200 ms (docs/architecture.md, "Young objects"). Each second, a short one.
-        gc.collect(0)
+        _collect()
+
+
+def _collect() -> None:
+    """A collector pass each second: the young generation, or an older one when due.
+
+    The collector starts a pass when allocations outnumber frees by its first threshold;
+    under a steady load, long-lived objects are freed as fast as new ones are made, so the
+    young generation grew for half a minute and then took one pass of ~200 ms
+    (docs/architecture.md, "Young objects"). A pass each second keeps it short. The older
+    generations are collected when their count (passes of the younger one) passes their
+    threshold, as the collector's own trigger would: otherwise a cycle that lived through
+    one pass would never be freed."""
+    counts, thresholds = gc.get_count(), gc.get_threshold()
+    generation = next((g for g in (2, 1) if counts[g] > thresholds[g]), 0)
+    gc.collect(generation)
 
 
 def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
