@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import math
 import pstats
 import random
 import sys
@@ -90,12 +91,12 @@ def rounds(engine: Engine, bodies: list[DecideBody], count: int, bound: int) -> 
 def locality(engine: Engine, bodies: list[DecideBody]) -> None:
     """Microseconds per call of each stage, for one visitor and for the 1,000 in turn."""
     decider = engine.decider
-    decider.attribution.max_open_per_visitor = 10
     rounds(engine, bodies, 1, 10)  # the steady state: closing and learning
     hero, recs = decider.placements.get("home_hero"), decider.placements.get("pdp_recs")
     if hero is None or recs is None:
         sys.exit("the starter placements home_hero and pdp_recs are missing")
     now = decider.now_ms
+    no_deadline = math.inf  # (the stages are timed whole: none may hand over to a fallback)
     visitors = [decider._visitor(body, "127.0.0.1", None, (), now()) for body in bodies]
     turn = iter(range(10**9))
 
@@ -105,11 +106,13 @@ def locality(engine: Engine, bodies: list[DecideBody]) -> None:
     stages: dict[str, Callable[[int], object]] = {
         "decide (both placements)": lambda i: decider.decide(bodies[i], "127.0.0.1", None, ()),
         "pdp_recs: candidate pool": lambda i: decider.recommenders.pool("similar", visitors[i].ask),
-        "pdp_recs: items, no log": lambda i: decider._items(recs, 8, visitors[i], 1e18),
+        "pdp_recs: items, no log": lambda i: decider._items(recs, 8, visitors[i], no_deadline),
         "pdp_recs: with log, learning": lambda i: decider._decide_placement(
             recs, 8, visitors[i], now(), False
         ),
-        "home_hero: offers, no log": lambda i: decider._offers(hero, 1, visitors[i], now(), 1e18),
+        "home_hero: offers, no log": lambda i: decider._offers(
+            hero, 1, visitors[i], now(), no_deadline
+        ),
         "home_hero: with log, learning": lambda i: decider._decide_placement(
             hero, 1, visitors[i], now(), False
         ),
