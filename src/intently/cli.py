@@ -91,7 +91,9 @@ def serve(
     # State and the dedupe window are long-lived and nearly free of reference cycles, yet
     # with the default thresholds (700, 10, 10) the collector walked them again and again
     # under load (gen-2 passes of 4-8 ms, nothing collected). Rarer passes: measured 8%
-    # more events/s in process, and fewer multi-millisecond pauses.
+    # more events/s in process, and fewer multi-millisecond pauses. The app's one-second
+    # tick also runs a pass (api/app.py `_collect`): under a steady load these thresholds
+    # alone let the young generation grow for half a minute.
     gc.set_threshold(*GC_THRESHOLDS)
     uvicorn.run(
         create_app(engine, close_engine=True),
