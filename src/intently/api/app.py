@@ -20,7 +20,7 @@ from starlette.types import ASGIApp
 
 from intently._version import __version__
 from intently.api.catalog import get_item, get_offer, post_items, post_offers
-from intently.api.decide import post_context, post_decide
+from intently.api.decide import decide_batcher, post_context, post_decide
 from intently.api.events import post_events
 from intently.api.metrics import LatencyMiddleware
 from intently.api.openapi import Health, build_openapi
@@ -164,5 +164,6 @@ def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
         )
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.engine = engine
+    app.state.decides = decide_batcher(engine)
     app.state.openapi = msgspec.json.encode(build_openapi())
     return LatencyMiddleware(app, engine.metrics)

@@ -4,6 +4,8 @@
 are made durable and applied first, so the decisions in the same answer already reflect
 them: one round trip for a page that reports what happened and asks what to show.
 
+Requests that arrive together have their decides run back to back (api/batching.py).
+
 A decide answers 4xx only for a request it cannot read (malformed JSON, a wrong field,
 an unknown placement, a bad key). Once the request is understood, every failure inside
 is answered by the placement's fallback, marked `degraded`: never a 5xx to a browser.
@@ -23,6 +25,7 @@ from starlette.responses import Response
 from intently.act.decide import UnknownPlacements
 from intently.act.wire import MAX_PLACEMENTS, DecideAnswer, DecideBody
 from intently.api.auth import bearer_key, unauthorized
+from intently.api.batching import Batcher
 from intently.api.events import BodyTooLarge, ingest, privacy_refusals, read_body
 from intently.api.problems import json_response, problem
 from intently.engine import Engine
@@ -111,7 +114,32 @@ def _checked(body: DecideBody) -> Response | None:
     return None
 
 
-def _decide(engine: Engine, request: Request, body: DecideBody) -> DecideAnswer | Response:
+Decided = DecideAnswer | Response
+# A decide's outcome, with when it started and ended (time.perf_counter seconds).
+_Ran = tuple[Decided, float, float]
+
+
+def decide_batcher(engine: Engine) -> Batcher[_Ran]:
+    """The app's queue of decides (one per app)."""
+    return Batcher(on_batch=engine.metrics.decide_batches.observe)
+
+
+async def _decide_soon(engine: Engine, request: Request, body: DecideBody) -> tuple[Decided, float]:
+    """`_decide`, run back to back with the other decides that are ready; and the seconds
+    the request waited while decides of others ran (before its own, and after it until
+    the request resumed)."""
+
+    def run() -> _Ran:
+        began = time.perf_counter()
+        return _decide(engine, request, body), began, time.perf_counter()
+
+    batcher: Batcher[_Ran] = request.app.state.decides
+    handed = time.perf_counter()
+    answer, began, ended = await batcher.run(run)
+    return answer, (began - handed) + (time.perf_counter() - ended)
+
+
+def _decide(engine: Engine, request: Request, body: DecideBody) -> Decided:
     client = request.client.host if request.client else None
     try:
         answer = engine.decider.decide(
@@ -125,12 +153,14 @@ def _decide(engine: Engine, request: Request, body: DecideBody) -> DecideAnswer 
     return answer
 
 
-def _timed(answer: DecideAnswer, started: float) -> Response:
-    """The answer, with the time the server spent on it in a `Server-Timing` header (the
-    W3C header browsers show in their developer tools; bench/decide.py reads it)."""
+def _timed(answer: DecideAnswer, started: float, waited: float) -> Response:
+    """The answer, with the server's time in a `Server-Timing` header (the W3C header
+    browsers show in their developer tools; bench/decide.py reads it): `decide`, the time
+    spent on this request; `queue`, the time it waited while decides of requests that
+    arrived with it ran."""
     response = json_response(answer)
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    response.headers["Server-Timing"] = f"decide;dur={elapsed_ms:.3f}"
+    own_ms = (time.perf_counter() - started - waited) * 1000
+    response.headers["Server-Timing"] = f"decide;dur={own_ms:.3f}, queue;dur={waited * 1000:.3f}"
     return response
 
 
@@ -154,10 +184,10 @@ async def post_decide(request: Request) -> Response:
     body = await _body(request, engine, _decide_decoder)
     if isinstance(body, Response):
         return body
-    answer = _decide(engine, request, body)
+    answer, waited = await _decide_soon(engine, request, body)
     if isinstance(answer, Response):
         return answer
-    return _timed(answer, started)
+    return _timed(answer, started, waited)
 
 
 async def post_context(request: Request) -> Response:
@@ -194,11 +224,11 @@ async def post_context(request: Request) -> Response:
                 )
             else:
                 accepted, duplicates = result.accepted, result.duplicates
-    answer = _decide(engine, request, body)
+    answer, waited = await _decide_soon(engine, request, body)
     if isinstance(answer, Response):
         return answer
     found = ContextAnswer(answer.decisions, accepted, duplicates, rejected, events_error)
-    response = _timed(found, started)
+    response = _timed(found, started, waited)
     if events_error is not None:
         response.headers["Retry-After"] = "1"
     return response
@@ -212,4 +242,4 @@ def _under_events(error: FieldError) -> FieldError:
     return FieldError(**fields)
 
 
-__all__ = ["MAX_PLACEMENTS", "post_context", "post_decide"]
+__all__ = ["MAX_PLACEMENTS", "decide_batcher", "post_context", "post_decide"]

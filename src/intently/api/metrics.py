@@ -61,6 +61,12 @@ class Metrics:
             ["placement", "outcome"],
             registry=self.registry,
         )
+        self.decide_batches = Histogram(
+            "intently_decide_batch_size",
+            "Decides run back to back in one pass of the event loop (api/batching.py).",
+            buckets=(1, 2, 4, 8, 16, 32),
+            registry=self.registry,
+        )
         self.log_seq = Gauge(
             "intently_event_log_last_seq", "Position of the last event written.",
             registry=self.registry,
