@@ -249,6 +249,15 @@ def test_linucb_keeps_the_gil_while_it_scores_and_learns() -> None:
     assert (scoring.count, learning.count) == (0, 0)
 
 
+def test_remembered_features_hash_as_a_new_hasher_does() -> None:
+    features = {"device": "mobile", "country": "DE", "pages": 3, "buyer": True, "returning": "True"}
+    remembering = FeatureHasher(DIMENSIONS)
+    first = remembering.hashed(features)
+    assert remembering.hashed(features) == first == FeatureHasher(DIMENSIONS).hashed(features)
+    other = {**features, "country": "FR", "buyer": False}
+    assert remembering.hashed(other) == FeatureHasher(DIMENSIONS).hashed(other)
+
+
 def test_hashed_features_are_stable_across_processes() -> None:
     features = {"device": "mobile", "country": "DE", "cart_value": 120.5, "returning": True}
     here = FeatureHasher(DIMENSIONS).vector(features)
@@ -280,13 +289,18 @@ def test_linear_scores_match_batch_ridge_for_many_actions_after_the_arrays_grow(
         policy.update(action, reward, x)
         seen[action].append((x, reward))
     query = CONTEXTS[1]
-    mean, spread = policy._mean_and_spread(actions, query)
-    for i, action in enumerate(actions):
-        design = np.array([x for x, _ in seen[action]]).reshape(-1, DIMENSIONS)
-        a = 1.5 * np.eye(DIMENSIONS) + design.T @ design
-        theta = np.linalg.solve(a, design.T @ np.array([r for _, r in seen[action]]))
-        assert mean[i] == pytest.approx(query @ theta)
-        assert spread[i] == pytest.approx(np.sqrt(query @ np.linalg.solve(a, query)))
+    # Asked in another order than the models were made in, in their own order (nothing to
+    # pick), and with an action that has no model yet (the prior).
+    in_slot_order = sorted(actions, key=policy._slots.__getitem__)
+    for asked in (actions, in_slot_order, [*in_slot_order, "new"], ["new", *actions[::-1]]):
+        mean, spread = policy._mean_and_spread(asked, query)
+        for i, action in enumerate(asked):
+            design = np.array([x for x, _ in seen.get(action, [])]).reshape(-1, DIMENSIONS)
+            a = 1.5 * np.eye(DIMENSIONS) + design.T @ design
+            rewards = np.array([r for _, r in seen.get(action, [])])
+            theta = np.linalg.solve(a, design.T @ rewards)
+            assert mean[i] == pytest.approx(query @ theta)
+            assert spread[i] == pytest.approx(np.sqrt(query @ np.linalg.solve(a, query)))
 
 
 def test_contexts_that_would_poison_a_model_are_refused() -> None:

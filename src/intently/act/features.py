@@ -30,11 +30,19 @@ FeatureValue = str | float | int | bool | None
 Hashed = list[tuple[str, int, float]]
 
 
+# Labelled features remembered per hasher (a decision hashes dozens, and visitors share
+# most: `device=mobile`, `segment:buyers=True`); forgotten all at once past this many.
+_MAX_REMEMBERED = 65_536
+
+
 class FeatureHasher:
     def __init__(self, dimensions: int = 32) -> None:
         if dimensions < 2:
             raise ValueError("dimensions must be at least 2 (the bias and one feature)")
         self.dimensions = dimensions
+        # (name, value) of a one-hot feature -> its label, slot and sign: a lookup instead
+        # of a label formatted and hashed again on every decision.
+        self._one_hot: dict[tuple[str, str | bool], tuple[str, int, float]] = {}
 
     def vector(self, features: Mapping[str, FeatureValue]) -> Vector:
         """The hashed vector: `name=value` for strings and booleans (one-hot), `name`
@@ -45,14 +53,20 @@ class FeatureHasher:
     def hashed(self, features: Mapping[str, FeatureValue]) -> Hashed:
         """What `vector` adds up: each feature's label, slot and signed value."""
         dimensions = self.dimensions
+        one_hot = self._one_hot
         found: Hashed = []
         for name, value in features.items():
             if value is None or value == "":
                 continue
             if isinstance(value, bool | str):
-                label = f"{name}={value}"
-                slot, sign = _slot(label, dimensions)
-                found.append((label, slot, sign))
+                hashed = one_hot.get((name, value))
+                if hashed is None:
+                    label = f"{name}={value}"
+                    hashed = (label, *_slot(label, dimensions))
+                    if len(one_hot) >= _MAX_REMEMBERED:
+                        one_hot.clear()
+                    one_hot[name, value] = hashed
+                found.append(hashed)
             else:
                 try:
                     number = float(value)

@@ -255,7 +255,10 @@ class _Linear:
         self._scratch = np.empty((0, dimensions))
         self._means, self._variances = np.empty(0), np.empty(0)
         self._known_for: (
-            tuple[tuple[tuple[str, ...], int], tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]]
+            tuple[
+                tuple[tuple[str, ...], int],
+                tuple[npt.NDArray[np.intp], npt.NDArray[np.intp] | None],
+            ]
             | None
         ) = None
 
@@ -302,13 +305,15 @@ class _Linear:
         known, at = self._known(actions)
         if len(known) == len(actions):  # (the usual case: every action has a model)
             mean, variance = self._scored(x)
-            mean, variance = mean[at], variance[at]
+            if at is not None:  # (None: the actions are the models, in slot order)
+                mean, variance = mean[at], variance[at]
         else:
             mean = np.zeros(len(actions))
             variance = np.full(len(actions), (x @ x) / self.regularization)
             if len(known):
                 all_means, all_variances = self._scored(x)
-                mean[known], variance[known] = all_means[at], all_variances[at]
+                slots = np.arange(len(known)) if at is None else at
+                mean[known], variance[known] = all_means[slots], all_variances[slots]
         np.maximum(variance, 0.0, out=variance)  # (rounding can take it below 0)
         return mean, np.sqrt(variance, out=variance)
 
@@ -320,18 +325,21 @@ class _Linear:
         means = _matvec(self._thetas[:used], x, self._means[:used])
         return means, _matvec(a_inv_x, x, self._variances[:used])
 
-    def _known(self, actions: Sequence[str]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
-        """Which of `actions` have a model (their positions) and the models' slots. The
-        same eligible set comes back decision after decision: kept until it or the models
-        change."""
+    def _known(
+        self, actions: Sequence[str]
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp] | None]:
+        """Which of `actions` have a model (their positions) and the models' slots (None
+        when they are every model, in slot order: nothing to pick). The same eligible set
+        comes back decision after decision: kept until it or the models change."""
         key = (tuple(actions), len(self._slots))
         if self._known_for is not None and self._known_for[0] == key:
             return self._known_for[1]
         slots = self._slots
         known = [i for i, action in enumerate(actions) if action in slots]
+        at = [slots[actions[i]] for i in known]
         found = (
             np.array(known, dtype=np.intp),
-            np.array([slots[actions[i]] for i in known], dtype=np.intp),
+            None if at == list(range(len(slots))) else np.array(at, dtype=np.intp),
         )
         self._known_for = (key, found)
         return found

@@ -158,10 +158,9 @@ def _timed(answer: DecideAnswer, started: float, waited: float) -> Response:
     browsers show in their developer tools; bench/decide.py reads it): `decide`, the time
     spent on this request; `queue`, the time it waited while decides of requests that
     arrived with it ran."""
-    response = json_response(answer)
     own_ms = (time.perf_counter() - started - waited) * 1000
-    response.headers["Server-Timing"] = f"decide;dur={own_ms:.3f}, queue;dur={waited * 1000:.3f}"
-    return response
+    timing = f"decide;dur={own_ms:.3f}, queue;dur={waited * 1000:.3f}"
+    return json_response(answer, headers={"Server-Timing": timing})
 
 
 async def _body(request: Request, engine: Engine, decoder: msgspec.json.Decoder[B]) -> B | Response:

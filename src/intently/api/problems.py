@@ -6,6 +6,7 @@ body) or `errors` (one per rejected event, with its index and field) for the mac
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -65,6 +66,9 @@ def problem(
     return Response(_encode(body), status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
-def json_response(body: Any, status: int = 200) -> Response:
-    """A JSON answer (msgspec-encoded: structs, dicts, lists)."""
-    return Response(_encode(body), status, media_type="application/json")
+def json_response(
+    body: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    """A JSON answer (msgspec-encoded: structs, dicts, lists). Headers are best given
+    here: one set on the response afterwards re-scans all of them."""
+    return Response(_encode(body), status, headers, media_type="application/json")
