@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Callable
 
 import pytest
@@ -99,7 +100,61 @@ def test_a_batch_left_on_a_closed_loop_does_not_hold_up_another_loop() -> None:
     assert not stranded.done()
     assert ran == []
     assert asyncio.run(batcher.run(recorder(ran, 2))) == 20
-    assert ran == [2]
+    assert ran == [2]  # the stranded call was dropped, never run
+
+
+def test_after_a_closed_loop_the_batcher_batches_on_the_new_one() -> None:
+    sizes: list[int] = []
+    batcher: Batcher[int] = Batcher(on_batch=sizes.append)
+    old = asyncio.new_event_loop()
+    stranded = old.create_task(batcher.run(lambda: 1))
+    old.call_soon(old.stop)
+    old.run_forever()
+    old.close()
+
+    async def together() -> list[int]:
+        return list(await asyncio.gather(*(batcher.run(lambda i=i: i) for i in range(4))))
+
+    assert asyncio.run(together()) == [0, 1, 2, 3]
+    assert sizes == [4]  # batched again, with nothing left of the old loop's queue
+    assert not stranded.done()  # dropped with its loop, never run
+
+
+def test_what_escapes_a_batch_leaves_none_of_its_callers_waiting() -> None:
+    batcher: Batcher[int] = Batcher()
+    ran: list[int] = []
+
+    def interrupted() -> int:
+        raise KeyboardInterrupt
+
+    loop = asyncio.new_event_loop()
+    try:
+        tasks = [loop.create_task(batcher.run(call))
+                 for call in (recorder(ran, 1), interrupted, recorder(ran, 3))]  # fmt: skip
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.run_until_complete(asyncio.sleep(0))  # the callers see what became of them
+        assert tasks[0].result() == 10
+        assert tasks[1].cancelled()
+        assert tasks[2].cancelled()
+        assert ran == [1]
+        # The batcher goes on serving.
+        assert loop.run_until_complete(batcher.run(recorder(ran, 4))) == 40
+    finally:
+        loop.close()
+
+
+async def test_a_call_raising_stop_iteration_fails_its_caller_with_a_runtime_error() -> None:
+    batcher: Batcher[int] = Batcher()
+
+    def stops() -> int:
+        raise StopIteration
+
+    results = await asyncio.gather(batcher.run(stops), batcher.run(lambda: 2),
+                                   return_exceptions=True)  # fmt: skip
+    assert isinstance(results[0], RuntimeError)
+    assert "StopIteration" in str(results[0])
+    assert results[1] == 2
 
 
 async def test_concurrent_decides_each_answer_their_own_visitor(engine: Engine) -> None:
@@ -147,18 +202,37 @@ async def test_a_decide_after_an_acknowledged_event_sees_it_among_others(
             await asyncio.gather(*(view_then_decide(v, sent) for v in range(6)))
 
 
-async def test_server_timing_tells_own_time_from_the_wait_for_others(engine: Engine) -> None:
+async def test_server_timing_tells_own_time_from_the_wait_for_others(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each decide made to take 20 ms more: a request's own time holds its own 20 ms and
+    not the others'; what it waited while others' decides ran is its queue time."""
     await load_catalog(engine)
+    slow_ms = 20.0
+    decide_now = engine.decider.decide
+
+    def slow_decide(*args: object, **kwargs: object) -> object:
+        time.sleep(slow_ms / 1000)
+        return decide_now(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine.decider, "decide", slow_decide)
     async with client_for(engine) as client:
         answers = await asyncio.gather(
             *(client.post("/v1/decide", json=decide_body(f"t{i}")) for i in range(4))
         )
-    waits = []
+        metrics = (await client.get("/metrics")).text
+    own, waits = [], []
     for answer in answers:
         timing = answer.headers["server-timing"]
         found = dict(re.findall(r"(\w+);dur=([\d.]+)", timing))
         assert set(found) == {"decide", "queue"}, timing
-        assert float(found["decide"]) > 0
+        own.append(float(found["decide"]))
         waits.append(float(found["queue"]))
-    # Run back to back, the last to be decided waited for the three before it.
-    assert max(waits) > 0
+    assert all(slow_ms <= ms < 2 * slow_ms for ms in own), own  # its own, not the others'
+    batches = re.search(r"^intently_decide_batch_size_count ([\d.]+)$", metrics, re.MULTILINE)
+    assert batches is not None
+    if float(batches.group(1)) < 4:  # two or more shared a batch: one waited for another
+        assert max(waits) >= slow_ms, waits
+    # In one batch, what one request waits for is the others' decides: never more than
+    # the whole batch took, measured from the slowest side (all four, one after another).
+    assert all(wait < 4 * 2 * slow_ms for wait in waits), waits

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from intently.act import features as features_module
 from intently.act.features import FeatureHasher, contributions
 from intently.act.policies import (
     BetaThompson,
@@ -256,6 +257,22 @@ def test_remembered_features_hash_as_a_new_hasher_does() -> None:
     assert remembering.hashed(features) == first == FeatureHasher(DIMENSIONS).hashed(features)
     other = {**features, "country": "FR", "buyer": False}
     assert remembering.hashed(other) == FeatureHasher(DIMENSIONS).hashed(other)
+    # One name, a boolean then a string spelled alike: the same label, either way.
+    for value in (True, "True", False, "False"):
+        alike = {"returning": value}
+        assert remembering.hashed(alike) == FeatureHasher(DIMENSIONS).hashed(alike)
+
+
+def test_the_remembered_features_are_forgotten_past_their_limit_and_still_hash_right(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(features_module, "_MAX_REMEMBERED", 3)
+    remembering = FeatureHasher(DIMENSIONS)
+    for round_ in range(3):  # the memo fills, is cleared, fills again
+        for country in ("DE", "FR", "IT", "ES", "PL"):
+            features = {"country": country, "device": f"d{round_}"}
+            assert remembering.hashed(features) == FeatureHasher(DIMENSIONS).hashed(features)
+            assert len(remembering._one_hot) <= 3
 
 
 def test_hashed_features_are_stable_across_processes() -> None:

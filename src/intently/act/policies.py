@@ -301,7 +301,8 @@ class _Linear:
 
     def _mean_and_spread(self, actions: Sequence[str], x: Vector) -> tuple[Floats, Floats]:
         """Each action's predicted reward x . theta and its standard error sqrt(x A^-1 x),
-        for every action at once (one never rewarded has the prior: 0 and x.x/lambda)."""
+        for every action at once (one never rewarded has the prior: 0 and x.x/lambda).
+        The arrays may be the model's scratch, reused by the next call: read, don't keep."""
         known, at = self._known(actions)
         if len(known) == len(actions):  # (the usual case: every action has a model)
             mean, variance = self._scored(x)

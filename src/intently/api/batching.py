@@ -9,11 +9,16 @@ handed in, in one later pass of the loop; each request then answers. On bench/de
 shop the same server answers about a quarter more decides a second this way
 (docs/benchmarks.md, "Decides back to back").
 
-What a decide sees does not change: decides run in the order their requests reached the
-handler, and an event is applied before its acknowledgement is sent, so a decide asked
-after an acknowledgement still sees that event. At low load a batch holds one decide and
-costs one more pass of the loop. A batch holds at most `max_batch` decides: the loop
-serves I/O between the batches of a long queue.
+What a decide sees does not change: decides run in the order their requests reached
+`Batcher.run`, and an event is applied before its acknowledgement is sent, so a decide
+asked after an acknowledgement still sees that event. At low load a batch holds one
+decide and costs one more pass of the loop. A batch holds at most `max_batch` decides:
+the loop serves I/O between the batches of a long queue.
+
+A `Batcher` serves one event loop at a time (an app has one). Handed a call from another
+loop while a batch waits on its loop, it runs the call at once, unbatched; if that loop
+is closed, the calls stranded on it are dropped (their futures died with it) and the
+batcher moves to the new loop.
 """
 
 from __future__ import annotations
@@ -45,9 +50,14 @@ class Batcher(Generic[T]):
             self._scheduled_on = loop
             loop.call_soon(self._run_batch)
         elif self._scheduled_on is not loop:
-            # One app served from two loops (tests do this; a loop closed with a batch
-            # still scheduled leaves it so): no batching, but never a call left waiting.
-            return call()
+            if not self._scheduled_on.is_closed():
+                # One app served from two live loops at once (tests can do this): no
+                # batching, but never a call left waiting.
+                return call()
+            # The loop closed with a batch scheduled: nobody awaits what it stranded.
+            self._waiting.clear()
+            self._scheduled_on = loop
+            loop.call_soon(self._run_batch)
         future: asyncio.Future[T] = loop.create_future()
         self._waiting.append((call, future))
         return await future
@@ -55,19 +65,26 @@ class Batcher(Generic[T]):
     def _run_batch(self) -> None:
         waiting = self._waiting
         batch = [waiting.popleft() for _ in range(min(self.max_batch, len(waiting)))]
-        ran = 0
+        ran = 0  # (a batch of cancelled calls only records 0)
         try:
             for call, future in batch:
                 if future.cancelled():  # the request is gone (its client disconnected)
                     continue
                 try:
                     result = call()
+                except StopIteration as error:  # a future refuses StopIteration itself
+                    future.set_exception(RuntimeError(f"the call raised {error!r}"))
                 except Exception as error:  # it belongs to that request alone
                     future.set_exception(error)
                 else:
                     future.set_result(result)
                 ran += 1
         finally:
+            # Something no request owns escaped (KeyboardInterrupt, SystemExit): it goes
+            # on up, but no request of this batch is left awaiting forever.
+            for _, future in batch:
+                if not future.done():
+                    future.cancel()
             # Scheduled after the batch's requests were woken: they answer before the
             # next batch runs.
             if waiting:

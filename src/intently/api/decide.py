@@ -126,8 +126,9 @@ def decide_batcher(engine: Engine) -> Batcher[_Ran]:
 
 async def _decide_soon(engine: Engine, request: Request, body: DecideBody) -> tuple[Decided, float]:
     """`_decide`, run back to back with the other decides that are ready; and the seconds
-    the request waited while decides of others ran (before its own, and after it until
-    the request resumed)."""
+    the request waited in the loop from handing its decide in until it ran, and from its
+    end until the request resumed: the decides of others in its batch, and whatever else
+    the loop ran meanwhile (other requests' HTTP work, the tick, a collector pass)."""
 
     def run() -> _Ran:
         began = time.perf_counter()
@@ -156,8 +157,8 @@ def _decide(engine: Engine, request: Request, body: DecideBody) -> Decided:
 def _timed(answer: DecideAnswer, started: float, waited: float) -> Response:
     """The answer, with the server's time in a `Server-Timing` header (the W3C header
     browsers show in their developer tools; bench/decide.py reads it): `decide`, the time
-    spent on this request; `queue`, the time it waited while decides of requests that
-    arrived with it ran."""
+    spent on this request; `queue`, its wait in the loop around its decide (the decides of
+    others in its batch, and whatever else the loop ran meanwhile)."""
     own_ms = (time.perf_counter() - started - waited) * 1000
     timing = f"decide;dur={own_ms:.3f}, queue;dur={waited * 1000:.3f}"
     return json_response(answer, headers={"Server-Timing": timing})
