@@ -263,8 +263,8 @@ def main() -> None:
     )
     r = results["decide_at_1000"]
     print(f"at 1,000 decides/s: {r['requests_per_s']:.0f} req/s; server p50 "
-          f"{r['server_p50_ms']:.3f} ms, p99 {r['server_p99_ms']:.3f} ms (with the wait for "
-          f"decides of others in its batch: p50 {r['server_with_queue_p50_ms']:.3f} ms, p99 "
+          f"{r['server_p50_ms']:.3f} ms, p99 {r['server_p99_ms']:.3f} ms (with its wait in the "
+          f"loop around its decide: p50 {r['server_with_queue_p50_ms']:.3f} ms, p99 "
           f"{r['server_with_queue_p99_ms']:.3f} ms); client p50 "
           f"{r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms; "
           f"non-2xx {r['non_2xx']:.0f}")  # fmt: skip
