@@ -8,7 +8,7 @@ import json
 import random
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -29,24 +29,33 @@ LIVE = {"kind": "offers", "offer_kinds": ["banner"], "deadline_ms": 5000, "polic
     "name": "rules-first", "priority": ["b0"], "floor": 0.5}}  # fmt: skip
 
 
+class Simulated(NamedTuple):
+    click_through: float  # of the decisions the live policy made
+    chosen: int  # how many it made (the rest went to holdout visitors: default content)
+
+
 async def simulate(
     engine: Engine, client: httpx.AsyncClient, clock: ManualClock, n: int,
     live: dict[str, Any] = LIVE,
-) -> float:  # fmt: skip
+) -> Simulated:  # fmt: skip
     """`n` visitors see home_hero and click with the shown banner's true rate; returns
-    the click-through they got. Windows are then closed, so every reward is known."""
+    the click-through the policy's decisions got. Windows are then closed, so every
+    reward is known."""
     async with client_for(engine, SECRET_KEY) as admin:
         banners = [{"id": b, "kind": "banner"} for b in TRUE_CTR]
         assert (await admin.post("/v1/catalog/offers", json={"offers": banners})).status_code == 200
         assert (await admin.put("/v1/placements/home_hero", json=live)).status_code == 200
     rng = random.Random(7)
-    clicks = 0
+    clicks = chosen = 0
     for visitor in range(n):
         body = {"anonymousId": f"v{visitor}", "placements": [{"id": "home_hero"}]}
         decision = (await client.post("/v1/decide", json=body)).json()["decisions"][0]
         banner = decision["items"][0]["id"]
+        held_out = decision.get("arm") == "holdout"
+        assert held_out == (decision["policy"]["name"] == "default")
+        chosen += not held_out
         if rng.random() < TRUE_CTR[banner]:
-            clicks += 1
+            clicks += not held_out
             click = track(
                 event="Promotion Clicked", anonymousId=f"v{visitor}",
                 properties={"promotion_id": banner, "decision_id": decision["decision_id"]},
@@ -55,7 +64,8 @@ async def simulate(
     clock.advance(timedelta(minutes=31))
     engine.decider.tick(engine.now_ms())
     engine.decisions.flush()
-    return clicks / n
+    assert 0 < n - chosen < n * 0.1  # the global holdout: about 5%
+    return Simulated(clicks / chosen, chosen)
 
 
 async def promote(engine: Engine, policy: dict[str, Any]) -> httpx.Response:
@@ -72,14 +82,14 @@ async def test_the_gate_needs_evidence(engine: Engine) -> None:
 async def test_a_better_policy_is_promoted_and_a_worse_one_is_not(
     engine: Engine, client: httpx.AsyncClient, clock: ManualClock
 ) -> None:
-    observed = await simulate(engine, client, clock, 600)
+    observed, chosen = await simulate(engine, client, clock, 600)
     # The live policy shows b0 2/3 of the time: about 0.125 expected.
     assert 0.07 < observed < 0.2
     worse = await promote(engine, {"name": "rules-first", "priority": ["b1"]})
     assert worse.status_code == 409
     report = worse.json()["report"]
     assert report["promote"] is False
-    assert report["decisions"] == 600
+    assert report["decisions"] == chosen
     assert report["live_value"] == pytest.approx(observed)
     assert report["candidate"]["snips"]["value"] < report["live_value"]
     assert engine.placements.get("home_hero").spec.policy.name == "rules-first"  # type: ignore[union-attr]
@@ -119,7 +129,7 @@ async def test_a_better_policy_is_promoted_and_a_worse_one_is_not(
 async def test_the_cli_judges_and_exports_the_decision_log(
     engine: Engine, client: httpx.AsyncClient, clock: ManualClock
 ) -> None:
-    await simulate(engine, client, clock, 300)
+    chosen = (await simulate(engine, client, clock, 300)).chosen
     data_dir = str(engine.settings.data_dir)
     runner = CliRunner()
     result = runner.invoke(
@@ -129,7 +139,7 @@ async def test_the_cli_judges_and_exports_the_decision_log(
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert report["decisions"] == 300
+    assert report["decisions"] == chosen
     assert report["promote"] is True
     result = runner.invoke(
         main,
@@ -166,9 +176,11 @@ async def test_a_bernoulli_candidate_on_a_revenue_placement_is_judged_not_crashe
         revenue = {**LIVE, "reward": "revenue"}
         assert (await admin.put("/v1/placements/home_hero", json=revenue)).status_code == 200
     rng = random.Random(5)
+    chosen = 0
     for visitor in range(150):
         body = {"anonymousId": f"r{visitor}", "placements": [{"id": "home_hero"}]}
         decision = (await client.post("/v1/decide", json=body)).json()["decisions"][0]
+        chosen += decision.get("arm") != "holdout"
         if rng.random() < TRUE_CTR[decision["items"][0]["id"]]:
             order = track(
                 event="Order Completed", anonymousId=f"r{visitor}",
@@ -183,7 +195,7 @@ async def test_a_bernoulli_candidate_on_a_revenue_placement_is_judged_not_crashe
     answer = await promote(engine, {"name": "beta-thompson"})
     assert answer.status_code in (200, 409), answer.text
     report = answer.json() if answer.status_code == 200 else answer.json()["report"]
-    assert report["decisions"] == 150
+    assert report["decisions"] == chosen
     assert report["live_value"] > 1.0  # revenue, not a rate
 
 
@@ -195,13 +207,13 @@ async def test_a_bandit_learns_again_from_the_decision_log_after_a_restart(
     live = {**LIVE, "policy": {"name": "epsilon-greedy", "epsilon": 0.5}}
     try:
         async with client_for(engine) as client:
-            observed = await simulate(engine, client, clock, 200, live)
+            observed, chosen = await simulate(engine, client, clock, 200, live)
         before = engine.decider.policy(engine.placements.get("home_hero"))  # type: ignore[arg-type]
         pulls = dict(before.pulls)  # type: ignore[attr-defined]
         totals = dict(before.total)  # type: ignore[attr-defined]
     finally:
         engine.close()
-    assert sum(pulls.values()) == 200
+    assert sum(pulls.values()) == chosen
     assert observed > 0
     engine = Engine(settings, clock=clock)
     try:

@@ -63,6 +63,13 @@ class Settings(Struct, kw_only=True):
     # Placements defined by the operator (YAML: `placements: {id: {...}}`), over the
     # starter configuration.
     placements_file: Path | None = None
+    # Experiments defined by the operator (YAML: `experiments: {id: {...}}`).
+    experiments_file: Path | None = None
+    # The global holdout: this share of visitors gets default content everywhere, so
+    # that the total lift of personalization is measured. The salt places visitors: a
+    # new salt draws a new holdout.
+    holdout_share: float = 0.05
+    holdout_salt: str = "intently-global-holdout"
     # How long after a decision an outcome is still credited to it.
     attribution_window_minutes: float = 30
     # At start-up, recommenders learn again from at most this many of the log's latest
@@ -89,6 +96,8 @@ class Settings(Struct, kw_only=True):
             raise ValueError("max_batch must be >= 1 and max_body_bytes >= 1024")
         if self.session_timeout_minutes <= 0 or self.anonymous_retention_days <= 0:
             raise ValueError("session_timeout_minutes and anonymous_retention_days must be > 0")
+        if not 0.0 <= self.holdout_share < 1.0:
+            raise ValueError(f"holdout_share must be in [0, 1), not {self.holdout_share}")
         unknown = set(self.default_consent) - {"analytics", "personalization", "marketing"}
         if unknown:
             raise ValueError(
@@ -107,6 +116,10 @@ class Settings(Struct, kw_only=True):
     @property
     def decision_log_path(self) -> Path:
         return self.data_dir / "decisions.db"
+
+    @property
+    def experiments_path(self) -> Path:
+        return self.data_dir / "experiments.db"
 
     @property
     def state_path(self) -> Path:
@@ -144,6 +157,9 @@ _ENV_FIELDS = {
     "DEFAULT_CONSENT": "default_consent",
     "SEGMENTS_FILE": "segments_file",
     "PLACEMENTS_FILE": "placements_file",
+    "EXPERIMENTS_FILE": "experiments_file",
+    "HOLDOUT_SHARE": "holdout_share",
+    "HOLDOUT_SALT": "holdout_salt",
     "ATTRIBUTION_WINDOW_MINUTES": "attribution_window_minutes",
     "RECOMMENDER_WARMUP_EVENTS": "recommender_warmup_events",
     "POLICY_WARMUP_DECISIONS": "policy_warmup_decisions",

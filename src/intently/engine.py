@@ -27,6 +27,8 @@ from intently.events.enrich import Enricher
 from intently.events.geo import GeoLocator
 from intently.events.record import decode_record
 from intently.events.referrer import ReferrerClassifier
+from intently.experiments.registry import ExperimentRegistry
+from intently.experiments.runtime import Experiments
 from intently.keys import Keys, load_or_create_keys
 from intently.learn.gate import usable
 from intently.log.dedupe import MessageIdWindow
@@ -128,6 +130,19 @@ class Engine:
         )
         self.decisions = DecisionLog(settings.decision_log_path)
         self._resources.callback(self.decisions.close)
+        self.experiments = Experiments(
+            ExperimentRegistry(
+                self.placements, self.segments.catalog, settings.data_dir,
+                settings.experiments_file, self.now_ms(),
+            ),
+            settings.experiments_path, settings.holdout_share, settings.holdout_salt,
+        )  # fmt: skip
+        self._resources.callback(self.experiments.close)
+        # Experiments count events from their log position on: hooked before the catch-up,
+        # which re-applies what the state store had not kept (their log skips what it
+        # counted already).
+        self.context.hooks.append(self.experiments)
+        self.context.merge_hooks.append(self.experiments.merged)
         self.decider = Decider(
             placements=self.placements,
             catalog=self.catalog,
@@ -137,6 +152,7 @@ class Engine:
             enricher=self.enricher,
             now_ms=self.now_ms,
             window_ms=settings.attribution_window_ms,
+            experiments=self.experiments,
         )
         self.webhooks = WebhookDispatcher(
             settings.webhook_secret,

@@ -67,10 +67,13 @@ from intently.catalog.offers import Offer
 from intently.catalog.store import CatalogStore
 from intently.configfile import ConfigError
 from intently.context.facts import CHECKOUT_STAGES, Facts
+from intently.context.identity import derived_profile_id
 from intently.context.profile import Profile
 from intently.context.session import cart_value, engagement
 from intently.context.stage import ContextStage
 from intently.events.enrich import Enricher
+from intently.experiments.assign import Arm
+from intently.experiments.runtime import Experiments
 from intently.learn.rewards import Attribution, Decision, Observed, Outcome, Reward
 from intently.recommend.learn import LearnFromViews, context_keys, device_of
 from intently.stores.protocol import Changes
@@ -114,6 +117,8 @@ class _Visitor:
     profile_id: str | None = None
     # The modelled features hashed, by dimensions (a vector and its reasons share them).
     hashed: dict[int, Hashed] = field(default_factory=dict)
+    # Who experiments assign: the profile id, or the one the profile will get.
+    unit: str = ""
 
     @property
     def aliases(self) -> tuple[str, ...]:
@@ -185,6 +190,7 @@ class Decider:
         window_ms: int = 30 * 60_000,
         seed: int | None = None,
         timer: Callable[[], float] = time.perf_counter,
+        experiments: Experiments | None = None,
     ) -> None:
         self.placements = placements
         self.catalog = catalog
@@ -194,6 +200,7 @@ class Decider:
         self.enricher = enricher
         self.now_ms = now_ms
         self.timer = timer
+        self.experiments = experiments
         self.recommenders = Recommenders(learner, catalog)
         self.attribution = Attribution(self._on_reward, window_ms)
         # Python's generator, not numpy's: numpy's gives up the GIL on every draw, and a
@@ -244,7 +251,7 @@ class Decider:
         """A visitor known only by id: nothing read, nothing personal."""
         key = "a:" + body.anonymous_id if body.anonymous_id else "u:" + str(body.user_id)
         ask = Ask(body.anonymous_id, body.context.product_id, (), (), (), (), False, now)
-        return _Visitor(key, None, False, {}, ask)
+        return _Visitor(key, None, False, {}, ask, unit=_unit_of(body, None))
 
     def _decide_placement(
         self, placement: Placement, count: int, visitor: _Visitor, now: int, explain: bool,
@@ -252,19 +259,30 @@ class Decider:
     ) -> PlacementDecision:  # fmt: skip
         started = self.timer()
         deadline = started + placement.spec.deadline_ms / 1000.0
+        arm: Arm | None = None
+        serving = placement
         try:
             if trouble is not None:
                 raise _Fallback(trouble)
-            if placement.spec.kind == "offers":
-                outcome = self._offers(placement, count, visitor, now, deadline)
+            if self.experiments is not None:
+                arm = self.experiments.arm(placement, visitor.unit, visitor.profile)
+            if arm is not None and arm.default_content:
+                outcome = self._default_content(placement, count, visitor, now, arm.reason)
             else:
-                outcome = self._items(placement, count, visitor, deadline)
+                if arm is not None:
+                    serving = self.experiments.serves(arm, placement)  # type: ignore[union-attr]
+                if serving.spec.kind == "offers":
+                    outcome = self._offers(serving, count, visitor, now, deadline)
+                else:
+                    outcome = self._items(serving, count, visitor, deadline)
+                if arm is not None:
+                    outcome.reasons.insert(0, arm.reason)
         except _Fallback as why:
-            outcome = self._fallback(placement, count, visitor, now, str(why))
+            outcome = self._fallback(serving, count, visitor, now, str(why))
         except Exception as error:  # a bug must not cost the page its content
             log.exception("deciding placement %r failed; the fallback answers", placement.id)
             outcome = self._fallback(
-                placement, count, visitor, now, f"deciding failed ({type(error).__name__})"
+                serving, count, visitor, now, f"deciding failed ({type(error).__name__})"
             )
         latency_us = int((self.timer() - started) * 1e6)
         decision_id = self._new_id(now)
@@ -275,7 +293,8 @@ class Decider:
             visitor=visitor.key,
             profile_id=visitor.profile_id,
             policy=outcome.policy,
-            policy_version=placement.version,
+            policy_version=serving.version,
+            arm=arm.label if arm is not None else None,
             features=visitor.features,
             candidates=outcome.candidates[:MAX_LOGGED_CANDIDATES],
             items=outcome.items,
@@ -285,15 +304,20 @@ class Decider:
             latency_us=latency_us,
             degraded=outcome.degraded,
             personalized=visitor.personal,
-            reward_kind=placement.spec.reward,
+            reward_kind=serving.spec.reward,
         )
         try:  # the page gets its answer even when the decision cannot be kept
             self.decisions.record(record)
             if outcome.items:
-                self._register(decision_id, placement, outcome, visitor, now)
+                self._register(decision_id, serving, outcome, visitor, now)
         except Exception:
             self.unlogged += 1
             log.exception("decision %s could not be logged", decision_id)
+        if self.experiments is not None and trouble is None:
+            try:  # (measurement must not cost the page its answer either)
+                self.experiments.exposed(arm, placement, visitor.unit, now, visitor.profile)
+            except Exception:
+                log.exception("the exposure of decision %s could not be logged", decision_id)
         return PlacementDecision(
             placement=placement.id,
             decision_id=decision_id,
@@ -303,9 +327,10 @@ class Decider:
                     outcome.items, outcome.propensities, outcome.item_reasons, strict=True
                 )
             ],
-            policy=PolicyRef(outcome.policy, placement.version),
+            policy=PolicyRef(outcome.policy, serving.version),
             reasons=outcome.reasons,
-            personalized=visitor.personal,
+            personalized=visitor.personal and (arm is None or not arm.default_content),
+            arm=arm.label if arm is not None else None,
             degraded=outcome.degraded,
             features=dict(visitor.features) if explain else None,
         )
@@ -373,7 +398,7 @@ class Decider:
         )
         return _Visitor(
             key, profile if personal else None, personal, features, ask,
-            profile.id if profile is not None else None,
+            profile.id if profile is not None else None, unit=_unit_of(body, profile),
         )  # fmt: skip
 
     def _personal_features(
@@ -690,9 +715,21 @@ class Decider:
 
     # -- the fallback -----------------------------------------------------------------------
 
-    def _fallback(
+    def _default_content(
         self, placement: Placement, count: int, visitor: _Visitor, now: int, why: str
     ) -> _Outcome:
+        """A holdout's answer: the default content, with no rule applied (not even an
+        exclusion: a rule is personalization too), and nothing learned from it."""
+        outcome = self._fallback(placement, count, visitor, now, why, rules=False)
+        outcome.degraded = None
+        outcome.policy = "default"
+        outcome.reasons = [why]
+        return outcome
+
+    def _fallback(
+        self, placement: Placement, count: int, visitor: _Visitor, now: int, why: str,
+        rules: bool = True,
+    ) -> _Outcome:  # fmt: skip
         """Default content: the placement's own list, else popular items or the first
         open offers without a rule; within the placement's content set, kinds and query,
         and without what its exclusions remove. Deterministic (probability 1), and never
@@ -713,7 +750,8 @@ class Decider:
                 ids = [x for x in spec.fallback if any(x == o.offer.id for o in open_offers)]
                 if not spec.fallback:
                     ids = [live.offer.id for live in open_offers if live.matches is None]
-            ids = self._excluded(placement, visitor, ids)
+            if rules:
+                ids = self._excluded(placement, visitor, ids)
         except Exception:
             log.exception("the fallback of placement %r failed; answering nothing", placement.id)
             ids = []
@@ -827,6 +865,17 @@ class Decider:
         """Each second: close attribution windows, refresh popular and trending lists."""
         self.attribution.close_until(now_ms)
         self.recommenders.refresh(now_ms)
+
+
+def _unit_of(body: DecideBody, profile: Profile | None) -> str:
+    """Who experiments assign: the profile, or, before the visitor's first event, the id
+    their profile will get (the identity graph derives it from the first id it sees: the
+    userId when the first event has one)."""
+    if profile is not None:
+        return profile.id
+    if body.user_id is not None:
+        return derived_profile_id("u:" + body.user_id)
+    return derived_profile_id("a:" + str(body.anonymous_id))
 
 
 def _matches(item: Item | None, query: CatalogQuery) -> bool:

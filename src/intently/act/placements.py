@@ -95,6 +95,9 @@ class PlacementSpec(Struct, forbid_unknown_fields=True, omit_defaults=True):
     fallback: list[Id] = msgspec.field(default_factory=list)
     deadline_ms: Annotated[float, Meta(gt=0, le=10_000)] = 20.0
     reward: RewardKind = "click"
+    # A share of visitors who get the default content here, to measure the placement's
+    # lift (experiments/assign.py).
+    holdout: Annotated[float, Meta(ge=0, lt=1)] = 0.0
     description: Annotated[str, Meta(max_length=500)] | None = None
 
 

@@ -22,6 +22,13 @@ from intently._version import __version__
 from intently.api.catalog import get_item, get_offer, post_items, post_offers
 from intently.api.decide import decide_batcher, post_context, post_decide
 from intently.api.events import post_events
+from intently.api.experiments import (
+    delete_experiment,
+    experiment_results,
+    get_experiment,
+    list_experiments,
+    put_experiment,
+)
 from intently.api.metrics import LatencyMiddleware
 from intently.api.openapi import Health, build_openapi
 from intently.api.placements import (
@@ -141,6 +148,11 @@ def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
         Route("/v1/placements/{id}", put_placement, methods=["PUT"]),
         Route("/v1/placements/{id}", delete_placement, methods=["DELETE"]),
         Route("/v1/placements/{id}/promote", promote_policy, methods=["POST"]),
+        Route("/v1/experiments", list_experiments, methods=["GET"]),
+        Route("/v1/experiments/{id}", get_experiment, methods=["GET"]),
+        Route("/v1/experiments/{id}", put_experiment, methods=["PUT"]),
+        Route("/v1/experiments/{id}", delete_experiment, methods=["DELETE"]),
+        Route("/v1/experiments/{id}/results", experiment_results, methods=["GET"]),
         Route("/v1/segments", list_segments, methods=["GET"]),
         Route("/v1/segments/{name}", get_segment, methods=["GET"]),
         Route("/v1/segments/{name}", put_segment, methods=["PUT"]),

@@ -21,6 +21,8 @@ from intently.api.profiles import ConsentUpdate, Erased
 from intently.catalog.items import ItemUpload
 from intently.catalog.offers import OfferUpload
 from intently.events.schema import BatchForSchema, Event
+from intently.experiments.results import Results
+from intently.experiments.spec import ExperimentSpec
 from intently.pipeline import IngestResult
 from intently.segments.registry import SegmentSpec
 
@@ -70,6 +72,14 @@ _ITEM_ID = {
     "description": "The item's id.",
     "schema": {"type": "string"},
 }
+_EXPERIMENT_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "The experiment's id; `holdout` is the global holdout, "
+    "`holdout:<placement>` a placement's.",
+    "schema": {"type": "string"},
+}
 _NAME = {
     "name": "name",
     "in": "path",
@@ -83,14 +93,14 @@ def build_openapi() -> dict[str, Any]:
     schemas, components = msgspec.json.schema_components(
         [Event, BatchForSchema, IngestResult, Problem, Health, Erased, ConsentUpdate, SegmentSpec,
          ItemUpload, OfferUpload, DecideBody, DecideAnswer, ContextForSchema, ContextAnswer,
-         PlacementSpec, PolicySpec],
+         PlacementSpec, PolicySpec, ExperimentSpec, Results],
         ref_template="#/components/schemas/{name}",
     )  # fmt: skip
     event, batch, ingest, _problem_schema, health, erased, consent, segment_spec, upload = schemas[
         :9
     ]
     offer_upload, decide_body, decide_answer, context_body, context_answer = schemas[9:14]
-    placement, policy_spec = schemas[14:16]
+    placement, policy_spec, experiment_spec, results = schemas[14:18]
     components["Event"] = event
     json_body = {"schema": {"oneOf": [_ref("Event"), batch]}}
     return {
@@ -391,6 +401,73 @@ def build_openapi() -> dict[str, Any]:
                             "not enough logged decisions."
                         ),
                         "413": _problem("The body is too large."),
+                        **_AUTH_ERRORS,
+                    },
+                },
+            },
+            "/v1/experiments": {
+                "get": {
+                    "operationId": "listExperiments",
+                    "summary": "Every experiment, with when it started and stopped.",
+                    "security": [{"bearer": []}],
+                    "responses": {"200": _object("Experiments."), **_AUTH_ERRORS},
+                },
+            },
+            "/v1/experiments/{id}": {
+                "parameters": [_EXPERIMENT_ID],
+                "get": {
+                    "operationId": "getExperiment",
+                    "summary": "One experiment.",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": _object("The experiment."),
+                        "404": _problem("No such experiment."),
+                        **_AUTH_ERRORS,
+                    },
+                },
+                "put": {
+                    "operationId": "putExperiment",
+                    "summary": "Create an experiment, or change one (while it runs: only its "
+                    "status, name, description and statistics settings).",
+                    "security": [{"bearer": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": experiment_spec}},
+                    },
+                    "responses": {
+                        "200": _object("Changed."),
+                        "201": _object("Created."),
+                        "400": _problem("Bad id or definition (`pointer` names the field)."),
+                        "409": _problem("The experiment runs, or has stopped: not that change."),
+                        "413": _problem("The body is too large."),
+                        **_AUTH_ERRORS,
+                    },
+                },
+                "delete": {
+                    "operationId": "deleteExperiment",
+                    "summary": "Delete an API experiment that is not running.",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "204": {"description": "Deleted."},
+                        "404": _problem("No such experiment."),
+                        "409": _problem("It runs (stop it first), or comes from the config file."),
+                        **_AUTH_ERRORS,
+                    },
+                },
+            },
+            "/v1/experiments/{id}/results": {
+                "parameters": [_EXPERIMENT_ID],
+                "get": {
+                    "operationId": "experimentResults",
+                    "summary": "Exposures, the sample ratio check, and every metric's "
+                    "comparisons with control (frequentist, Bayesian, sequential, CUPED).",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": {
+                            "description": "The results.",
+                            "content": {"application/json": {"schema": results}},
+                        },
+                        "404": _problem("No such experiment."),
                         **_AUTH_ERRORS,
                     },
                 },

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from intently.api.auth import require
 from intently.api.events import read_json
 from intently.api.problems import json_response, problem
+from intently.context.identity import derived_profile_id
 from intently.context.profile import Profile
 from intently.engine import Engine
 from intently.events.record import record_as_json
@@ -117,7 +118,9 @@ async def delete_profile(request: Request) -> Response:
         devices = ["a:" + any_id, "u:" + any_id]
         engine.decider.forget(devices, [])
         decisions = await asyncio.to_thread(engine.decisions.erase, devices, [any_id])
-        if not decisions:
+        units = [derived_profile_id(device) for device in devices]
+        exposures = await asyncio.to_thread(engine.experiments.erase, units)
+        if not decisions and not exposures:
             return _not_found(any_id)
         return json_response(Erased(any_id, 0, 0, decisions))
     anonymous_ids, user_ids = list(profile.anonymous_ids), list(profile.user_ids)
@@ -130,6 +133,10 @@ async def delete_profile(request: Request) -> Response:
     engine.learner.forget(anonymous_ids, user_ids)
     engine.context.forget(profile)
     decisions += await asyncio.to_thread(engine.decisions.erase, devices, [profile.id])
+    # Experiments knew the person by their profile id (or, before their first event, the
+    # id it would get from each of their identities).
+    units = [profile.id, *(derived_profile_id(device) for device in devices)]
+    await asyncio.to_thread(engine.experiments.erase, units)
     await asyncio.wrap_future(engine.store.compact())
     return json_response(Erased(profile.id, events, len(anonymous_ids) + len(user_ids), decisions))
 

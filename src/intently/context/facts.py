@@ -108,6 +108,9 @@ class Facts(Struct, gc=False, kw_only=True):
     # Segment's `Promotion Viewed`, with `decision_id`).
     exposure: bool = False
     traits: dict[str, Any] | None = None
+    # A track event's properties (the record's own dict, not a copy): custom metrics of
+    # experiments add them up.
+    properties: dict[str, Any] | None = None
     consent: dict[str, bool] | None = None
     # Where the visit came from and what it runs on (from enrichment).
     campaign: str | None = None
@@ -183,6 +186,7 @@ def _is_help_page(*names: str | None) -> bool:
 def _read_track(event: TrackEvent, facts: Facts) -> None:
     name = event.event
     properties = event.properties
+    facts.properties = properties
     facts.checkout_stage = _STAGE_OF_EVENT.get(name, 0)
     decision_id = properties.get("decision_id")
     if decision_id is not None:

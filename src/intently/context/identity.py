@@ -35,6 +35,12 @@ def user_key(user_id: str) -> str:
     return "u:" + user_id
 
 
+def derived_profile_id(key: str) -> str:
+    """The canonical id a profile first identified by `key` gets: known before the
+    profile exists, so a visitor's very first decide already has its experiment arm."""
+    return "p_" + hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
+
+
 class IdentityGraph:
     def __init__(self, store: StateStore, rules: ProfileRules) -> None:
         self.store = store
@@ -43,6 +49,10 @@ class IdentityGraph:
         self.merges = 0
         # Told of a profile about to be absorbed by a merge (the stage shares its list).
         self.removal_hooks: list[Callable[[Profile], None]] = []
+        # Told when a profile takes over another's id: (the profile, the id it absorbed)
+        # after a merge, and after an identity is linked to a profile other than the one
+        # it would have made (a visitor known only by that id until now).
+        self.merge_hooks: list[Callable[[Profile, str], None]] = []
 
     def lookup(self, any_id: str) -> Profile | None:
         """The profile for a canonical id, a userId or an anonymousId (in that order)."""
@@ -141,7 +151,7 @@ class IdentityGraph:
         gives the same ids. (Suffixed in the unlikely case the id is taken.)"""
         seed, attempt = key, 0
         while True:
-            candidate = "p_" + hashlib.blake2b(seed.encode(), digest_size=10).hexdigest()
+            candidate = derived_profile_id(seed)
             if self.store.get(candidate) is None and candidate not in changes.profiles:
                 return candidate
             attempt += 1
@@ -150,14 +160,23 @@ class IdentityGraph:
     def _link_user(self, profile: Profile, user_id: str, changes: Changes) -> None:
         if user_id not in profile.user_ids:
             profile.user_ids.append(user_id)
+            self._linked(profile, user_key(user_id))
         changes.link(user_key(user_id), profile.id)
         changes.put(profile)
 
     def _link_anonymous(self, profile: Profile, anonymous_id: str, changes: Changes) -> None:
         if anonymous_id not in profile.anonymous_ids:
             profile.anonymous_ids.append(anonymous_id)
+            self._linked(profile, anonymous_key(anonymous_id))
         changes.link(anonymous_key(anonymous_id), profile.id)
         changes.put(profile)
+
+    def _linked(self, profile: Profile, key: str) -> None:
+        if self.merge_hooks:
+            derived = derived_profile_id(key)
+            if derived != profile.id:
+                for merged in self.merge_hooks:
+                    merged(profile, derived)
 
     def _merge(self, into: Profile, other: Profile, changes: Changes) -> None:
         for hook in self.removal_hooks:
@@ -171,3 +190,5 @@ class IdentityGraph:
         changes.merge(other.id, into.id)
         changes.put(into)
         self.merges += 1
+        for merged in self.merge_hooks:
+            merged(into, other.id)

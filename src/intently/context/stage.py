@@ -44,6 +44,7 @@ class ContextStage:
         self.hooks: list[ProfileHook] = []
         self.removal_hooks: list[Callable[[Profile], None]] = []
         self.identity.removal_hooks = self.removal_hooks
+        self.merge_hooks = self.identity.merge_hooks  # (profile, an id it took over)
         # The latest event time applied: "now" for expiry, so that replayed history
         # expires by its own clock. Sweeps run at fixed log positions (every
         # _SWEEP_EVERY), and the watermark is saved with the state, so re-applying the

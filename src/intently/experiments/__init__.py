@@ -1,0 +1,1 @@
+"""Experiments: assignment, holdouts, exposures, metrics and the statistics engine."""

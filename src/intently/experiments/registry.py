@@ -1,0 +1,337 @@
+"""The experiments defined (config file and API), and the arm of each decision.
+
+Definitions come from the operator's YAML file (`experiments:` mapping ids to
+definitions) and from the API (`PUT /v1/experiments/{id}`, kept in the data dir); an API
+definition replaces a configured one of the same id. A definition is checked against the
+placements it names when it is made: a variant's override must be a placement definition
+that would be accepted on its own.
+
+Rules that keep the measurement honest:
+- experiments that share a placement share a layer, with disjoint ranges: a decision is
+  in at most one experiment;
+- while an experiment runs, only its status, name, description and statistics settings
+  change (anything else would move visitors between variants mid-measurement); a
+  stopped experiment stays stopped (a new one measures a new phase).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+from msgspec import Struct
+
+from intently.act.placements import Placement, PlacementRegistry, PlacementSpec, prepare
+from intently.configfile import ConfigError, read_mapping, save_atomically
+from intently.context.profile import Profile
+from intently.experiments.assign import Arm, Bucketer, Holdout, Variants
+from intently.experiments.spec import MUTABLE_WHILE_RUNNING, ExperimentSpec, VariantSpec, check
+from intently.segments.fields import FieldCatalog
+
+GLOBAL_HOLDOUT = "holdout"  # the global holdout's id, measured like an experiment
+HOLDOUT_ARMS = ("holdout", "personalized")
+
+
+class ExperimentConflict(ConfigError):
+    """A valid definition that the experiment's state refuses (it runs, or has stopped)."""
+
+
+class Stored(Struct, omit_defaults=True):
+    """An API definition as kept in the data dir, with when it started and stopped."""
+
+    spec: ExperimentSpec
+    started_ms: int | None = None
+    stopped_ms: int | None = None
+
+
+@dataclass
+class Experiment:
+    id: str
+    spec: ExperimentSpec
+    source: str  # "config" or "api"
+    variants: Variants
+    started_ms: int | None = None
+    stopped_ms: int | None = None
+    # A variant's version of a placement, by (variant, the placement's version).
+    _versions: dict[tuple[str, str], Placement | None] = field(default_factory=dict)
+
+    @property
+    def running(self) -> bool:
+        return self.spec.status == "running"
+
+    def variant(self, variant_id: str) -> VariantSpec:
+        return next(v for v in self.spec.variants if v.id == variant_id)
+
+    def placement_for(
+        self, variant_id: str, base: Placement, fields: FieldCatalog
+    ) -> Placement | None:
+        """The placement as `variant_id` serves it; None when it serves it as defined."""
+        key = (variant_id, base.version)
+        if key not in self._versions:
+            self._versions[key] = _overridden(self.id, self.variant(variant_id), base, fields)
+        return self._versions[key]
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "id": self.id, "source": self.source, "started_ms": self.started_ms,
+            "stopped_ms": self.stopped_ms, **msgspec.to_builtins(self.spec),
+        }  # fmt: skip
+
+
+def _overridden(
+    experiment_id: str, variant: VariantSpec, base: Placement, fields: FieldCatalog
+) -> Placement | None:
+    spec: PlacementSpec
+    if variant.placement is not None:
+        spec = variant.placement
+    elif variant.policy is not None:
+        spec = msgspec.structs.replace(base.spec, policy=variant.policy)
+    elif variant.offers is not None:
+        if base.spec.kind != "offers":
+            raise ConfigError(
+                f"variant {variant.id!r}: placement {base.id!r} shows items; "
+                "an offers override needs an offer placement"
+            )
+        spec = msgspec.structs.replace(base.spec, offers=variant.offers)
+    else:
+        return None  # as defined (default content is served by the decider)
+    try:
+        placement = prepare(base.id, spec, "experiment", fields)
+    except ConfigError as error:
+        raise ConfigError(f"variant {variant.id!r} on placement {base.id!r}: {error}") from None
+    # The variant's policy learns on its own: a bandit inside a variant is trained by
+    # the variant's decisions only.
+    key = f"{experiment_id}/{variant.id}/".encode() + placement.policy_key
+    return Placement(
+        placement.id, placement.spec, placement.source, placement.rules, placement.version, key
+    )
+
+
+def _variants(experiment_id: str, spec: ExperimentSpec) -> Variants:
+    cumulative, total = [], 0.0
+    for variant in spec.variants:
+        total += variant.weight
+        cumulative.append(total)
+    cumulative[-1] = 1.0
+    layer = spec.layer if spec.layer is not None else experiment_id
+    return Variants(
+        experiment=experiment_id,
+        ids=tuple(v.id for v in spec.variants),
+        cumulative=tuple(cumulative),
+        layer=Bucketer("layer:" + layer),
+        low=spec.range[0],
+        high=spec.range[1],
+        split=Bucketer(spec.salt if spec.salt is not None else experiment_id),
+    )
+
+
+class ExperimentRegistry:
+    def __init__(
+        self, placements: PlacementRegistry, fields: FieldCatalog, data_dir: Path,
+        config_file: Path | None, now_ms: int = 0,
+    ) -> None:  # fmt: skip
+        self.placements = placements
+        self.fields = fields
+        self._api_file = data_dir / "experiments.json"
+        self._experiments: dict[str, Experiment] = {}
+        self._configured: dict[str, Experiment] = {}
+        if config_file is not None:
+            for eid, value in read_mapping(config_file, "experiments", "experiments").items():
+                if not isinstance(eid, str):
+                    raise ConfigError(f"{config_file}: experiment id {eid!r} must be text")
+                try:
+                    spec = msgspec.convert(value, ExperimentSpec)
+                    experiment = self._prepare(eid, spec, "config")
+                except (msgspec.ValidationError, ConfigError) as exc:
+                    raise ConfigError(f"{config_file}: experiment {eid!r}: {exc}") from None
+                experiment.started_ms = now_ms if spec.status == "running" else None
+                self._experiments[eid] = self._configured[eid] = experiment
+        if self._api_file.exists():
+            stored = msgspec.json.decode(self._api_file.read_bytes(), type=dict[str, Stored])
+            for eid, kept in stored.items():
+                experiment = Experiment(eid, kept.spec, "api", _variants(eid, kept.spec))
+                experiment.started_ms, experiment.stopped_ms = kept.started_ms, kept.stopped_ms
+                self._experiments[eid] = experiment
+        self._index()
+
+    def __iter__(self) -> Iterator[Experiment]:
+        return iter(list(self._experiments.values()))
+
+    def get(self, experiment_id: str) -> Experiment | None:
+        return self._experiments.get(experiment_id)
+
+    def on_placement(self, placement_id: str) -> tuple[Experiment, ...]:
+        """The running experiments on a placement."""
+        return self._by_placement.get(placement_id, ())
+
+    def define(self, experiment_id: str, spec: ExperimentSpec, now_ms: int) -> Experiment:
+        """Add or change an experiment by API; raises `ConfigError` ("/field: why"), and
+        then nothing changes."""
+        experiment = self._prepare(experiment_id, spec, "api")
+        current = self._experiments.get(experiment_id)
+        if current is not None:
+            _check_change(current, spec)
+            experiment.started_ms, experiment.stopped_ms = current.started_ms, current.stopped_ms
+        if spec.status == "running" and experiment.started_ms is None:
+            experiment.started_ms = now_ms
+        if spec.status == "stopped" and experiment.stopped_ms is None:
+            experiment.stopped_ms = now_ms
+        self._experiments[experiment_id] = experiment
+        self._index()
+        self._save()
+        return experiment
+
+    def delete(self, experiment_id: str) -> bool:
+        """Remove an API definition (not a running one: stop it first). False when there
+        is no API definition of that id; raises `ConfigError` for a running one."""
+        current = self._experiments.get(experiment_id)
+        if current is None or current.source != "api":
+            return False
+        if current.running:
+            raise ExperimentConflict(f"experiment {experiment_id!r} is running; stop it first")
+        configured = self._configured.get(experiment_id)
+        if configured is None:
+            del self._experiments[experiment_id]
+        else:
+            self._experiments[experiment_id] = configured
+        self._index()
+        self._save()
+        return True
+
+    def _prepare(self, experiment_id: str, spec: ExperimentSpec, source: str) -> Experiment:
+        check(experiment_id, spec)
+        experiment = Experiment(experiment_id, spec, source, _variants(experiment_id, spec))
+        for i, placement_id in enumerate(spec.placements):
+            base = self.placements.get(placement_id)
+            if base is None:
+                raise ConfigError(f"/placements/{i}: there is no placement {placement_id!r}")
+            for variant in spec.variants:
+                experiment.placement_for(variant.id, base, self.fields)  # raises if invalid
+        if spec.status != "stopped":
+            self._check_layers(experiment)
+        return experiment
+
+    def _check_layers(self, new: Experiment) -> None:
+        spec = new.spec
+        layer = spec.layer or new.id
+        for other in self._experiments.values():
+            if other.id == new.id or other.spec.status == "stopped":
+                continue
+            other_layer = other.spec.layer or other.id
+            shared = sorted(set(spec.placements) & set(other.spec.placements))
+            if shared and other_layer != layer:
+                raise ConfigError(
+                    f"/layer: experiment {other.id!r} also runs on {shared[0]!r}, in layer "
+                    f"{other_layer!r}: experiments on one placement share a layer"
+                )
+            if other_layer == layer:
+                low, high = spec.range
+                other_low, other_high = other.spec.range
+                if low < other_high and other_low < high:
+                    raise ConfigError(
+                        f"/range: [{low:g}, {high:g}) overlaps experiment {other.id!r}'s "
+                        f"[{other_low:g}, {other_high:g}) in layer {layer!r}"
+                    )
+
+    def _index(self) -> None:
+        by_placement: dict[str, list[Experiment]] = {}
+        for experiment in self._experiments.values():
+            if experiment.running:
+                for placement_id in experiment.spec.placements:
+                    by_placement.setdefault(placement_id, []).append(experiment)
+        self._by_placement = {p: tuple(found) for p, found in by_placement.items()}
+
+    def _save(self) -> None:
+        api = {
+            e.id: Stored(e.spec, e.started_ms, e.stopped_ms)
+            for e in self._experiments.values() if e.source == "api"
+        }  # fmt: skip
+        save_atomically(self._api_file, api)
+
+
+def _check_change(current: Experiment, spec: ExperimentSpec) -> None:
+    if current.spec.status == "stopped" and spec.status != "stopped":
+        raise ExperimentConflict(
+            "/status: a stopped experiment stays stopped; define a new one for a new phase"
+        )
+    if current.spec.status == "running" and spec.status == "draft":
+        raise ExperimentConflict("/status: a running experiment can be stopped, not made a draft")
+    if current.spec.status != "running":
+        return
+    before, after = msgspec.to_builtins(current.spec), msgspec.to_builtins(spec)
+    changed = sorted(
+        name for name in set(before) | set(after)
+        if before.get(name) != after.get(name) and name not in MUTABLE_WHILE_RUNNING
+    )  # fmt: skip
+    if changed:
+        raise ExperimentConflict(
+            f"/{changed[0]}: experiment {current.id!r} is running; {', '.join(changed)} cannot "
+            "change until it stops (it would move visitors between variants)"
+        )
+
+
+class Assigner:
+    """The arm of each decision: holdouts first, then the placement's experiment."""
+
+    def __init__(
+        self, registry: ExperimentRegistry, holdout_share: float, holdout_salt: str
+    ) -> None:
+        self.registry = registry
+        self.holdout = Holdout(holdout_share, holdout_salt)
+        self._placement_holdouts: dict[tuple[str, float], Holdout] = {}
+        # Arms carried over identity merges: (experiment, surviving unit) -> variant.
+        self.overrides: dict[tuple[str, str], str] = {}
+
+    def arm(self, placement: Placement, unit: str, profile: Profile | None) -> Arm | None:
+        if self.holdout.share > 0.0 and self.in_holdout(unit):
+            return _GLOBAL_HOLDOUT_ARM
+        share = placement.spec.holdout
+        if share > 0.0 and self._placement_holdout(placement.id, share).holds(unit):
+            return Arm(
+                "holdout:" + placement.id, "holdout:" + placement.id, "holdout", True,
+                f"in placement {placement.id}'s holdout: default content",
+            )  # fmt: skip
+        for experiment in self.registry.on_placement(placement.id):
+            segment = experiment.spec.segment
+            if segment is not None and (profile is None or segment not in profile.segments):
+                continue
+            variant = experiment.variants.variant_of(unit, self.overrides)
+            if variant is None:
+                continue
+            default = experiment.variant(variant).default_content
+            return Arm(
+                f"{experiment.id}:{variant}", experiment.id, variant, default,
+                f"experiment {experiment.id}: variant {variant}",
+            )  # fmt: skip
+        return None
+
+    def in_holdout(self, unit: str) -> bool:
+        if self.overrides:
+            carried = self.overrides.get((GLOBAL_HOLDOUT, unit))
+            if carried is not None:
+                return carried == HOLDOUT_ARMS[0]
+        return self.holdout.holds(unit)
+
+    def holdout_arm(self, unit: str) -> str:
+        """The global holdout's arm of a unit (every decide is exposed to it)."""
+        return HOLDOUT_ARMS[0] if self.in_holdout(unit) else HOLDOUT_ARMS[1]
+
+    def _placement_holdout(self, placement_id: str, share: float) -> Holdout:
+        key = (placement_id, share)
+        found = self._placement_holdouts.get(key)
+        if found is None:
+            found = self._placement_holdouts[key] = Holdout(share, "holdout:" + placement_id)
+        return found
+
+    def carry_over(self, arms: Mapping[str, str], into: str) -> None:
+        """A merge: the absorbed profile's arms (experiment -> variant) become the
+        surviving unit's."""
+        for experiment_id, variant in arms.items():
+            self.overrides[experiment_id, into] = variant
+
+
+_GLOBAL_HOLDOUT_ARM = Arm(
+    "holdout", GLOBAL_HOLDOUT, "holdout", True, "in the global holdout: default content"
+)

@@ -1,0 +1,189 @@
+"""Experiments at run time: the decider asks for each decision's arm and reports its
+exposure; the context stage reports events (metrics) and identity merges.
+
+Every decision exposes its visitor to the global holdout's split (`holdout` or
+`personalized`), so the total lift of personalization is measured as any experiment is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from intently.act.placements import Placement
+from intently.context.facts import Facts
+from intently.context.profile import Profile
+from intently.experiments.assign import Arm
+from intently.experiments.metrics import Accumulator, contribution, covariate
+from intently.experiments.registry import (
+    GLOBAL_HOLDOUT,
+    HOLDOUT_ARMS,
+    Assigner,
+    ExperimentRegistry,
+)
+from intently.experiments.results import Design, Results, results
+from intently.experiments.spec import BUILTIN_METRICS, MetricSpec
+from intently.experiments.stats import DEFAULT_SEQUENTIAL_TUNING
+from intently.experiments.tracking import ExperimentLog, Observation
+from intently.stores.protocol import Changes
+
+# What the global holdout measures.
+HOLDOUT_METRICS = tuple(
+    MetricSpec(name) for name in ("conversion_rate", "click_through", "revenue_per_visitor")
+)
+assert all(m.name in BUILTIN_METRICS for m in HOLDOUT_METRICS)
+
+
+class Experiments:
+    def __init__(
+        self, registry: ExperimentRegistry, path: Path, holdout_share: float, holdout_salt: str
+    ) -> None:
+        self.registry = registry
+        self.assigner = Assigner(registry, holdout_share, holdout_salt)
+        self.log = ExperimentLog(path, self.metrics_of)
+        self.assigner.overrides.update(self.log.overrides())
+
+    def metrics_of(self, experiment_id: str) -> Sequence[MetricSpec]:
+        if experiment_id == GLOBAL_HOLDOUT or experiment_id.startswith("holdout:"):
+            return HOLDOUT_METRICS
+        experiment = self.registry.get(experiment_id)
+        return () if experiment is None else experiment.spec.metrics
+
+    # -- the decider ------------------------------------------------------------------------
+
+    def arm(self, placement: Placement, unit: str, profile: Profile | None) -> Arm | None:
+        return self.assigner.arm(placement, unit, profile)
+
+    def serves(self, arm: Arm, placement: Placement) -> Placement:
+        """The placement as the arm's variant defines it."""
+        experiment = self.registry.get(arm.experiment)
+        if experiment is None or arm.default_content:
+            return placement
+        found = experiment.placement_for(arm.variant, placement, self.registry.fields)
+        return placement if found is None else found
+
+    def exposed(
+        self, arm: Arm | None, placement: Placement, unit: str, at_ms: int,
+        profile: Profile | None,
+    ) -> None:  # fmt: skip
+        """A decision was shown: its visitor is exposed to its arm, to the global
+        holdout's split, and to the placement's holdout split when it has one."""
+        log = self.log
+        if self.assigner.holdout.share > 0.0:
+            log.expose(
+                GLOBAL_HOLDOUT, self.assigner.holdout_arm(unit), unit, at_ms,
+                lambda: _covariates(HOLDOUT_METRICS, profile),
+            )  # fmt: skip
+        if arm is not None and arm.experiment == GLOBAL_HOLDOUT:
+            return
+        if placement.spec.holdout > 0.0:
+            held = arm is not None and arm.variant == HOLDOUT_ARMS[0]
+            log.expose(
+                "holdout:" + placement.id, HOLDOUT_ARMS[0 if held else 1], unit, at_ms,
+                lambda: _covariates(HOLDOUT_METRICS, profile),
+            )  # fmt: skip
+        if arm is not None and not arm.experiment.startswith("holdout:"):
+            metrics = self.metrics_of(arm.experiment)
+            log.expose(
+                arm.experiment, arm.variant, unit, at_ms, lambda: _covariates(metrics, profile)
+            )
+
+    # -- the context stage --------------------------------------------------------------------
+
+    def __call__(self, profile: Profile, facts: Facts | None, changes: Changes) -> None:
+        """An event applied to `profile`: what it adds to each experiment's metrics."""
+        if facts is None or changes.seq <= self.log.counted_seq:
+            return
+        session = profile.session
+        started = session is not None and session.events == 1
+        adds: dict[str, dict[str, Accumulator]] = {}
+        holdouts = [GLOBAL_HOLDOUT] if self.assigner.holdout.share > 0.0 else []
+        holdouts.extend("holdout:" + p.id for p in self.registry.placements if p.spec.holdout)
+        if holdouts:
+            _collect(adds, GLOBAL_HOLDOUT, HOLDOUT_METRICS, facts, started)
+            found = adds.pop(GLOBAL_HOLDOUT, None)
+            if found is not None:
+                adds.update((holdout, found) for holdout in holdouts)
+        for experiment in self.registry:
+            spec = experiment.spec
+            if spec.status == "draft":
+                continue
+            if spec.status == "stopped":  # counted until the last window can have closed
+                last = max(m.window_ms for m in spec.metrics)
+                if (experiment.stopped_ms or 0) + last < facts.at_ms:
+                    continue
+            _collect(adds, experiment.id, spec.metrics, facts, started)
+        if adds:
+            self.log.observe(Observation(profile.id, facts.at_ms, changes.seq, adds))
+
+    def merged(self, into: Profile, absorbed: str) -> None:
+        """`into` took over the id `absorbed` (a merged profile's, or the id a visitor had
+        until an identity of theirs was linked to `into`): its arms carry over, so the
+        person keeps the variants they were seeing."""
+        arms = self.log.arms_of(absorbed)
+        if arms:
+            self.assigner.carry_over(arms, into.id)
+            self.log.merge(absorbed, into.id, arms)
+
+    # -- results ------------------------------------------------------------------------------
+
+    def design(self, experiment_id: str) -> Design | None:
+        """What results need of an experiment, or of a holdout ("holdout" for the global
+        one, "holdout:<placement>" for a placement's): None when there is none."""
+        if experiment_id == GLOBAL_HOLDOUT or experiment_id.startswith("holdout:"):
+            share = self.assigner.holdout.share
+            if experiment_id != GLOBAL_HOLDOUT:
+                placement = self.registry.placements.get(experiment_id.split(":", 1)[1])
+                if placement is None:
+                    return None
+                share = placement.spec.holdout
+            return Design(
+                experiment_id, "running" if share > 0 else "stopped", None, None,
+                ((HOLDOUT_ARMS[0], share), (HOLDOUT_ARMS[1], 1.0 - share)), HOLDOUT_ARMS[0],
+                HOLDOUT_METRICS, sequential_tuning=DEFAULT_SEQUENTIAL_TUNING,
+            )  # fmt: skip
+        experiment = self.registry.get(experiment_id)
+        if experiment is None:
+            return None
+        spec = experiment.spec
+        return Design(
+            experiment.id, spec.status, experiment.started_ms, experiment.stopped_ms,
+            tuple((v.id, v.weight) for v in spec.variants), spec.control_id, spec.metrics,
+            spec.alpha, spec.sequential_tuning,
+        )  # fmt: skip
+
+    def results(self, experiment_id: str) -> Results | None:
+        """The results as of every exposure and event queued so far. Blocking."""
+        design = self.design(experiment_id)
+        if design is None:
+            return None
+        self.log.flush()
+        return results(design, self.log.exposures(design.id), self.log.totals(design.id))
+
+    def erase(self, profile_ids: Sequence[str]) -> int:
+        """Delete a person's exposures and what they did after (the totals lose them);
+        `profile_ids` also names ids their profile would have had (a visitor erased
+        before their first event). How many rows. Blocking."""
+        for key in [k for k in self.assigner.overrides if k[1] in profile_ids]:
+            self.assigner.overrides.pop(key, None)
+        return self.log.erase(profile_ids)
+
+    def close(self) -> None:
+        self.log.close()
+
+
+def _collect(
+    adds: dict[str, dict[str, Accumulator]], experiment_id: str, metrics: Sequence[MetricSpec],
+    facts: Facts, started: bool,
+) -> None:  # fmt: skip
+    found: dict[str, Accumulator] = {}
+    for metric in metrics:
+        add = contribution(metric, facts, started)
+        if add is not None:
+            found[metric.name] = add
+    if found:
+        adds[experiment_id] = found
+
+
+def _covariates(metrics: Sequence[MetricSpec], profile: Profile | None) -> dict[str, float]:
+    return {metric.name: covariate(metric, profile) for metric in metrics}

@@ -1,0 +1,537 @@
+"""The experiment log: who was exposed to which variant, and what they did after, in
+SQLite (`experiments.db` in the data dir).
+
+Each visitor exposed to an experiment has a row: their variant, their first exposure and,
+per metric, what their events added up to within the metric's window, and their value
+before exposure (for CUPED). Per variant and metric, running totals (count, sum, sum of
+squares, and the covariate's sums) are kept up to date as rows change, so results read a
+handful of rows however many visitors there are; `recount` computes the same totals from
+the rows, from scratch (the tests compare the two).
+
+Exposures, events and merges are queued by the deciding and applying thread and written
+in order by one writer thread, in batches (as the decision log is): a decide or an event
+never waits for the disk. A decision's exposure is queued before its answer is sent, so
+an event that follows the answer is queued after it and counts.
+
+A visitor exposed to two variants (their profiles, exposed apart, merged) has seen both:
+they are left out of the totals and counted as `multiple` (GrowthBook does the same).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+from msgspec import Struct
+
+from intently.experiments.metrics import Accumulator, value
+from intently.experiments.spec import MetricSpec
+from intently.log.eventlog import truncate_wal
+
+log = logging.getLogger(__name__)
+
+LINGER_SECONDS = 0.01
+# Exposures already queued, remembered so a visitor's every decide is not written again;
+# forgotten all at once past this many (the database still ignores repeats).
+_MAX_SEEN = 200_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS units (
+    experiment TEXT NOT NULL,
+    unit TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    first_ms INTEGER NOT NULL,
+    multiple INTEGER NOT NULL DEFAULT 0,
+    state BLOB NOT NULL,
+    PRIMARY KEY (experiment, unit)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS units_by_unit ON units (unit);
+CREATE TABLE IF NOT EXISTS totals (
+    experiment TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    total REAL NOT NULL,
+    total_squares REAL NOT NULL,
+    covariate REAL NOT NULL,
+    covariate_squares REAL NOT NULL,
+    cross REAL NOT NULL,
+    PRIMARY KEY (experiment, variant, metric)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS exposed (
+    experiment TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    units INTEGER NOT NULL,
+    multiple INTEGER NOT NULL,
+    PRIMARY KEY (experiment, variant)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS overrides (
+    experiment TEXT NOT NULL,
+    unit TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    PRIMARY KEY (experiment, unit)
+) WITHOUT ROWID;
+"""
+
+
+class MetricState(Struct, array_like=True):
+    """A visitor's metric: what their events added up to, and their value before."""
+
+    numerator: float = 0.0
+    denominator: float = 0.0
+    covariate: float = 0.0
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_state = msgspec.msgpack.Decoder(dict[str, MetricState]).decode
+
+# Totals of one (experiment, variant, metric): n, sum y, sum y^2, sum x, sum x^2, sum xy.
+Totals = list[float]
+
+
+@dataclass(frozen=True)
+class Exposure:
+    experiment: str
+    variant: str
+    unit: str
+    at_ms: int
+    covariates: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Observation:
+    unit: str
+    at_ms: int
+    seq: int  # the event's position in the event log
+    # experiment -> metric -> what the event adds
+    adds: dict[str, dict[str, Accumulator]]
+
+
+@dataclass(frozen=True)
+class Merge:
+    absorbed: str
+    into: str
+
+
+_Work = Exposure | Observation | Merge | threading.Event | object
+_STOP = object()
+
+
+class ExperimentLog:
+    def __init__(self, path: Path, metrics_of: Callable[[str], Sequence[MetricSpec]]) -> None:
+        """`metrics_of(experiment_id)`: the metrics it measures (empty for none)."""
+        self.path = path
+        self.metrics_of = metrics_of
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        # An erasure deletes rows: the pages it frees are zeroed, not left readable.
+        self._db.execute("PRAGMA secure_delete = ON")
+        self._db.executescript(_SCHEMA)
+        self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._read_lock = threading.Lock()
+        self._write_lock = threading.Lock()  # one transaction at a time on the connection
+        self._load_totals()
+        self._seen: dict[tuple[str, str], str] = {}
+        # The last event counted: a replay of the event log at start-up (the state store
+        # lags the log) must not count again what was counted before a restart.
+        found = self._db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+        self.counted_seq: int = 0 if found is None else int(found[0])
+        self._queue: queue.SimpleQueue[_Work] = queue.SimpleQueue()
+        self.failed = 0
+        self._closed = False
+        self._writer = threading.Thread(target=self._write_loop, name="experiments", daemon=True)
+        self._writer.start()
+
+    def _load_totals(self) -> None:
+        self._totals: dict[tuple[str, str, str], Totals] = {
+            (e, v, m): [float(x) for x in rest]
+            for e, v, m, *rest in self._db.execute("SELECT * FROM totals")
+        }
+        self._exposed: dict[tuple[str, str], list[int]] = {
+            (e, v): [units, multiple]
+            for e, v, units, multiple in self._db.execute("SELECT * FROM exposed")
+        }
+
+    # -- from the deciding and applying thread -----------------------------------------------
+
+    def overrides(self) -> dict[tuple[str, str], str]:
+        with self._read_lock:
+            rows = self._reader.execute("SELECT experiment, unit, variant FROM overrides")
+            return {(e, u): v for e, u, v in rows}
+
+    def expose(
+        self, experiment: str, variant: str, unit: str, at_ms: int,
+        covariates: Callable[[], dict[str, float]],
+    ) -> None:  # fmt: skip
+        """A decision showed `variant` of `experiment` to `unit` (the first one counts).
+        `covariates` is called only for a unit not exposed yet."""
+        key = (experiment, unit)
+        if self._seen.get(key) == variant or self._closed:
+            return
+        if len(self._seen) >= _MAX_SEEN:
+            self._seen.clear()
+        self._seen[key] = variant
+        self._queue.put(Exposure(experiment, variant, unit, at_ms, covariates()))
+
+    def observe(self, observation: Observation) -> None:
+        if not self._closed and observation.seq > self.counted_seq:
+            self._queue.put(observation)
+
+    def arms_of(self, unit: str) -> dict[str, str]:
+        """The experiments `unit` was exposed to, and its variant in each."""
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT experiment, variant FROM units WHERE unit = ?", (unit,)
+            ).fetchall()
+        found = dict(rows)
+        # (exposures still queued are not in the database yet)
+        found.update({e: v for (e, u), v in list(self._seen.items()) if u == unit})
+        return found
+
+    def merge(self, absorbed: str, into: str, carried: dict[str, str]) -> None:
+        """Profile `absorbed` merged into `into`, which now holds `carried`'s arms."""
+        for experiment, variant in carried.items():
+            self._seen.pop((experiment, absorbed), None)
+            self._seen[experiment, into] = variant
+        self._queue.put(Merge(absorbed, into))
+        self._queue.put(_Overrides(into, dict(carried)))
+
+    def erase(self, units: Sequence[str]) -> int:
+        """Delete a person's rows (their totals go with them); how many. Blocking: call
+        it off the event loop."""
+        for key in [k for k in self._seen if k[1] in units]:
+            self._seen.pop(key, None)
+        erasure = _Erasure(tuple(units))
+        self._queue.put(erasure)
+        self.flush()
+        with self._write_lock:  # the WAL still holds the old pages
+            truncate_wal(self._db, self.path)
+        return erasure.erased
+
+    def flush(self, timeout: float = 10.0) -> None:
+        done = threading.Event()
+        self._queue.put(done)
+        if not done.wait(timeout):
+            raise TimeoutError("the experiment log did not flush in time")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._writer.join()
+        self._db.close()
+        self._reader.close()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def totals(self, experiment: str) -> dict[tuple[str, str], Totals]:
+        """(variant, metric) -> n, sum, sum of squares, covariate sum, its squares, cross."""
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT variant, metric, n, total, total_squares, covariate, "
+                "covariate_squares, cross FROM totals WHERE experiment = ?", (experiment,)
+            ).fetchall()  # fmt: skip
+        return {(v, m): [float(x) for x in rest] for v, m, *rest in rows}
+
+    def exposures(self, experiment: str) -> dict[str, tuple[int, int]]:
+        """variant -> (units exposed, of which exposed to another variant too)."""
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT variant, units, multiple FROM exposed WHERE experiment = ?",
+                (experiment,),
+            ).fetchall()
+        return {v: (int(units), int(multiple)) for v, units, multiple in rows}
+
+    def recount(
+        self, experiment: str, metrics: Sequence[MetricSpec]
+    ) -> dict[tuple[str, str], Totals]:
+        """`totals`, computed from every visitor's row (slow: a check, and a repair)."""
+        found: dict[tuple[str, str], Totals] = {}
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT variant, state FROM units WHERE experiment = ? AND multiple = 0",
+                (experiment,),
+            )
+            for variant, state in rows:
+                states = _decode_state(state)
+                for metric in metrics:
+                    held = states.get(metric.name)
+                    if held is None:
+                        continue
+                    y = value(metric, held.numerator, held.denominator)
+                    if y is not None:
+                        _add(found.setdefault((variant, metric.name), [0.0] * 6), y, held)
+        return found
+
+    # -- the writer ---------------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        stop = False
+        while not stop:
+            batch = [self._queue.get()]
+            time.sleep(LINGER_SECONDS)
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                with self._write_lock:
+                    self._write([w for w in batch if not isinstance(w, threading.Event)])
+            except sqlite3.Error:
+                self.failed += len(batch)
+                log.exception("could not write %d experiment records", len(batch))
+                self._load_totals()  # those in memory were moved by what was not written
+            for work in batch:
+                if isinstance(work, threading.Event):
+                    work.set()
+                elif work is _STOP:
+                    stop = True
+
+    def _write(self, batch: list[_Work]) -> None:
+        if all(work is _STOP for work in batch):
+            return
+        db = self._db
+        touched: set[tuple[str, str, str]] = set()
+        counted: set[tuple[str, str]] = set()
+        seq = max((w.seq for w in batch if isinstance(w, Observation)), default=0)
+        with db:
+            db.execute("BEGIN")
+            for work in batch:
+                if isinstance(work, Exposure):
+                    self._write_exposure(work, touched, counted)
+                elif isinstance(work, Observation):
+                    self._write_observation(work, touched)
+                elif isinstance(work, Merge):
+                    self._write_merge(work, touched, counted)
+                elif isinstance(work, _Erasure):
+                    self._write_erasure(work, touched, counted)
+                elif isinstance(work, _Overrides):
+                    db.executemany(
+                        "INSERT OR REPLACE INTO overrides VALUES (?, ?, ?)",
+                        [(e, work.unit, v) for e, v in work.arms.items()],
+                    )
+            db.executemany(
+                "INSERT OR REPLACE INTO totals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(*key, *self._totals[key]) for key in touched],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO exposed VALUES (?, ?, ?, ?)",
+                [(*key, *self._exposed[key]) for key in counted],
+            )
+            if seq:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (seq,))
+
+    def _row(self, experiment: str, unit: str) -> tuple[str, int, int, bytes] | None:
+        found = self._db.execute(
+            "SELECT variant, first_ms, multiple, state FROM units "
+            "WHERE experiment = ? AND unit = ?",
+            (experiment, unit),
+        ).fetchone()
+        return None if found is None else (found[0], found[1], found[2], found[3])
+
+    def _write_exposure(
+        self, exposure: Exposure, touched: set[tuple[str, str, str]],
+        counted: set[tuple[str, str]],
+    ) -> None:  # fmt: skip
+        experiment, unit, variant = exposure.experiment, exposure.unit, exposure.variant
+        row = self._row(experiment, unit)
+        if row is not None:
+            if row[0] != variant and not row[2]:
+                self._exclude(experiment, unit, row, touched, counted)
+            return
+        metrics = self.metrics_of(experiment)
+        states = {
+            m.name: MetricState(covariate=exposure.covariates.get(m.name, 0.0)) for m in metrics
+        }
+        self._db.execute(
+            "INSERT INTO units VALUES (?, ?, ?, ?, 0, ?)",
+            (experiment, unit, variant, exposure.at_ms, _encode(states)),
+        )
+        self._count(experiment, variant, 1, 0, counted)
+        for metric in metrics:
+            self._move(experiment, variant, metric, None, states[metric.name], touched)
+
+    def _write_observation(
+        self, observation: Observation, touched: set[tuple[str, str, str]]
+    ) -> None:
+        for experiment, adds in observation.adds.items():
+            row = self._row(experiment, observation.unit)
+            if row is None or row[2]:
+                continue  # not exposed (or left out)
+            variant, first_ms, _, blob = row
+            since = observation.at_ms - first_ms
+            if since < 0:
+                continue  # before the exposure: not an effect of it
+            states = _decode_state(blob)
+            changed = False
+            for metric in self.metrics_of(experiment):
+                add = adds.get(metric.name)
+                held = states.get(metric.name)
+                if add is None or held is None or since > metric.window_ms:
+                    continue
+                after = MetricState(
+                    held.numerator + add[0], held.denominator + add[1], held.covariate
+                )
+                self._move(experiment, variant, metric, held, after, touched)
+                states[metric.name] = after
+                changed = True
+            if changed:
+                self._db.execute(
+                    "UPDATE units SET state = ? WHERE experiment = ? AND unit = ?",
+                    (_encode(states), experiment, observation.unit),
+                )
+
+    def _write_merge(
+        self, merge: Merge, touched: set[tuple[str, str, str]], counted: set[tuple[str, str]]
+    ) -> None:
+        """The absorbed profile's rows become the surviving profile's: moved when it has
+        none; added up when it was exposed to the same variant (one person, counted
+        once); both left out when it saw another."""
+        db = self._db
+        absorbed_rows = db.execute(
+            "SELECT experiment FROM units WHERE unit = ?", (merge.absorbed,)
+        ).fetchall()
+        for (experiment,) in absorbed_rows:
+            theirs = self._row(experiment, merge.absorbed)
+            ours = self._row(experiment, merge.into)
+            assert theirs is not None
+            if ours is None:
+                db.execute(
+                    "UPDATE units SET unit = ? WHERE experiment = ? AND unit = ?",
+                    (merge.into, experiment, merge.absorbed),
+                )
+                continue
+            if ours[0] != theirs[0] or ours[2] or theirs[2]:
+                if not theirs[2]:
+                    self._exclude(experiment, merge.absorbed, theirs, touched, counted)
+                if not ours[2]:
+                    self._exclude(experiment, merge.into, ours, touched, counted)
+            else:
+                self._combine(experiment, merge.into, ours, theirs, touched, counted)
+            db.execute(
+                "DELETE FROM units WHERE experiment = ? AND unit = ?", (experiment, merge.absorbed)
+            )
+
+    def _write_erasure(
+        self, erasure: _Erasure, touched: set[tuple[str, str, str]],
+        counted: set[tuple[str, str]],
+    ) -> None:  # fmt: skip
+        db = self._db
+        for unit in erasure.units:
+            rows = db.execute(
+                "SELECT experiment, variant, first_ms, multiple, state FROM units WHERE unit = ?",
+                (unit,),
+            ).fetchall()
+            for experiment, variant, _, multiple, blob in rows:
+                if not multiple:
+                    states = _decode_state(blob)
+                    for metric in self.metrics_of(experiment):
+                        held = states.get(metric.name)
+                        self._move(experiment, variant, metric, held, None, touched)
+                self._count(experiment, variant, -1, -1 if multiple else 0, counted)
+            db.execute("DELETE FROM units WHERE unit = ?", (unit,))
+            db.execute("DELETE FROM overrides WHERE unit = ?", (unit,))
+            erasure.erased += len(rows)
+
+    def _combine(
+        self, experiment: str, unit: str, ours: tuple[str, int, int, bytes],
+        theirs: tuple[str, int, int, bytes], touched: set[tuple[str, str, str]],
+        counted: set[tuple[str, str]],
+    ) -> None:  # fmt: skip
+        variant = ours[0]
+        mine, other = _decode_state(ours[3]), _decode_state(theirs[3])
+        combined: dict[str, MetricState] = {}
+        for metric in self.metrics_of(experiment):
+            a, b = mine.get(metric.name), other.get(metric.name)
+            self._move(experiment, variant, metric, a, None, touched)
+            self._move(experiment, variant, metric, b, None, touched)
+            if a is None or b is None:
+                continue
+            both = MetricState(
+                a.numerator + b.numerator, a.denominator + b.denominator,
+                a.covariate + b.covariate,
+            )  # fmt: skip
+            self._move(experiment, variant, metric, None, both, touched)
+            combined[metric.name] = both
+        self._count(experiment, variant, -1, 0, counted)
+        self._db.execute(
+            "UPDATE units SET first_ms = ?, state = ? WHERE experiment = ? AND unit = ?",
+            (min(ours[1], theirs[1]), _encode(combined), experiment, unit),
+        )
+
+    def _exclude(
+        self, experiment: str, unit: str, row: tuple[str, int, int, bytes],
+        touched: set[tuple[str, str, str]], counted: set[tuple[str, str]],
+    ) -> None:  # fmt: skip
+        """Leave a unit out of the totals: it has seen more than one variant."""
+        variant, states = row[0], _decode_state(row[3])
+        for metric in self.metrics_of(experiment):
+            self._move(experiment, variant, metric, states.get(metric.name), None, touched)
+        self._count(experiment, variant, 0, 1, counted)
+        self._db.execute(
+            "UPDATE units SET multiple = 1 WHERE experiment = ? AND unit = ?", (experiment, unit)
+        )
+
+    def _move(
+        self, experiment: str, variant: str, metric: MetricSpec, before: MetricState | None,
+        after: MetricState | None, touched: set[tuple[str, str, str]],
+    ) -> None:  # fmt: skip
+        """Update the totals for one unit's metric going from `before` to `after`."""
+        key = (experiment, variant, metric.name)
+        totals = self._totals.get(key)
+        if totals is None:
+            totals = self._totals[key] = [0.0] * 6
+        if before is not None:
+            y = value(metric, before.numerator, before.denominator)
+            if y is not None:
+                _add(totals, y, before, -1.0)
+        if after is not None:
+            y = value(metric, after.numerator, after.denominator)
+            if y is not None:
+                _add(totals, y, after)
+        touched.add(key)
+
+    def _count(
+        self, experiment: str, variant: str, units: int, multiple: int,
+        counted: set[tuple[str, str]],
+    ) -> None:  # fmt: skip
+        key = (experiment, variant)
+        held = self._exposed.get(key)
+        if held is None:
+            held = self._exposed[key] = [0, 0]
+        held[0] += units
+        held[1] += multiple
+        counted.add(key)
+
+
+@dataclass
+class _Erasure:
+    units: tuple[str, ...]
+    erased: int = 0
+
+
+@dataclass(frozen=True)
+class _Overrides:
+    unit: str
+    arms: dict[str, str]
+
+
+def _add(totals: Totals, y: float, state: MetricState, sign: float = 1.0) -> None:
+    x = state.covariate
+    totals[0] += sign
+    totals[1] += sign * y
+    totals[2] += sign * y * y
+    totals[3] += sign * x
+    totals[4] += sign * x * x
+    totals[5] += sign * x * y
