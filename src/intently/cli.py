@@ -404,6 +404,33 @@ def _judge_on_log(
         sys.exit(3)
 
 
+@main.group()
+def experiments() -> None:
+    """Read experiments' results."""
+
+
+@experiments.command("report")
+@click.argument("experiment_id")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help=DATA_DIR_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def experiments_report(experiment_id: str, data_dir: Path | None, as_json: bool) -> None:
+    """An experiment's results: exposures, the sample ratio check, every metric's
+    comparisons with control. EXPERIMENT_ID `holdout` is the global holdout."""
+    import msgspec
+
+    from intently.configfile import ConfigError
+    from intently.experiments.report import load_results, render
+
+    settings = _settings(data_dir=data_dir)
+    try:
+        found = load_results(experiment_id, settings)
+    except (ConfigError, FileNotFoundError) as error:
+        raise click.ClickException(str(error)) from None
+    if found is None:
+        raise click.ClickException(f"there is no experiment {experiment_id!r}")
+    click.echo(msgspec.json.encode(found).decode() if as_json else render(found))
+
+
 @export.command("decisions")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help=DATA_DIR_HELP)
 @click.option("--placement", default=None, help="Only this placement's decisions.")

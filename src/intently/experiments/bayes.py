@@ -255,7 +255,7 @@ def _beta_lift_interval(
 
 
 def _beta_sd(a: float, b: float) -> float:
-    return math.sqrt(a * b / ((a + b) ** 2 * (a + b + 1.0)))
+    return math.sqrt(a * b / ((a + b) * (a + b) * (a + b + 1.0)))
 
 
 def _over_beta(a: float, b: float, inner: Callable[[float], float]) -> float:

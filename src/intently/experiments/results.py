@@ -11,8 +11,14 @@ from dataclasses import dataclass
 import msgspec
 from msgspec import Struct
 
-from intently.experiments.spec import MetricSpec
-from intently.experiments.stats import Comparison, SampleRatio, Summary, compare
+from intently.experiments.spec import HOLDOUT_METRICS, ExperimentSpec, MetricSpec
+from intently.experiments.stats import (
+    DEFAULT_SEQUENTIAL_TUNING,
+    Comparison,
+    SampleRatio,
+    Summary,
+    compare,
+)
 from intently.experiments.stats import sample_ratio_mismatch as check_ratio
 from intently.experiments.tracking import Totals
 
@@ -60,6 +66,28 @@ class Design:
     metrics: Sequence[MetricSpec]
     alpha: float = 0.05
     sequential_tuning: int | None = None
+
+
+HOLDOUT_ARMS = ("holdout", "personalized")  # the control, and everyone else
+
+
+def holdout_design(holdout_id: str, share: float) -> Design:
+    """A holdout, measured as an experiment: held out (control) against personalized."""
+    return Design(
+        holdout_id, "running" if share > 0 else "stopped", None, None,
+        ((HOLDOUT_ARMS[0], share), (HOLDOUT_ARMS[1], 1.0 - share)), HOLDOUT_ARMS[0],
+        HOLDOUT_METRICS, sequential_tuning=DEFAULT_SEQUENTIAL_TUNING,
+    )  # fmt: skip
+
+
+def experiment_design(
+    experiment_id: str, spec: ExperimentSpec, started_ms: int | None, stopped_ms: int | None
+) -> Design:
+    return Design(
+        experiment_id, spec.status, started_ms, stopped_ms,
+        tuple((v.id, v.weight) for v in spec.variants), spec.control_id, spec.metrics,
+        spec.alpha, spec.sequential_tuning,
+    )  # fmt: skip
 
 
 def summary_of(totals: Totals | None) -> Summary:

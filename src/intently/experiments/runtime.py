@@ -15,23 +15,18 @@ from intently.context.facts import Facts
 from intently.context.profile import Profile
 from intently.experiments.assign import Arm
 from intently.experiments.metrics import Accumulator, contribution, covariate
-from intently.experiments.registry import (
-    GLOBAL_HOLDOUT,
+from intently.experiments.registry import GLOBAL_HOLDOUT, Assigner, ExperimentRegistry
+from intently.experiments.results import (
     HOLDOUT_ARMS,
-    Assigner,
-    ExperimentRegistry,
+    Design,
+    Results,
+    experiment_design,
+    holdout_design,
+    results,
 )
-from intently.experiments.results import Design, Results, results
-from intently.experiments.spec import BUILTIN_METRICS, MetricSpec
-from intently.experiments.stats import DEFAULT_SEQUENTIAL_TUNING
+from intently.experiments.spec import HOLDOUT_METRICS, MetricSpec
 from intently.experiments.tracking import ExperimentLog, Observation
 from intently.stores.protocol import Changes
-
-# What the global holdout measures.
-HOLDOUT_METRICS = tuple(
-    MetricSpec(name) for name in ("conversion_rate", "click_through", "revenue_per_visitor")
-)
-assert all(m.name in BUILTIN_METRICS for m in HOLDOUT_METRICS)
 
 
 class Experiments:
@@ -130,27 +125,19 @@ class Experiments:
     def design(self, experiment_id: str) -> Design | None:
         """What results need of an experiment, or of a holdout ("holdout" for the global
         one, "holdout:<placement>" for a placement's): None when there is none."""
-        if experiment_id == GLOBAL_HOLDOUT or experiment_id.startswith("holdout:"):
-            share = self.assigner.holdout.share
-            if experiment_id != GLOBAL_HOLDOUT:
-                placement = self.registry.placements.get(experiment_id.split(":", 1)[1])
-                if placement is None:
-                    return None
-                share = placement.spec.holdout
-            return Design(
-                experiment_id, "running" if share > 0 else "stopped", None, None,
-                ((HOLDOUT_ARMS[0], share), (HOLDOUT_ARMS[1], 1.0 - share)), HOLDOUT_ARMS[0],
-                HOLDOUT_METRICS, sequential_tuning=DEFAULT_SEQUENTIAL_TUNING,
-            )  # fmt: skip
+        if experiment_id == GLOBAL_HOLDOUT:
+            return holdout_design(experiment_id, self.assigner.holdout.share)
+        if experiment_id.startswith("holdout:"):
+            placement = self.registry.placements.get(experiment_id.split(":", 1)[1])
+            if placement is None:
+                return None
+            return holdout_design(experiment_id, placement.spec.holdout)
         experiment = self.registry.get(experiment_id)
         if experiment is None:
             return None
-        spec = experiment.spec
-        return Design(
-            experiment.id, spec.status, experiment.started_ms, experiment.stopped_ms,
-            tuple((v.id, v.weight) for v in spec.variants), spec.control_id, spec.metrics,
-            spec.alpha, spec.sequential_tuning,
-        )  # fmt: skip
+        return experiment_design(
+            experiment.id, experiment.spec, experiment.started_ms, experiment.stopped_ms
+        )
 
     def results(self, experiment_id: str) -> Results | None:
         """The results as of every exposure and event queued so far. Blocking."""

@@ -117,6 +117,11 @@ class ExperimentSpec(Struct, forbid_unknown_fields=True, omit_defaults=True):
         return self.control if self.control is not None else self.variants[0].id
 
 
+# What the holdouts measure.
+HOLDOUT_METRICS = tuple(
+    MetricSpec(name) for name in ("conversion_rate", "click_through", "revenue_per_visitor")
+)
+
 # What may change while an experiment runs: anything else would move visitors between
 # variants, or change what a variant means, mid-measurement.
 MUTABLE_WHILE_RUNNING = frozenset({"status", "name", "description", "alpha", "sequential_tuning"})

@@ -222,16 +222,8 @@ def welch_test(
         arms, info = _cuped(control, treatment)
     result = _welch(*arms, alpha)
     if info is not None and info.applied:
-        raw = _welch(_arm(control), _arm(treatment), alpha).absolute.standard_error
-        adjusted = result.absolute.standard_error
-        if raw and result.note == _NO_VARIANCE:  # the covariate explains all the variance
-            adjusted = 0.0
-        if raw and adjusted is not None:
-            ratio = adjusted / raw
-            info = msgspec.structs.replace(info, variance_reduction=1.0 - ratio * ratio)
-        else:
-            why = result.note if raw else "the metric has no variance"
-            info = msgspec.structs.replace(info, note=f"no variance reduction to report: {why}")
+        raw = _welch(_arm(control), _arm(treatment), alpha)
+        info = _with_reduction(info, raw, result)
     return msgspec.structs.replace(result, cuped=info)
 
 
@@ -456,6 +448,23 @@ def _cuped(control: Summary, treatment: Summary) -> tuple[tuple[_Arm, _Arm], Cup
     if not all(math.isfinite(v) for a in adjusted for v in a[1:]) or not math.isfinite(theta):
         return raw, Cuped(applied=False, note=f"not adjusted: {_OVERFLOW}")
     return (adjusted[0], adjusted[1]), Cuped(applied=True, theta=theta)
+
+
+def _with_reduction(info: Cuped, raw: Frequentist, adjusted: Frequentist) -> Cuped:
+    """The share of the difference's variance that CUPED removed, or a note why there is none."""
+    before = raw.absolute.standard_error
+    after = 0.0 if adjusted.note == _NO_VARIANCE else adjusted.absolute.standard_error
+    if not before:
+        why = raw.note or "the metric has no variance"
+    elif after is None:
+        why = adjusted.note or _OVERFLOW
+    else:
+        ratio = after / before
+        reduction = 1.0 - ratio * ratio
+        if math.isfinite(reduction):
+            return msgspec.structs.replace(info, variance_reduction=reduction)
+        why = _OVERFLOW
+    return msgspec.structs.replace(info, note=f"no variance reduction to report: {why}")
 
 
 def _welch(control: _Arm, treatment: _Arm, alpha: float) -> Frequentist:

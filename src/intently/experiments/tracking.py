@@ -136,7 +136,8 @@ class ExperimentLog:
         # An erasure deletes rows: the pages it frees are zeroed, not left readable.
         self._db.execute("PRAGMA secure_delete = ON")
         self._db.executescript(_SCHEMA)
-        self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._reading = ExperimentLogReader(path)
+        self._reader = self._reading.db
         self._read_lock = threading.Lock()
         self._write_lock = threading.Lock()  # one transaction at a time on the connection
         self._load_totals()
@@ -230,27 +231,17 @@ class ExperimentLog:
         self._queue.put(_STOP)
         self._writer.join()
         self._db.close()
-        self._reader.close()
+        self._reading.close()
 
     # -- reading ------------------------------------------------------------------------------
 
     def totals(self, experiment: str) -> dict[tuple[str, str], Totals]:
-        """(variant, metric) -> n, sum, sum of squares, covariate sum, its squares, cross."""
         with self._read_lock:
-            rows = self._reader.execute(
-                "SELECT variant, metric, n, total, total_squares, covariate, "
-                "covariate_squares, cross FROM totals WHERE experiment = ?", (experiment,)
-            ).fetchall()  # fmt: skip
-        return {(v, m): [float(x) for x in rest] for v, m, *rest in rows}
+            return self._reading.totals(experiment)
 
     def exposures(self, experiment: str) -> dict[str, tuple[int, int]]:
-        """variant -> (units exposed, of which exposed to another variant too)."""
         with self._read_lock:
-            rows = self._reader.execute(
-                "SELECT variant, units, multiple FROM exposed WHERE experiment = ?",
-                (experiment,),
-            ).fetchall()
-        return {v: (int(units), int(multiple)) for v, units, multiple in rows}
+            return self._reading.exposures(experiment)
 
     def recount(
         self, experiment: str, metrics: Sequence[MetricSpec]
@@ -513,6 +504,33 @@ class ExperimentLog:
         held[0] += units
         held[1] += multiple
         counted.add(key)
+
+
+class ExperimentLogReader:
+    """Reads an experiment log, also one in use by a running engine (a WAL reader)."""
+
+    def __init__(self, path: Path) -> None:
+        if not path.exists():
+            raise FileNotFoundError(f"no experiment log at {path}")
+        self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+
+    def totals(self, experiment: str) -> dict[tuple[str, str], Totals]:
+        """(variant, metric) -> n, sum, sum of squares, covariate sum, its squares, cross."""
+        rows = self.db.execute(
+            "SELECT variant, metric, n, total, total_squares, covariate, "
+            "covariate_squares, cross FROM totals WHERE experiment = ?", (experiment,)
+        ).fetchall()  # fmt: skip
+        return {(v, m): [float(x) for x in rest] for v, m, *rest in rows}
+
+    def exposures(self, experiment: str) -> dict[str, tuple[int, int]]:
+        """variant -> (units exposed, of which exposed to another variant too)."""
+        rows = self.db.execute(
+            "SELECT variant, units, multiple FROM exposed WHERE experiment = ?", (experiment,)
+        ).fetchall()
+        return {v: (int(units), int(multiple)) for v, units, multiple in rows}
+
+    def close(self) -> None:
+        self.db.close()
 
 
 @dataclass
