@@ -124,6 +124,48 @@ def locality(engine: Engine, bodies: list[DecideBody]) -> None:
         print(f"{label:<32} {one:>12.1f} {many:>14.1f}")
 
 
+def assignment_cost() -> dict[str, float]:
+    """Microseconds per decision that experiments add: the arm (holdouts, then the
+    hero's A/B test) and the exposure, for each of the 1,000 visitors in turn and both
+    placements (best of 5 repeats; an empty loop's time taken off)."""
+    with tempfile.TemporaryDirectory(prefix="intently-bench-assign-") as work:
+        engine, bodies = build(Path(work) / "data")
+        try:
+            decider, experiments = engine.decider, engine.experiments
+            placements = [decider.placements.get("home_hero"), decider.placements.get("pdp_recs")]
+            visitors = [
+                decider._visitor(b, "127.0.0.1", None, (), decider.now_ms()) for b in bodies
+            ]
+            now = decider.now_ms()
+            pairs = [(v, p) for v in visitors for p in placements if p is not None]
+            arms = [experiments.arm(p, v.unit, v.profile) for v, p in pairs]
+            for (v, p), arm in zip(pairs, arms, strict=True):  # the first exposures, written
+                experiments.exposed(arm, p, v.unit, now, v.profile)
+            experiments.log.flush()
+
+            def loop() -> None:
+                for _visitor, _placement in pairs:
+                    pass
+
+            def arm_only() -> None:
+                for v, p in pairs:
+                    experiments.arm(p, v.unit, v.profile)
+
+            def exposure_only() -> None:
+                for (v, p), arm in zip(pairs, arms, strict=True):
+                    experiments.exposed(arm, p, v.unit, now, v.profile)
+
+            best = {
+                name: min(timeit.repeat(call, number=5, repeat=5)) / (5 * len(pairs)) * 1e6
+                for name, call in (("loop", loop), ("arm", arm_only), ("exposure", exposure_only))
+            }
+        finally:
+            engine.close()
+    arm_us, exposure_us = best["arm"] - best["loop"], best["exposure"] - best["loop"]
+    return {"arm_us": arm_us, "exposure_us": exposure_us, "loop_us": best["loop"],
+            "total_us": arm_us + exposure_us}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds of 10,000 decides each")

@@ -15,6 +15,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from intently import Engine, ManualClock
+from intently.configfile import ConfigError
 from intently.context.identity import derived_profile_id
 from intently.experiments.assign import Bucketer, pick
 from support import SECRET_KEY, client_for, make_settings, track
@@ -145,6 +146,109 @@ async def test_definitions_survive_a_restart(tmp_path: Path, clock: ManualClock)
         assert found.spec.name == "Kept"
         assert found.started_ms == clock.now().timestamp() * 1000
         assert [e.id for e in engine.experiments.registry.on_placement("home_hero")] == ["kept"]
+    finally:
+        engine.close()
+
+
+async def test_experiments_from_the_config_file_are_read_only_through_the_api(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    config = tmp_path / "experiments.yaml"
+    config.write_text(
+        "experiments:\n"
+        "  configured:\n"
+        "    placements: [home_hero]\n"
+        "    status: running\n"
+        "    variants: [{id: A, weight: 0.25}, {id: B, weight: 0.75, default_content: true}]\n"
+    )
+    engine = Engine(make_settings(tmp_path / "data", experiments_file=config), clock=clock)
+    try:
+        found = engine.experiments.registry.get("configured")
+        assert found is not None
+        assert found.source == "config"
+        async with client_for(engine, SECRET_KEY) as admin:
+            # Running, it may not be deleted; and it is not the API's to delete anyway.
+            assert (await admin.delete("/v1/experiments/configured")).status_code == 409
+            listed = (await admin.get("/v1/experiments")).json()["experiments"]
+            assert [e["id"] for e in listed] == ["configured"]
+    finally:
+        engine.close()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("experiments:\n  broken:\n    placements: [home_hero]\n"
+                   "    variants: [{id: A, weight: 0.5}, {id: B, weight: 0.6}]\n")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"broken.*sum to 1\.1"):
+        Engine(make_settings(tmp_path / "other", experiments_file=bad), clock=clock)
+
+
+async def test_a_bandit_inside_a_variant_learns_from_its_own_decisions(
+    engine: Engine, client: httpx.AsyncClient
+) -> None:
+    await load_catalog(engine)
+    variants = [{"id": "A", "weight": 0.5},
+                {"id": "B", "weight": 0.5, "policy": {"name": "beta-thompson"}}]  # fmt: skip
+    assert (await put(engine, "t", experiment(variants=variants))).status_code == 201
+    base = engine.placements.get("home_hero")
+    found = engine.experiments.registry.get("t")
+    assert base is not None
+    assert found is not None
+    served = found.placement_for("B", base, engine.experiments.registry.fields)
+    assert served is not None
+    b_policy = engine.decider.policy(served)
+    a_policy = engine.decider.policy(base)
+    assert b_policy is not a_policy
+    clicks = 0
+    for i in range(200):
+        decision = await hero(client, anonymousId=f"bandit{i}")
+        if decision.get("arm") == "t:B":
+            assert decision["policy"]["name"] == "beta-thompson"
+            click = track(event="Promotion Clicked", anonymousId=f"bandit{i}",
+                          properties={"promotion_id": decision["items"][0]["id"],
+                                      "decision_id": decision["decision_id"]})  # fmt: skip
+            assert (await client.post("/v1/events", json=click)).status_code == 200
+            clicks += 1
+        elif decision.get("arm") == "t:A":
+            assert decision["policy"]["name"] == "linucb"
+    assert clicks > 50
+    assert sum(b_policy.successes.values()) == clicks  # type: ignore[attr-defined]
+    assert not a_policy.models  # type: ignore[attr-defined]  # A's LinUCB learned nothing yet
+
+
+async def test_after_a_restart_each_policy_learns_again_from_its_own_decisions(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    settings = make_settings(tmp_path / "data")
+    engine = Engine(settings, clock=clock)
+    greedy = {"name": "epsilon-greedy", "epsilon": 0.2}
+    made: Counter[str | None] = Counter()
+    try:
+        await load_catalog(engine)
+        async with client_for(engine, SECRET_KEY) as admin:
+            live = {"kind": "offers", "offer_kinds": ["banner"], "policy": greedy}
+            assert (await admin.put("/v1/placements/home_hero", json=live)).status_code == 200
+        variants = [{"id": "A", "weight": 0.5},
+                    {"id": "B", "weight": 0.5, "policy": {**greedy, "epsilon": 0.5}}]  # fmt: skip
+        assert (await put(engine, "t", experiment(variants=variants))).status_code == 201
+        async with client_for(engine) as client:
+            for i in range(120):
+                made[(await hero(client, anonymousId=f"w{i}")).get("arm")] += 1
+        clock.advance(timedelta(minutes=31))
+        engine.decider.tick(engine.now_ms())
+    finally:
+        engine.close()
+    assert made["t:A"] > 30
+    assert made["t:B"] > 30
+    engine = Engine(settings, clock=clock)
+    try:
+        base = engine.placements.get("home_hero")
+        found = engine.experiments.registry.get("t")
+        assert base is not None
+        assert found is not None
+        served = found.placement_for("B", base, engine.experiments.registry.fields)
+        assert served is not None
+        live_pulls = engine.decider.policy(base).pulls  # type: ignore[attr-defined]
+        variant_pulls = engine.decider.policy(served).pulls  # type: ignore[attr-defined]
+        assert sum(live_pulls.values()) == made["t:A"]  # not B's, nor the holdout's
+        assert sum(variant_pulls.values()) == made["t:B"]
     finally:
         engine.close()
 
@@ -317,6 +421,29 @@ async def asyncio_results(engine: Engine, experiment_id: str) -> dict[str, Any]:
     assert answer.status_code == 200, answer.text
     found: dict[str, Any] = answer.json()
     return found
+
+
+async def test_a_persons_exposures_are_exported_and_erased_with_them(
+    engine: Engine, client: httpx.AsyncClient
+) -> None:
+    await load_catalog(engine)
+    assert (await put(engine, "t", experiment())).status_code == 201
+    visitor = _visitor_in(engine, "B", "gone")
+    keeper = _visitor_in(engine, "B", "kept")
+    for who in (visitor, keeper):
+        page = {"type": "page", "anonymousId": who, "properties": {"path": "/"}}
+        assert (await client.post("/v1/events", json=page)).status_code == 200
+        assert (await hero(client, anonymousId=who))["arm"] == "t:B"
+    async with client_for(engine, SECRET_KEY) as admin:
+        exported = (await admin.get(f"/v1/profiles/{visitor}/export")).json()
+        assert exported["experiments"] == {"t": "B", "holdout": "personalized"}
+        assert (await admin.delete(f"/v1/profiles/{visitor}")).status_code == 200
+    results = await asyncio_results(engine, "t")
+    assert {v["id"]: v["units"] for v in results["variants"]} == {"A": 0, "B": 1}  # the keeper
+    assert engine.experiments.log.arms_of(derived_profile_id(f"a:{visitor}")) == {}
+    raw = (engine.settings.data_dir / "experiments.db").read_bytes()
+    assert derived_profile_id(f"a:{visitor}").encode() not in raw
+    assert derived_profile_id(f"a:{keeper}").encode() in raw
 
 
 # -- holdouts -----------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from intently.act.decide import Decider
 from intently.act.decisions import DecisionLog, DecisionLogReader, DecisionRecord
-from intently.act.placements import PlacementRegistry
-from intently.act.policies import learnable
+from intently.act.placements import Placement, PlacementRegistry
+from intently.act.policies import Policy, learnable
 from intently.api.metrics import Metrics
 from intently.catalog.store import CatalogStore
 from intently.clock import Clock, SystemClock, epoch_ms
@@ -216,45 +216,72 @@ class Engine:
         return learned
 
     def _warm_policies(self, limit: int) -> int:
-        """Bandits live in memory: at start-up each offer placement's policy learns again
-        from its last `limit` logged decisions whose reward is known."""
-        offers = [p for p in self.placements if p.spec.kind == "offers"]
-        if not offers or not self.settings.decision_log_path.exists():
+        """Bandits live in memory: at start-up each offer placement's policy, and each
+        experiment variant's own policy on one, learns again from the last `limit` logged
+        decisions it made whose reward is known."""
+        learners, own_policy_arms = self._policy_learners()
+        if not learners or not self.settings.decision_log_path.exists():
             return 0
         self.decisions.flush()
         # Only decisions whose window closed: an open one has its clicks but not yet its
-        # misses. The latest first, and no further back than each placement needs.
+        # misses. The latest first, and no further back than each policy needs.
         closed_by = self.now_ms() - self.settings.attribution_window_ms
+        placements = {placement.id for placement, _ in learners.values()}
         reader = DecisionLogReader(self.settings.decision_log_path)
         try:
-            wanted = {p.id for p in offers}
-            by_placement: dict[str, list[DecisionRecord]] = {p: [] for p in wanted}
-            full: set[str] = set()
+            found: dict[tuple[str, str | None], list[DecisionRecord]] = {k: [] for k in learners}
+            full: set[tuple[str, str | None]] = set()
             for record in reader.newest_first():
-                if record.placement not in wanted or record.placement in full:
+                if record.placement not in placements or record.at_ms > closed_by:
                     continue
-                if record.at_ms > closed_by:
+                # A variant that serves the placement as defined is the live policy's.
+                arm = record.arm if record.arm in own_policy_arms else None
+                key = (record.placement, arm)
+                if key not in learners or key in full:
                     continue
-                found = by_placement[record.placement]
-                found.append(record)
-                if len(found) >= limit:
-                    full.add(record.placement)
-                    if full == wanted:
+                records = found[key]
+                records.append(record)
+                if len(records) >= limit:
+                    full.add(key)
+                    if len(full) == len(learners):
                         break
-            rewards = reader.rewards_of(
-                r.decision_id for found in by_placement.values() for r in found
-            )
+            rewards = reader.rewards_of(r.decision_id for rs in found.values() for r in rs)
         finally:
             reader.close()
         learned = 0
-        for placement in offers:
-            policy = self.decider.policy(placement)
+        for key, (placement, policy) in learners.items():
             spec = placement.spec.policy
-            records = reversed(by_placement[placement.id])  # in the order they were made
-            for decision in usable(records, rewards, spec.dimensions, closed_by):
+            in_order = reversed(found[key])  # in the order they were made
+            for decision in usable(in_order, rewards, spec.dimensions, closed_by):
                 policy.update(decision.action, learnable(policy, decision.reward), decision.context)
                 learned += 1
         return learned
+
+    def _policy_learners(
+        self,
+    ) -> tuple[dict[tuple[str, str | None], tuple[Placement, Policy]], set[str]]:
+        """(placement, arm) -> the placement as served and its policy: each offer
+        placement's live policy (arm None), and each experiment variant's own one; and
+        the arms that have their own."""
+        learners: dict[tuple[str, str | None], tuple[Placement, Policy]] = {}
+        own: set[str] = set()
+        offers = {p.id: p for p in self.placements if p.spec.kind == "offers"}
+        for placement in offers.values():
+            learners[placement.id, None] = (placement, self.decider.policy(placement))
+        for experiment in self.experiments.registry:
+            for placement_id in experiment.spec.placements:
+                base = offers.get(placement_id)
+                for variant in experiment.spec.variants if base is not None else ():
+                    assert base is not None
+                    try:
+                        served = experiment.placement_for(variant.id, base, self.segments.catalog)
+                    except ConfigError:  # the placement changed under the experiment
+                        continue
+                    if served is not None:
+                        arm = f"{experiment.id}:{variant.id}"
+                        own.add(arm)
+                        learners[placement_id, arm] = (served, self.decider.policy(served))
+        return learners, own
 
     def define_segment(self, name: str, spec: SegmentSpec) -> tuple[Segment, int]:
         """Add or replace a segment and evaluate it over every profile now; returns the

@@ -27,7 +27,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -738,8 +738,9 @@ class Decider:
         catalog = self.catalog
         try:
             if spec.kind == "items":
-                popular = [x for x, _ in self.recommenders.popular]
-                ids = list(filter(self._showable(visitor, spec.query), spec.fallback or popular))
+                source = spec.fallback or (x for x, _ in self.recommenders.popular)
+                showable = filter(self._showable(visitor, spec.query), source)
+                ids = self._first_allowed(placement, visitor, showable, count, rules)
             else:
                 open_offers = [
                     live for live in catalog.offers()
@@ -750,8 +751,8 @@ class Decider:
                 ids = [x for x in spec.fallback if any(x == o.offer.id for o in open_offers)]
                 if not spec.fallback:
                     ids = [live.offer.id for live in open_offers if live.matches is None]
-            if rules:
-                ids = self._excluded(placement, visitor, ids)
+                if rules:
+                    ids = self._excluded(placement, visitor, ids)
         except Exception:
             log.exception("the fallback of placement %r failed; answering nothing", placement.id)
             ids = []
@@ -763,6 +764,21 @@ class Decider:
             ids, [1.0] * len(ids), [[reason] for _ in ids], [f"fallback: {why}"], "fallback",
             ids, degraded=why,
         )  # fmt: skip
+
+    def _first_allowed(
+        self, placement: Placement, visitor: _Visitor, ids: Iterator[str], count: int,
+        rules: bool,
+    ) -> list[str]:  # fmt: skip
+        """The first `count` of `ids` the placement's exclusions leave (when `rules`),
+        read only as far as needed: popular items run to the whole catalog, and a
+        fallback (or a holdout's every decision) must not read all of it."""
+        found: list[str] = []
+        while len(found) < count:
+            chunk = list(islice(ids, 2 * count + 8))
+            if not chunk:
+                break
+            found.extend(self._excluded(placement, visitor, chunk) if rules else chunk)
+        return found[:count]
 
     # -- the answer -------------------------------------------------------------------------
 

@@ -84,14 +84,15 @@ async def get_profile(request: Request) -> Response:
 
 @require(Role.ADMIN)
 async def export_profile(request: Request) -> Response:
-    """Everything held about the person: the profile as stored, its identity links and
-    every event of theirs in the log."""
+    """Everything held about the person: the profile as stored, its identity links,
+    the experiment arms they were exposed to and every event of theirs in the log."""
     engine, any_id, profile = _profile(request)
     if profile is None:
         return _not_found(any_id)
     rows = await asyncio.to_thread(
         engine.log.rows_of, list(profile.anonymous_ids), list(profile.user_ids)
     )
+    arms = await asyncio.to_thread(engine.experiments.log.arms_of, profile.id)
     body = {
         "profile": describe(engine, profile),
         "stored": msgspec.to_builtins(profile),
@@ -99,6 +100,7 @@ async def export_profile(request: Request) -> Response:
             "user_ids": list(profile.user_ids),
             "anonymous_ids": list(profile.anonymous_ids),
         },
+        "experiments": arms,
         "events": [msgspec.Raw(record_as_json(row.body)) for row in rows],
     }
     return json_response(body)

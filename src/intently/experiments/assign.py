@@ -79,9 +79,17 @@ class Holdout:
             raise ValueError(f"holdout share must be in [0, 1), not {share}")
         self.share = share
         self._bucket = Bucketer(salt)
+        self._last_unit: str | None = None
+        self._last_held = False
 
     def holds(self, unit: str) -> bool:
-        return self.share > 0.0 and self._bucket(unit) < self.share
+        # A decide asks once per placement, and again for its exposure: the last unit's
+        # answer is kept.
+        if unit == self._last_unit:
+            return self._last_held
+        held = self.share > 0.0 and self._bucket(unit) < self.share
+        self._last_unit, self._last_held = unit, held
+        return held
 
 
 @dataclass(frozen=True)
@@ -96,12 +104,17 @@ class Variants:
     high: float
     split: Bucketer
 
+    @property
+    def partial(self) -> bool:
+        """Whether the experiment takes only part of its layer (else no layer hash)."""
+        return self.low > 0.0 or self.high < 1.0
+
     def variant_of(self, unit: str, overrides: Mapping[tuple[str, str], str]) -> str | None:
         """The variant `unit` is in, or None when outside the experiment's range."""
         if overrides:
             carried = overrides.get((self.experiment, unit))
             if carried is not None:
                 return carried
-        if not self.low <= self.layer(unit) < self.high:
+        if self.partial and not self.low <= self.layer(unit) < self.high:
             return None
         return self.ids[pick(self.split(unit), self.cumulative)]

@@ -242,6 +242,9 @@ class ExperimentRegistry:
                 for placement_id in experiment.spec.placements:
                     by_placement.setdefault(placement_id, []).append(experiment)
         self._by_placement = {p: tuple(found) for p, found in by_placement.items()}
+        # Those whose metrics events still add to: running, or stopped (a visitor's
+        # window may still be open).
+        self.measuring = tuple(e for e in self._experiments.values() if e.spec.status != "draft")
 
     def _save(self) -> None:
         api = {

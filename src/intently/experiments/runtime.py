@@ -14,7 +14,7 @@ from intently.act.placements import Placement
 from intently.context.facts import Facts
 from intently.context.profile import Profile
 from intently.experiments.assign import Arm
-from intently.experiments.metrics import Accumulator, contribution, covariate
+from intently.experiments.metrics import CLICKS, Accumulator, contribution, covariate
 from intently.experiments.registry import GLOBAL_HOLDOUT, Assigner, ExperimentRegistry
 from intently.experiments.results import (
     HOLDOUT_ARMS,
@@ -89,20 +89,26 @@ class Experiments:
         """An event applied to `profile`: what it adds to each experiment's metrics."""
         if facts is None or changes.seq <= self.log.counted_seq:
             return
+        measuring = self.registry.measuring
+        # The holdouts measure orders and clicks only: most events (views) add nothing.
+        outcome = (
+            facts.order_revenue is not None or facts.clicked is not None or (facts.kind in CLICKS)
+        )
+        if not outcome and not measuring:
+            return
         session = profile.session
         started = session is not None and session.events == 1
         adds: dict[str, dict[str, Accumulator]] = {}
-        holdouts = [GLOBAL_HOLDOUT] if self.assigner.holdout.share > 0.0 else []
-        holdouts.extend("holdout:" + p.id for p in self.registry.placements if p.spec.holdout)
-        if holdouts:
-            _collect(adds, GLOBAL_HOLDOUT, HOLDOUT_METRICS, facts, started)
-            found = adds.pop(GLOBAL_HOLDOUT, None)
-            if found is not None:
-                adds.update((holdout, found) for holdout in holdouts)
-        for experiment in self.registry:
+        if outcome:
+            holdouts = [GLOBAL_HOLDOUT] if self.assigner.holdout.share > 0.0 else []
+            holdouts.extend("holdout:" + p.id for p in self.registry.placements if p.spec.holdout)
+            if holdouts:
+                _collect(adds, GLOBAL_HOLDOUT, HOLDOUT_METRICS, facts, started)
+                found = adds.pop(GLOBAL_HOLDOUT, None)
+                if found is not None:
+                    adds.update((holdout, found) for holdout in holdouts)
+        for experiment in measuring:
             spec = experiment.spec
-            if spec.status == "draft":
-                continue
             if spec.status == "stopped":  # counted until the last window can have closed
                 last = max(m.window_ms for m in spec.metrics)
                 if (experiment.stopped_ms or 0) + last < facts.at_ms:

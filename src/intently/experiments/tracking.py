@@ -247,22 +247,8 @@ class ExperimentLog:
         self, experiment: str, metrics: Sequence[MetricSpec]
     ) -> dict[tuple[str, str], Totals]:
         """`totals`, computed from every visitor's row (slow: a check, and a repair)."""
-        found: dict[tuple[str, str], Totals] = {}
         with self._read_lock:
-            rows = self._reader.execute(
-                "SELECT variant, state FROM units WHERE experiment = ? AND multiple = 0",
-                (experiment,),
-            )
-            for variant, state in rows:
-                states = _decode_state(state)
-                for metric in metrics:
-                    held = states.get(metric.name)
-                    if held is None:
-                        continue
-                    y = value(metric, held.numerator, held.denominator)
-                    if y is not None:
-                        _add(found.setdefault((variant, metric.name), [0.0] * 6), y, held)
-        return found
+            return self._reading.recount(experiment, metrics)
 
     # -- the writer ---------------------------------------------------------------------------
 
@@ -528,6 +514,26 @@ class ExperimentLogReader:
             "SELECT variant, units, multiple FROM exposed WHERE experiment = ?", (experiment,)
         ).fetchall()
         return {v: (int(units), int(multiple)) for v, units, multiple in rows}
+
+    def recount(
+        self, experiment: str, metrics: Sequence[MetricSpec]
+    ) -> dict[tuple[str, str], Totals]:
+        """`totals`, computed from every visitor's row (slow: a check, and a repair)."""
+        found: dict[tuple[str, str], Totals] = {}
+        rows = self.db.execute(
+            "SELECT variant, state FROM units WHERE experiment = ? AND multiple = 0",
+            (experiment,),
+        )
+        for variant, state in rows:
+            states = _decode_state(state)
+            for metric in metrics:
+                held = states.get(metric.name)
+                if held is None:
+                    continue
+                y = value(metric, held.numerator, held.denominator)
+                if y is not None:
+                    _add(found.setdefault((variant, metric.name), [0.0] * 6), y, held)
+        return found
 
     def close(self) -> None:
         self.db.close()
