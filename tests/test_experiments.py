@@ -446,6 +446,39 @@ async def test_a_persons_exposures_are_exported_and_erased_with_them(
     assert derived_profile_id(f"a:{keeper}").encode() in raw
 
 
+async def test_a_viewable_exposure_counts_from_the_view_not_the_decision(
+    engine: Engine, client: httpx.AsyncClient, clock: ManualClock
+) -> None:
+    await load_catalog(engine)
+    assert (await put(engine, "t", experiment(exposure="viewable"))).status_code == 201
+    visitor = _visitor_in(engine, "B", "seen")
+    line = {"product_id": "p1", "price": 30.0, "quantity": 1}
+
+    async def order(number: int) -> None:
+        clock.advance(timedelta(seconds=5))
+        properties = {"order_id": f"o{number}", "revenue": 30.0, "products": [line]}
+        event = track(event="Order Completed", anonymousId=visitor,
+                      timestamp=clock.now().isoformat(), properties=properties)  # fmt: skip
+        assert (await client.post("/v1/events", json=event)).status_code == 200
+
+    decision = await hero(client, anonymousId=visitor)
+    assert decision["arm"] == "t:B"
+    await order(1)  # decided but not yet seen: not an effect of the variant
+    results = await asyncio_results(engine, "t")
+    assert {v["id"]: v["units"] for v in results["variants"]} == {"A": 0, "B": 0}
+    viewed = track(event="Decision Viewed", anonymousId=visitor, timestamp=clock.now().isoformat(),
+                   properties={"decision_id": decision["decision_id"]})  # fmt: skip
+    assert (await client.post("/v1/events", json=viewed)).status_code == 200
+    await order(2)
+    results = await asyncio_results(engine, "t")
+    assert {v["id"]: v["units"] for v in results["variants"]} == {"A": 0, "B": 1}
+    revenue = next(m for m in results["metrics"] if m["name"] == "revenue_per_visitor")
+    assert revenue["means"]["B"] == 30.0  # the order after the view only
+    # Its value before exposure (the first order) is its covariate.
+    totals = engine.experiments.log.totals("t")
+    assert totals["B", "revenue_per_visitor"][3] == 30.0
+
+
 # -- holdouts -----------------------------------------------------------------------------------
 
 

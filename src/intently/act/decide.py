@@ -315,7 +315,9 @@ class Decider:
             log.exception("decision %s could not be logged", decision_id)
         if self.experiments is not None and trouble is None:
             try:  # (measurement must not cost the page its answer either)
-                self.experiments.exposed(arm, placement, visitor.unit, now, visitor.profile)
+                self.experiments.exposed(
+                    arm, placement, visitor.unit, now, visitor.profile, decision_id
+                )
             except Exception:
                 log.exception("the exposure of decision %s could not be logged", decision_id)
         return PlacementDecision(

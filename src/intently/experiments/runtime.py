@@ -28,6 +28,8 @@ from intently.experiments.spec import HOLDOUT_METRICS, MetricSpec
 from intently.experiments.tracking import ExperimentLog, Observation
 from intently.stores.protocol import Changes
 
+MAX_UNVIEWED = 100_000
+
 
 class Experiments:
     def __init__(
@@ -36,6 +38,10 @@ class Experiments:
         self.registry = registry
         self.assigner = Assigner(registry, holdout_share, holdout_salt)
         self.log = ExperimentLog(path, self.metrics_of)
+        # Decisions of experiments counting viewable exposures, until the client reports
+        # them viewed: decision id -> experiment, variant, metrics. In memory only (a
+        # decision viewed after a restart does not expose its visitor), and bounded.
+        self._unviewed: dict[str, tuple[str, str, Sequence[MetricSpec]]] = {}
         self.assigner.overrides.update(self.log.overrides())
 
     def metrics_of(self, experiment_id: str) -> Sequence[MetricSpec]:
@@ -59,10 +65,11 @@ class Experiments:
 
     def exposed(
         self, arm: Arm | None, placement: Placement, unit: str, at_ms: int,
-        profile: Profile | None,
+        profile: Profile | None, decision_id: str = "",
     ) -> None:  # fmt: skip
-        """A decision was shown: its visitor is exposed to its arm, to the global
-        holdout's split, and to the placement's holdout split when it has one."""
+        """A decision was shown: its visitor is exposed to its arm (for an experiment
+        that counts viewable exposures, once the client reports it viewed), to the
+        global holdout's split, and to the placement's holdout split when it has one."""
         log = self.log
         if self.assigner.holdout.share > 0.0:
             log.expose(
@@ -79,6 +86,12 @@ class Experiments:
             )  # fmt: skip
         if arm is not None and not arm.experiment.startswith("holdout:"):
             metrics = self.metrics_of(arm.experiment)
+            experiment = self.registry.get(arm.experiment)
+            if experiment is not None and experiment.spec.exposure == "viewable":
+                if len(self._unviewed) >= MAX_UNVIEWED:
+                    self._unviewed.pop(next(iter(self._unviewed)))  # the oldest
+                self._unviewed[decision_id] = (arm.experiment, arm.variant, metrics)
+                return
             log.expose(
                 arm.experiment, arm.variant, unit, at_ms, lambda: _covariates(metrics, profile)
             )
@@ -89,6 +102,14 @@ class Experiments:
         """An event applied to `profile`: what it adds to each experiment's metrics."""
         if facts is None or changes.seq <= self.log.counted_seq:
             return
+        if facts.exposure and self._unviewed:
+            shown = self._unviewed.pop(facts.decision_id or "", None)
+            if shown is not None:  # the client saw the variant: the visitor is exposed now
+                experiment_id, variant, metrics = shown
+                self.log.expose(
+                    experiment_id, variant, profile.id, facts.at_ms,
+                    lambda: _covariates(metrics, profile),
+                )  # fmt: skip
         measuring = self.registry.measuring
         # The holdouts measure orders and clicks only: most events (views) add nothing.
         outcome = (

@@ -107,6 +107,9 @@ class ExperimentSpec(Struct, forbid_unknown_fields=True, omit_defaults=True):
     metrics: Annotated[list[MetricSpec], Meta(min_length=1, max_length=MAX_METRICS)] = (
         msgspec.field(default_factory=_default_metrics)
     )
+    # When a visitor counts as exposed: when a decision shows them a variant, or only
+    # once the client reports it viewed (`Decision Viewed` naming the decision_id).
+    exposure: Literal["decision", "viewable"] = "decision"
     alpha: Annotated[float, Meta(gt=0, lt=1)] = 0.05
     # Sequential testing (always-valid intervals, safe to peek at): the sample size at
     # which the interval is tightest. None: fixed-horizon intervals only.
