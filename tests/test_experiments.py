@@ -479,6 +479,35 @@ async def test_a_viewable_exposure_counts_from_the_view_not_the_decision(
     assert totals["B", "revenue_per_visitor"][3] == 30.0
 
 
+async def test_metrics_with_no_data_give_notes_not_numbers(
+    engine: Engine, client: httpx.AsyncClient
+) -> None:
+    """A metric on an event that never occurs, an average order value with no order, and
+    a tiny sample: defined results, with a note where a figure cannot be had."""
+    await load_catalog(engine)
+    metrics = [{"name": "never", "event": "Never Happens"}, {"name": "average_order_value"},
+               {"name": "conversion_rate"}]  # fmt: skip
+    assert (await put(engine, "t", experiment(metrics=metrics))).status_code == 201
+    for i in range(24):
+        await hero(client, anonymousId=f"tiny{i}")
+    async with client_for(engine, SECRET_KEY) as admin:
+        answer = await admin.get("/v1/experiments/t/results")
+    assert answer.status_code == 200
+    assert "NaN" not in answer.text
+    assert "Infinity" not in answer.text
+    found = {m["name"]: m for m in answer.json()["metrics"]}
+    never = found["never"]["comparisons"][0]
+    assert never["frequentist"]["p_value"] is None
+    assert never["significant"] is False
+    assert never["control_n"] >= 2  # (24 visitors: both variants have some)
+    assert never["treatment_n"] >= 2
+    assert "no variance" in (never["frequentist"]["note"] or "")
+    order_value = found["average_order_value"]
+    assert order_value["units"] == {"A": 0, "B": 0}
+    assert order_value["means"] == {"A": None, "B": None}
+    assert order_value["comparisons"][0]["frequentist"]["note"]
+
+
 # -- holdouts -----------------------------------------------------------------------------------
 
 
