@@ -143,6 +143,7 @@ class Engine:
         # counted already).
         self.context.hooks.append(self.experiments)
         self.context.merge_hooks.append(self.experiments.merged)
+        self.store.before_write.append(self.experiments.log.flush)
         self.decider = Decider(
             placements=self.placements,
             catalog=self.catalog,

@@ -270,7 +270,11 @@ class Decider:
                 outcome = self._default_content(placement, count, visitor, now, arm.reason)
             else:
                 if arm is not None:
-                    serving = self.experiments.serves(arm, placement)  # type: ignore[union-attr]
+                    try:
+                        serving = self.experiments.serves(arm, placement)  # type: ignore[union-attr]
+                    except Exception:  # the placement changed under the variant: not shown
+                        arm = None
+                        raise
                 if serving.spec.kind == "offers":
                     outcome = self._offers(serving, count, visitor, now, deadline)
                 else:

@@ -77,8 +77,7 @@ async def put_experiment(request: Request) -> Response:
 
 @require(Role.ADMIN)
 async def delete_experiment(request: Request) -> Response:
-    """Delete an experiment defined by the API (stop it first); its logged exposures
-    stay until the data dir is cleared."""
+    """Delete an experiment defined by the API (stop it first), and its results."""
     engine: Engine = request.app.state.engine
     experiment_id = request.path_params["id"]
     registry = engine.experiments.registry
@@ -94,6 +93,8 @@ async def delete_experiment(request: Request) -> Response:
             409, "read-only",
             f"experiment {experiment_id!r} comes from the configuration file; change it there",
         )  # fmt: skip
+    # What it logged goes with it: an experiment defined later under this id starts empty.
+    await asyncio.to_thread(engine.experiments.purge, experiment_id)
     return Response(status_code=204)
 
 

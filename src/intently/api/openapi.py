@@ -355,6 +355,7 @@ def build_openapi() -> dict[str, Any]:
                         "200": _object("Replaced."),
                         "201": _object("Created."),
                         "400": _problem("Bad id, body or rule."),
+                        "409": _problem("A running experiment's variant would not fit it."),
                         "413": _problem("The body is too large."),
                         **_AUTH_ERRORS,
                     },

@@ -9,12 +9,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from intently.act.decisions import DecisionLogReader
-from intently.act.placements import PlacementSpec, PolicySpec
+from intently.act.placements import PlacementSpec, PolicySpec, prepare
 from intently.api.auth import require
 from intently.api.events import read_json
 from intently.api.problems import json_response, problem
 from intently.configfile import ConfigError
 from intently.engine import Engine
+from intently.experiments.registry import ExperimentConflict
 from intently.keys import Role
 from intently.learn.gate import Judgement, NotEnoughEvidence, judge
 from intently.learn.ope import ESTIMATORS
@@ -52,7 +53,13 @@ async def put_placement(request: Request) -> Response:
         return spec
     existed = engine.placements.get(placement_id) is not None
     try:
+        # (a running experiment's variants must still be valid definitions of it)
+        engine.experiments.registry.check_placement(
+            prepare(placement_id, spec, "api", engine.placements.catalog)
+        )
         placement = engine.placements.define(placement_id, spec)
+    except ExperimentConflict as exc:
+        return problem(409, "experiment-conflict", str(exc))
     except ConfigError as exc:
         return problem(400, "invalid-placement", str(exc))
     return json_response(placement.describe(), 200 if existed else 201)

@@ -132,13 +132,14 @@ async def delete_profile(request: Request) -> Response:
     # The decisions before the profile goes (a failure here leaves the profile, so the
     # erasure can be asked again), and once more after: a decide made meanwhile is gone.
     decisions = await asyncio.to_thread(engine.decisions.erase, devices, [profile.id])
+    # Experiments knew the person by their profile id (or, before their first event, the
+    # id it would get from each of their identities). Before the profile goes, as the
+    # decisions: a failure leaves the profile, to be erased again.
+    units = [profile.id, *(derived_profile_id(device) for device in devices)]
+    await asyncio.to_thread(engine.experiments.erase, units)
     engine.learner.forget(anonymous_ids, user_ids)
     engine.context.forget(profile)
     decisions += await asyncio.to_thread(engine.decisions.erase, devices, [profile.id])
-    # Experiments knew the person by their profile id (or, before their first event, the
-    # id it would get from each of their identities).
-    units = [profile.id, *(derived_profile_id(device) for device in devices)]
-    await asyncio.to_thread(engine.experiments.erase, units)
     await asyncio.wrap_future(engine.store.compact())
     return json_response(Erased(profile.id, events, len(anonymous_ids) + len(user_ids), decisions))
 

@@ -14,10 +14,12 @@ In order, for each decision:
    puts them in one of its variants, by its weights.
 
 An identity merge changes the canonical id, and with it every hash. So that a person
-does not flip variants when they sign in, the merge carries the absorbed profile's arm
-of each experiment it was exposed to over to the surviving profile (an override kept by
-the experiment log). If the surviving profile had been exposed to another variant, the
-person has now seen two: the analysis leaves them out (`multiple_exposures`).
+does not flip variants when they sign in, a profile that takes over an id that was
+exposed is from then on assigned as that id (an alias kept by the experiment log): every
+hash (holdouts, layers, variants) reads the same unit as before, so the person keeps
+every arm at once, and stays in one experiment of a layer. If the surviving profile had
+itself been exposed to other arms, the person has now seen two: the analysis leaves
+them out of those experiments (`multiple_exposures`).
 
 A hash is keyed BLAKE2b, 64 bits: about half a microsecond (measured), where a hash
 written in Python (GrowthBook's FNV-1a) took ten times that.
@@ -26,7 +28,6 @@ written in Python (GrowthBook's FNV-1a) took ten times that.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 _SCALE = 1.0 / 2.0**64
@@ -109,12 +110,8 @@ class Variants:
         """Whether the experiment takes only part of its layer (else no layer hash)."""
         return self.low > 0.0 or self.high < 1.0
 
-    def variant_of(self, unit: str, overrides: Mapping[tuple[str, str], str]) -> str | None:
+    def variant_of(self, unit: str) -> str | None:
         """The variant `unit` is in, or None when outside the experiment's range."""
-        if overrides:
-            carried = overrides.get((self.experiment, unit))
-            if carried is not None:
-                return carried
         if self.partial and not self.low <= self.layer(unit) < self.high:
             return None
         return self.ids[pick(self.split(unit), self.cumulative)]

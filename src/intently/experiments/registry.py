@@ -16,7 +16,7 @@ Rules that keep the measurement honest:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,26 +135,46 @@ class ExperimentRegistry:
         self.placements = placements
         self.fields = fields
         self._api_file = data_dir / "experiments.json"
+        # The configured experiments as last started: when each started and stopped, and
+        # what they were (a running one's file must not change what it measures).
+        self._config_state = data_dir / "experiments-configured.json"
         self._experiments: dict[str, Experiment] = {}
-        self._configured: dict[str, Experiment] = {}
-        if config_file is not None:
-            for eid, value in read_mapping(config_file, "experiments", "experiments").items():
-                if not isinstance(eid, str):
-                    raise ConfigError(f"{config_file}: experiment id {eid!r} must be text")
-                try:
-                    spec = msgspec.convert(value, ExperimentSpec)
-                    experiment = self._prepare(eid, spec, "config")
-                except (msgspec.ValidationError, ConfigError) as exc:
-                    raise ConfigError(f"{config_file}: experiment {eid!r}: {exc}") from None
-                experiment.started_ms = now_ms if spec.status == "running" else None
-                self._experiments[eid] = self._configured[eid] = experiment
         if self._api_file.exists():
             stored = msgspec.json.decode(self._api_file.read_bytes(), type=dict[str, Stored])
             for eid, kept in stored.items():
                 experiment = Experiment(eid, kept.spec, "api", _variants(eid, kept.spec))
                 experiment.started_ms, experiment.stopped_ms = kept.started_ms, kept.stopped_ms
                 self._experiments[eid] = experiment
+        if config_file is not None:
+            self._load_config(config_file, now_ms)
         self._index()
+
+    def _load_config(self, path: Path, now_ms: int) -> None:
+        before = {}
+        if self._config_state.exists():
+            before = msgspec.json.decode(self._config_state.read_bytes(), type=dict[str, Stored])
+        for eid, value in read_mapping(path, "experiments", "experiments").items():
+            if not isinstance(eid, str):
+                raise ConfigError(f"{path}: experiment id {eid!r} must be text")
+            try:
+                if eid in self._experiments:
+                    raise ConfigError("an experiment of this id was defined by the API")
+                spec = msgspec.convert(value, ExperimentSpec)
+                experiment = self._prepare(eid, spec, "config")
+                kept = before.get(eid)
+                if kept is not None:
+                    previous = Experiment(eid, kept.spec, "config", _variants(eid, kept.spec))
+                    _check_change(previous, spec)
+                    experiment.started_ms, experiment.stopped_ms = kept.started_ms, kept.stopped_ms
+            except (msgspec.ValidationError, ConfigError) as exc:
+                raise ConfigError(f"{path}: experiment {eid!r}: {exc}") from None
+            _lifecycle(experiment, now_ms)
+            self._experiments[eid] = experiment
+        save_atomically(
+            self._config_state,
+            {e.id: Stored(e.spec, e.started_ms, e.stopped_ms)
+             for e in self._experiments.values() if e.source == "config"},
+        )  # fmt: skip
 
     def __iter__(self) -> Iterator[Experiment]:
         return iter(list(self._experiments.values()))
@@ -169,15 +189,16 @@ class ExperimentRegistry:
     def define(self, experiment_id: str, spec: ExperimentSpec, now_ms: int) -> Experiment:
         """Add or change an experiment by API; raises `ConfigError` ("/field: why"), and
         then nothing changes."""
-        experiment = self._prepare(experiment_id, spec, "api")
         current = self._experiments.get(experiment_id)
+        if current is not None and current.source == "config":
+            raise ExperimentConflict(
+                f"experiment {experiment_id!r} comes from the configuration file; change it there"
+            )
+        experiment = self._prepare(experiment_id, spec, "api")
         if current is not None:
             _check_change(current, spec)
             experiment.started_ms, experiment.stopped_ms = current.started_ms, current.stopped_ms
-        if spec.status == "running" and experiment.started_ms is None:
-            experiment.started_ms = now_ms
-        if spec.status == "stopped" and experiment.stopped_ms is None:
-            experiment.stopped_ms = now_ms
+        _lifecycle(experiment, now_ms)
         self._experiments[experiment_id] = experiment
         self._index()
         self._save()
@@ -191,14 +212,22 @@ class ExperimentRegistry:
             return False
         if current.running:
             raise ExperimentConflict(f"experiment {experiment_id!r} is running; stop it first")
-        configured = self._configured.get(experiment_id)
-        if configured is None:
-            del self._experiments[experiment_id]
-        else:
-            self._experiments[experiment_id] = configured
+        del self._experiments[experiment_id]
         self._index()
         self._save()
         return True
+
+    def check_placement(self, placement: Placement) -> None:
+        """Raise `ExperimentConflict` if a running experiment's variant would not be a
+        valid definition of `placement` as it is about to become."""
+        for experiment in self.on_placement(placement.id):
+            for variant in experiment.spec.variants:
+                try:
+                    _overridden(experiment.id, variant, placement, self.fields)
+                except ConfigError as error:
+                    raise ExperimentConflict(
+                        f"experiment {experiment.id!r} runs on this placement: {error}"
+                    ) from None
 
     def _prepare(self, experiment_id: str, spec: ExperimentSpec, source: str) -> Experiment:
         check(experiment_id, spec)
@@ -254,6 +283,15 @@ class ExperimentRegistry:
         save_atomically(self._api_file, api)
 
 
+def _lifecycle(experiment: Experiment, now_ms: int) -> None:
+    """Note when the experiment started and stopped, if it just did."""
+    status = experiment.spec.status
+    if status in ("running", "stopped") and experiment.started_ms is None:
+        experiment.started_ms = now_ms
+    if status == "stopped" and experiment.stopped_ms is None:
+        experiment.stopped_ms = now_ms
+
+
 def _check_change(current: Experiment, spec: ExperimentSpec) -> None:
     if current.spec.status == "stopped" and spec.status != "stopped":
         raise ExperimentConflict(
@@ -261,7 +299,7 @@ def _check_change(current: Experiment, spec: ExperimentSpec) -> None:
         )
     if current.spec.status == "running" and spec.status == "draft":
         raise ExperimentConflict("/status: a running experiment can be stopped, not made a draft")
-    if current.spec.status != "running":
+    if current.spec.status == "draft":
         return
     before, after = msgspec.to_builtins(current.spec), msgspec.to_builtins(spec)
     changed = sorted(
@@ -270,8 +308,8 @@ def _check_change(current: Experiment, spec: ExperimentSpec) -> None:
     )  # fmt: skip
     if changed:
         raise ExperimentConflict(
-            f"/{changed[0]}: experiment {current.id!r} is running; {', '.join(changed)} cannot "
-            "change until it stops (it would move visitors between variants)"
+            f"/{changed[0]}: experiment {current.id!r} has started; {', '.join(changed)} cannot "
+            "change (it would move visitors between variants, or change what was measured)"
         )
 
 
@@ -284,11 +322,18 @@ class Assigner:
         self.registry = registry
         self.holdout = Holdout(holdout_share, holdout_salt)
         self._placement_holdouts: dict[tuple[str, float], Holdout] = {}
-        # Arms carried over identity merges: (experiment, surviving unit) -> variant.
-        self.overrides: dict[tuple[str, str], str] = {}
+        # Profiles that took over an exposed id (a merge, a link) are assigned as it:
+        # profile id -> the unit every hash reads.
+        self.aliases: dict[str, str] = {}
 
-    def arm(self, placement: Placement, unit: str, profile: Profile | None) -> Arm | None:
-        if self.holdout.share > 0.0 and self.in_holdout(unit):
+    def unit_of(self, profile_id: str) -> str:
+        """The unit a profile is assigned as."""
+        aliases = self.aliases
+        return aliases.get(profile_id, profile_id) if aliases else profile_id
+
+    def arm(self, placement: Placement, profile_id: str, profile: Profile | None) -> Arm | None:
+        unit = self.unit_of(profile_id)
+        if self.holdout.share > 0.0 and self.holdout.holds(unit):
             return _GLOBAL_HOLDOUT_ARM
         share = placement.spec.holdout
         if share > 0.0 and self._placement_holdout(placement.id, share).holds(unit):
@@ -300,7 +345,7 @@ class Assigner:
             segment = experiment.spec.segment
             if segment is not None and (profile is None or segment not in profile.segments):
                 continue
-            variant = experiment.variants.variant_of(unit, self.overrides)
+            variant = experiment.variants.variant_of(unit)
             if variant is None:
                 continue
             default = experiment.variant(variant).default_content
@@ -310,16 +355,12 @@ class Assigner:
             )  # fmt: skip
         return None
 
-    def in_holdout(self, unit: str) -> bool:
-        if self.overrides:
-            carried = self.overrides.get((GLOBAL_HOLDOUT, unit))
-            if carried is not None:
-                return carried == HOLDOUT_ARMS[0]
-        return self.holdout.holds(unit)
+    def in_holdout(self, profile_id: str) -> bool:
+        return self.holdout.holds(self.unit_of(profile_id))
 
-    def holdout_arm(self, unit: str) -> str:
-        """The global holdout's arm of a unit (every decide is exposed to it)."""
-        return HOLDOUT_ARMS[0] if self.in_holdout(unit) else HOLDOUT_ARMS[1]
+    def holdout_arm(self, profile_id: str) -> str:
+        """The global holdout's arm of a profile (every decide is exposed to it)."""
+        return HOLDOUT_ARMS[0] if self.in_holdout(profile_id) else HOLDOUT_ARMS[1]
 
     def _placement_holdout(self, placement_id: str, share: float) -> Holdout:
         key = (placement_id, share)
@@ -327,12 +368,6 @@ class Assigner:
         if found is None:
             found = self._placement_holdouts[key] = Holdout(share, "holdout:" + placement_id)
         return found
-
-    def carry_over(self, arms: Mapping[str, str], into: str) -> None:
-        """A merge: the absorbed profile's arms (experiment -> variant) become the
-        surviving unit's."""
-        for experiment_id, variant in arms.items():
-            self.overrides[experiment_id, into] = variant
 
 
 _GLOBAL_HOLDOUT_ARM = Arm(

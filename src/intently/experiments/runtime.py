@@ -42,7 +42,7 @@ class Experiments:
         # them viewed: decision id -> experiment, variant, metrics. In memory only (a
         # decision viewed after a restart does not expose its visitor), and bounded.
         self._unviewed: dict[str, tuple[str, str, Sequence[MetricSpec]]] = {}
-        self.assigner.overrides.update(self.log.overrides())
+        self.assigner.aliases.update(self.log.aliases())
 
     def metrics_of(self, experiment_id: str) -> Sequence[MetricSpec]:
         if experiment_id == GLOBAL_HOLDOUT or experiment_id.startswith("holdout:"):
@@ -140,12 +140,25 @@ class Experiments:
 
     def merged(self, into: Profile, absorbed: str) -> None:
         """`into` took over the id `absorbed` (a merged profile's, or the id a visitor had
-        until an identity of theirs was linked to `into`): its arms carry over, so the
-        person keeps the variants they were seeing."""
-        arms = self.log.arms_of(absorbed)
-        if arms:
-            self.assigner.carry_over(arms, into.id)
-            self.log.merge(absorbed, into.id, arms)
+        until an identity of theirs was linked to `into`). If that id was exposed, `into`
+        is assigned as it from now on: the person keeps every arm they were in."""
+        arms = self.log.arms_of(absorbed, self._measured_ids())
+        if not arms:
+            return
+        unit = self.assigner.unit_of(absorbed)
+        self.assigner.aliases.pop(absorbed, None)
+        if unit != into.id:
+            self.assigner.aliases[into.id] = unit
+        else:
+            self.assigner.aliases.pop(into.id, None)
+        self.log.merge(absorbed, into.id, arms, unit)
+
+    def _measured_ids(self) -> list[str]:
+        """Every id exposures are logged under: experiments and holdouts."""
+        found = [e.id for e in self.registry]
+        found.append(GLOBAL_HOLDOUT)
+        found.extend("holdout:" + p.id for p in self.registry.placements if p.spec.holdout)
+        return found
 
     # -- results ------------------------------------------------------------------------------
 
@@ -174,12 +187,18 @@ class Experiments:
         self.log.flush()
         return results(design, self.log.exposures(design.id), self.log.totals(design.id))
 
+    def purge(self, experiment_id: str) -> None:
+        """Forget a deleted experiment's exposures and totals. Blocking."""
+        self._unviewed = {d: v for d, v in self._unviewed.copy().items() if v[0] != experiment_id}
+        self.log.purge(experiment_id)
+
     def erase(self, profile_ids: Sequence[str]) -> int:
         """Delete a person's exposures and what they did after (the totals lose them);
         `profile_ids` also names ids their profile would have had (a visitor erased
         before their first event). How many rows. Blocking."""
-        for key in [k for k in self.assigner.overrides if k[1] in profile_ids]:
-            self.assigner.overrides.pop(key, None)
+        aliases = self.assigner.aliases
+        for profile_id in [p for p, u in aliases.copy().items() if {p, u} & set(profile_ids)]:
+            aliases.pop(profile_id, None)
         return self.log.erase(profile_ids)
 
     def close(self) -> None:

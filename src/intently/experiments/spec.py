@@ -35,6 +35,7 @@ from intently.configfile import ConfigError
 from intently.events.schema import Id, Name
 
 MAX_VARIANTS = 20
+RESERVED_ID = "holdout"  # the global holdout, whose results are read as an experiment's
 MAX_METRICS = 16
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -134,6 +135,8 @@ def check(experiment_id: str, spec: ExperimentSpec) -> None:
     """Raise `ConfigError` naming the field (as a JSON pointer) of what is wrong."""
     if not _ID.match(experiment_id):
         raise ConfigError(f"/id: experiment id {experiment_id!r} must match {_ID.pattern}")
+    if experiment_id == RESERVED_ID:
+        raise ConfigError(f"/id: {RESERVED_ID!r} is the global holdout's id")
     total = math.fsum(v.weight for v in spec.variants)
     if abs(total - 1.0) > 1e-9:
         raise ConfigError(f"/variants: the weights sum to {total:g}; they must sum to 1")
@@ -164,6 +167,9 @@ def check(experiment_id: str, spec: ExperimentSpec) -> None:
     low, high = spec.range
     if not 0.0 <= low < high <= 1.0:
         raise ConfigError("/range: it must be [start, end) with 0 <= start < end <= 1")
+    for i, variant in enumerate(spec.variants):
+        if variant.offers is not None and not variant.offers:
+            raise ConfigError(f"/variants/{i}/offers: name at least one offer")
     if len(set(spec.placements)) != len(spec.placements):
         raise ConfigError("/placements: a placement is named twice")
     names: set[str] = set()

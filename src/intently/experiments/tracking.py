@@ -24,7 +24,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,11 +73,9 @@ CREATE TABLE IF NOT EXISTS exposed (
     PRIMARY KEY (experiment, variant)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS overrides (
-    experiment TEXT NOT NULL,
-    unit TEXT NOT NULL,
-    variant TEXT NOT NULL,
-    PRIMARY KEY (experiment, unit)
+CREATE TABLE IF NOT EXISTS aliases (
+    profile TEXT PRIMARY KEY,
+    unit TEXT NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -119,6 +117,7 @@ class Observation:
 class Merge:
     absorbed: str
     into: str
+    unit: str  # what `into` is assigned as from now on
 
 
 _Work = Exposure | Observation | Merge | threading.Event | object
@@ -164,10 +163,10 @@ class ExperimentLog:
 
     # -- from the deciding and applying thread -----------------------------------------------
 
-    def overrides(self) -> dict[tuple[str, str], str]:
+    def aliases(self) -> dict[str, str]:
+        """Profiles assigned as another unit (since they took over its id)."""
         with self._read_lock:
-            rows = self._reader.execute("SELECT experiment, unit, variant FROM overrides")
-            return {(e, u): v for e, u, v in rows}
+            return dict(self._reader.execute("SELECT profile, unit FROM aliases").fetchall())
 
     def expose(
         self, experiment: str, variant: str, unit: str, at_ms: int,
@@ -187,29 +186,35 @@ class ExperimentLog:
         if not self._closed and observation.seq > self.counted_seq:
             self._queue.put(observation)
 
-    def arms_of(self, unit: str) -> dict[str, str]:
-        """The experiments `unit` was exposed to, and its variant in each."""
+    def arms_of(self, unit: str, experiments: Iterable[str] = ()) -> dict[str, str]:
+        """The experiments `unit` was exposed to, and its variant in each (those of
+        `experiments` still queued for the writer included)."""
         with self._read_lock:
             rows = self._reader.execute(
                 "SELECT experiment, variant FROM units WHERE unit = ?", (unit,)
             ).fetchall()
         found = dict(rows)
-        # (exposures still queued are not in the database yet)
-        found.update({e: v for (e, u), v in list(self._seen.items()) if u == unit})
+        seen = self._seen
+        for experiment in experiments:
+            variant = seen.get((experiment, unit))
+            if variant is not None:
+                found[experiment] = variant
         return found
 
-    def merge(self, absorbed: str, into: str, carried: dict[str, str]) -> None:
-        """Profile `absorbed` merged into `into`, which now holds `carried`'s arms."""
-        for experiment, variant in carried.items():
+    def merge(self, absorbed: str, into: str, arms: dict[str, str], unit: str) -> None:
+        """Profile `into` took over `absorbed`, exposed to `arms`: its rows move to
+        `into`, which is assigned as `unit` from now on."""
+        for experiment, variant in arms.items():
             self._seen.pop((experiment, absorbed), None)
             self._seen[experiment, into] = variant
-        self._queue.put(Merge(absorbed, into))
-        self._queue.put(_Overrides(into, dict(carried)))
+        self._queue.put(Merge(absorbed, into, unit))
 
     def erase(self, units: Sequence[str]) -> int:
         """Delete a person's rows (their totals go with them); how many. Blocking: call
         it off the event loop."""
-        for key in [k for k in self._seen if k[1] in units]:
+        # (a copy is taken at once under the GIL: the loop thread adds to `_seen` as this
+        # worker thread reads it)
+        for key in [k for k in self._seen.copy() if k[1] in units]:
             self._seen.pop(key, None)
         erasure = _Erasure(tuple(units))
         self._queue.put(erasure)
@@ -218,7 +223,19 @@ class ExperimentLog:
             truncate_wal(self._db, self.path)
         return erasure.erased
 
+    def purge(self, experiment: str) -> None:
+        """Delete everything logged of an experiment (it was deleted: a new one of the
+        same id starts from nothing). Blocking."""
+        for key in [k for k in self._seen.copy() if k[0] == experiment]:
+            self._seen.pop(key, None)
+        self._queue.put(_Purge(experiment))
+        self.flush()
+
     def flush(self, timeout: float = 10.0) -> None:
+        """Wait until everything queued so far is written (at once when closed: closing
+        wrote everything)."""
+        if self._closed:
+            return
         done = threading.Event()
         self._queue.put(done)
         if not done.wait(timeout):
@@ -293,11 +310,18 @@ class ExperimentLog:
                     self._write_merge(work, touched, counted)
                 elif isinstance(work, _Erasure):
                     self._write_erasure(work, touched, counted)
-                elif isinstance(work, _Overrides):
-                    db.executemany(
-                        "INSERT OR REPLACE INTO overrides VALUES (?, ?, ?)",
-                        [(e, work.unit, v) for e, v in work.arms.items()],
-                    )
+                elif isinstance(work, _Purge):
+                    for table in ("units", "totals", "exposed"):
+                        db.execute(
+                            f"DELETE FROM {table} WHERE experiment = ?",  # noqa: S608 (fixed)
+                            (work.experiment,),
+                        )
+                    for key in [k for k in self._totals if k[0] == work.experiment]:
+                        del self._totals[key]
+                        touched.discard(key)
+                    for pair in [k for k in self._exposed if k[0] == work.experiment]:
+                        del self._exposed[pair]
+                        counted.discard(pair)
             db.executemany(
                 "INSERT OR REPLACE INTO totals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(*key, *self._totals[key]) for key in touched],
@@ -376,6 +400,8 @@ class ExperimentLog:
         none; added up when it was exposed to the same variant (one person, counted
         once); both left out when it saw another."""
         db = self._db
+        db.execute("INSERT OR REPLACE INTO aliases VALUES (?, ?)", (merge.into, merge.unit))
+        db.execute("DELETE FROM aliases WHERE profile = ?", (merge.absorbed,))
         absorbed_rows = db.execute(
             "SELECT experiment FROM units WHERE unit = ?", (merge.absorbed,)
         ).fetchall()
@@ -418,7 +444,7 @@ class ExperimentLog:
                         self._move(experiment, variant, metric, held, None, touched)
                 self._count(experiment, variant, -1, -1 if multiple else 0, counted)
             db.execute("DELETE FROM units WHERE unit = ?", (unit,))
-            db.execute("DELETE FROM overrides WHERE unit = ?", (unit,))
+            db.execute("DELETE FROM aliases WHERE profile = ? OR unit = ?", (unit, unit))
             erasure.erased += len(rows)
 
     def _combine(
@@ -539,16 +565,15 @@ class ExperimentLogReader:
         self.db.close()
 
 
+@dataclass(frozen=True)
+class _Purge:
+    experiment: str
+
+
 @dataclass
 class _Erasure:
     units: tuple[str, ...]
     erased: int = 0
-
-
-@dataclass(frozen=True)
-class _Overrides:
-    unit: str
-    arms: dict[str, str]
 
 
 def _add(totals: Totals, y: float, state: MetricState, sign: float = 1.0) -> None:

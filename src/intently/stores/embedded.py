@@ -20,7 +20,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from pathlib import Path
@@ -123,6 +123,10 @@ class EmbeddedStore:
         self._in_flight: _Batch | None = None  # the batch the writer thread is writing
         self._submitted: _Batch | None = None  # the batch of `_writing`, until it is done
         self._lock = threading.Lock()  # one SQLite transaction at a time
+        # Called before a batch is written: a batch says "applied up to seq N", and what
+        # other logs derived from those events (experiment metrics) must be durable
+        # first, since a restart re-applies only the events after N.
+        self.before_write: list[Callable[[], None]] = []
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
@@ -369,6 +373,8 @@ class EmbeddedStore:
             raise
 
     def _write(self, batch: _Batch) -> None:
+        for wait in self.before_write:
+            wait()
         with self._lock:
             db = self._db
             db.execute("BEGIN")
