@@ -92,7 +92,7 @@ async def export_profile(request: Request) -> Response:
     rows = await asyncio.to_thread(
         engine.log.rows_of, list(profile.anonymous_ids), list(profile.user_ids)
     )
-    arms = await asyncio.to_thread(engine.experiments.log.arms_of, profile.id)
+    arms = await asyncio.to_thread(engine.experiments.arms_of, profile.id)
     body = {
         "profile": describe(engine, profile),
         "stored": msgspec.to_builtins(profile),

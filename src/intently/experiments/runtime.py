@@ -187,6 +187,12 @@ class Experiments:
         self.log.flush()
         return results(design, self.log.exposures(design.id), self.log.totals(design.id))
 
+    def arms_of(self, profile_id: str) -> dict[str, str]:
+        """The arms a person was exposed to, every queued exposure written first (an
+        export must not miss the latest). Blocking."""
+        self.log.flush()
+        return self.log.arms_of(profile_id)
+
     def purge(self, experiment_id: str) -> None:
         """Forget a deleted experiment's exposures and totals. Blocking."""
         self._unviewed = {d: v for d, v in self._unviewed.copy().items() if v[0] != experiment_id}
