@@ -17,6 +17,7 @@ from intently import Engine
 from intently.cli import main
 from support import SECRET_KEY, client_for, track
 from test_decide import load_catalog
+from test_experiments import asyncio_results
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_collection_pauses")]
 
@@ -50,14 +51,6 @@ async def run_visitors(
     return outcomes
 
 
-async def results_of(engine: Engine, experiment_id: str) -> dict[str, Any]:
-    async with client_for(engine, SECRET_KEY) as admin:
-        answer = await admin.get(f"/v1/experiments/{experiment_id}/results")
-    assert answer.status_code == 200, answer.text
-    found: dict[str, Any] = answer.json()
-    return found
-
-
 def metric(results: dict[str, Any], name: str) -> dict[str, Any]:
     found: dict[str, Any] = next(m for m in results["metrics"] if m["name"] == name)
     return found
@@ -77,7 +70,7 @@ async def test_a_known_lift_is_recovered_within_its_interval(
     async with client_for(engine, SECRET_KEY) as admin:
         assert (await admin.put("/v1/experiments/lift", json=spec)).status_code == 201
     outcomes = await run_visitors(client, "v", 2400, converts, seed=3)
-    results = await results_of(engine, "lift")
+    results = await asyncio_results(engine, "lift")
 
     units = {v["id"]: v["units"] for v in results["variants"]}
     assert units == {arm: len(seen) for arm, seen in outcomes.items()}
@@ -146,7 +139,7 @@ async def test_aa_tests_flag_significance_at_their_nominal_rate(
             }  # fmt: skip
             assert (await admin.put(f"/v1/experiments/aa{k}", json=spec)).status_code == 201
             await run_visitors(client, f"r{k}-", 160, converts, seed=k)
-            results = await results_of(engine, f"aa{k}")
+            results = await asyncio_results(engine, f"aa{k}")
             comparison = metric(results, "conversion_rate")["comparisons"][0]
             flagged += comparison["significant"]
             sequential_flagged += comparison["sequential"]["significant"]

@@ -409,26 +409,25 @@ async def test_a_segment_targets_an_experiment(engine: Engine, client: httpx.Asy
 # -- identity merges ---------------------------------------------------------------------------
 
 
-def _visitor_in(engine: Engine, variant: str, prefix: str) -> str:
-    """An anonymous id whose unit is in `variant` of experiment t (and not held out)."""
+def _id_in(engine: Engine, variant: str, kind: str, prefix: str) -> str:
+    """An id (kind "a": an anonymousId, "u": a userId) whose unit is in `variant` of
+    experiment t (and not held out)."""
     placement = engine.placements.get("home_hero")
     assert placement is not None
     for i in range(1000):
-        anonymous_id = f"{prefix}{i}"
-        arm = engine.experiments.arm(placement, derived_profile_id("a:" + anonymous_id), None)
+        found = f"{prefix}{i}"
+        arm = engine.experiments.arm(placement, derived_profile_id(f"{kind}:{found}"), None)
         if arm is not None and arm.label == f"t:{variant}":
-            return anonymous_id
-    raise AssertionError("no visitor found")
+            return found
+    raise AssertionError(f"no id found in variant {variant}")
+
+
+def _visitor_in(engine: Engine, variant: str, prefix: str) -> str:
+    return _id_in(engine, variant, "a", prefix)
 
 
 def _user_in(engine: Engine, variant: str) -> str:
-    placement = engine.placements.get("home_hero")
-    assert placement is not None
-    for i in range(1000):
-        arm = engine.experiments.arm(placement, derived_profile_id(f"u:user{i}"), None)
-        if arm is not None and arm.label == f"t:{variant}":
-            return f"user{i}"
-    raise AssertionError("no user found")
+    return _id_in(engine, variant, "u", "user")
 
 
 async def test_signing_in_keeps_the_variant_seen_while_anonymous(

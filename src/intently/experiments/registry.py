@@ -28,10 +28,16 @@ from intently.configfile import ConfigError, read_mapping, save_atomically
 from intently.context.profile import Profile
 from intently.experiments.assign import Arm, Bucketer, Holdout, Variants
 from intently.experiments.results import HOLDOUT_ARMS
-from intently.experiments.spec import MUTABLE_WHILE_RUNNING, ExperimentSpec, VariantSpec, check
+from intently.experiments.spec import (
+    MUTABLE_WHILE_RUNNING,
+    RESERVED_ID,
+    ExperimentSpec,
+    VariantSpec,
+    check,
+)
 from intently.segments.fields import FieldCatalog
 
-GLOBAL_HOLDOUT = "holdout"  # the global holdout's id, measured like an experiment
+GLOBAL_HOLDOUT = RESERVED_ID  # the global holdout's id, measured like an experiment
 
 
 class ExperimentConflict(ConfigError):
