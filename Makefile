@@ -22,8 +22,15 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.runtime
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
+# Browser tests drive Debian's chromium through Playwright (`playwright install` cannot
+# download here). Installed with apt when missing; as root, or with sudo when there is one.
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium fonts-liberation >/dev/null
+
 run: $(VENV)/.runtime
-	$(BIN)/intently serve --host 127.0.0.1 --port 8000 --data-dir ./intently-data
+	$(BIN)/intently demo --host 127.0.0.1 --port 8000 --data-dir ./intently-data
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests bench
@@ -34,7 +41,7 @@ typecheck: $(VENV)/.dev
 
 # pytest exits 5 when it collected no test; make would turn that into a bare "Error 5".
 # A suite with no tests is broken, so say so and fail.
-pytest: $(VENV)/.dev
+pytest: $(VENV)/.dev $(CHROMIUM)
 	@$(BIN)/pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; fi; \
 	exit $$status

@@ -48,3 +48,7 @@ def engine(tmp_path: Path, clock: ManualClock) -> Iterator[Engine]:
 async def client(engine: Engine) -> AsyncIterator[httpx.AsyncClient]:
     async with client_for(engine) as c:
         yield c
+
+
+# Browser fixtures (a live server, chromium through Playwright): tests/web_support.py.
+pytest_plugins = ["web_support"]

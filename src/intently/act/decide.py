@@ -245,6 +245,8 @@ class Decider:
             answers.append(
                 self._decide_placement(placement, count, visitor, now, body.explain, trouble)
             )
+            if body.templates:
+                answers[-1].template = placement.template.source
         return DecideAnswer(answers)
 
     def _nobody(self, body: DecideBody, now: int) -> _Visitor:

@@ -24,6 +24,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from intently.act.templates import MAX_TEMPLATE, Template, compile_template, default_template
 from intently.catalog.offers import OfferKind
 from intently.configfile import ConfigError, read_mapping, save_atomically
 from intently.context.profile import Profile
@@ -99,6 +100,9 @@ class PlacementSpec(Struct, forbid_unknown_fields=True, omit_defaults=True):
     # lift (experiments/assign.py).
     holdout: Annotated[float, Meta(ge=0, lt=1)] = 0.0
     description: Annotated[str, Meta(max_length=500)] | None = None
+    # How the browser tag and the render endpoint show a decision (act/templates.py);
+    # the starter template of the placement's kind when not given.
+    template: Annotated[str, Meta(max_length=MAX_TEMPLATE)] | None = None
 
 
 Condition = Callable[[Profile | None, int], bool]
@@ -119,6 +123,7 @@ class Placement:
     rules: tuple[Rule, ...]
     version: str  # changes whenever the definition does
     policy_key: bytes  # the policy's definition: learned state is kept while it is equal
+    template: Template
 
     def describe(self) -> dict[str, object]:
         return {
@@ -178,9 +183,10 @@ def prepare(
     for i, rule in enumerate(spec.rules):
         if not rule.items and rule.match is None:
             raise ConfigError(f"rules/{i}: name the candidates it applies to (items or match)")
+    template = compile_template(spec.template or default_template(spec.kind, spec.offer_kinds))
     digest = hashlib.blake2b(msgspec.json.encode(spec), digest_size=4).hexdigest()
     policy_key = msgspec.json.encode(spec.policy)
-    return Placement(placement_id, spec, source, rules, digest, policy_key)
+    return Placement(placement_id, spec, source, rules, digest, policy_key, template)
 
 
 def _policy(name: PolicyName, **options: object) -> PolicySpec:

@@ -12,6 +12,7 @@ from intently.events.schema import Campaign, Id, PageContext
 
 MAX_PLACEMENTS = 20
 MAX_LINES = 200
+MAX_RANKED = 500
 
 
 class DecideLine(Struct, forbid_unknown_fields=False, omit_defaults=True):
@@ -41,6 +42,9 @@ class DecideContext(Struct, forbid_unknown_fields=True, omit_defaults=True):
 class PlacementAsk(Struct, forbid_unknown_fields=True, omit_defaults=True):
     id: Annotated[str, Meta(min_length=1, max_length=64)]
     count: Annotated[int, Meta(ge=1, le=MAX_COUNT)] | None = None
+    # Item widgets: rank these items (a search's results, a category page) instead of
+    # the placement's own candidates.
+    items: Annotated[list[Id], Meta(max_length=MAX_RANKED)] | None = None
 
 
 class DecideBody(Struct, rename="camel", forbid_unknown_fields=True, omit_defaults=True):
@@ -50,6 +54,8 @@ class DecideBody(Struct, rename="camel", forbid_unknown_fields=True, omit_defaul
     context: DecideContext = msgspec.field(default_factory=DecideContext)
     # Include each decision's features (the "why am I seeing this?" view).
     explain: bool = False
+    # Include each placement's template (act/templates.py): what the browser tag renders.
+    templates: bool = False
     write_key: str | None = None
 
 
@@ -80,6 +86,7 @@ class PlacementDecision(Struct):
     arm: str | None = None  # the experiment / holdout arm (the experiments issue fills it)
     degraded: str | None = None  # why the fallback answered
     features: dict[str, Any] | None = None
+    template: str | None = None
 
 
 class DecideAnswer(Struct):

@@ -15,7 +15,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
 from intently._version import __version__
@@ -39,8 +39,10 @@ from intently.api.placements import (
     put_placement,
 )
 from intently.api.profiles import delete_profile, export_profile, get_profile, put_consent
+from intently.api.render import routes as render_routes
 from intently.api.segments import delete_segment, get_segment, list_segments, put_segment
 from intently.engine import Engine
+from intently.web import web_routes
 
 _encode = msgspec.json.Encoder().encode
 log = logging.getLogger(__name__)
@@ -131,7 +133,7 @@ def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
             if close_engine:
                 engine.close()
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/v1/events", post_events, methods=["POST"]),
         Route("/v1/profiles/{id}", get_profile, methods=["GET"]),
         Route("/v1/profiles/{id}", delete_profile, methods=["DELETE"]),
@@ -161,6 +163,8 @@ def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
+    routes += render_routes(engine)
+    routes += web_routes(engine)
     if engine.settings.bench_endpoints:
         routes.append(Route("/_bench/hello", bench_hello, methods=["POST"]))
     middleware = []

@@ -16,6 +16,7 @@ Rules that keep the measurement honest:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,9 +111,7 @@ def _overridden(
     # The variant's policy learns on its own: a bandit inside a variant is trained by
     # the variant's decisions only.
     key = f"{experiment_id}/{variant.id}/".encode() + placement.policy_key
-    return Placement(
-        placement.id, placement.spec, placement.source, placement.rules, placement.version, key
-    )
+    return dataclasses.replace(placement, policy_key=key)
 
 
 def _variants(experiment_id: str, spec: ExperimentSpec) -> Variants:
