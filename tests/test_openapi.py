@@ -44,7 +44,8 @@ def app_routes() -> set[tuple[str, str]]:
     return {
         (re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path), method.lower())
         for route in starlette.routes
-        if isinstance(route, Route)
+        # Pages and assets (the tag, the demo shop, the dashboard) are not API operations.
+        if isinstance(route, Route) and route.include_in_schema
         for method in (route.methods or ()) - {"HEAD"}
     }
 
