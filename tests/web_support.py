@@ -29,6 +29,10 @@ CHROMIUM = os.environ.get("INTENTLY_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--no-first-run",
+    # The shop (http://shop.test) calls the engine on 127.0.0.1: without this, Chromium's
+    # Local Network Access checks block a public, insecure origin from loopback.
+    "--disable-features=LocalNetworkAccessChecks,BlockInsecurePrivateNetworkRequests,"
+    "PrivateNetworkAccessRespectPreflightResults",
 ]  # fmt: skip
 SHOP = "http://shop.test"
 _DEFAULT_ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"

@@ -4,6 +4,7 @@ The public API is what `__all__` lists; everything else may change between relea
 """
 
 from intently._version import __version__
+from intently.client import AsyncClient, Client, IntentlyError
 from intently.clock import Clock, ManualClock, SystemClock
 from intently.config import Settings, load_settings
 from intently.engine import Engine
@@ -19,6 +20,8 @@ from intently.pipeline import ClientInfo, EventSink, IngestResult, Pipeline
 
 __all__ = [
     "AliasEvent",
+    "AsyncClient",
+    "Client",
     "ClientInfo",
     "Clock",
     "Engine",
@@ -26,6 +29,7 @@ __all__ = [
     "EventSink",
     "IdentifyEvent",
     "IngestResult",
+    "IntentlyError",
     "ManualClock",
     "PageEvent",
     "Pipeline",

@@ -44,23 +44,35 @@ def main() -> None:
     """intently: real-time personalization that decides with what the visitor does now."""
 
 
+def _serve_options(command: Any) -> Any:
+    """The options `serve` and `demo` share."""
+    options = [
+        click.option("--host", default=None, help="Address to listen on (default 127.0.0.1)."),
+        click.option("--port", type=int, default=None, help="Port to listen on (default 8000)."),
+        click.option(
+            "--data-dir", type=click.Path(path_type=Path), default=None, help=DATA_DIR_HELP
+        ),
+        click.option(
+            "--ip-mode",
+            type=click.Choice(IP_MODES),
+            default=None,
+            help="What is stored of visitors' IPs after geolocation (default truncate).",
+        ),
+        click.option(
+            "--cors-origin",
+            "cors_origins",
+            multiple=True,
+            help="An origin allowed to call the API from browsers (repeatable; '*' for any).",
+        ),
+        click.option("--log-level", default="info", show_default=True, help="Logging level."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command()
-@click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
-@click.option("--port", type=int, default=None, help="Port to listen on (default 8000).")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help=DATA_DIR_HELP)
-@click.option(
-    "--ip-mode",
-    type=click.Choice(IP_MODES),
-    default=None,
-    help="What is stored of visitors' IPs after geolocation (default truncate).",
-)
-@click.option(
-    "--cors-origin",
-    "cors_origins",
-    multiple=True,
-    help="An origin allowed to call the API from browsers (repeatable; '*' for any).",
-)
-@click.option("--log-level", default="info", show_default=True, help="Logging level.")
+@_serve_options
 def serve(
     host: str | None,
     port: int | None,
@@ -70,20 +82,54 @@ def serve(
     log_level: str,
 ) -> None:
     """Run the engine's HTTP API on its embedded store."""
+    _serve(
+        log_level,
+        host=host, port=port, data_dir=data_dir, ip_mode=ip_mode, cors_origins=cors_origins or None,
+    )  # fmt: skip
+
+
+@main.command()
+@_serve_options
+def demo(
+    host: str | None,
+    port: int | None,
+    data_dir: Path | None,
+    ip_mode: str | None,
+    cors_origins: tuple[str, ...],
+    log_level: str,
+) -> None:
+    """Run the engine with its demo shop at /demo (what `make run` starts).
+
+    Loads the shop's catalog, offers, placements, segments and (once per data dir) past
+    visitors' sessions, then serves everything `serve` does plus the shop. The global
+    holdout is off (INTENTLY_HOLDOUT_SHARE sets one): a newcomer must see the shop adapt.
+    """
+    holdout = None if os.environ.get("INTENTLY_HOLDOUT_SHARE") else 0.0
+    _serve(
+        log_level, demo=True, holdout_share=holdout,
+        host=host, port=port, data_dir=data_dir, ip_mode=ip_mode, cors_origins=cors_origins or None,
+    )  # fmt: skip
+
+
+def _serve(log_level: str, **overrides: Any) -> None:
     import uvicorn
 
     from intently.api.app import create_app
     from intently.engine import DataDirLocked, Engine
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    settings = _settings(
-        host=host, port=port, data_dir=data_dir, ip_mode=ip_mode, cors_origins=cors_origins or None
-    )
+    settings = _settings(**overrides)
     try:
         engine = Engine(settings)
     except DataDirLocked as error:
         raise click.ClickException(str(error)) from None
+    if settings.demo:
+        _seed_demo(engine)
     _announce(engine.keys.write_key, engine.keys.secret_key, engine.keys_created, settings)
+    if settings.demo:
+        url = f"http://{settings.host}:{settings.port}"
+        click.echo(f"Demo shop: {url}/demo")
+        click.echo(f"Dashboard: {url}/admin  (sign in with the secret key above)")
     # Start-up objects (databases, caches) live as long as the process: move them out of
     # the collector's sight so its full passes stay short under load.
     gc.collect()
@@ -106,6 +152,21 @@ def serve(
         proxy_headers=True,
         forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
     )
+
+
+def _seed_demo(engine: Any) -> None:
+    """The demo shop's data (web/demo/seed.py)."""
+    import asyncio
+
+    from intently.web.demo.seed import seed
+
+    try:
+        loaded = asyncio.run(seed(engine))
+    except Exception:
+        engine.close()
+        raise
+    if loaded:
+        click.echo(f"Demo: loaded the shop and {loaded} events of past visitors.")
 
 
 def _announce(write_key: str, secret_key: str, created: bool, settings: Settings) -> None:
@@ -457,6 +518,47 @@ def export_decisions_command(data_dir: Path | None, placement: str | None) -> No
     finally:
         reader.close()
     out.flush()
+
+
+@main.command("render-url")
+@click.argument("placement")
+@click.option("--user-id", default=None, help="The person's userId.")
+@click.option("--anonymous-id", default=None, help="The person's anonymousId.")
+@click.option(
+    "--expires-in", type=click.IntRange(min=1), default=None,
+    help="Seconds until the URL stops working (default: until the secret key changes).",
+)  # fmt: skip
+@click.option(
+    "--base-url", default=None,
+    help="The engine's address as mail clients reach it (default http://HOST:PORT).",
+)  # fmt: skip
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help=DATA_DIR_HELP)
+def render_url(
+    placement: str, user_id: str | None, anonymous_id: str | None, expires_in: int | None,
+    base_url: str | None, data_dir: Path | None,
+) -> None:  # fmt: skip
+    """Print a signed URL that renders PLACEMENT for one person as HTML, decided when it
+    is fetched (for email content rendered at open time). Signed with a key derived from
+    the secret key (INTENTLY_SECRET_KEY, or the data dir's keys.json)."""
+    import msgspec
+
+    from intently.api.render import signed_path
+    from intently.keys import Keys
+
+    if user_id is None and anonymous_id is None:
+        raise click.UsageError("name the person: --user-id or --anonymous-id")
+    settings = _settings(data_dir=data_dir)
+    secret = settings.secret_key
+    keys_file = settings.data_dir / "keys.json"
+    if secret is None and keys_file.exists():
+        secret = msgspec.json.decode(keys_file.read_bytes(), type=Keys).secret_key
+    if not secret:
+        raise click.ClickException(
+            f"no secret key: set INTENTLY_SECRET_KEY, or run the engine once on {settings.data_dir}"
+        )
+    expires = None if expires_in is None else int(time.time()) + expires_in
+    base = (base_url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    click.echo(base + signed_path(secret, placement, user_id, anonymous_id, expires))
 
 
 if __name__ == "__main__":

@@ -65,6 +65,12 @@ class Settings(Struct, kw_only=True):
     placements_file: Path | None = None
     # Experiments defined by the operator (YAML: `experiments: {id: {...}}`).
     experiments_file: Path | None = None
+    # Triggered placements (YAML: `triggers: {name: {segment, placement, url}}`): entering
+    # the segment decides the placement and POSTs it to the url (act/triggers.py).
+    triggers_file: Path | None = None
+    # Edge rules served with the browser tag (YAML: `edge: [{placement, offer, when}]`):
+    # the first page of a session shows a matching offer without a round trip (web/sdk.py).
+    edge_file: Path | None = None
     # The global holdout: this share of visitors gets default content everywhere, so
     # that the total lift of personalization is measured. The salt places visitors: a
     # new salt draws a new holdout.
@@ -88,6 +94,8 @@ class Settings(Struct, kw_only=True):
     honor_dnt: bool = False
     # Serve POST /_bench/hello, the ceiling that bench/ingest.py measures against.
     bench_endpoints: bool = False
+    # Serve the demo shop at /demo (set by `intently demo`, which also seeds its data).
+    demo: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -158,6 +166,8 @@ _ENV_FIELDS = {
     "SEGMENTS_FILE": "segments_file",
     "PLACEMENTS_FILE": "placements_file",
     "EXPERIMENTS_FILE": "experiments_file",
+    "TRIGGERS_FILE": "triggers_file",
+    "EDGE_FILE": "edge_file",
     "HOLDOUT_SHARE": "holdout_share",
     "HOLDOUT_SALT": "holdout_salt",
     "ATTRIBUTION_WINDOW_MINUTES": "attribution_window_minutes",

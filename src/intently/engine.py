@@ -16,6 +16,8 @@ from intently.act.decide import Decider
 from intently.act.decisions import DecisionLog, DecisionLogReader, DecisionRecord
 from intently.act.placements import Placement, PlacementRegistry
 from intently.act.policies import Policy, learnable
+from intently.act.triggers import Triggers, load_triggers
+from intently.api.live import Live
 from intently.api.metrics import Metrics
 from intently.catalog.store import CatalogStore
 from intently.clock import Clock, SystemClock, epoch_ms
@@ -162,13 +164,24 @@ class Engine:
             timeout_seconds=settings.webhook_timeout_seconds,
         )
         self.metrics = Metrics()
+        # The dashboard's per-second series and per-placement totals (api/live.py).
+        self.live = Live(self.now_ms)
+        self.decider.observers.append(self.live)
+        # Triggered placements (act/triggers.py): attached to membership while the app serves.
+        self.triggers = Triggers(
+            load_triggers(settings.triggers_file, self.segments, self.placements),
+            decider=self.decider, context=self.context, placements=self.placements,
+            webhooks=self.webhooks, metrics=self.metrics, now_ms=self.now_ms,
+        )  # fmt: skip
+        if settings.webhook_secret is None and self.triggers.triggers:
+            raise ConfigError("triggers send webhooks: set INTENTLY_WEBHOOK_SECRET to sign them")
         window_ms = settings.dedupe_window_seconds * 1000
         self.pipeline = Pipeline(
             self.log,
             self.enricher,
             self.clock,
             MessageIdWindow(window_ms, settings.dedupe_max_entries),
-            sinks=[self.context, self.metrics],
+            sinks=[self.context, self.metrics, self.live],
         )
         warmed = self._warm_recommenders(settings.recommender_warmup_events)
         if warmed:
@@ -190,6 +203,8 @@ class Engine:
         # Rewards are attributed only to decisions made from now on: hooked after the
         # catch-up, which must not credit replayed outcomes to nothing.
         self.context.hooks.append(self.decider)
+        # (after the catch-up too: entries replayed at start-up are not live ones)
+        self.membership.listeners.append(self.live.segment_moved)
         self.decider.tick(self.now_ms())
 
     def _warm_recommenders(self, limit: int) -> int:

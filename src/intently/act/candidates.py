@@ -24,7 +24,7 @@ in view, which is how a new item, never viewed yet, gets its first exposures.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -40,6 +40,12 @@ PER_SOURCE = 30
 # Items similar by attributes, considered per item in view.
 SIMILAR_SCAN = 30
 MAX_LIKE_CACHED = 100_000
+# Ranking asked items (a search's results): the caller's order weighs 1.0; what the
+# recommender gives an item counts half; the visitor's strongest category adds this much
+# (the second, half of it): enough to lift a category's items over the first third of a
+# relevance order, not over the whole of it.
+ASKED_RECOMMENDER = 0.5
+ASKED_AFFINITY = 0.6
 
 
 @dataclass
@@ -66,6 +72,14 @@ class Pool:
         for item, score in source.items():
             scores[item] = get(item, 0.0) + scale * score
         self._sources.append((scale, source, reason))
+
+    def add_kept(self, other: Pool, keep: Container[str], factor: float) -> None:
+        """Add `other`'s sources, only for the items in `keep`, each item's contribution
+        `factor` times what it was in `other` (each source keeps its reason)."""
+        for scale, source, reason in other._sources:
+            kept = [(item, score) for item, score in source.items() if item in keep]
+            if kept:
+                self.add(kept, factor * scale * max(score for _, score in kept), reason)
 
     def reason(self, item: str) -> str | None:
         """The reason of the source that gave `item` the most (the first of equals)."""
@@ -216,6 +230,30 @@ class Recommenders:
             # items fill the widget, at a weight that keeps them after the rest.
             pool.add(self.trending, 0.1, "trending now")
             pool.add(self.popular, 0.05, "popular")
+        return pool
+
+    def ranking(self, recommender: str, ask: Ask, items: Sequence[str]) -> Pool:
+        """Scores for ranking exactly `items`, given in the caller's order (a search's
+        relevance): that order (the first 1.0, the last near 0), plus half of what the
+        placement's recommender would give each of them, plus an affinity for the
+        visitor's two strongest categories (ASKED_AFFINITY, then half of it)."""
+        pool = Pool()
+        n = len(items)
+        pool.add(
+            [(item, float(n - rank)) for rank, item in enumerate(items)], 1.0, "in the order asked"
+        )
+        if not ask.personal:
+            return pool
+        keep = set(items)
+        pool.add_kept(self.pool(recommender, ask), keep, ASKED_RECOMMENDER)
+        for weight, category in zip(
+            (ASKED_AFFINITY, ASKED_AFFINITY / 2), ask.categories[:2], strict=False
+        ):
+            members = self.catalog.in_category(category)
+            pool.add(
+                [(item, 1.0) for item in items if item in members],
+                weight, f"in {category}, which you like",
+            )  # fmt: skip
         return pool
 
     def _popular_in(self, category: str) -> list[tuple[str, float]]:

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import Protocol
 
 import msgspec
 
@@ -93,11 +94,31 @@ SLATE_POOL_MIN = 16
 SELECTION_SIZE = 200
 
 
+class ItemsRefused(ValueError):
+    """Items were asked of placements that show offers: only item widgets rank items."""
+
+    def __init__(self, refused: list[tuple[int, str]]) -> None:
+        self.refused = refused
+        names = ", ".join(repr(pid) for _, pid in refused)
+        super().__init__(f"items: placement {names} shows offers; only item widgets rank items")
+
+
 class UnknownPlacements(ValueError):
     def __init__(self, unknown: list[tuple[int, str]]) -> None:
         self.unknown = unknown
         names = ", ".join(repr(pid) for _, pid in unknown)
         super().__init__(f"no placement is defined with the id {names}")
+
+
+class DecisionObserver(Protocol):
+    """Told of each decision made, reward attributed and exposure logged, as they happen
+    (the dashboard's live counts: api/live.py)."""
+
+    def decided(self, record: DecisionRecord) -> None: ...
+
+    def rewarded(self, reward: Reward) -> None: ...
+
+    def exposed(self, placement: str, decision_id: str, at_ms: int) -> None: ...
 
 
 class _Fallback(Exception):
@@ -213,22 +234,39 @@ class Decider:
         self._new_id = DecisionIds()
         self._selections: dict[str, tuple[tuple[str, int, int], list[str]]] = {}
         self.unlogged = 0  # decisions answered but not logged (the log failed)
+        self.observers: list[DecisionObserver] = []
 
     # -- deciding -------------------------------------------------------------------------
 
     def placements_unknown(self, body: DecideBody) -> bool:
-        return any(self.placements.get(ask.id) is None for ask in body.placements)
+        """Whether `decide` would refuse `body` (an unknown placement, or items asked of an
+        offer placement): checked before a context request's events are ingested."""
+        found = [self.placements.get(ask.id) for ask in body.placements]
+        return any(
+            placement is None or (ask.items is not None and placement.spec.kind != "items")
+            for ask, placement in zip(body.placements, found, strict=True)
+        )
 
     def decide(
         self, body: DecideBody, client_ip: str | None = None, user_agent: str | None = None,
         refused: Sequence[str] = (),
     ) -> DecideAnswer:  # fmt: skip
         """Decide every placement of `body`; raises `UnknownPlacements` (nothing decided)
-        when any is not defined."""
+        when any is not defined, `ItemsRefused` when items are asked of an offer placement.
+
+        An ask that names `items` (a search's results, a category page) has exactly those
+        of them that are in the catalog ranked, all of them unless `count` says fewer
+        (see `_rank_asked`)."""
         placements = [self.placements.get(ask.id) for ask in body.placements]
         unknown = [(i, ask.id) for i, ask in enumerate(body.placements) if placements[i] is None]
         if unknown:
             raise UnknownPlacements(unknown)
+        offers_asked = [
+            (i, ask.id) for i, ask in enumerate(body.placements)
+            if ask.items is not None and placements[i].spec.kind != "items"  # type: ignore[union-attr]
+        ]  # fmt: skip
+        if offers_asked:
+            raise ItemsRefused(offers_asked)
         now = self.now_ms()
         trouble = None
         try:
@@ -241,9 +279,11 @@ class Decider:
         answers = []
         for ask, placement in zip(body.placements, placements, strict=True):
             assert placement is not None
-            count = ask.count or placement.spec.count
+            # (the asked items once each, in the order given)
+            asked = None if ask.items is None else list(dict.fromkeys(ask.items))
+            count = ask.count or (placement.spec.count if asked is None else len(asked))
             answers.append(
-                self._decide_placement(placement, count, visitor, now, body.explain, trouble)
+                self._decide_placement(placement, count, visitor, now, body.explain, trouble, asked)
             )
             if body.templates:
                 answers[-1].template = placement.template.source
@@ -257,7 +297,7 @@ class Decider:
 
     def _decide_placement(
         self, placement: Placement, count: int, visitor: _Visitor, now: int, explain: bool,
-        trouble: str | None = None,
+        trouble: str | None = None, asked: list[str] | None = None,
     ) -> PlacementDecision:  # fmt: skip
         started = self.timer()
         deadline = started + placement.spec.deadline_ms / 1000.0
@@ -269,7 +309,7 @@ class Decider:
             if self.experiments is not None:
                 arm = self.experiments.arm(placement, visitor.unit, visitor.profile)
             if arm is not None and arm.default_content:
-                outcome = self._default_content(placement, count, visitor, now, arm.reason)
+                outcome = self._default_content(placement, count, visitor, now, arm.reason, asked)
             else:
                 if arm is not None:
                     try:
@@ -279,16 +319,23 @@ class Decider:
                         raise
                 if serving.spec.kind == "offers":
                     outcome = self._offers(serving, count, visitor, now, deadline)
+                elif asked is not None:
+                    outcome = self._rank_asked(serving, count, visitor, deadline, asked)
                 else:
                     outcome = self._items(serving, count, visitor, deadline)
                 if arm is not None:
                     outcome.reasons.insert(0, arm.reason)
         except _Fallback as why:
-            outcome = self._fallback(serving, count, visitor, now, str(why))
+            outcome = self._fallback(serving, count, visitor, now, str(why), asked=asked)
         except Exception as error:  # a bug must not cost the page its content
             log.exception("deciding placement %r failed; the fallback answers", placement.id)
             outcome = self._fallback(
-                serving, count, visitor, now, f"deciding failed ({type(error).__name__})"
+                serving,
+                count,
+                visitor,
+                now,
+                f"deciding failed ({type(error).__name__})",
+                asked=asked,
             )
         latency_us = int((self.timer() - started) * 1e6)
         decision_id = self._new_id(now)
@@ -314,6 +361,8 @@ class Decider:
         )
         try:  # the page gets its answer even when the decision cannot be kept
             self.decisions.record(record)
+            for observer in self.observers:
+                observer.decided(record)
             if outcome.items:
                 self._register(decision_id, serving, outcome, visitor, now)
         except Exception:
@@ -619,6 +668,61 @@ class Decider:
             [c.id for c in candidates],
         )  # fmt: skip
 
+    def _rank_asked(
+        self, placement: Placement, count: int, visitor: _Visitor, deadline: float,
+        asked: list[str],
+    ) -> _Outcome:  # fmt: skip
+        """Rank exactly the asked items that are in the catalog (a search's results, a
+        category page), `count` of them at most.
+
+        The caller's order is a source of its own (text relevance, a merchandiser's
+        order: the first scores 1, the last near 0), to which the placement's recommender
+        adds what it knows of the visitor (its sources kept only for the asked items, at
+        half weight), and the visitor's strongest categories add a category affinity.
+        The placement's rules apply (an exclusion removes, a pin puts first, boosts and
+        burials move), but not its catalog query, nor what hides an item elsewhere (in
+        view, in the cart): the caller named these items. Items sold out or inactive are
+        kept, buried after the others. The slate draws every position as for a widget,
+        each pick's probability logged; without diversity penalties: the caller's list is
+        about one thing (a query), and a search for running shoes must not have other
+        categories interleaved to look diverse."""
+        catalog = self.catalog
+        known = [item_id for item_id in asked if catalog.get(item_id) is not None]
+        if not known:
+            raise _Fallback("none of the items asked is in the catalog")
+        pool = self.recommenders.ranking(placement.spec.recommender, visitor.ask, known)
+        reasons: list[str] = []
+        if placement.rules:
+            allowed, pinned, buried, boosts = self._apply_rules(placement, visitor, known, reasons)
+            wanted = set(known)
+            pinned = [item_id for item_id in pinned if item_id in wanted]
+        else:
+            allowed, pinned, buried, boosts = known, [], set(), {}
+        available = catalog.availability()
+        buried |= {item_id for item_id in allowed if item_id not in available}
+        ids = list(dict.fromkeys([*pinned, *allowed]))
+        if not ids:
+            raise _Fallback("no item asked is a candidate after the rules")
+        self._check(deadline, "finding the candidates")
+        scores = pool.scores
+        facets = [(category, brand, None) for category, brand, _ in catalog.facets_of(ids)]
+        candidates = candidates_of(ids, [scores.get(item_id, 0.0) for item_id in ids], facets)
+        policy = placement.spec.policy
+        slate = build_slate(
+            candidates, min(count, len(ids)), self._rng,
+            Rules(pinned=pinned, boost=boosts, buried=frozenset(buried)),
+            temperature=policy.temperature, floor=policy.floor,
+            same_category_penalty=0.0, same_brand_penalty=0.0,
+        )  # fmt: skip
+        self._check(deadline, "ranking")
+        item_reasons = []
+        for item_id, why in zip(slate.items, slate.reasons, strict=True):
+            source = pool.reason(item_id)
+            item_reasons.append([source, why] if source else [why])
+        return _Outcome(
+            slate.items, slate.propensities, item_reasons, reasons, "slate", ids
+        )  # fmt: skip
+
     def _showable(self, visitor: _Visitor, query: CatalogQuery | None) -> Callable[[str], bool]:
         """Whether an item may be shown to this visitor: available, not already on the
         page (in view, in the cart, in the order) and matching the placement's query."""
@@ -724,11 +828,12 @@ class Decider:
     # -- the fallback -----------------------------------------------------------------------
 
     def _default_content(
-        self, placement: Placement, count: int, visitor: _Visitor, now: int, why: str
-    ) -> _Outcome:
+        self, placement: Placement, count: int, visitor: _Visitor, now: int, why: str,
+        asked: list[str] | None = None,
+    ) -> _Outcome:  # fmt: skip
         """A holdout's answer: the default content, with no rule applied (not even an
         exclusion: a rule is personalization too), and nothing learned from it."""
-        outcome = self._fallback(placement, count, visitor, now, why, rules=False)
+        outcome = self._fallback(placement, count, visitor, now, why, rules=False, asked=asked)
         outcome.degraded = None
         outcome.policy = "default"
         outcome.reasons = [why]
@@ -736,16 +841,20 @@ class Decider:
 
     def _fallback(
         self, placement: Placement, count: int, visitor: _Visitor, now: int, why: str,
-        rules: bool = True,
+        rules: bool = True, asked: list[str] | None = None,
     ) -> _Outcome:  # fmt: skip
         """Default content: the placement's own list, else popular items or the first
         open offers without a rule; within the placement's content set, kinds and query,
         and without what its exclusions remove. Deterministic (probability 1), and never
-        failing."""
+        failing. For asked items, their own order is the default: those in the catalog,
+        as given."""
         spec = placement.spec
         catalog = self.catalog
         try:
-            if spec.kind == "items":
+            if asked is not None and spec.kind == "items":
+                known = (x for x in asked if catalog.get(x) is not None)
+                ids = self._first_allowed(placement, visitor, known, count, rules)
+            elif spec.kind == "items":
                 source = spec.fallback or (x for x, _ in self.recommenders.popular)
                 showable = filter(self._showable(visitor, spec.query), source)
                 ids = self._first_allowed(placement, visitor, showable, count, rules)
@@ -765,9 +874,12 @@ class Decider:
             log.exception("the fallback of placement %r failed; answering nothing", placement.id)
             ids = []
         ids = ids[:count]
-        reason = "default content" if spec.fallback else (
-            "popular items" if spec.kind == "items" else "the first open offer"
-        )  # fmt: skip
+        if asked is not None:
+            reason = "in the order asked"
+        elif spec.fallback:
+            reason = "default content"
+        else:
+            reason = "popular items" if spec.kind == "items" else "the first open offer"
         return _Outcome(
             ids, [1.0] * len(ids), [[reason] for _ in ids], [f"fallback: {why}"], "fallback",
             ids, degraded=why,
@@ -833,6 +945,8 @@ class Decider:
                 value=reward.value,
             )
         )  # fmt: skip
+        for observer in self.observers:
+            observer.rewarded(reward)
         pending = self._pending.pop(reward.decision_id, None)
         if pending is None:
             return  # not learned from, or already learned from (its first reward)
@@ -877,6 +991,8 @@ class Decider:
             self.attribution.unattributed += 1
             return
         self.decisions.exposure(ExposureRecord(decision_id=decision.decision_id, at_ms=facts.at_ms))
+        for observer in self.observers:
+            observer.exposed(decision.placement, decision.decision_id, facts.at_ms)
 
     def forget(self, devices: Sequence[str], profile_ids: Sequence[str]) -> None:
         """An erasure: the person's open decisions are dropped (no reward will be logged

@@ -320,6 +320,29 @@ class DecisionLogReader:
             )
         return found
 
+    def reward_values(self) -> Iterator[tuple[str, float]]:
+        """Every reward record as (decision_id, value), in log order (the dashboard's
+        totals from scratch count the positive ones)."""
+        for decision_id, value in self._db.execute(
+            "SELECT decision_id, value FROM rewards ORDER BY seq"
+        ):
+            yield decision_id, float(value)
+
+    def decisions_of(
+        self, visitors: Sequence[str], profile_ids: Sequence[str], limit: int
+    ) -> list[DecisionRecord]:
+        """A person's latest `limit` decisions, the latest first: made for one of their
+        devices or their profile. A scan from the end (as an erasure's), for the rare
+        look at one person (the dashboard's profile inspector)."""
+        wanted_visitors, wanted_profiles = set(visitors), set(profile_ids)
+        found: list[DecisionRecord] = []
+        for record in self.newest_first():
+            if record.visitor in wanted_visitors or record.profile_id in wanted_profiles:
+                found.append(record)
+                if len(found) >= limit:
+                    break
+        return found
+
     def rewards(self) -> dict[str, float]:
         """The total reward of each rewarded decision."""
         rows = self._db.execute("SELECT decision_id, SUM(value) FROM rewards GROUP BY decision_id")

@@ -29,6 +29,7 @@ from intently.api.experiments import (
     list_experiments,
     put_experiment,
 )
+from intently.api.live import live_sessions
 from intently.api.metrics import LatencyMiddleware
 from intently.api.openapi import Health, build_openapi
 from intently.api.placements import (
@@ -97,6 +98,10 @@ async def _tick(engine: Engine, seconds: float = 1.0) -> None:
             engine.decider.tick(engine.now_ms())
         except Exception:
             log.exception("the decision engine's periodic work failed")
+        try:  # the dashboard's live sessions gauge (api/live.py)
+            engine.live.sample_sessions(live_sessions(engine))
+        except Exception:
+            log.exception("sampling the live sessions failed")
         _collect()
 
 
@@ -123,12 +128,14 @@ def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
         # Segment webhooks run while the app serves (not during start-up catch-up).
         engine.webhooks.start()
         engine.membership.listeners.append(engine.webhooks.enqueue)
+        engine.membership.listeners.append(engine.triggers.entered)
         ticking = asyncio.create_task(_tick(engine))
         try:
             yield
         finally:
             ticking.cancel()
             engine.membership.listeners.remove(engine.webhooks.enqueue)
+            engine.membership.listeners.remove(engine.triggers.entered)
             await engine.webhooks.stop()
             if close_engine:
                 engine.close()

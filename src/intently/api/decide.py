@@ -22,7 +22,7 @@ from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import Response
 
-from intently.act.decide import UnknownPlacements
+from intently.act.decide import ItemsRefused, UnknownPlacements
 from intently.act.wire import MAX_PLACEMENTS, DecideAnswer, DecideBody
 from intently.api.auth import bearer_key, unauthorized
 from intently.api.batching import Batcher
@@ -150,6 +150,9 @@ def _decide(engine: Engine, request: Request, body: DecideBody) -> Decided:
     except UnknownPlacements as error:
         index, _ = error.unknown[0]
         return problem(404, "unknown-placement", str(error), pointer=f"/placements/{index}/id")
+    except ItemsRefused as error:
+        index, _ = error.refused[0]
+        return problem(400, "invalid-body", str(error), pointer=f"/placements/{index}/items")
     engine.metrics.count_decisions(answer.decisions)
     return answer
 

@@ -18,6 +18,7 @@ from intently.act.wire import DecideAnswer, DecideBody
 from intently.api.decide import ContextAnswer, ContextForSchema
 from intently.api.problems import PROBLEM_MEDIA_TYPE, Problem
 from intently.api.profiles import ConsentUpdate, Erased
+from intently.api.render import SignBody, Signed
 from intently.catalog.items import ItemUpload
 from intently.catalog.offers import OfferUpload
 from intently.events.schema import BatchForSchema, Event
@@ -89,6 +90,78 @@ _NAME = {
 }
 
 
+def _count(name: str, default: int, most: int, what: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": f"{what} (default {default}, at most {most}).",
+        "schema": {"type": "integer", "minimum": 1, "maximum": most, "default": default},
+    }
+
+
+# What the dashboard (/admin) reads: api/admin.py, docs/dashboard.md.
+_ADMIN_PATHS: dict[str, Any] = {
+    "/v1/admin/live": {
+        "get": {
+            "operationId": "adminLive",
+            "summary": "Live tiles (events/s, decisions/s, p50/p99 decision latency, live "
+            "sessions) and their series over the last 15 minutes.",
+            "parameters": [
+                {
+                    "name": "step",
+                    "in": "query",
+                    "required": False,
+                    "description": "Seconds per point of the series (default 5).",
+                    "schema": {"type": "string", "enum": ["1", "5", "10", "30", "60"]},
+                }
+            ],
+            "security": [{"bearer": []}],
+            "responses": {
+                "200": _object("Tiles, totals since start and series."),
+                "400": _problem("Bad step."),
+                **_AUTH_ERRORS,
+            },
+        },
+    },
+    "/v1/admin/placements": {
+        "get": {
+            "operationId": "adminPlacements",
+            "summary": "Per placement since start: decisions, exposures, rewards, "
+            "click-through, mean reward, degraded share, latency; policy and version.",
+            "security": [{"bearer": []}],
+            "responses": {"200": _object("Placements and their totals."), **_AUTH_ERRORS},
+        },
+    },
+    "/v1/admin/segments": {
+        "get": {
+            "operationId": "adminSegments",
+            "summary": "Every segment's members and entries (last minute, last 15 minutes).",
+            "security": [{"bearer": []}],
+            "responses": {"200": _object("Segments."), **_AUTH_ERRORS},
+        },
+    },
+    "/v1/admin/profiles/{id}/timeline": {
+        "parameters": [
+            _ID,
+            _count("events", 100, 1000, "How many of the latest events"),
+            _count("decisions", 50, 200, "How many of the latest decisions"),
+        ],
+        "get": {
+            "operationId": "adminProfileTimeline",
+            "summary": "One person's latest events, profile (session features, segments, "
+            "consent) and latest decisions with reasons and rewards.",
+            "security": [{"bearer": []}],
+            "responses": {
+                "200": _object("The timeline."),
+                "400": _problem("Bad events or decisions count."),
+                **_ADMIN_ERRORS,
+            },
+        },
+    },
+}
+
+
 def build_openapi() -> dict[str, Any]:
     schemas, components = msgspec.json.schema_components(
         [Event, BatchForSchema, IngestResult, Problem, Health, Erased, ConsentUpdate, SegmentSpec,
@@ -102,6 +175,7 @@ def build_openapi() -> dict[str, Any]:
     offer_upload, decide_body, decide_answer, context_body, context_answer = schemas[9:14]
     placement, policy_spec, experiment_spec, results = schemas[14:18]
     components["Event"] = event
+    render_paths = _render_paths(components)
     json_body = {"schema": {"oneOf": [_ref("Event"), batch]}}
     return {
         "openapi": "3.1.0",
@@ -526,6 +600,8 @@ def build_openapi() -> dict[str, Any]:
                     },
                 },
             },
+            **render_paths,
+            **_ADMIN_PATHS,
             "/healthz": {
                 "get": {
                     "operationId": "health",
@@ -561,6 +637,98 @@ def build_openapi() -> dict[str, Any]:
                         }
                     },
                 }
+            },
+        },
+    }
+
+
+_PERSON = [
+    {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": f"The person's {name} (one of user_id and anonymous_id is required).",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+    }
+    for name in ("user_id", "anonymous_id")
+]
+
+
+def _render_paths(components: dict[str, Any]) -> dict[str, Any]:
+    """The open-time render endpoint (api/render.py) and its URL signer; their schemas
+    are added to `components`."""
+    (sign_body, signed), found = msgspec.json.schema_components(
+        [SignBody, Signed], ref_template="#/components/schemas/{name}"
+    )
+    components.update(found)
+    return {
+        "/v1/render/sign": {
+            "post": {
+                "operationId": "signRenderUrl",
+                "summary": "Mint a signed render URL for one person (for email).",
+                "security": [{"bearer": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": sign_body}},
+                },
+                "responses": {
+                    "200": {
+                        "description": "The URL.",
+                        "content": {"application/json": {"schema": signed}},
+                    },
+                    "400": _problem("Bad body, or no person named."),
+                    "404": _problem("The placement is not defined."),
+                    "413": _problem("The body is too large."),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/v1/render/{placement}": {
+            "parameters": [
+                {
+                    "name": "placement",
+                    "in": "path",
+                    "required": True,
+                    "description": "The placement's id.",
+                    "schema": {"type": "string"},
+                },
+                *_PERSON,
+                {
+                    "name": "exp",
+                    "in": "query",
+                    "required": False,
+                    "description": "When a signed URL stops working (Unix seconds; signed).",
+                    "schema": {"type": "string"},
+                },
+                {
+                    "name": "sig",
+                    "in": "query",
+                    "required": False,
+                    "description": "The URL's signature (instead of an Authorization header).",
+                    "schema": {"type": "string"},
+                },
+            ],
+            "get": {
+                "operationId": "render",
+                "summary": "Decide a placement for one person now and answer it as HTML.",
+                "description": (
+                    "For content rendered when an email is opened. Authenticated by `sig` "
+                    "(see POST /v1/render/sign) or by a key in the Authorization header. "
+                    "The decision is logged like any other; `Intently-Decision` names it. "
+                    "Never cached."
+                ),
+                "security": [{"bearer": []}, {}],
+                "responses": {
+                    "200": {
+                        "description": "The placement's template filled with the decision "
+                        "(empty when nothing was decided).",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    },
+                    "400": _problem("No person named, or a bad query parameter."),
+                    "401": _problem("Neither a signature nor a valid key."),
+                    "403": _problem("The signature does not match, or has expired."),
+                    "404": _problem("The placement is not defined."),
+                },
             },
         },
     }

@@ -177,6 +177,23 @@ class EventLogReader:
         finally:
             connection.close()
 
+    def latest_rows_of(
+        self, anonymous_ids: Sequence[str], user_ids: Sequence[str], limit: int
+    ) -> list[StoredRow]:
+        """The latest `limit` events of one person (as `rows_of` finds them), the latest
+        first: the scan from the end stops once it has them."""
+        where, parameters = _person_filter(anonymous_ids, user_ids)
+        connection = self._connect(readonly=True)
+        try:
+            rows = connection.execute(
+                f"SELECT seq, message_id, received_ms, body FROM events WHERE {where}"  # noqa: S608
+                " ORDER BY seq DESC LIMIT ?",
+                [*parameters, limit],
+            ).fetchall()
+            return [StoredRow(*row) for row in rows]
+        finally:
+            connection.close()
+
     def count(self) -> int:
         connection = self._connect(readonly=True)
         try:

@@ -139,7 +139,11 @@ class WebhookDispatcher:
             transition.at_ms,
             transition.seq,
         )
-        delivery = Delivery(delivery_id, segment.webhook, msgspec.json.encode(payload))
+        self.send(Delivery(delivery_id, segment.webhook, msgspec.json.encode(payload)))
+
+    def send(self, delivery: Delivery) -> None:
+        """Queue any delivery (segment transitions, triggered placements: act/triggers.py)
+        for signing, sending, retrying and dead-lettering; never blocks, never raises."""
         if self.queue is None:
             self._dead_letter(delivery, "webhooks are not running")
             return

@@ -208,6 +208,16 @@ class EmbeddedStore:
     def links(self) -> dict[str, str]:
         return dict(self._links)
 
+    def live_sessions(self, since_ms: int) -> int:
+        """How many sessions had activity at or after `since_ms`: the activity order is
+        read from its newest end, so this costs the live sessions, not every profile."""
+        count = 0
+        for last_ms in reversed(self._live.values()):
+            if last_ms < since_ms:
+                break
+            count += 1
+        return count
+
     def idle_sessions(self, before_ms: int, limit: int) -> list[str]:
         return _oldest(self._live, before_ms, limit)
 

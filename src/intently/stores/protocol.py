@@ -127,6 +127,10 @@ class StateStore(Protocol):
         """The log position of the last event whose changes are in the store."""
         ...
 
+    def live_sessions(self, since_ms: int) -> int:
+        """How many live sessions had activity at or after `since_ms` (the dashboard)."""
+        ...
+
     def idle_sessions(self, before_ms: int, limit: int) -> Iterable[str]:
         """Profiles whose live session saw nothing since `before_ms` (oldest first)."""
         ...
