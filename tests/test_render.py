@@ -79,6 +79,22 @@ async def test_renders_the_decided_offer_escaped_and_logs_the_decision(
     assert again.headers["intently-decision"] != decision_id
 
 
+async def test_a_head_request_is_checked_but_decides_nothing(
+    engine: Engine, client: httpx.AsyncClient
+) -> None:
+    await load(engine)
+    before = len(logged(engine))
+    answer = await client.head("/v1/render/home_hero", params={"user_id": "u-42"})
+    assert answer.status_code == 200
+    assert "intently-decision" not in answer.headers
+    assert len(logged(engine)) == before
+    missing = await client.head("/v1/render/nowhere", params={"user_id": "u-42"})
+    assert missing.status_code == 404
+    opened = await client.get("/v1/render/home_hero", params={"user_id": "u-42"})
+    assert len(logged(engine)) == before + 1
+    assert opened.headers["intently-decision"] in logged(engine)
+
+
 async def test_nothing_to_show_renders_empty_with_the_reason(client: httpx.AsyncClient) -> None:
     answer = await client.get("/v1/render/home_hero", params={"anonymous_id": "a-1"})
     assert answer.status_code == 200

@@ -198,6 +198,10 @@ async def render(request: Request) -> Response:
     placement = engine.placements.get(placement_id)
     if placement is None:
         return problem(404, "unknown-placement", f"placement {placement_id!r} is not defined")
+    if request.method == "HEAD":
+        # Mail link scanners and prefetchers ask with HEAD: checked, but nobody opened
+        # the email, so no decision is made or logged.
+        return Response(b"", 200, {"Cache-Control": "no-store"}, media_type="text/html")
     body = DecideBody([PlacementAsk(placement_id)], anonymous_id=anonymous_id, user_id=user_id)
     client = request.client.host if request.client else None
     try:
