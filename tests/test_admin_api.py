@@ -18,7 +18,7 @@ from intently.act.decisions import DecisionLogReader, DecisionRecord
 from intently.api.latencies import bucket_upper_us, latency_bucket, quantile_us
 from intently.api.live import LiveSeries
 from intently.api.live_placements import from_log
-from support import SECRET_KEY, WRITE_KEY, client_for, track
+from support import SECRET_KEY, START, WRITE_KEY, client_for, track
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_collection_pauses")]
 
@@ -180,6 +180,12 @@ async def test_the_live_figures_are_what_was_sent(
     body = (await admin.get("/v1/admin/live", params={"step": "1"})).json()
     assert body["tiles"]["events_per_s"] == 0
     assert sum(body["series"]["events_per_s"]) == 12
+    # A late event (a retried queue) of a fifth visitor, from two hours ago: not live,
+    # and the four live ones are still counted.
+    late = (START + timedelta(seconds=3) - timedelta(hours=2)).isoformat()
+    await send(client, track(anonymousId="v-late", timestamp=late))
+    tiles = (await admin.get("/v1/admin/live", params={"step": "1"})).json()["tiles"]
+    assert tiles["live_sessions"] == 4
 
 
 def test_the_ring_buffer_forgets_what_is_older_than_its_window() -> None:

@@ -177,6 +177,12 @@ async def test_bad_input_is_a_problem_naming_the_field(engine: Engine) -> None:
         )
         assert bad_exp.status_code == 400
         assert bad_exp.json()["pointer"] == "/exp"
+        # A digit that int() refuses (str.isdigit accepts it): a 400, not a 500.
+        superscript = await anyone.get(
+            "/v1/render/home_hero", params={"user_id": "u", "exp": "\u00b2", "sig": "x"}
+        )
+        assert superscript.status_code == 400
+        assert superscript.json()["pointer"] == "/exp"
         wrong_key = await anyone.get(
             "/v1/render/home_hero", params={"user_id": "u"},
             headers={"Authorization": "Bearer wk_wrong"},

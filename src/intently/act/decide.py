@@ -361,13 +361,16 @@ class Decider:
         )
         try:  # the page gets its answer even when the decision cannot be kept
             self.decisions.record(record)
-            for observer in self.observers:
-                observer.decided(record)
             if outcome.items:
                 self._register(decision_id, serving, outcome, visitor, now)
         except Exception:
             self.unlogged += 1
             log.exception("decision %s could not be logged", decision_id)
+        for observer in self.observers:  # (a failing dashboard must not cost the learning)
+            try:
+                observer.decided(record)
+            except Exception:
+                log.exception("an observer of decision %s failed", decision_id)
         if self.experiments is not None and trouble is None:
             try:  # (measurement must not cost the page its answer either)
                 self.experiments.exposed(
@@ -946,7 +949,10 @@ class Decider:
             )
         )  # fmt: skip
         for observer in self.observers:
-            observer.rewarded(reward)
+            try:
+                observer.rewarded(reward)
+            except Exception:
+                log.exception("an observer of the reward of %s failed", reward.decision_id)
         pending = self._pending.pop(reward.decision_id, None)
         if pending is None:
             return  # not learned from, or already learned from (its first reward)

@@ -173,7 +173,8 @@ def _authorized(
     raw_exp = request.query_params.get("exp")
     expires: int | None = None
     if raw_exp is not None:
-        if not raw_exp.isdigit() or len(raw_exp) > 12:
+        # (isdigit alone accepts digits such as "²" that int() refuses)
+        if not (raw_exp.isascii() and raw_exp.isdigit()) or len(raw_exp) > 12:
             return problem(400, "invalid-query", "exp: must be Unix seconds", pointer="/exp")
         expires = int(raw_exp)
     expected = signature(engine.keys.secret_key, placement, user_id, anonymous_id, expires)

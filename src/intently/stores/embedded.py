@@ -209,14 +209,11 @@ class EmbeddedStore:
         return dict(self._links)
 
     def live_sessions(self, since_ms: int) -> int:
-        """How many sessions had activity at or after `since_ms`: the activity order is
-        read from its newest end, so this costs the live sessions, not every profile."""
-        count = 0
-        for last_ms in reversed(self._live.values()):
-            if last_ms < since_ms:
-                break
-            count += 1
-        return count
+        """How many sessions had activity at or after `since_ms`. Every open session is
+        read: the activity order follows when events were applied, not their times, so a
+        late event (a tag's retried queue) can put an old time at its newest end. Sessions
+        idle past the timeout are closed each second, so this is about the open ones."""
+        return sum(1 for last_ms in self._live.values() if last_ms >= since_ms)
 
     def idle_sessions(self, before_ms: int, limit: int) -> list[str]:
         return _oldest(self._live, before_ms, limit)
