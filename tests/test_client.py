@@ -222,6 +222,20 @@ def test_a_stalled_engine_answers_the_fallback_within_the_timeout(stalled: Scrip
     assert stalled.requests >= 3
 
 
+def test_after_a_failed_send_track_does_not_wait_on_the_engine_again(stalled: Scripted) -> None:
+    """A stalled engine costs one `track` its event timeout, not every `track` after it:
+    the next automatic sends wait for the backoff (flush still tries when asked)."""
+    with Client(stalled.url, WRITE_KEY, timeout=0.2, event_timeout=0.2, batch_size=1) as engine:
+        engine.track("Product Viewed", {"product_id": "p1"}, anonymous_id="a")
+        assert stalled.requests == 1
+        for n in range(5):
+            engine.track("Product Viewed", {"product_id": f"p{n}"}, anonymous_id="a")
+        assert stalled.requests == 1  # queued, not sent
+        assert engine.pending == 6
+        assert engine.flush() is False
+        assert stalled.requests == 2
+
+
 @pytest.mark.parametrize(
     ("reply", "reason"),
     [

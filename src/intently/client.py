@@ -190,6 +190,11 @@ class _Core:
         }
         self.sent = 0  # events the engine acknowledged
         self.dropped = 0  # events dropped from a full queue
+        # After a failed send, `track` stops sending on its own until this moment
+        # (exponential backoff, 1 s to 60 s): a stalled engine must not make every
+        # `track` of the caller's page wait for the event timeout. `flush` still tries.
+        self.retry_at = 0.0
+        self.failures = 0
         self.rejected = 0  # events the engine refused (logged with the reason)
 
     # events
@@ -223,7 +228,7 @@ class _Core:
             while len(self.queue) > self.max_queue:
                 self.queue.popleft()
                 self.dropped += 1
-            return len(self.queue) >= self.batch_size
+            return len(self.queue) >= self.batch_size and time.monotonic() >= self.retry_at
 
     def take(self, limit: int = _MAX_BATCH) -> list[dict[str, Any]]:
         with self.lock:
@@ -233,6 +238,8 @@ class _Core:
         """Events not acknowledged go back to the front of the queue, in order."""
         log.warning("intently: %d events not sent (%s); kept for the next send", len(events), why)
         with self.lock:
+            self.failures += 1
+            self.retry_at = time.monotonic() + min(60.0, 2.0 ** (self.failures - 1))
             self.queue.extendleft(reversed(events))
             while len(self.queue) > self.max_queue:
                 self.queue.popleft()
@@ -255,6 +262,7 @@ class _Core:
         return True
 
     def acknowledged(self, count: int, rejected: list[dict[str, Any]]) -> None:
+        self.failures, self.retry_at = 0, 0.0
         self.sent += count
         self.rejected += len(rejected)
         for error in rejected:
@@ -535,7 +543,8 @@ class Client:
     ) -> Decisions:  # fmt: skip
         """What to show in each placement: the engine's decisions (with the queued events
         sent first), or on any trouble the `fallback` content, marked `degraded`."""
-        events = self._core.take()
+        # (one batch at most: the decide's budget is short)
+        events = self._core.take(self._core.batch_size)
         try:
             body = self._core.decide_body(
                 placements, anonymous_id, user_id, context, explain, templates, events
@@ -706,7 +715,8 @@ class AsyncClient:
         fallback: Mapping[str, Any] | None = None, explain: bool = False,
         templates: bool = False,
     ) -> Decisions:  # fmt: skip
-        events = self._core.take()
+        # (one batch at most: the decide's budget is short)
+        events = self._core.take(self._core.batch_size)
         try:
             body = self._core.decide_body(
                 placements, anonymous_id, user_id, context, explain, templates, events
