@@ -25,7 +25,7 @@ import pytest
 
 from intently.act.decisions import DecisionLogReader
 from intently.act.templates import DEFAULT_TEMPLATES, compile_template
-from web_support import SHOP, BrowserPage, LiveServer, route_page, start_server
+from web_support import ARTIFACTS, SHOP, BrowserPage, LiveServer, route_page, start_server
 
 EDGE_YAML = """
 edge:
@@ -428,6 +428,57 @@ def test_exit_intent_shows_the_retention_offer_as_a_dialog(
     assert [e["properties"] for e in events if e.get("event") == "Exit Intent"] == [
         {"trigger": "pointer"}
     ]
+
+
+@pytest.mark.parametrize("trigger", ["scroll-up", "back"])
+def test_exit_intent_on_a_phone(chromium: Any, shop: LiveServer, trigger: str) -> None:
+    """On a touch screen there is no pointer to leave the page: a fast scroll back up, or
+    going back through the page's history, is the exit intent."""
+    context = chromium.new_context(
+        viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+    )
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        body = ("<div style='height:5000px'>A long cart</div>"
+                "<div data-intently-placement='exit_intent_offer' "
+                "data-intently-trigger='exit-intent'>Default stay offer</div>")  # fmt: skip
+        page.goto(route_page(page, "/cart", page_html(shop, body)))
+        page.wait_for_function("window.intently")
+        if trigger == "scroll-up":
+            page.evaluate("window.scrollTo(0, 3000)")
+            page.wait_for_timeout(400)
+            # A scroll up of `pixels` in `steps`, `pause` ms apart (a finger's gesture).
+            gesture = """async ([pixels, steps, pause]) => {
+                for (let i = 1; i <= steps; i++) {
+                    window.scrollTo(0, 3000 - (pixels * i) / steps);
+                    await new Promise((done) => setTimeout(done, pause));
+                }
+            }"""
+            page.evaluate(gesture, [300, 10, 150])  # slowly, reading: nothing
+            page.wait_for_timeout(400)
+            assert page.get_by_role("dialog").count() == 0
+            page.evaluate("window.scrollTo(0, 3000)")
+            page.wait_for_timeout(400)
+            page.evaluate(gesture, [1200, 8, 20])  # a flick back to the top
+        else:
+            page.evaluate("history.pushState({}, '', '#details')")
+            page.wait_for_timeout(100)
+            assert page.get_by_role("dialog").count() == 0
+            page.evaluate("history.back()")
+        dialog = page.get_by_role("dialog")
+        dialog.wait_for(timeout=10_000)
+        assert "STAY10" in dialog.inner_text()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"tag-exit-intent-phone-{trigger}.png"))
+        events = received(shop, page.evaluate("intently.anonymousId()"), "Exit Intent")
+        assert [e["properties"] for e in events if e.get("event") == "Exit Intent"] == [
+            {"trigger": trigger}
+        ]
+    finally:
+        context.close()
+    assert not errors
 
 
 def test_the_exit_dialog_closes_with_its_button(

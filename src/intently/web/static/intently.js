@@ -184,7 +184,7 @@
     const post = (path, body) => {
       const data = encode(body);
       return fetch(ENDPOINT + path, {
-        method: 'POST', body: data, keepalive: path < '/v1/f' && data.length < 6e4, credentials: 'omit',
+        method: 'POST', body: data, keepalive: path === '/v1/events' && data.length < 6e4, credentials: 'omit',
         headers: { 'Content-Type': 'text/plain' },
       });
     };
@@ -433,7 +433,7 @@
     // (never a flash). Placements shown already (refresh()) change when the answer comes.
     const decide = (els, extra) => {
       const shownBefore = els.filter((el) => el.hasAttribute(READY));
-      const ids = Array.from(new Set(els.map(pid))).filter(Boolean);
+      const ids = Array.from(new Set(els.map(pid))).filter(Boolean).slice(0, 20);
       const events = q.splice(0).concat(extra || []);
       held = 0;
       if (!ids.length || !canSend()) {
@@ -447,8 +447,9 @@
       const placements = ids.map((id) => {
         const el = els.find((x) => pid(x) === id), ask = { id };
         const count = +el.getAttribute('data-intently-count'), items = el.getAttribute('data-intently-items');
-        if (count > 0) ask.count = count;
-        if (items) ask.items = items.split(',').map((s) => s.trim()).filter(Boolean);
+        // (within the engine's bounds: one bad attribute must not cost the page its answer)
+        if (count > 0) ask.count = Math.min(50, Math.floor(count));
+        if (items) ask.items = items.split(',').map((s) => s.trim()).filter(Boolean).slice(0, 500);
         return ask;
       });
       const body = { placements, anonymousId: aid, context: pageContext(), templates: true, events };
@@ -573,7 +574,7 @@
       const input = e.target.querySelector('input[type="search"],input[name="q"]');
       const query = input && input.value.trim();
       if (!query) return;
-      ls('intently_search', query); // the results page will not count it again
+      if (canSend()) ls('intently_search', query); // the results page will not count it again
       track('Products Searched', { query });
     });
     // Going away: the time on the page (visible only), then everything, by beacon.
@@ -636,7 +637,8 @@
       }
       if (query && ls('intently_search') !== query) track('Products Searched', { query });
       ls('intently_search', null);
-      const els = edge($$(P).filter((el) => !isExit(el)));
+      // (a placement the CSS failsafe already revealed keeps its default content)
+      const els = edge($$(P).filter((el) => !isExit(el) && !el.hasAttribute(READY)));
       if (els.length) decide(els);
       else {
         held = 0;
@@ -686,13 +688,14 @@
           track('Consent Updated', purposes());
         },
         // Stops sending, forgets the queue and the identifiers; the refusal itself is
-        // sent, so that the server stops using what it holds.
+        // sent (if sending was allowed: otherwise the server holds nothing to stop using).
         revoke: () => {
+          const was = canSend();
           keep([]);
           q = [];
           inflight = [];
           ['intently_q', 'intently_aid', 'intently_sid', 'intently_uid'].forEach((k) => store(k, null));
-          beacon({ batch: [make('track', { event: 'Consent Updated', properties: purposes() })] });
+          if (was) beacon({ batch: [make('track', { event: 'Consent Updated', properties: purposes() })] });
         },
         status: () => ({ gpc: GPC, granted, sending: canSend() }),
       },
