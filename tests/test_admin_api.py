@@ -250,7 +250,7 @@ async def test_placement_totals_equal_the_ones_computed_from_the_decision_log(
     assert hero["policy"] == engine.placements.get("home_hero").spec.policy.name  # type: ignore[union-attr]
     assert hero["version"] == made[-1]["home_hero"]["policy"]["version"]
     assert (hero["decisions"], hero["exposures"], hero["rewards"]) == (9, 6, 3)
-    assert hero["click_through"] == pytest.approx(3 / 6)
+    assert hero["rewards_per_exposure"] == pytest.approx(3 / 6)
     assert hero["mean_reward"] == pytest.approx(3 / 9)
     assert hero["degraded_share"] == 0
     assert by_id["pdp_recs"]["decisions"] == 9

@@ -12,7 +12,11 @@ Definitions (docs/dashboard.md):
 - exposures: viewable impressions reported by the client ("Decision Viewed") for an
   open decision of the same visitor;
 - rewards: reward records with a positive value (a click, for a placement rewarded by
-  clicks); click-through = rewards / exposures;
+  clicks); rewards per exposure = rewards / exposures. Not a click-through rate: a
+  decision clicked twice has two reward records, a revenue placement one per order line,
+  and decisions made without a browser (render, triggers, the Python client) have no
+  exposure, so it can pass 1. Distinct rewarded decisions would need a set of ids per
+  placement, which these in-memory totals do not keep;
 - mean reward: the sum of rewards over decisions with content (those whose attribution
   window is still open may yet earn theirs).
 
@@ -51,7 +55,7 @@ class Totals:
             "with_content": self.with_content,
             "exposures": self.exposures,
             "rewards": self.rewards,
-            "click_through": self.rewards / self.exposures if self.exposures else None,
+            "rewards_per_exposure": self.rewards / self.exposures if self.exposures else None,
             "reward_sum": self.reward_sum,
             "mean_reward": self.reward_sum / self.with_content if self.with_content else None,
             "served_by": dict(self.served_by),

@@ -128,7 +128,7 @@ _ADMIN_PATHS: dict[str, Any] = {
         "get": {
             "operationId": "adminPlacements",
             "summary": "Per placement since start: decisions, exposures, rewards, "
-            "click-through, mean reward, degraded share, latency; policy and version.",
+            "rewards per exposure, mean reward, degraded share, latency; policy and version.",
             "security": [{"bearer": []}],
             "responses": {"200": _object("Placements and their totals."), **_AUTH_ERRORS},
         },

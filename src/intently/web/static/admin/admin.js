@@ -129,7 +129,7 @@
       var tr = row([
         p.id, policy, fmt(p.decisions, 0),
         fmt(p.exposures, 0), fmt(p.rewards, 0) + (p.reward ? " (" + p.reward + ")" : ""),
-        pct(p.click_through), fmt(p.mean_reward, 3),
+        fmt(p.rewards_per_exposure, 2), fmt(p.mean_reward, 3),
         pct(p.degraded_share) + " (" + fmt(p.degraded, 0) + ")",
         fmt(p.latency_p50_ms, 3) + " / " + fmt(p.latency_p99_ms, 3),
       ], [2, 3, 4, 5, 6, 7, 8]);
