@@ -110,7 +110,12 @@ def test_one_session_adapts_hero_recommendations_search_and_offers(
     text = panel.inner_text()
     assert "search_results" in text
     assert "policy: slate" in text
-    assert "in running, which you like" in text
+    # The panel lists a decision's first 12 items; the category's reason is on the
+    # running shoes wherever the slate's draw put them, so it is read from the decision.
+    search = decided(page, "search_results")
+    reasons = [reason for item in search["items"] for reason in item["reasons"]]
+    assert "in running, which you like" in reasons
+    assert "; ".join(search["items"][0]["reasons"]) in text
     bp.screenshot("demo-why")
     page.click("[data-why-toggle]")
     assert panel.is_hidden()
