@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from intently import Engine, ManualClock
+from services import REDIS_URL, redis_namespace
 from support import START, client_for, make_settings
 
 
@@ -38,8 +39,27 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def engine(tmp_path: Path, clock: ManualClock) -> Iterator[Engine]:
-    eng = Engine(make_settings(tmp_path / "data"), clock=clock)
+def state_store() -> str:
+    """Which store `engine` runs on; a module runs its tests on every store by overriding
+    this fixture with params (the store conformance suite, tests/test_identity.py)."""
+    return "embedded"
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    with redis_namespace() as prefix:
+        yield prefix
+
+
+@pytest.fixture
+def engine(
+    tmp_path: Path, clock: ManualClock, state_store: str, request: pytest.FixtureRequest
+) -> Iterator[Engine]:
+    overrides: dict[str, str] = {}
+    if state_store == "redis":
+        prefix = request.getfixturevalue("redis_prefix")
+        overrides = {"state_store": REDIS_URL, "redis_prefix": prefix}
+    eng = Engine(make_settings(tmp_path / "data", **overrides), clock=clock)
     yield eng
     eng.close()
 

@@ -16,6 +16,13 @@ from support import SECRET_KEY, client_for, track
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture(params=["embedded", "redis"])
+def state_store(request: pytest.FixtureRequest) -> str:
+    """Identity stitching runs on every store (the conformance suite's end to end part)."""
+    return str(request.param)
+
+
 T0 = "2026-11-23T10:00:00Z"
 
 

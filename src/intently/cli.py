@@ -38,6 +38,18 @@ def _settings(**overrides: Any) -> Settings:
         raise click.UsageError(str(error)) from None
 
 
+def _open_engine(settings: Settings) -> Any:
+    """The engine, or a clear message for what stops it from starting."""
+    from intently.configfile import ConfigError
+    from intently.engine import DataDirLocked, Engine
+    from intently.stores.connect import BackendUnavailable
+
+    try:
+        return Engine(settings)
+    except (DataDirLocked, ConfigError, BackendUnavailable) as error:
+        raise click.ClickException(str(error)) from None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="intently")
 def main() -> None:
@@ -64,6 +76,13 @@ def _serve_options(command: Any) -> Any:
             multiple=True,
             help="An origin allowed to call the API from browsers (repeatable; '*' for any).",
         ),
+        click.option(
+            "--store",
+            "state_store",
+            default=None,
+            help="Where state lives: 'embedded' (default, the data dir) or a Redis URL "
+            "shared by many workers, e.g. redis://127.0.0.1:6379/0 (INTENTLY_STORE).",
+        ),
         click.option("--log-level", default="info", show_default=True, help="Logging level."),
     ]
     for option in reversed(options):
@@ -79,12 +98,14 @@ def serve(
     data_dir: Path | None,
     ip_mode: str | None,
     cors_origins: tuple[str, ...],
+    state_store: str | None,
     log_level: str,
 ) -> None:
-    """Run the engine's HTTP API on its embedded store."""
+    """Run the engine's HTTP API (on its embedded store, or on Redis with --store)."""
     _serve(
         log_level,
         host=host, port=port, data_dir=data_dir, ip_mode=ip_mode, cors_origins=cors_origins or None,
+        state_store=state_store,
     )  # fmt: skip
 
 
@@ -96,6 +117,7 @@ def demo(
     data_dir: Path | None,
     ip_mode: str | None,
     cors_origins: tuple[str, ...],
+    state_store: str | None,
     log_level: str,
 ) -> None:
     """Run the engine with its demo shop at /demo (what `make run` starts).
@@ -108,6 +130,7 @@ def demo(
     _serve(
         log_level, demo=True, holdout_share=holdout,
         host=host, port=port, data_dir=data_dir, ip_mode=ip_mode, cors_origins=cors_origins or None,
+        state_store=state_store,
     )  # fmt: skip
 
 
@@ -115,14 +138,10 @@ def _serve(log_level: str, **overrides: Any) -> None:
     import uvicorn
 
     from intently.api.app import create_app
-    from intently.engine import DataDirLocked, Engine
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     settings = _settings(**overrides)
-    try:
-        engine = Engine(settings)
-    except DataDirLocked as error:
-        raise click.ClickException(str(error)) from None
+    engine = _open_engine(settings)
     if settings.demo:
         _seed_demo(engine)
     _announce(engine.keys.write_key, engine.keys.secret_key, engine.keys_created, settings)
@@ -191,14 +210,10 @@ def replay(file: Path, data_dir: Path | None, quiet: bool) -> None:
     own receivedAt; duplicates (same messageId) are stored once. The engine must not be
     serving the same data dir meanwhile.
     """
-    from intently.engine import DataDirLocked, Engine
     from intently.log.replay import replay_lines
 
     settings = _settings(data_dir=data_dir)
-    try:
-        engine = Engine(settings)
-    except DataDirLocked as error:
-        raise click.ClickException(str(error)) from None
+    engine = _open_engine(settings)
     try:
         with (
             file.open("rb") as lines,
@@ -279,13 +294,9 @@ def catalog_import(file: Path, data_dir: Path | None) -> None:
     The engine must not be serving the same data dir meanwhile.
     """
     from intently.catalog.imports import read_items
-    from intently.engine import DataDirLocked, Engine
 
     settings = _settings(data_dir=data_dir)
-    try:
-        engine = Engine(settings)
-    except DataDirLocked as error:
-        raise click.ClickException(str(error)) from None
+    engine = _open_engine(settings)
     refused: list[tuple[int, str]] = []
     items = []
     imported = 0

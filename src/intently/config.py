@@ -7,6 +7,7 @@ command-line flags for the common ones.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,14 @@ class Settings(Struct, kw_only=True):
     synchronous: Synchronous = "NORMAL"
     # Hosts of the site itself beyond the page's own (referrers from them are internal).
     internal_hosts: tuple[str, ...] = ()
-    # Where profiles and sessions live: "embedded" (memory + SQLite in the data dir).
+    # Where profiles and sessions live: "embedded" (memory + SQLite in the data dir) or a
+    # Redis URL shared by many workers (`--store redis://127.0.0.1:6379/0`).
     state_store: str = "embedded"
+    # Prefix of every Redis key: several deployments may share one Redis.
+    redis_prefix: str = "intently:"
+    # This worker's name in a shared store (which worker's log a position belongs to):
+    # by default the host name and the data dir, unique per worker.
+    worker_id: str | None = None
     # How often a cut of the changed state is taken and written to state.db (encoded a
     # few profiles per event, see stores/embedded.py); start-up replays the log after it,
     # so this bounds the replay. Measured at 1,000 req/s: writing every second added about
@@ -133,6 +140,12 @@ class Settings(Struct, kw_only=True):
     def state_path(self) -> Path:
         return self.data_dir / "state.db"
 
+    @property
+    def worker(self) -> str:
+        if self.worker_id:
+            return self.worker_id
+        return f"{socket.gethostname()}:{self.data_dir.resolve()}"
+
     def context_settings(self) -> ContextSettings:
         return ContextSettings(
             session_timeout_ms=int(self.session_timeout_minutes * MINUTE_MS),
@@ -159,6 +172,9 @@ _ENV_FIELDS = {
     "INTERNAL_HOSTS": "internal_hosts",
     "BENCH_ENDPOINTS": "bench_endpoints",
     "STATE_STORE": "state_store",
+    "STORE": "state_store",
+    "REDIS_PREFIX": "redis_prefix",
+    "WORKER_ID": "worker_id",
     "STATE_FLUSH_SECONDS": "state_flush_seconds",
     "SESSION_TIMEOUT_MINUTES": "session_timeout_minutes",
     "ANONYMOUS_RETENTION_DAYS": "anonymous_retention_days",

@@ -43,8 +43,8 @@ from intently.segments.fields import FieldCatalog
 from intently.segments.membership import Membership
 from intently.segments.registry import Segment, SegmentRegistry, SegmentSpec
 from intently.segments.webhooks import WebhookDispatcher
-from intently.stores.embedded import EmbeddedStore
-from intently.stores.protocol import Changes
+from intently.stores.connect import open_state_store
+from intently.stores.protocol import Changes, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +69,13 @@ def _lock(data_dir: Path) -> int:
     return descriptor
 
 
-def open_store(settings: Settings) -> EmbeddedStore:
-    """The state store named in the settings."""
-    if settings.state_store == "embedded":
-        return EmbeddedStore(settings.state_path, settings.state_flush_seconds)
-    raise ValueError(
-        f"unknown state_store {settings.state_store!r}: this version has 'embedded' "
-        "(Redis and PostgreSQL backends come later)"
-    )
+def open_store(settings: Settings) -> StateStore:
+    """The state store named in the settings (stores/connect.py checks it)."""
+    return open_state_store(
+        settings.state_store, state_path=settings.state_path,
+        flush_seconds=settings.state_flush_seconds, worker=settings.worker,
+        prefix=settings.redis_prefix,
+    )  # fmt: skip
 
 
 class Engine:

@@ -35,6 +35,19 @@ def user_key(user_id: str) -> str:
     return "u:" + user_id
 
 
+def identity_keys(facts: Facts) -> list[str]:
+    """Every identity key an event may link, look up or merge (an alias's previousId
+    may be either kind)."""
+    keys: list[str] = []
+    if facts.anonymous_id is not None:
+        keys.append(anonymous_key(facts.anonymous_id))
+    if facts.user_id is not None:
+        keys.append(user_key(facts.user_id))
+    if facts.previous_id is not None:
+        keys.extend((user_key(facts.previous_id), anonymous_key(facts.previous_id)))
+    return keys
+
+
 def derived_profile_id(key: str) -> str:
     """The canonical id a profile first identified by `key` gets: known before the
     profile exists, so a visitor's very first decide already has its experiment arm."""

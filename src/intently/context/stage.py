@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from intently.context.facts import Facts, facts_of
-from intently.context.identity import IdentityGraph, anonymous_key, user_key
+from intently.context.identity import IdentityGraph, anonymous_key, identity_keys, user_key
 from intently.context.profile import Profile, ProfileRules
 from intently.context.settings import ContextSettings
 from intently.events.record import EventRecord, decode_record
@@ -69,17 +69,18 @@ class ContextStage:
         if facts.at_ms > self.watermark_ms:
             self.watermark_ms = facts.at_ms
         changes = Changes(record.seq, self.watermark_ms)
-        try:
-            profile = self.identity.profile_for(facts, changes)
-            self.rules.apply(profile, facts)
-            changes.put(profile)
-            for hook in self.hooks:
-                hook(profile, facts, changes)
-        finally:
-            # Even when a step failed half-way (a bug), what it changed is committed: a
-            # replay of the log fails the same way at the same place, so the state kept
-            # in memory, the state written and the state rebuilt stay the same.
-            self.store.commit(changes)
+        with self.store.exclusive(identity_keys(facts)):
+            try:
+                profile = self.identity.profile_for(facts, changes)
+                self.rules.apply(profile, facts)
+                changes.put(profile)
+                for hook in self.hooks:
+                    hook(profile, facts, changes)
+            finally:
+                # Even when a step failed half-way (a bug), what it changed is committed:
+                # a replay of the log fails the same way at the same place, so the state
+                # kept in memory, the state written and the state rebuilt stay the same.
+                self.store.commit(changes)
         self.applied += 1
         if record.seq >= self._next_sweep:
             self._next_sweep = _next_sweep_after(record.seq)
@@ -89,22 +90,37 @@ class ContextStage:
         """End sessions idle past the timeout and forget anonymous profiles idle past
         their retention. Returns how many profiles changed."""
         settings, store = self.settings, self.store
-        changes = Changes(store.applied_seq, watermark_ms=self.watermark_ms)
-        for profile_id in store.idle_sessions(now_ms - settings.session_timeout_ms, limit):
-            profile = store.get(profile_id)
-            if profile is not None:
+        session_ends = now_ms - settings.session_timeout_ms
+        retention_ends = now_ms - settings.anonymous_retention_ms
+        idle = store.idle_sessions(session_ends, limit)
+        forgotten = store.idle_anonymous(retention_ends, limit)
+        changed = 0
+        # Each profile is held while it changes: with workers sharing the store, another
+        # may have applied an event to it since the index was read (checked again).
+        for profile_id in idle:
+            with store.exclusive((), (profile_id,)):
+                profile = store.get(profile_id)
+                if profile is None or profile.session is None:
+                    continue
+                if profile.session.last_ms >= session_ends:
+                    continue
+                changes = Changes(store.applied_seq, watermark_ms=self.watermark_ms)
                 self.rules.end_session(profile)
                 changes.put(profile)
-        for profile_id in store.idle_anonymous(now_ms - settings.anonymous_retention_ms, limit):
-            profile = store.get(profile_id)
-            if profile is not None:
-                self._remove(profile, changes)
-        if changes.profiles or changes.removed:
-            for profile in changes.profiles.values():
                 for hook in self.hooks:
                     hook(profile, None, changes)
-            store.commit(changes)
-        return len(changes.profiles) + len(changes.removed)
+                store.commit(changes)
+                changed += 1
+        for profile_id in forgotten:
+            with store.exclusive((), (profile_id,)):
+                profile = store.get(profile_id)
+                if profile is None or profile.user_ids or profile.last_ms >= retention_ends:
+                    continue
+                changes = Changes(store.applied_seq, watermark_ms=self.watermark_ms)
+                self._remove(profile, changes)
+                store.commit(changes)
+                changed += 1
+        return changed
 
     def _remove(self, profile: Profile, changes: Changes) -> None:
         for hook in self.removal_hooks:
@@ -144,6 +160,9 @@ class ContextStage:
 
     def forget(self, profile: Profile) -> None:
         """Remove the profile and its identity links (the caller erases its events)."""
-        changes = self.changes()
-        self._remove(profile, changes)
-        self.store.commit(changes)
+        store = self.store
+        with store.exclusive((), (profile.id,)):
+            held = store.get(profile.id) or profile  # as it is now, with every link
+            changes = self.changes()
+            self._remove(held, changes)
+            store.commit(changes)

@@ -20,9 +20,10 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import msgspec
@@ -31,6 +32,8 @@ from intently.background import lower_priority
 from intently.context.profile import Profile, SegmentChange
 from intently.log.eventlog import truncate_wal
 from intently.sqlite_rows import insert_rows
+from intently.stores.codec import decode_profile as _decode
+from intently.stores.codec import encode_profile as _encode
 from intently.stores.protocol import Changes
 
 log = logging.getLogger(__name__)
@@ -45,26 +48,6 @@ CREATE TABLE IF NOT EXISTS segment_changes (
 );
 CREATE INDEX IF NOT EXISTS segment_changes_profile ON segment_changes (profile_id, at_ms);
 """
-_to_msgpack = msgspec.msgpack.Encoder().encode
-_to_json = msgspec.json.Encoder().encode
-_from_msgpack = msgspec.msgpack.Decoder(Profile).decode
-_from_json = msgspec.json.Decoder(Profile).decode
-
-
-def _encode(profile: Profile) -> bytes:
-    """A profile's body: MessagePack, or JSON for one holding an integer beyond 64 bits
-    (a trait can: free-form data keeps any JSON number, as the event log does), which
-    MessagePack cannot hold. Without this, such a trait failed every later write of the
-    store, and the erasure that forced one answered 500 (found by the API fuzzer)."""
-    try:
-        return _to_msgpack(profile)
-    except OverflowError:
-        return _to_json(profile)
-
-
-def _decode(body: bytes) -> Profile:
-    # A MessagePack map never starts with "{" (0x7b is a positive integer there).
-    return _from_json(body) if body[:1] == b"{" else _from_msgpack(body)
 
 
 class _Batch(msgspec.Struct):
@@ -148,6 +131,12 @@ class EmbeddedStore:
         # for the writer (which runs at a lower CPU priority and holds `_lock` for a write).
         self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
 
+    def exclusive(
+        self, keys: Collection[str], profile_ids: Collection[str] = ()
+    ) -> AbstractContextManager[None]:
+        # One process, one applying thread: nothing else writes.
+        return nullcontext()
+
     # -- reading ---------------------------------------------------------------------------
 
     def get(self, profile_id: str) -> Profile | None:
@@ -172,7 +161,10 @@ class EmbeddedStore:
         # Written rows, plus what waits for (or is in) the next write; a merge not yet
         # written means the absorbed profile's rows still carry its old id. The pending
         # parts are taken before the rows are read: a batch committed in between is then
-        # in both, and kept once.
+        # in both, and kept once. A removed profile has none (its rows may wait for the
+        # next write to be deleted).
+        if profile_id not in self._profiles:
+            return []
         cut = self._cut
         batches = [b for b in (self._in_flight, cut.batch if cut else None) if b is not None]
         pending = [c for b in batches for c in b.transitions] + self._transitions

@@ -10,9 +10,10 @@ transaction; the embedded store applies it in memory and persists it in batches.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from types import MappingProxyType
 from typing import Protocol
 
@@ -108,7 +109,21 @@ _NO_LINKS: Mapping[str, str] = MappingProxyType({})
 
 
 class StateStore(Protocol):
-    """Profiles and identity links. Implementations: `embedded` (memory + SQLite)."""
+    """Profiles and identity links. Implementations: `embedded` (memory + SQLite) and
+    `redis` (shared by many workers)."""
+
+    # Called before the store records "applied up to N": what other logs derived from
+    # those events (experiment metrics) must be durable first.
+    before_write: list[Callable[[], None]]
+
+    def exclusive(
+        self, keys: Collection[str], profile_ids: Collection[str] = ()
+    ) -> AbstractContextManager[None]:
+        """Hold the identity keys, the profiles they are linked to and `profile_ids`
+        against every other writer until the block ends: read, change and `commit`
+        inside it. One process applying events alone needs nothing here; workers that
+        share a store need it for per-profile order and atomic merges."""
+        ...
 
     def get(self, profile_id: str) -> Profile | None:
         """The profile, which the caller may change and then `commit`."""

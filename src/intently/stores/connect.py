@@ -1,0 +1,104 @@
+"""Opening the state store a setting names, with the checks that make a bad one fail at
+start-up with a clear message instead of misbehaving later.
+
+`embedded` (the default) keeps state in the data dir. A `redis://`, `rediss://` or
+`unix://` URL shares it in Redis, which must be reachable, at least version 6.2, and
+configured never to evict keys (`maxmemory-policy noeviction`): an evicted profile would
+be a visitor silently forgotten.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+from intently.configfile import ConfigError
+from intently.stores.embedded import EmbeddedStore
+from intently.stores.protocol import StateStore
+from intently.stores.redisstate import RedisStore
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+MIN_REDIS = (6, 2)
+# What a worker waits for Redis before it gives up on one call: a decide must still
+# answer (with its fallback) within its deadline when Redis is gone.
+REDIS_CONNECT_TIMEOUT_SECONDS = 1.0
+REDIS_SOCKET_TIMEOUT_SECONDS = 1.0
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend named in the settings could not be reached at start-up."""
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def open_state_store(
+    spec: str, *, state_path: Path, flush_seconds: float, worker: str, prefix: str = "intently:"
+) -> StateStore:
+    """The store `spec` names: "embedded" or a Redis URL (raises `ConfigError` for a
+    malformed or unusable one, `BackendUnavailable` for one that cannot be reached)."""
+    if spec == "embedded":
+        return EmbeddedStore(state_path, flush_seconds)
+    scheme = urlsplit(spec).scheme
+    if scheme in REDIS_SCHEMES:
+        return RedisStore(connect_redis(spec), prefix=prefix, worker=worker)
+    raise ConfigError(
+        f"store: {redacted(spec)!r} is neither 'embedded' nor a Redis URL "
+        "(redis://host:6379/0, rediss://..., unix:///path/redis.sock)"
+    )
+
+
+def connect_redis(url: str) -> redis.Redis:
+    """A client for `url`, checked: reachable, recent enough, never evicting."""
+    where = redacted(url)
+    try:
+        client = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
+            socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
+            health_check_interval=30,
+        )
+    except ValueError as error:
+        raise ConfigError(f"store: {where!r} is not a usable Redis URL: {error}") from None
+    try:
+        server = client.info("server")
+        memory = client.info("memory")
+    except redis.AuthenticationError as error:
+        client.close()
+        raise ConfigError(f"store: Redis at {where} refused the credentials: {error}") from None
+    except redis.RedisError as error:
+        client.close()
+        raise BackendUnavailable(f"store: cannot reach Redis at {where}: {error}") from None
+    version = _version(str(server.get("redis_version", "0")))
+    if version < MIN_REDIS:
+        client.close()
+        raise ConfigError(
+            f"store: Redis at {where} is version {server.get('redis_version')}; intently "
+            f"needs {MIN_REDIS[0]}.{MIN_REDIS[1]} or later"
+        )
+    policy = str(memory.get("maxmemory_policy", "noeviction"))
+    if policy != "noeviction":
+        client.close()
+        raise ConfigError(
+            f"store: Redis at {where} evicts keys under memory pressure (maxmemory-policy "
+            f"{policy}), which would silently forget visitors; set maxmemory-policy "
+            "noeviction and size maxmemory for the profiles (docs/operations.md)"
+        )
+    return client
+
+
+def _version(text: str) -> tuple[int, ...]:
+    numbers: list[int] = []
+    for part in text.split(".")[:3]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        numbers.append(int(digits) if digits else 0)
+    return tuple(numbers)

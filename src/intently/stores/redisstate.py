@@ -1,0 +1,474 @@
+"""The Redis store: profiles, identity links and segment history shared by many workers.
+
+Each worker applies the events it received, in its own log order, to state that all
+workers share. Two things keep that state right:
+
+- Order and isolation per profile. An event is applied inside `exclusive(...)`: the
+  worker takes short leases (`SET PX` with a random token, all or none in one script)
+  on the event's identity keys, reads which profiles they are linked to, then takes the
+  leases of those profiles, reading them in the same script. A merge holds both
+  profiles. A worker that finds a lease taken lets go of everything it holds and tries
+  again after a short random pause, so no two workers ever wait on each other in a ring.
+- Atomic writes. Everything one event changed (profiles, links, the activity indexes,
+  segment history, the worker's log position) is written by one Lua script, which first
+  checks that every lease is still this worker's: a worker paused past its lease (a
+  stop-the-world pause of seconds) has its write refused rather than overwriting a
+  newer state.
+
+Keys are laid out for Redis Cluster: every key of one profile (body, segment history,
+lease) carries the profile id as its hash tag, and every key of one identity (link,
+lease) carries the identity key. The commit script spans several slots when an event
+touches several profiles, so it needs one primary (a single node, or Sentinel); on a
+Cluster those scripts would have to be split by slot (not done: see
+docs/operations.md).
+
+Reads outside a lease (a decide) are plain GETs: they see either all or none of an
+event's changes, since a script is atomic.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+
+from intently.context.profile import Profile, SegmentChange
+from intently.stores.codec import decode_change, decode_profile, encode_change, encode_profile
+from intently.stores.protocol import Changes
+
+log = logging.getLogger(__name__)
+
+# Take every lease in KEYS[1..n] (n = ARGV[3]) for token ARGV[1], for ARGV[2] ms, or none
+# of them (returns nil); then return the values of the remaining KEYS.
+_LEASE = """
+local n = tonumber(ARGV[3])
+for i = 1, n do
+  local held = redis.call('GET', KEYS[i])
+  if held and held ~= ARGV[1] then return nil end
+end
+for i = 1, n do redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2]) end
+local values = {}
+for i = n + 1, #KEYS do values[#values + 1] = redis.call('GET', KEYS[i]) end
+return values
+"""
+
+# Apply one change set. ARGV[1] token, ARGV[2] n (KEYS[1..n] are leases that must still be
+# the token's), ARGV[3] "1" to release those leases after writing, ARGV[4] history cap;
+# then operations, each an opcode, a KEYS index and its arguments (see `_Ops`).
+_COMMIT = """
+local token, n, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])
+for i = 1, n do
+  if redis.call('GET', KEYS[i]) ~= token then
+    return redis.error_reply('LEASE_LOST ' .. KEYS[i])
+  end
+end
+local i = 5
+while i <= #ARGV do
+  local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
+  if op == 'P' then
+    local count = KEYS[tonumber(ARGV[i + 3])]
+    if redis.call('EXISTS', key) == 0 then redis.call('INCR', count) end
+    redis.call('SET', key, ARGV[i + 2])
+    i = i + 4
+  elseif op == 'X' then
+    local count = KEYS[tonumber(ARGV[i + 2])]
+    if redis.call('DEL', key) == 1 then redis.call('DECR', count) end
+    i = i + 3
+  elseif op == 'S' then
+    redis.call('SET', key, ARGV[i + 2])
+    i = i + 3
+  elseif op == 'D' then
+    redis.call('DEL', key)
+    i = i + 2
+  elseif op == 'Z' then
+    redis.call('ZADD', key, ARGV[i + 3], ARGV[i + 2])
+    i = i + 4
+  elseif op == 'R' then
+    redis.call('ZREM', key, ARGV[i + 2])
+    i = i + 3
+  elseif op == 'A' then
+    redis.call('RPUSH', key, ARGV[i + 2])
+    redis.call('LTRIM', key, -cap, -1)
+    i = i + 3
+  elseif op == 'M' then
+    local into = KEYS[tonumber(ARGV[i + 2])]
+    local moved = redis.call('LRANGE', key, 0, -1)
+    if #moved > 0 then
+      redis.call('RPUSH', into, unpack(moved))
+      redis.call('LTRIM', into, -cap, -1)
+      redis.call('DEL', key)
+    end
+    i = i + 3
+  elseif op == 'Q' then
+    local seq, mark = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+    if seq > tonumber(redis.call('HGET', key, 'applied_seq') or '0') then
+      redis.call('HSET', key, 'applied_seq', seq)
+    end
+    if mark > tonumber(redis.call('HGET', key, 'watermark_ms') or '0') then
+      redis.call('HSET', key, 'watermark_ms', mark)
+    end
+    i = i + 4
+  else
+    return redis.error_reply('unknown operation ' .. op)
+  end
+end
+if ARGV[3] == '1' then
+  for j = 1, n do redis.call('DEL', KEYS[j]) end
+end
+return 1
+"""
+
+# Release the leases in KEYS that still hold token ARGV[1].
+_RELEASE = """
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('DEL', KEYS[i]) end
+end
+return 1
+"""
+
+
+class LeaseLost(RuntimeError):
+    """A write was refused: this worker's lease on a profile had run out (it paused for
+    longer than the lease), so another worker may have changed the profile since."""
+
+
+class LeaseTimeout(RuntimeError):
+    """The leases an event needs stayed taken for longer than the wait allows."""
+
+
+class _Ops:
+    """A commit script's arguments: keys are numbered once, operations refer to them."""
+
+    __slots__ = ("args", "index", "keys")
+
+    def __init__(self, leases: Sequence[str]) -> None:
+        self.keys: list[str] = list(leases)
+        self.index: dict[str, int] = {key: n + 1 for n, key in enumerate(self.keys)}
+        self.args: list[str | bytes | int] = []
+
+    def key(self, key: str) -> int:
+        number = self.index.get(key)
+        if number is None:
+            self.keys.append(key)
+            number = self.index[key] = len(self.keys)
+        return number
+
+    def add(self, op: str, key: str, *values: str | bytes | int) -> None:
+        self.args.append(op)
+        self.args.append(self.key(key))
+        self.args.extend(values)
+
+
+class RedisStore:
+    """`StateStore` in Redis, shared by every worker given the same server and prefix.
+
+    `worker` names this worker's event log: the store keeps how far each worker's log
+    has been applied, so a worker that restarts re-applies only its own unapplied
+    events.
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "intently:",
+        worker: str = "default",
+        lease_ms: int = 5_000,
+        lease_wait_seconds: float = 2.0,
+        history_cap: int = 200,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.worker = worker
+        self.lease_ms = lease_ms
+        self.lease_wait_seconds = lease_wait_seconds
+        self.history_cap = history_cap
+        self.before_write: list[Callable[[], None]] = []
+        self._lease = client.register_script(_LEASE)
+        self._commit = client.register_script(_COMMIT)
+        self._release = client.register_script(_RELEASE)
+        self._worker_key = f"{prefix}worker:{{{worker}}}"
+        self._count_key = f"{prefix}profile-count"
+        self._live_key = f"{prefix}live-sessions"
+        self._anonymous_key = f"{prefix}anonymous-profiles"
+        # While inside `exclusive`: the lease token, the leases held, and what was read
+        # under them (a profile read twice is the same object, as the caller changes it).
+        self._token: str | None = None
+        self._held: list[str] = []
+        self._profiles: dict[str, Profile | None] = {}
+        self._links: dict[str, str | None] = {}
+        meta = client.hgetall(self._worker_key)
+        self._applied_seq = int(meta.get(b"applied_seq", 0))
+        self._watermark_ms = int(meta.get(b"watermark_ms", 0))
+        self.lease_retries = 0  # times a lease was found taken (contention)
+
+    # -- key layout ----------------------------------------------------------------------------
+
+    def profile_key(self, profile_id: str) -> str:
+        return f"{self.prefix}{{{profile_id}}}:profile"
+
+    def history_key(self, profile_id: str) -> str:
+        return f"{self.prefix}{{{profile_id}}}:history"
+
+    def link_key(self, key: str) -> str:
+        return f"{self.prefix}{{{key}}}:link"
+
+    def lease_key(self, key_or_profile_id: str) -> str:
+        return f"{self.prefix}{{{key_or_profile_id}}}:lease"
+
+    # -- leases --------------------------------------------------------------------------------
+
+    @contextmanager
+    def exclusive(self, keys: Collection[str], profile_ids: Collection[str] = ()) -> Iterator[None]:
+        if self._token is not None:  # nested: the outer block holds what it needs
+            yield
+            return
+        deadline = time.monotonic() + self.lease_wait_seconds
+        self._token = secrets.token_hex(12)
+        try:
+            pause = 0.0005
+            while not self._take(sorted(set(keys)), profile_ids):
+                self._let_go()
+                self.lease_retries += 1
+                if time.monotonic() >= deadline:
+                    raise LeaseTimeout(
+                        f"identities {sorted(keys)} stayed leased by other workers for "
+                        f"{self.lease_wait_seconds} s"
+                    )
+                time.sleep(pause * (0.5 + random.random()))
+                pause = min(pause * 2, 0.02)
+            yield
+        finally:
+            self._let_go()
+            self._token = None
+
+    def _take(self, keys: list[str], profile_ids: Collection[str]) -> bool:
+        """Lease the identity keys, then every profile they link to (and `profile_ids`),
+        following links that moved while we waited; False if any lease was taken."""
+        token = self._token
+        assert token is not None
+        leases = [self.lease_key(key) for key in keys]
+        values = self._lease_and_read(leases, [self.link_key(key) for key in keys])
+        if values is None:
+            return False
+        self._held.extend(leases)
+        links = {key: _text(value) for key, value in zip(keys, values, strict=True)}
+        wanted = set(profile_ids) | {target for target in links.values() if target}
+        leased: set[str] = set()
+        while wanted - leased:
+            new = sorted(wanted - leased)
+            new_leases = [self.lease_key(profile_id) for profile_id in new]
+            reads = [self.profile_key(p) for p in new] + [self.link_key(k) for k in keys]
+            values = self._lease_and_read(new_leases, reads)
+            if values is None:
+                return False
+            self._held.extend(new_leases)
+            leased.update(new)
+            for profile_id, body in zip(new, values, strict=False):
+                self._profiles[profile_id] = decode_profile(body) if body is not None else None
+            # A merge by another worker may have moved a link while we waited for it.
+            for key, value in zip(keys, values[len(new) :], strict=True):
+                links[key] = target = _text(value)
+                if target:
+                    wanted.add(target)
+        self._links.update(links)
+        return True
+
+    def _lease_and_read(self, leases: list[str], reads: list[str]) -> list[bytes | None] | None:
+        if not leases:
+            return [_optional(self.client.get(key)) for key in reads]
+        token = self._token or ""
+        answer = self._lease(keys=leases + reads, args=[token, self.lease_ms, len(leases)])
+        return None if answer is None else list(answer)
+
+    def _let_go(self) -> None:
+        """Release every lease held (those a commit has not released already)."""
+        if self._held:
+            held, self._held = self._held, []
+            try:
+                self._release(keys=held, args=[self._token or ""])
+            except redis.RedisError:  # they run out on their own
+                log.warning("releasing %d leases failed; they expire in %d ms",
+                            len(held), self.lease_ms)  # fmt: skip
+        self._profiles.clear()
+        self._links.clear()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def get(self, profile_id: str) -> Profile | None:
+        if profile_id in self._profiles:
+            return self._profiles[profile_id]
+        body = self.client.get(self.profile_key(profile_id))
+        profile = None if body is None else decode_profile(_raw(body))
+        if self._token is not None:
+            self._profiles[profile_id] = profile
+        return profile
+
+    def resolve(self, key: str) -> str | None:
+        if key in self._links:
+            return self._links[key]
+        return _text(self.client.get(self.link_key(key)))
+
+    @property
+    def applied_seq(self) -> int:
+        return self._applied_seq
+
+    @property
+    def watermark_ms(self) -> int:
+        return self._watermark_ms
+
+    def segment_history(self, profile_id: str, limit: int) -> list[SegmentChange]:
+        rows = self.client.lrange(self.history_key(profile_id), 0, -1)
+        changes = [decode_change(_raw(row)) for row in rows]
+        changes.sort(key=lambda change: change.at_ms)  # stable: equal times keep their order
+        return changes[-limit:] if limit > 0 else []
+
+    def profile_count(self) -> int:
+        return int(self.client.get(self._count_key) or 0)
+
+    def profiles(self) -> Iterator[Profile]:
+        """Every profile, read in pages (a scan: another worker's writes may or may not
+        be seen)."""
+        pattern = f"{self.prefix}{{*}}:profile"
+        page: list[bytes] = []
+        for key in self.client.scan_iter(match=pattern, count=1000):
+            page.append(key)
+            if len(page) >= 500:
+                yield from self._read_page(page)
+                page = []
+        if page:
+            yield from self._read_page(page)
+
+    def _read_page(self, keys: list[bytes]) -> Iterator[Profile]:
+        for body in self.client.mget(keys):
+            if body is not None:
+                yield decode_profile(_raw(body))
+
+    def links(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        start = len(self.prefix) + 1
+        for key in self.client.scan_iter(match=f"{self.prefix}{{*}}:link", count=1000):
+            target = self.client.get(key)
+            if target is not None:
+                found[_raw(key).decode()[start : -len("}:link")]] = _raw(target).decode()
+        return found
+
+    def live_sessions(self, since_ms: int) -> int:
+        return int(self.client.zcount(self._live_key, since_ms, "+inf"))
+
+    def idle_sessions(self, before_ms: int, limit: int) -> list[str]:
+        return self._oldest(self._live_key, before_ms, limit)
+
+    def idle_anonymous(self, before_ms: int, limit: int) -> list[str]:
+        return self._oldest(self._anonymous_key, before_ms, limit)
+
+    def _oldest(self, index: str, before_ms: int, limit: int) -> list[str]:
+        found = self.client.zrangebyscore(index, "-inf", f"({before_ms}", start=0, num=limit)
+        return [_raw(member).decode() for member in found]
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def commit(self, changes: Changes) -> None:
+        ops = _Ops(self._held)
+        for profile_id, profile in changes.profiles.items():
+            ops.add("P", self.profile_key(profile_id), encode_profile(profile),
+                    ops.key(self._count_key))  # fmt: skip
+            self._index(ops, profile)
+        if not changes.only_profiles:
+            self._commit_rest(ops, changes)
+        ops.add("Q", self._worker_key, changes.seq, changes.watermark_ms)
+        # Inside `exclusive` the leases go with the write (one round trip less).
+        release = "1" if self._held else "0"
+        try:
+            self._commit(
+                keys=ops.keys,
+                args=[self._token or "", len(self._held), release, self.history_cap, *ops.args],
+            )
+        except redis.ResponseError as error:
+            if "LEASE_LOST" in str(error):
+                raise LeaseLost(str(error)) from None
+            raise
+        if release == "1":
+            self._held = []
+        if changes.seq > self._applied_seq:
+            self._applied_seq = changes.seq
+        if changes.watermark_ms > self._watermark_ms:
+            self._watermark_ms = changes.watermark_ms
+
+    def _index(self, ops: _Ops, profile: Profile) -> None:
+        profile_id = profile.id
+        if profile.session is not None:
+            ops.add("Z", self._live_key, profile_id, profile.session.last_ms)
+        else:
+            ops.add("R", self._live_key, profile_id)
+        if profile.user_ids:
+            ops.add("R", self._anonymous_key, profile_id)
+        else:
+            ops.add("Z", self._anonymous_key, profile_id, profile.last_ms)
+
+    def _commit_rest(self, ops: _Ops, changes: Changes) -> None:
+        # In the embedded store's order: entries and exits, then merged histories follow
+        # their profile, then removed profiles (and what is left of their history) go.
+        for change in changes.transitions:
+            ops.add("A", self.history_key(change.profile_id), encode_change(change))
+        for old, into in changes.merged.items():
+            ops.add("M", self.history_key(old), ops.key(self.history_key(into)))
+        for profile_id in changes.removed:
+            ops.add("X", self.profile_key(profile_id), ops.key(self._count_key))
+            ops.add("D", self.history_key(profile_id))
+            ops.add("R", self._live_key, profile_id)
+            ops.add("R", self._anonymous_key, profile_id)
+        for key, profile_id in changes.links.items():
+            ops.add("S", self.link_key(key), profile_id)
+        for key in changes.unlinked:
+            ops.add("D", self.link_key(key))
+
+    def compact(self) -> Future[None]:
+        """Nothing deleted stays readable in Redis's memory; its append-only file keeps
+        deleted values until rewritten, so a rewrite is started when the file is on."""
+        done: Future[None] = Future()
+        try:
+            if self.client.config_get("appendonly").get("appendonly") == "yes":
+                self.client.bgrewriteaof()
+        except redis.ResponseError as error:  # a rewrite already running, or CONFIG renamed
+            log.info("AOF rewrite after an erasure not started: %s", error)
+        done.set_result(None)
+        return done
+
+    def tick(self) -> None:
+        # Every commit is written at once; logs derived from events (experiments) are
+        # made durable about once a second (docs/operations.md, "Scale-out").
+        for wait in self.before_write:
+            wait()
+
+    def flush(self) -> None:
+        for wait in self.before_write:
+            wait()
+
+    def close(self) -> None:
+        self.flush()
+        self.client.close()
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else _raw(value).decode()
+
+
+def _raw(value: object) -> bytes:
+    """A reply's bytes (the client never decodes replies to text)."""
+    if not isinstance(value, bytes):
+        raise TypeError(f"expected bytes from Redis, got {type(value).__name__}")
+    return value
+
+
+def _optional(value: object) -> bytes | None:
+    return None if value is None else _raw(value)
