@@ -1,0 +1,254 @@
+"""Many workers on one Redis: per-profile order and atomic merges under real concurrency,
+a worker that lost its lease cannot overwrite, and a real cluster of two `intently serve`
+processes where an event acknowledged by one is seen by the other's very next read.
+
+Against the real Redis of tests/services.py (CI requires it)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from intently.clock import SystemClock
+from intently.context.stage import ContextStage
+from intently.events.enrich import Enricher
+from intently.events.referrer import ReferrerClassifier
+from intently.events.validate import decode_body
+from intently.log.dedupe import MessageIdWindow
+from intently.log.eventlog import EventLog
+from intently.pipeline import Pipeline
+from intently.stores.connect import connect_redis
+from intently.stores.protocol import Changes
+from intently.stores.redisstate import LeaseLost, RedisStore
+from services import REDIS_URL, redis_namespace
+from support import START, free_port, wait_ready
+
+WRITE_KEY, SECRET_KEY = "wk_cluster", "sk_cluster"
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    with redis_namespace() as name:
+        yield name
+
+
+class Worker:
+    """One worker's ingest path, for real: its own event log and pipeline, applying to the
+    shared Redis store through its own context stage (and its own connection)."""
+
+    def __init__(self, directory: Path, prefix: str, name: str) -> None:
+        self.store = RedisStore(connect_redis(REDIS_URL), prefix=prefix, worker=name)
+        self.stage = ContextStage(self.store)
+        self.log = EventLog.open(directory / f"{name}.db")
+        enricher = Enricher(None, ReferrerClassifier(frozenset()), "truncate")
+        dedupe = MessageIdWindow(3_600_000, 100_000)
+        self.pipeline = Pipeline(self.log, enricher, SystemClock(), dedupe, sinks=[self.stage])
+
+    def send(self, events: list[dict[str, object]]) -> None:
+        async def run() -> None:
+            for start in range(0, len(events), 10):
+                body = msgspec.json.encode({"batch": events[start : start + 10]})
+                await self.pipeline.ingest(decode_body(body).events)
+
+        asyncio.run(run())
+
+    def close(self) -> None:
+        self.log.close()
+        self.store.close()
+
+
+def test_two_workers_applying_at_once_lose_no_update_and_merge_atomically(
+    prefix: str, tmp_path: Path
+) -> None:
+    # Two workers each apply their own stream of events concurrently; the streams touch
+    # the same few visitors, and logins merge anonymous profiles into known ones on
+    # either worker. Nothing may be lost: per visitor, the views counted must equal the
+    # views sent, whichever worker applied them.
+    rng = random.Random(3)
+    devices = [f"dev-{n}" for n in range(6)]
+    streams: list[list[dict[str, object]]] = [[], []]
+    sent: Counter[str] = Counter()
+    logins = {"dev-0": "ann", "dev-1": "ann", "dev-2": "bob"}  # ann: two devices, merged
+    for n in range(800):
+        device = rng.choice(devices)
+        worker = rng.randrange(2)
+        at = START.timestamp() + n
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))  # in order
+        if n > 100 and device in logins and rng.random() < 0.05:
+            event = {"type": "identify", "anonymousId": device, "userId": logins[device],
+                     "timestamp": stamp}  # fmt: skip
+        else:
+            event = {"type": "track", "event": "Product Viewed", "anonymousId": device,
+                     "properties": {"product_id": "x", "price": 5}, "timestamp": stamp}  # fmt: skip
+            sent[device] += 1
+        streams[worker].append(event)
+    workers = [Worker(tmp_path, prefix, f"w{n}") for n in range(2)]
+    stores = [worker.store for worker in workers]
+    stages = [worker.stage for worker in workers]
+    failures: list[BaseException] = []
+
+    def run(worker: Worker, events: list[dict[str, object]]) -> None:
+        try:
+            worker.send(events)
+        except BaseException as error:  # reported by the test below
+            failures.append(error)
+
+    threads = [
+        threading.Thread(target=run, args=(worker, stream))
+        for worker, stream in zip(workers, streams, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    try:
+        assert not failures, failures
+        assert stages[0].failed == stages[1].failed == 0
+        reader = stores[0]
+        views: Counter[str] = Counter()
+        for profile in reader.profiles():
+            for device in profile.anonymous_ids:
+                assert reader.resolve(f"a:{device}") == profile.id
+            views_here = profile.counts.get("Product Viewed", 0)
+            owners = [d for d in devices if d in profile.anonymous_ids]
+            assert owners, profile
+            views[",".join(sorted(owners))] += views_here
+        merged = stages[0].identity.merges + stages[1].identity.merges
+        assert merged >= 1  # ann's second device was merged on some worker
+        ann = reader.get(reader.resolve("u:ann") or "")
+        assert ann is not None
+        assert {"dev-0", "dev-1"} <= set(ann.anonymous_ids)
+        expected = Counter[str]()
+        for key in views:
+            expected[key] = sum(sent[d] for d in key.split(","))
+        assert views == expected
+        assert reader.profile_count() == len(list(reader.profiles()))
+        # Contention happened and was resolved by waiting, never by overwriting.
+        assert stores[0].lease_retries + stores[1].lease_retries > 0
+    finally:
+        for worker in workers:
+            worker.close()
+
+
+def test_a_worker_past_its_lease_cannot_overwrite_a_newer_state(prefix: str) -> None:
+    slow = RedisStore(connect_redis(REDIS_URL), prefix=prefix, worker="slow", lease_ms=100)
+    fast = RedisStore(connect_redis(REDIS_URL), prefix=prefix, worker="fast")
+    from intently.context.profile import ProfileRules
+    from intently.context.settings import ContextSettings
+
+    rules = ProfileRules(ContextSettings())
+    try:
+        with slow.exclusive(["a:dev"]):
+            stale = rules.new("p_dev", 1_000)
+            time.sleep(0.25)  # a pause longer than the lease
+            with fast.exclusive(["a:dev"]):  # the lease ran out: the other worker takes it
+                fresh = rules.new("p_dev", 2_000)
+                changes = Changes(1)
+                changes.put(fresh)
+                changes.link("a:dev", "p_dev")
+                fast.commit(changes)
+            changes = Changes(1)
+            changes.put(stale)
+            with pytest.raises(LeaseLost):
+                slow.commit(changes)
+        stored = fast.get("p_dev")
+        assert stored is not None
+        assert stored.first_ms == 2_000
+    finally:
+        slow.close()
+        fast.close()
+
+
+# -- a real cluster: two `intently serve` processes on one Redis ----------------------------
+
+
+def serve(data_dir: Path, port: int, prefix: str) -> subprocess.Popen[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("INTENTLY_")}
+    environment.update(
+        INTENTLY_STORE=REDIS_URL, INTENTLY_REDIS_PREFIX=prefix, INTENTLY_WRITE_KEY=WRITE_KEY,
+        INTENTLY_SECRET_KEY=SECRET_KEY, INTENTLY_GEOIP_DB="off",
+    )  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "intently", "serve", "--port", str(port), "--data-dir",
+         str(data_dir), "--log-level", "warning"],
+        env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def call(port: int, path: str, body: object = None, key: str = WRITE_KEY) -> dict[str, object]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=data,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer: dict[str, object] = json.loads(response.read())
+        return answer
+
+
+@pytest.mark.slow
+def test_an_event_acknowledged_by_one_worker_is_read_by_the_other_at_once(
+    tmp_path: Path, prefix: str
+) -> None:
+    ports = [free_port(), free_port()]
+    workers = [serve(tmp_path / f"w{n}", port, prefix) for n, port in enumerate(ports)]
+    try:
+        for port, process in zip(ports, workers, strict=True):
+            wait_ready(port, process)
+        a, b = ports
+        # The catalog is each worker's own until it moves to PostgreSQL: both get the
+        # banner, eligible once running is among the session's top categories.
+        banner = {"offers": [{"id": "hero-running", "kind": "banner",
+                              "eligibility": '"running" in session.top_categories'}]}  # fmt: skip
+        for port in ports:
+            call(port, "/v1/catalog/offers", banner, key=SECRET_KEY)
+        ask = {"anonymousId": "visitor", "placements": [{"id": "home_hero"}]}
+        before = call(b, "/v1/decide", ask)["decisions"][0]  # type: ignore[index]
+        assert before["items"] == []
+        for step in range(20):
+            # Alternate which worker writes: each read on the other follows at once.
+            writer, reader = (a, b) if step % 2 == 0 else (b, a)
+            event = {"type": "track", "event": "Product Viewed", "anonymousId": "visitor",
+                     "properties": {"product_id": f"p{step}", "category": "running",
+                                    "price": 10 + step}}  # fmt: skip
+            assert call(writer, "/v1/events", event) == {"accepted": 1}
+            profile = call(reader, "/v1/profiles/visitor", key=SECRET_KEY)
+            assert profile["counts"] == {"Product Viewed": step + 1}
+            session = profile["session"]
+            assert isinstance(session, dict)
+            assert f"p{step}" in session["recent_products"]
+            if step == 0:  # the very next decide, on the other worker, uses the event
+                after = call(reader, "/v1/decide", ask)["decisions"][0]  # type: ignore[index]
+                assert [item["id"] for item in after["items"]] == ["hero-running"]
+        # A login on one worker merges; the other sees one person under both ids.
+        call(b, "/v1/events", {"type": "track", "event": "Product Viewed", "userId": "kim",
+                               "properties": {"product_id": "k"}})  # fmt: skip
+        call(a, "/v1/events", {"type": "identify", "anonymousId": "visitor", "userId": "kim"})
+        by_user = call(b, "/v1/profiles/kim", key=SECRET_KEY)
+        by_device = call(b, "/v1/profiles/visitor", key=SECRET_KEY)
+        assert by_user["id"] == by_device["id"]
+        counts = by_user["counts"]
+        assert isinstance(counts, dict)
+        assert counts["Product Viewed"] == 21
+    finally:
+        for process in workers:
+            process.terminate()
+        for process in workers:
+            try:
+                process.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
