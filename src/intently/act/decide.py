@@ -77,7 +77,7 @@ from intently.experiments.assign import Arm
 from intently.experiments.runtime import Experiments
 from intently.learn.rewards import Attribution, Decision, Observed, Outcome, Reward
 from intently.recommend.learn import LearnFromViews, context_keys, device_of
-from intently.stores.protocol import Changes
+from intently.stores.protocol import Changes, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +272,9 @@ class Decider:
         try:
             self.recommenders.refresh_if_stale(now)
             visitor = self._visitor(body, client_ip, user_agent, refused, now)
+        except StoreUnavailable:  # Redis gone: answered at once, without the visitor
+            trouble = "the state store is unavailable"
+            visitor = self._nobody(body, now)
         except Exception:  # a bug: every placement answers with its fallback
             log.exception("reading the visitor failed; the fallbacks answer")
             trouble = "reading the visitor failed"

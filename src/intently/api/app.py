@@ -43,6 +43,7 @@ from intently.api.profiles import delete_profile, export_profile, get_profile, p
 from intently.api.render import routes as render_routes
 from intently.api.segments import delete_segment, get_segment, list_segments, put_segment
 from intently.engine import Engine
+from intently.stores.protocol import StoreUnavailable
 from intently.web import web_routes
 
 _encode = msgspec.json.Encoder().encode
@@ -94,12 +95,18 @@ async def _tick(engine: Engine, seconds: float = 1.0) -> None:
             engine.store.tick()
         except Exception:  # logged; the next tick tries again
             log.exception("the state store's periodic work failed")
+        try:  # after an outage of the shared store: apply what waited in the log
+            engine.context.recover(engine.log)
+        except Exception:
+            log.exception("catching up with the state store failed")
         try:
             engine.decider.tick(engine.now_ms())
         except Exception:
             log.exception("the decision engine's periodic work failed")
         try:  # the dashboard's live sessions gauge (api/live.py)
             engine.live.sample_sessions(live_sessions(engine))
+        except StoreUnavailable:
+            pass  # the gauge keeps its last value while the store is away
         except Exception:
             log.exception("sampling the live sessions failed")
         _collect()

@@ -97,7 +97,10 @@ def client_info(request: Request, settings: Settings) -> ClientInfo:
 async def ingest(
     engine: Engine, request: Request, events: list[tuple[int | None, Event]]
 ) -> IngestResult | Response:
-    """Make `events` durable and applied; or the 503 to answer when the log cannot."""
+    """Make `events` durable and applied; or the 503 to answer when the log cannot, or
+    when the shared state store cannot be reached."""
+    if _behind(engine):
+        return _state_unavailable("nothing was stored")
     try:
         result = await engine.pipeline.ingest(events, client_info(request, engine.settings))
     except (LogClosed, sqlite3.Error):
@@ -107,8 +110,24 @@ async def ingest(
             "the event log could not store the events; nothing was acknowledged, retry later",
             headers={"Retry-After": "1"},
         )  # fmt: skip
+    if _behind(engine):  # (it may have fallen behind while these were applied)
+        # Durable in the log and applied once the store is back; a retry of the same
+        # messageIds is taken as a duplicate, so nothing counts twice.
+        return _state_unavailable("these events are kept and applied when it returns")
     engine.metrics.duplicates.inc(result.duplicates)
     return result
+
+
+def _behind(engine: Engine) -> bool:
+    return engine.context.behind
+
+
+def _state_unavailable(what: str) -> Response:
+    return problem(
+        503, "state-unavailable",
+        f"the shared state store cannot be reached; {what}; retry with the same messageIds",
+        headers={"Retry-After": "1"},
+    )  # fmt: skip
 
 
 async def post_events(request: Request) -> Response:

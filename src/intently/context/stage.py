@@ -18,7 +18,7 @@ from intently.context.profile import Profile, ProfileRules
 from intently.context.settings import ContextSettings
 from intently.events.record import EventRecord, decode_record
 from intently.log.eventlog import EventLogReader
-from intently.stores.protocol import Changes, StateStore
+from intently.stores.protocol import Changes, StateStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +53,43 @@ class ContextStage:
         self._next_sweep = _next_sweep_after(store.applied_seq)
         self.applied = 0
         self.failed = 0  # events whose step raised (logged)
+        # The store was unreachable when an event was applied: events wait in the log,
+        # new ones are refused (503), until `recover` has applied the waiting ones.
+        self.behind = False
 
     # -- the pipeline step -------------------------------------------------------------------
 
     def apply_many(self, records: Sequence[EventRecord]) -> None:
+        if self.behind:
+            return  # in the log, in order: `recover` applies them once the store is back
+        store = self.store
         for record in records:
+            if record.seq <= store.applied_seq:
+                continue  # applied by `recover`, which read it from the log before this
             try:
                 self.apply(record)
+            except StoreUnavailable as error:
+                # This event and every later one wait in the log (a later one must not be
+                # applied before an earlier one of the same visitor).
+                self.behind = True
+                log.warning("the state store is unavailable; events wait in the log (%s)", error)
+                return
             except Exception:  # a bug: the next events are still applied
                 self.failed += 1
                 log.exception("applying the event at log position %d failed", record.seq)
+
+    def recover(self, log_reader: EventLogReader) -> int:
+        """While behind: once the store answers again, apply what waited in the log.
+        Returns how many events were applied."""
+        if not self.behind or not self.store.recover():
+            return 0
+        try:
+            applied = self.catch_up(log_reader)
+        except StoreUnavailable:
+            return 0
+        self.behind = False
+        log.warning("the state store is back; %d waiting events applied", applied)
+        return applied
 
     def apply(self, record: EventRecord) -> None:
         facts = facts_of(record)

@@ -23,8 +23,8 @@ REDIS_SCHEMES = ("redis", "rediss", "unix")
 MIN_REDIS = (6, 2)
 # What a worker waits for Redis before it gives up on one call: a decide must still
 # answer (with its fallback) within its deadline when Redis is gone.
-REDIS_CONNECT_TIMEOUT_SECONDS = 1.0
-REDIS_SOCKET_TIMEOUT_SECONDS = 1.0
+REDIS_CONNECT_TIMEOUT_SECONDS = 0.5
+REDIS_SOCKET_TIMEOUT_SECONDS = 0.5
 
 
 class BackendUnavailable(RuntimeError):

@@ -415,6 +415,9 @@ class EmbeddedStore:
             finally:
                 self._in_flight = None
 
+    def recover(self) -> bool:
+        return True  # in process: never unreachable
+
     def compact(self) -> Future[None]:
         """Flush (here: encoding is a consistent cut only on the caller's thread), then,
         on the writer thread, leave no copy of removed rows in the WAL (after an erasure).

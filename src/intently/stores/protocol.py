@@ -104,6 +104,11 @@ class Changes:
         self._merged[absorbed_id] = into_id
 
 
+class StoreUnavailable(RuntimeError):
+    """The store's server cannot be reached now. Reads answer without the visitor (the
+    decision's fallbacks); events are refused with 503 until `recover` says it is back."""
+
+
 _NO_IDS: frozenset[str] = frozenset()
 _NO_LINKS: Mapping[str, str] = MappingProxyType({})
 
@@ -181,6 +186,11 @@ class StateStore(Protocol):
 
     def flush(self) -> None:
         """Make every committed change durable before returning."""
+        ...
+
+    def recover(self) -> bool:
+        """After `StoreUnavailable`: whether the store answers again (its log position
+        read anew, as a write whose answer was lost may have been applied)."""
         ...
 
     def close(self) -> None: ...

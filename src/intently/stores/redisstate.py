@@ -28,6 +28,7 @@ event's changes, since a script is atomic.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import secrets
@@ -35,13 +36,13 @@ import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
 from intently.context.profile import Profile, SegmentChange
 from intently.stores.codec import decode_change, decode_profile, encode_change, encode_profile
-from intently.stores.protocol import Changes
+from intently.stores.protocol import Changes, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -134,13 +135,40 @@ return 1
 """
 
 
+# After a failed call, calls fail at once for this long (then one tries the server again):
+# a request must not wait out a connection timeout per read while Redis is gone.
+_OPEN_SECONDS = 0.5
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _guarded(method: _Method) -> _Method:
+    """Turn a lost connection into `StoreUnavailable`, and open the circuit: until
+    `_OPEN_SECONDS` pass, calls fail at once without touching the network."""
+
+    @functools.wraps(method)
+    def call(self: RedisStore, *args: Any, **kwargs: Any) -> Any:
+        if time.monotonic() < self._closed_after:
+            raise StoreUnavailable(f"Redis at {self.where} is unavailable (retrying)")
+        try:
+            return method(self, *args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            self._closed_after = time.monotonic() + _OPEN_SECONDS
+            self.failures += 1
+            raise StoreUnavailable(f"Redis at {self.where} is unavailable: {error}") from error
+
+    return call  # type: ignore[return-value]
+
+
 class LeaseLost(RuntimeError):
     """A write was refused: this worker's lease on a profile had run out (it paused for
     longer than the lease), so another worker may have changed the profile since."""
 
 
-class LeaseTimeout(RuntimeError):
-    """The leases an event needs stayed taken for longer than the wait allows."""
+class LeaseTimeout(StoreUnavailable):
+    """The leases an event needs stayed taken for longer than the wait allows (a worker
+    killed while holding them: they run out after `lease_ms`). Handled as an outage: the
+    event waits in the log and is applied by the next recovery."""
 
 
 class _Ops:
@@ -182,8 +210,9 @@ class RedisStore:
         *,
         prefix: str = "intently:",
         worker: str = "default",
-        lease_ms: int = 5_000,
-        lease_wait_seconds: float = 2.0,
+        lease_ms: int = 2_000,
+        # Longer than a lease: a dead worker's leases run out within one wait.
+        lease_wait_seconds: float = 2.5,
         history_cap: int = 200,
     ) -> None:
         self.client = client
@@ -206,10 +235,26 @@ class RedisStore:
         self._held: list[str] = []
         self._profiles: dict[str, Profile | None] = {}
         self._links: dict[str, str | None] = {}
-        meta = client.hgetall(self._worker_key)
+        self._applied_seq = self._watermark_ms = 0
+        self._read_position()
+        self.lease_retries = 0  # times a lease was found taken (contention)
+        self.failures = 0  # calls that found Redis unreachable
+        self._closed_after = 0.0  # the circuit: calls fail at once until then
+        self.where = _where(client)
+
+    def _read_position(self) -> None:
+        meta = self.client.hgetall(self._worker_key)
         self._applied_seq = int(meta.get(b"applied_seq", 0))
         self._watermark_ms = int(meta.get(b"watermark_ms", 0))
-        self.lease_retries = 0  # times a lease was found taken (contention)
+
+    def recover(self) -> bool:
+        self._closed_after = 0.0
+        try:
+            self._read_position()
+        except (redis.ConnectionError, redis.TimeoutError):
+            self._closed_after = time.monotonic() + _OPEN_SECONDS
+            return False
+        return True
 
     # -- key layout ----------------------------------------------------------------------------
 
@@ -283,6 +328,7 @@ class RedisStore:
         self._links.update(links)
         return True
 
+    @_guarded
     def _lease_and_read(self, leases: list[str], reads: list[str]) -> list[bytes | None] | None:
         if not leases:
             return [_optional(self.client.get(key)) for key in reads]
@@ -292,7 +338,9 @@ class RedisStore:
 
     def _let_go(self) -> None:
         """Release every lease held (those a commit has not released already)."""
-        if self._held:
+        if self._held and time.monotonic() < self._closed_after:
+            self._held = []  # Redis is gone: they run out on their own
+        elif self._held:
             held, self._held = self._held, []
             try:
                 self._release(keys=held, args=[self._token or ""])
@@ -304,6 +352,7 @@ class RedisStore:
 
     # -- reading -------------------------------------------------------------------------------
 
+    @_guarded
     def get(self, profile_id: str) -> Profile | None:
         if profile_id in self._profiles:
             return self._profiles[profile_id]
@@ -313,6 +362,7 @@ class RedisStore:
             self._profiles[profile_id] = profile
         return profile
 
+    @_guarded
     def resolve(self, key: str) -> str | None:
         if key in self._links:
             return self._links[key]
@@ -326,12 +376,14 @@ class RedisStore:
     def watermark_ms(self) -> int:
         return self._watermark_ms
 
+    @_guarded
     def segment_history(self, profile_id: str, limit: int) -> list[SegmentChange]:
         rows = self.client.lrange(self.history_key(profile_id), 0, -1)
         changes = [decode_change(_raw(row)) for row in rows]
         changes.sort(key=lambda change: change.at_ms)  # stable: equal times keep their order
         return changes[-limit:] if limit > 0 else []
 
+    @_guarded
     def profile_count(self) -> int:
         return int(self.client.get(self._count_key) or 0)
 
@@ -362,12 +414,15 @@ class RedisStore:
                 found[_raw(key).decode()[start : -len("}:link")]] = _raw(target).decode()
         return found
 
+    @_guarded
     def live_sessions(self, since_ms: int) -> int:
         return int(self.client.zcount(self._live_key, since_ms, "+inf"))
 
+    @_guarded
     def idle_sessions(self, before_ms: int, limit: int) -> list[str]:
         return self._oldest(self._live_key, before_ms, limit)
 
+    @_guarded
     def idle_anonymous(self, before_ms: int, limit: int) -> list[str]:
         return self._oldest(self._anonymous_key, before_ms, limit)
 
@@ -377,6 +432,7 @@ class RedisStore:
 
     # -- writing -------------------------------------------------------------------------------
 
+    @_guarded
     def commit(self, changes: Changes) -> None:
         ops = _Ops(self._held)
         for profile_id, profile in changes.profiles.items():
@@ -461,6 +517,14 @@ class RedisStore:
 
 def _text(value: Any) -> str | None:
     return None if value is None else _raw(value).decode()
+
+
+def _where(client: redis.Redis) -> str:
+    """host:port (or the socket path) of the client's server, for messages."""
+    kwargs = client.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return str(kwargs["path"])
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
 
 
 def _raw(value: object) -> bytes:
