@@ -34,6 +34,7 @@ from intently.pipeline import Pipeline
 from intently.stores.connect import connect_redis
 from intently.stores.protocol import Changes
 from intently.stores.redisstate import LeaseLost, RedisStore
+from intently.stores.stream import EventStream, StreamEntry
 from services import REDIS_URL, redis_namespace
 from support import START, free_port, wait_ready
 
@@ -252,3 +253,51 @@ def test_an_event_acknowledged_by_one_worker_is_read_by_the_other_at_once(
                 process.communicate(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def stream_position(entry: StreamEntry) -> tuple[int, int]:
+    milliseconds, number = entry.id.split("-")
+    return int(milliseconds), int(number)
+
+
+def test_the_event_stream_holds_every_applied_event_once_in_each_workers_order(
+    prefix: str, tmp_path: Path
+) -> None:
+    workers = [Worker(tmp_path, prefix, f"w{n}") for n in range(2)]
+    stream = EventStream(connect_redis(REDIS_URL), prefix=prefix)
+    try:
+        stream.join("exporter")
+        sent: dict[str, list[str]] = {"w0": [], "w1": []}
+        for round_ in range(3):
+            for n, worker in enumerate(workers):
+                events = [
+                    {"type": "track", "event": "Product Viewed", "anonymousId": f"dev-{i % 4}",
+                     "messageId": f"w{n}-{round_}-{i}", "properties": {"product_id": "x"}}
+                    for i in range(25)
+                ]  # fmt: skip
+                worker.send(events)
+                sent[f"w{n}"].extend(str(e["messageId"]) for e in events)
+        # Two consumers of one group share the entries; one dies before acknowledging.
+        first = stream.read("exporter", "c1", count=40, block_ms=None)
+        assert len(first) == 40
+        survivor: list[StreamEntry] = []
+        while batch := stream.read("exporter", "c2", count=50, block_ms=None):
+            survivor.extend(batch)
+            stream.ack("exporter", [entry.id for entry in batch])
+        assert len(first) + len(survivor) == 150
+        assert stream.pending("exporter") == 40  # c1's, never acknowledged
+        # c1's entries go to c2 once they have been idle long enough.
+        time.sleep(0.05)
+        claimed = stream.read("exporter", "c2", count=100, block_ms=None, claim_idle_ms=20)
+        assert sorted(e.id for e in claimed) == sorted(e.id for e in first)
+        stream.ack("exporter", [entry.id for entry in claimed])
+        assert stream.pending("exporter") == 0
+        in_order = sorted(first + survivor, key=stream_position)
+        for name, ids in sent.items():
+            mine = [e for e in in_order if e.worker == name]
+            assert [e.event["event"]["messageId"] for e in mine] == ids
+            assert [e.seq for e in mine] == sorted(e.seq for e in mine)
+    finally:
+        stream.client.close()
+        for worker in workers:
+            worker.close()

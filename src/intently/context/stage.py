@@ -96,6 +96,7 @@ class ContextStage:
         if facts.at_ms > self.watermark_ms:
             self.watermark_ms = facts.at_ms
         changes = Changes(record.seq, self.watermark_ms)
+        changes.event = record
         with self.store.exclusive(identity_keys(facts)):
             try:
                 profile = self.identity.profile_for(facts, changes)

@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Protocol
 
 from intently.context.profile import Profile, SegmentChange
+from intently.events.record import EventRecord
 
 
 class Changes:
@@ -29,12 +30,15 @@ class Changes:
     that nothing but `profiles` holds anything (most events), so it may skip the rest.
     """
 
-    __slots__ = ("_links", "_merged", "_removed", "_transitions", "_unlinked", "only_profiles",
-                 "profiles", "seq", "watermark_ms")  # fmt: skip
+    __slots__ = ("_links", "_merged", "_removed", "_transitions", "_unlinked", "event",
+                 "only_profiles", "profiles", "seq", "watermark_ms")  # fmt: skip
 
     def __init__(self, seq: int, watermark_ms: int = 0) -> None:
         self.seq = seq
         self.watermark_ms = watermark_ms
+        # The event that made these changes (None outside events): a shared store
+        # publishes it to its event stream in the same atomic write.
+        self.event: EventRecord | None = None
         self.profiles: dict[str, Profile] = {}
         self.only_profiles = True
         self._removed: set[str] | None = None

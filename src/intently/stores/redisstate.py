@@ -38,6 +38,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import msgspec
 import redis
 
 from intently.context.profile import Profile, SegmentChange
@@ -45,6 +46,7 @@ from intently.stores.codec import decode_change, decode_profile, encode_change, 
 from intently.stores.protocol import Changes, StoreUnavailable
 
 log = logging.getLogger(__name__)
+_to_json = msgspec.json.Encoder().encode
 
 # Take every lease in KEYS[1..n] (n = ARGV[3]) for token ARGV[1], for ARGV[2] ms, or none
 # of them (returns nil); then return the values of the remaining KEYS.
@@ -107,6 +109,10 @@ while i <= #ARGV do
       redis.call('DEL', key)
     end
     i = i + 3
+  elseif op == 'E' then
+    redis.call('XADD', key, 'MAXLEN', '~', ARGV[i + 2], '*', 'worker', ARGV[i + 3],
+               'seq', ARGV[i + 4], 'event', ARGV[i + 5])
+    i = i + 6
   elseif op == 'Q' then
     local seq, mark = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
     if seq > tonumber(redis.call('HGET', key, 'applied_seq') or '0') then
@@ -214,6 +220,7 @@ class RedisStore:
         # Longer than a lease: a dead worker's leases run out within one wait.
         lease_wait_seconds: float = 2.5,
         history_cap: int = 200,
+        stream_length: int = 1_000_000,
     ) -> None:
         self.client = client
         self.prefix = prefix
@@ -221,6 +228,10 @@ class RedisStore:
         self.lease_ms = lease_ms
         self.lease_wait_seconds = lease_wait_seconds
         self.history_cap = history_cap
+        # Applied events are published to a stream (about this many kept; 0: none) for
+        # consumers downstream (stores/stream.py).
+        self.stream_length = stream_length
+        self.stream_key = f"{prefix}events"
         self.before_write: list[Callable[[], None]] = []
         self._lease = client.register_script(_LEASE)
         self._commit = client.register_script(_COMMIT)
@@ -441,6 +452,9 @@ class RedisStore:
             self._index(ops, profile)
         if not changes.only_profiles:
             self._commit_rest(ops, changes)
+        if changes.event is not None and self.stream_length > 0:
+            ops.add("E", self.stream_key, self.stream_length, self.worker, changes.seq,
+                    _to_json(changes.event))  # fmt: skip
         ops.add("Q", self._worker_key, changes.seq, changes.watermark_ms)
         # Inside `exclusive` the leases go with the write (one round trip less).
         release = "1" if self._held else "0"
