@@ -83,6 +83,12 @@ def _serve_options(command: Any) -> Any:
             help="Where state lives: 'embedded' (default, the data dir) or a Redis URL "
             "shared by many workers, e.g. redis://127.0.0.1:6379/0 (INTENTLY_STORE).",
         ),
+        click.option(
+            "--database",
+            default=None,
+            help="PostgreSQL for durable records, shipped from the local logs, e.g. "
+            "postgresql://127.0.0.1:5432/intently (INTENTLY_DATABASE).",
+        ),
         click.option("--log-level", default="info", show_default=True, help="Logging level."),
     ]
     for option in reversed(options):
@@ -99,13 +105,14 @@ def serve(
     ip_mode: str | None,
     cors_origins: tuple[str, ...],
     state_store: str | None,
+    database: str | None,
     log_level: str,
 ) -> None:
     """Run the engine's HTTP API (on its embedded store, or on Redis with --store)."""
     _serve(
         log_level,
         host=host, port=port, data_dir=data_dir, ip_mode=ip_mode, cors_origins=cors_origins or None,
-        state_store=state_store,
+        state_store=state_store, database=database,
     )  # fmt: skip
 
 
@@ -118,6 +125,7 @@ def demo(
     ip_mode: str | None,
     cors_origins: tuple[str, ...],
     state_store: str | None,
+    database: str | None,
     log_level: str,
 ) -> None:
     """Run the engine with its demo shop at /demo (what `make run` starts).
@@ -130,7 +138,7 @@ def demo(
     _serve(
         log_level, demo=True, holdout_share=holdout,
         host=host, port=port, data_dir=data_dir, ip_mode=ip_mode, cors_origins=cors_origins or None,
-        state_store=state_store,
+        state_store=state_store, database=database,
     )  # fmt: skip
 
 

@@ -51,6 +51,9 @@ class Settings(Struct, kw_only=True):
     state_store: str = "embedded"
     # Prefix of every Redis key: several deployments may share one Redis.
     redis_prefix: str = "intently:"
+    # PostgreSQL for durable records (events, decisions, rewards, exposures), shipped from
+    # the local logs in the background: `postgresql://user@host:5432/db`. None: none.
+    database: str | None = None
     # This worker's name in a shared store (which worker's log a position belongs to):
     # by default the host name and the data dir, unique per worker.
     worker_id: str | None = None
@@ -175,6 +178,7 @@ _ENV_FIELDS = {
     "STORE": "state_store",
     "REDIS_PREFIX": "redis_prefix",
     "WORKER_ID": "worker_id",
+    "DATABASE": "database",
     "STATE_FLUSH_SECONDS": "state_flush_seconds",
     "SESSION_TIMEOUT_MINUTES": "session_timeout_minutes",
     "ANONYMOUS_RETENTION_DAYS": "anonymous_retention_days",

@@ -43,7 +43,9 @@ from intently.segments.fields import FieldCatalog
 from intently.segments.membership import Membership
 from intently.segments.registry import Segment, SegmentRegistry, SegmentSpec
 from intently.segments.webhooks import WebhookDispatcher
+from intently.stores.archive import Archiver, sources
 from intently.stores.connect import open_state_store
+from intently.stores.postgres import connect_postgres, migrate
 from intently.stores.protocol import Changes, StateStore
 
 log = logging.getLogger(__name__)
@@ -131,6 +133,7 @@ class Engine:
         )
         self.decisions = DecisionLog(settings.decision_log_path)
         self._resources.callback(self.decisions.close)
+        self.archive = self._open_archive(settings)
         self.experiments = Experiments(
             ExperimentRegistry(
                 self.placements, self.segments.catalog, settings.data_dir,
@@ -205,6 +208,25 @@ class Engine:
         # (after the catch-up too: entries replayed at start-up are not live ones)
         self.membership.listeners.append(self.live.segment_moved)
         self.decider.tick(self.now_ms())
+
+    def _open_archive(self, settings: Settings) -> Archiver | None:
+        """PostgreSQL, checked and migrated at start-up, then fed in the background."""
+        if settings.database is None:
+            return None
+        connection = connect_postgres(settings.database)
+        try:
+            steps = migrate(connection)
+        finally:
+            connection.close()
+        if steps:
+            log.info("migrated the PostgreSQL schema through version %d", steps[-1])
+        archive = Archiver(
+            settings.database, settings.worker,
+            sources(settings.event_log_path, settings.decision_log_path),
+        )  # fmt: skip
+        archive.start()
+        self._resources.callback(archive.close)
+        return archive
 
     def _warm_recommenders(self, limit: int) -> int:
         """Recommenders live in memory: at start-up they learn again from the log's last

@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import msgspec
+import psycopg
 from msgspec import Struct
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,6 +24,8 @@ from intently.engine import Engine
 from intently.events.record import record_as_json
 from intently.events.schema import Consent, Context, TrackEvent
 from intently.keys import Role
+
+log = logging.getLogger(__name__)
 
 
 class ConsentUpdate(Struct, forbid_unknown_fields=True):
@@ -122,6 +126,10 @@ async def delete_profile(request: Request) -> Response:
         decisions = await asyncio.to_thread(engine.decisions.erase, devices, [any_id])
         units = [derived_profile_id(device) for device in devices]
         exposures = await asyncio.to_thread(engine.experiments.erase, units)
+        archived = await _erase_archived(engine, [any_id], [any_id], devices, [any_id])
+        if isinstance(archived, Response):
+            return archived
+        decisions += archived[1]
         if not decisions and not exposures:
             return _not_found(any_id)
         return json_response(Erased(any_id, 0, 0, decisions))
@@ -137,11 +145,37 @@ async def delete_profile(request: Request) -> Response:
     # decisions: a failure leaves the profile, to be erased again.
     units = [profile.id, *(derived_profile_id(device) for device in devices)]
     await asyncio.to_thread(engine.experiments.erase, units)
+    # PostgreSQL's copies (every worker's), also before the profile goes.
+    archived = await _erase_archived(engine, anonymous_ids, user_ids, devices, [profile.id])
+    if isinstance(archived, Response):
+        return archived
     engine.learner.forget(anonymous_ids, user_ids)
     engine.context.forget(profile)
     decisions += await asyncio.to_thread(engine.decisions.erase, devices, [profile.id])
     await asyncio.wrap_future(engine.store.compact())
     return json_response(Erased(profile.id, events, len(anonymous_ids) + len(user_ids), decisions))
+
+
+async def _erase_archived(
+    engine: Engine, anonymous_ids: list[str], user_ids: list[str], devices: list[str],
+    profile_ids: list[str],
+) -> tuple[int, int] | Response:  # fmt: skip
+    """Delete the person's archived records; a 503 when PostgreSQL cannot be reached (the
+    erasure is not done, and is asked again)."""
+    if engine.archive is None:
+        return 0, 0
+    try:
+        return await asyncio.to_thread(
+            engine.archive.erase, anonymous_ids, user_ids, devices, profile_ids
+        )
+    except (psycopg.Error, OSError) as error:
+        log.warning("erasing archived records failed: %s", error)
+        return problem(
+            503, "archive-unavailable",
+            "PostgreSQL cannot be reached, so the person's archived records remain; the "
+            "erasure is not complete: ask again",
+            headers={"Retry-After": "5"},
+        )  # fmt: skip
 
 
 @require(Role.ADMIN)

@@ -1,0 +1,140 @@
+"""PostgreSQL for durable records: the connection, its start-up checks, and the schema
+with its migrations.
+
+The schema is versioned in `intently_schema`. A worker that starts against an older
+schema migrates it (one transaction per step, under an advisory lock, so workers starting
+together migrate once); against a newer one, written by a later intently, it refuses to
+start rather than write rows that version would misread.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import psycopg
+
+from intently.configfile import ConfigError
+from intently.stores.connect import BackendUnavailable, redacted
+
+POSTGRES_SCHEMES = ("postgres", "postgresql")
+MIN_POSTGRES = 120000  # server_version_num: 12
+CONNECT_TIMEOUT_SECONDS = 2
+# pg_advisory_xact_lock key: "intently" as an integer (any constant would do).
+_MIGRATION_LOCK = 0x696E74656E746C79
+
+# Each step brings the schema from the version before it to its own number.
+MIGRATIONS: dict[int, str] = {
+    1: """
+CREATE TABLE events (
+    worker       TEXT   NOT NULL,
+    seq          BIGINT NOT NULL,
+    message_id   TEXT   NOT NULL,
+    received_ms  BIGINT NOT NULL,
+    at_ms        BIGINT NOT NULL,
+    type         TEXT   NOT NULL,
+    anonymous_id TEXT,
+    user_id      TEXT,
+    body         JSONB  NOT NULL,
+    PRIMARY KEY (worker, seq)
+);
+CREATE INDEX events_anonymous ON events (anonymous_id) WHERE anonymous_id IS NOT NULL;
+CREATE INDEX events_user ON events (user_id) WHERE user_id IS NOT NULL;
+CREATE INDEX events_received ON events (received_ms);
+CREATE TABLE decisions (
+    decision_id TEXT   PRIMARY KEY,
+    worker      TEXT   NOT NULL,
+    at_ms       BIGINT NOT NULL,
+    placement   TEXT   NOT NULL,
+    visitor     TEXT   NOT NULL,
+    profile_id  TEXT,
+    arm         TEXT,
+    policy      TEXT   NOT NULL,
+    body        JSONB  NOT NULL
+);
+CREATE INDEX decisions_placement ON decisions (placement, at_ms);
+CREATE INDEX decisions_visitor ON decisions (visitor);
+CREATE INDEX decisions_profile ON decisions (profile_id) WHERE profile_id IS NOT NULL;
+CREATE TABLE rewards (
+    worker      TEXT   NOT NULL,
+    seq         BIGINT NOT NULL,
+    decision_id TEXT   NOT NULL,
+    at_ms       BIGINT NOT NULL,
+    item        TEXT,
+    value       DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (worker, seq)
+);
+CREATE INDEX rewards_decision ON rewards (decision_id);
+CREATE TABLE exposures (
+    worker      TEXT   NOT NULL,
+    seq         BIGINT NOT NULL,
+    decision_id TEXT   NOT NULL,
+    at_ms       BIGINT NOT NULL,
+    PRIMARY KEY (worker, seq)
+);
+CREATE INDEX exposures_decision ON exposures (decision_id);
+-- How far each worker's local logs are in PostgreSQL.
+CREATE TABLE shipped (
+    worker   TEXT   NOT NULL,
+    source   TEXT   NOT NULL,
+    position BIGINT NOT NULL,
+    PRIMARY KEY (worker, source)
+);
+""",
+}
+SCHEMA_VERSION = max(MIGRATIONS)
+
+
+def connect_postgres(url: str) -> psycopg.Connection:
+    """A connection to `url`, checked (raises `ConfigError` for a malformed URL, wrong
+    credentials or too old a server, `BackendUnavailable` when it cannot be reached)."""
+    where = redacted(url)
+    if urlsplit(url).scheme not in POSTGRES_SCHEMES:
+        raise ConfigError(
+            f"database: {where!r} is not a PostgreSQL URL (postgresql://user@host:5432/db)"
+        )
+    try:
+        connection = psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_SECONDS, autocommit=True)
+    except psycopg.ProgrammingError as error:  # the URL itself (an unknown option, ...)
+        raise ConfigError(f"database: {where!r} is not usable: {error}") from None
+    except psycopg.OperationalError as error:
+        message = str(error).strip()
+        if "password" in message or "authentication" in message or "does not exist" in message:
+            raise ConfigError(f"database: PostgreSQL at {where} refused: {message}") from None
+        raise BackendUnavailable(
+            f"database: cannot reach PostgreSQL at {where}: {message}"
+        ) from None
+    if connection.info.server_version < MIN_POSTGRES:
+        version = connection.info.server_version
+        connection.close()
+        raise ConfigError(f"database: PostgreSQL at {where} is {version}; intently needs 12+")
+    return connection
+
+
+def schema_version(connection: psycopg.Connection) -> int:
+    """The schema's version (0 for a database intently has not used yet)."""
+    found = connection.execute("SELECT to_regclass('intently_schema') IS NOT NULL").fetchone()
+    if not found or not found[0]:
+        return 0
+    row = connection.execute("SELECT max(version) FROM intently_schema").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def migrate(connection: psycopg.Connection) -> list[int]:
+    """Bring the schema to `SCHEMA_VERSION`; returns the steps applied. Raises
+    `ConfigError` for a schema newer than this version knows."""
+    applied: list[int] = []
+    with connection.transaction():
+        connection.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        connection.execute("CREATE TABLE IF NOT EXISTS intently_schema (version INTEGER NOT NULL)")
+        current = schema_version(connection)
+        if current > SCHEMA_VERSION:
+            raise ConfigError(
+                f"database: its schema is version {current}, written by a newer intently; "
+                f"this one knows up to {SCHEMA_VERSION}: upgrade intently (never downgrade "
+                "against a migrated database; docs/operations.md)"
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            connection.execute(MIGRATIONS[version].encode())
+            connection.execute("INSERT INTO intently_schema VALUES (%s)", (version,))
+            applied.append(version)
+    return applied
