@@ -23,6 +23,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from intently import Engine, ManualClock
+from intently.act.decisions import DecisionLogReader, DecisionRecord
 from intently.clock import SystemClock
 from intently.context.stage import ContextStage
 from intently.events.enrich import Enricher
@@ -36,7 +38,8 @@ from intently.stores.protocol import Changes
 from intently.stores.redisstate import LeaseLost, RedisStore
 from intently.stores.stream import EventStream, StreamEntry
 from services import REDIS_URL, redis_namespace
-from support import START, free_port, wait_ready
+from support import SECRET_KEY as TEST_SECRET_KEY
+from support import START, client_for, free_port, make_settings, wait_ready
 
 WRITE_KEY, SECRET_KEY = "wk_cluster", "sk_cluster"
 
@@ -301,3 +304,58 @@ def test_the_event_stream_holds_every_applied_event_once_in_each_workers_order(
         stream.client.close()
         for worker in workers:
             worker.close()
+
+
+@pytest.mark.anyio
+async def test_an_erasure_on_one_worker_reaches_every_workers_own_files(
+    prefix: str, tmp_path: Path
+) -> None:
+    # Each worker keeps its own event and decision logs; the person's events went to
+    # both. Erasing on one must empty the other's files too: at its next tick if it is
+    # running, at its start if it was away.
+    def open_worker(name: str) -> Engine:
+        settings = make_settings(tmp_path / name, state_store=REDIS_URL, redis_prefix=prefix,
+                                 worker_id=name)  # fmt: skip
+        return Engine(settings, clock=ManualClock(START))
+
+    def held(engine: Engine, person: str) -> int:
+        return len(engine.log.rows_of([person], []))
+
+    engines = {name: open_worker(name) for name in ("a", "b", "c")}
+    try:
+        for n, engine in enumerate(engines.values()):
+            async with client_for(engine) as client:
+                batch = [{"type": "track", "event": "Product Viewed", "anonymousId": person,
+                          "messageId": f"{person}-{n}", "properties": {"product_id": "x"}}
+                         for person in ("zed", "amy")]  # fmt: skip
+                assert (await client.post("/v1/events", json={"batch": batch})).is_success
+                decided = await client.post(
+                    "/v1/decide", json={"anonymousId": "zed", "placements": [{"id": "home_hero"}]}
+                )
+                assert decided.is_success
+        engines["c"].close()  # away during the erasure
+        async with client_for(engines["a"], TEST_SECRET_KEY) as admin:
+            assert (await admin.delete("/v1/profiles/zed")).status_code == 200
+        assert held(engines["a"], "zed") == 0
+        assert held(engines["b"], "zed") == 1  # not yet: at its next tick
+        assert engines["b"].apply_erasures() == 1
+        assert held(engines["b"], "zed") == 0
+        assert held(engines["b"], "amy") == 1  # nobody else
+        engines["b"].decisions.flush()
+        assert not [d for d in read_decisions(tmp_path / "b") if d.visitor == "a:zed"]
+        assert engines["b"].apply_erasures() == 0  # once only
+        engines["c"] = open_worker("c")  # back: carried out at start
+        assert held(engines["c"], "zed") == 0
+        assert held(engines["c"], "amy") == 1
+        assert engines["c"].context.lookup("zed") is None
+    finally:
+        for engine in engines.values():
+            engine.close()
+
+
+def read_decisions(data_dir: Path) -> list[DecisionRecord]:
+    reader = DecisionLogReader(data_dir / "decisions.db")
+    try:
+        return list(reader.decisions())
+    finally:
+        reader.close()

@@ -45,8 +45,10 @@ from intently.segments.registry import Segment, SegmentRegistry, SegmentSpec
 from intently.segments.webhooks import WebhookDispatcher
 from intently.stores.archive import Archiver, sources
 from intently.stores.connect import open_state_store
+from intently.stores.erasures import Erasure, ErasureBroadcast
 from intently.stores.postgres import connect_postgres, migrate
 from intently.stores.protocol import Changes, StateStore
+from intently.stores.redisstate import RedisStore
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,11 @@ class Engine:
         self._resources.callback(self.log.close)
         self.store = open_store(settings)
         self._resources.callback(self.store.close)
+        # Workers sharing Redis each keep local logs: erasures are announced to all.
+        self.erasures = (
+            ErasureBroadcast(self.store.client, settings.redis_prefix, settings.worker)
+            if isinstance(self.store, RedisStore) else None
+        )  # fmt: skip
         self.context = ContextStage(self.store, settings.context_settings())
         self.segments = SegmentRegistry(
             FieldCatalog(self.context.rules), settings.data_dir, settings.segments_file
@@ -188,6 +195,11 @@ class Engine:
         warmed = self._warm_recommenders(settings.recommender_warmup_events)
         if warmed:
             log.info("recommenders learned from %d logged product views and orders", warmed)
+        # Erasures other workers announced while this one was away: before the catch-up,
+        # which would otherwise apply an erased person's unapplied events again.
+        carried = self.apply_erasures()
+        if carried:
+            log.info("carried out %d erasures announced by other workers", carried)
         # The store persists in batches: re-apply the events it had not persisted yet.
         caught_up = self.context.catch_up(self.log)
         if caught_up:
@@ -343,6 +355,30 @@ class Engine:
         self.membership.drop(name, list(self.store.profiles()), self.now_ms(), changes)
         self.context.commit(changes)
         return True
+
+    def erase_locally(self, erasure: Erasure) -> None:
+        """Carry out another worker's erasure on this worker's own files (blocking)."""
+        self.log.erase(erasure.anonymous_ids, erasure.user_ids)
+        self.decider.forget(erasure.devices, erasure.profile_ids)
+        self.decisions.erase(erasure.devices, erasure.profile_ids)
+        self.experiments.erase(erasure.units)
+        self.learner.forget(erasure.anonymous_ids, erasure.user_ids)
+        if self.archive is not None:  # rows this worker shipped after the announcement
+            self.archive.erase(
+                erasure.anonymous_ids, erasure.user_ids, erasure.devices, erasure.profile_ids
+            )
+
+    def apply_erasures(self) -> int:
+        """Other workers' erasures not yet carried out here (each tick, and at start)."""
+        if self.erasures is None:
+            return 0
+        carried = 0
+        for entry_id, erasure in self.erasures.pending():
+            if erasure is not None:
+                self.erase_locally(erasure)
+                carried += 1
+            self.erasures.done(entry_id)
+        return carried
 
     def now_ms(self) -> int:
         return epoch_ms(self.clock.now())

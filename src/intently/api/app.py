@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import msgspec
+import redis
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.middleware import Middleware
@@ -99,6 +100,12 @@ async def _tick(engine: Engine, seconds: float = 1.0) -> None:
             engine.context.recover(engine.log)
         except Exception:
             log.exception("catching up with the state store failed")
+        try:  # other workers' erasures, on this worker's own files
+            engine.apply_erasures()
+        except (StoreUnavailable, redis.RedisError):
+            pass  # Redis is away: the next tick asks again
+        except Exception:
+            log.exception("carrying out other workers' erasures failed")
         try:
             engine.decider.tick(engine.now_ms())
         except Exception:

@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 import psycopg
+import redis
 from msgspec import Struct
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,6 +25,8 @@ from intently.engine import Engine
 from intently.events.record import record_as_json
 from intently.events.schema import Consent, Context, TrackEvent
 from intently.keys import Role
+from intently.stores.erasures import Erasure
+from intently.stores.protocol import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +152,29 @@ async def delete_profile(request: Request) -> Response:
     archived = await _erase_archived(engine, anonymous_ids, user_ids, devices, [profile.id])
     if isinstance(archived, Response):
         return archived
+    if engine.erasures is not None:  # every other worker's local files
+        erasure = Erasure(anonymous_ids, user_ids, devices, [profile.id], units)
+        try:
+            engine.erasures.announce(erasure)
+        except redis.RedisError as error:
+            log.warning("announcing an erasure failed: %s", error)
+            return _store_unavailable()
     engine.learner.forget(anonymous_ids, user_ids)
-    engine.context.forget(profile)
+    try:
+        engine.context.forget(profile)
+    except StoreUnavailable:
+        return _store_unavailable()
     decisions += await asyncio.to_thread(engine.decisions.erase, devices, [profile.id])
     await asyncio.wrap_future(engine.store.compact())
     return json_response(Erased(profile.id, events, len(anonymous_ids) + len(user_ids), decisions))
+
+
+def _store_unavailable() -> Response:
+    return problem(
+        503, "state-unavailable",
+        "the shared state store cannot be reached, so the erasure is not complete: ask again",
+        headers={"Retry-After": "1"},
+    )  # fmt: skip
 
 
 async def _erase_archived(
