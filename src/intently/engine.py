@@ -32,6 +32,7 @@ from intently.events.referrer import ReferrerClassifier
 from intently.experiments.registry import ExperimentRegistry
 from intently.experiments.runtime import Experiments
 from intently.keys import Keys, load_or_create_keys
+from intently.learn.bus import LearningBus
 from intently.learn.gate import usable
 from intently.log.dedupe import MessageIdWindow
 from intently.log.eventlog import EventLog
@@ -220,6 +221,13 @@ class Engine:
         # (after the catch-up too: entries replayed at start-up are not live ones)
         self.membership.listeners.append(self.live.segment_moved)
         self.decider.tick(self.now_ms())
+        # Workers sharing Redis learn as one (learn/bus.py); the app pumps it.
+        self.bus = (
+            LearningBus(self.store.client, settings.redis_prefix, settings.worker,
+                        self.decider.learned_elsewhere)
+            if isinstance(self.store, RedisStore) else None
+        )  # fmt: skip
+        self.decider.bus = self.bus
 
     def _open_archive(self, settings: Settings) -> Archiver | None:
         """PostgreSQL, checked and migrated at start-up, then fed in the background."""

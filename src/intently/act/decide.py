@@ -33,6 +33,7 @@ from itertools import islice
 from typing import Protocol
 
 import msgspec
+import numpy as np
 
 from intently.act.candidates import Ask, Recommenders
 from intently.act.decisions import (
@@ -75,6 +76,7 @@ from intently.context.stage import ContextStage
 from intently.events.enrich import Enricher
 from intently.experiments.assign import Arm
 from intently.experiments.runtime import Experiments
+from intently.learn.bus import Decided, LearningBus, Rewarded
 from intently.learn.rewards import Attribution, Decision, Observed, Outcome, Reward
 from intently.recommend.learn import LearnFromViews, context_keys, device_of
 from intently.stores.protocol import Changes, StoreUnavailable
@@ -166,6 +168,10 @@ class _Pending(msgspec.Struct, gc=False):  # (untracked, as `Decision` is: see t
     vector: Vector | None
 
 
+def _listed(vector: Vector | None) -> list[float] | None:
+    return None if vector is None else [float(x) for x in vector]
+
+
 def policy_of(spec: PolicySpec, seed: int | None = None) -> Policy:
     """A new policy as `spec` says; sampling ones draw from `seed` (random if None)."""
     if seed is None:
@@ -231,6 +237,8 @@ class Decider:
         self._policies: dict[tuple[str, bytes], Policy] = {}
         self._hashers: dict[int, FeatureHasher] = {}
         self._pending: dict[str, _Pending] = {}
+        # Workers sharing Redis: decisions and rewards published to the others (engine).
+        self.bus: LearningBus | None = None
         self._new_id = DecisionIds()
         self._selections: dict[str, tuple[tuple[str, int, int], list[str]]] = {}
         self.unlogged = 0  # decisions answered but not logged (the log failed)
@@ -940,11 +948,28 @@ class Decider:
                 reward=placement.spec.reward, aliases=visitor.aliases,
             )
         )  # fmt: skip
-        if outcome.learn is not None and len(outcome.items) == 1:
+        learned = outcome.learn is not None and len(outcome.items) == 1
+        if learned:
+            assert outcome.learn is not None
             policy, vector = outcome.learn
             self._pending[decision_id] = _Pending(policy, outcome.items[0], vector)
+        if self.bus is not None:  # other workers credit and learn from it too
+            self.bus.publish(
+                Decided(
+                    decision_id, visitor.key, placement.id, list(outcome.items), now,
+                    placement.spec.reward, list(visitor.aliases),
+                    placement.policy_key if learned else None,
+                    outcome.items[0] if learned else None,
+                    _listed(outcome.learn[1]) if learned and outcome.learn else None,
+                )
+            )  # fmt: skip
 
     def _on_reward(self, reward: Reward) -> None:
+        if self.bus is not None:
+            self.bus.publish(
+                Rewarded(reward.decision_id, reward.placement, reward.item, reward.value,
+                         reward.at_ms)
+            )  # fmt: skip
         self.decisions.reward(
             RewardRecord(
                 decision_id=reward.decision_id, at_ms=reward.at_ms, item=reward.item,
@@ -964,6 +989,45 @@ class Decider:
             pending.policy.update(pending.action, value, pending.vector)
         except ValueError:
             log.exception("the reward of decision %s could not be learned", reward.decision_id)
+
+    def learned_elsewhere(self, message: Decided | Rewarded) -> None:
+        """Another worker's decision or reward (learn/bus.py)."""
+        if isinstance(message, Decided):
+            if message.decision_id in self.attribution.decisions:
+                return
+            self.attribution.decided(
+                Decision(
+                    message.decision_id, message.visitor, message.placement,
+                    tuple(message.items), message.at_ms, reward=message.reward,  # type: ignore[arg-type]
+                    aliases=tuple(message.aliases), foreign=True,
+                )
+            )  # fmt: skip
+            if message.policy_key is not None and message.action is not None:
+                policy = self._shared_policy(message.placement, message.policy_key)
+                vector = None if message.vector is None else np.array(message.vector)
+                self._pending[message.decision_id] = _Pending(policy, message.action, vector)
+            return
+        decision = self.attribution.decisions.get(message.decision_id)
+        if decision is not None:
+            decision.rewarded += message.value  # its maker reports no zero at its close
+        pending = self._pending.pop(message.decision_id, None)
+        if pending is not None:
+            try:
+                pending.policy.update(
+                    pending.action, learnable(pending.policy, message.value), pending.vector
+                )
+            except ValueError:
+                log.exception("the shared reward of %s could not be learned", message.decision_id)
+
+    def _shared_policy(self, placement_id: str, policy_key: bytes) -> Policy:
+        """This worker's copy of the policy another worker learned with: the same
+        definition (its key) at the same placement, built here if not used yet."""
+        key = (placement_id, policy_key)
+        policy = self._policies.get(key)
+        if policy is None:
+            spec = msgspec.json.decode(policy_key, type=PolicySpec)
+            policy = self._policies[key] = policy_of(spec)
+        return policy
 
     def __call__(self, profile: Profile, facts: Facts | None, changes: Changes) -> None:
         """The context-stage hook: outcomes in events become rewards."""

@@ -119,6 +119,22 @@ async def _tick(engine: Engine, seconds: float = 1.0) -> None:
         _collect()
 
 
+async def _share_learning(engine: Engine) -> None:
+    """Workers sharing Redis: decisions and rewards to and from the others (learn/bus.py),
+    every 20 ms, on the loop (where policies are used)."""
+    bus = engine.bus
+    assert bus is not None
+    while True:
+        await asyncio.sleep(bus.interval)
+        try:
+            bus.pump()
+        except redis.RedisError:
+            await asyncio.sleep(1.0)  # Redis is away: what waits is kept, tried again
+        except Exception:
+            log.exception("sharing what was learned failed")
+            await asyncio.sleep(1.0)
+
+
 def _collect() -> None:
     """A collector pass each second: the young generation, or an older one when due.
 
@@ -144,10 +160,13 @@ def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
         engine.membership.listeners.append(engine.webhooks.enqueue)
         engine.membership.listeners.append(engine.triggers.entered)
         ticking = asyncio.create_task(_tick(engine))
+        learning = asyncio.create_task(_share_learning(engine)) if engine.bus else None
         try:
             yield
         finally:
             ticking.cancel()
+            if learning is not None:
+                learning.cancel()
             engine.membership.listeners.remove(engine.webhooks.enqueue)
             engine.membership.listeners.remove(engine.triggers.entered)
             await engine.webhooks.stop()

@@ -53,6 +53,9 @@ class Decision(Struct, gc=False):
     rewarded: float = 0.0  # the sum reported so far
     closed: bool = False
     aliases: tuple[str, ...] = ()  # other keys of the same visitor
+    # Made by another worker (learn/bus.py): credited here, closed silently (its maker
+    # reports the zero reward).
+    foreign: bool = False
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -196,7 +199,7 @@ class Attribution:
             return None
         decision.closed = True
         self._unlist(decision)
-        if decision.rewarded > 0:
+        if decision.rewarded > 0 or decision.foreign:
             return None
         zero = Reward(decision_id, decision.placement, None, 0.0, at_ms)
         self.on_reward(zero)

@@ -1,0 +1,216 @@
+"""Workers sharing Redis learn as one (learn/bus.py): a click applied by one worker is
+credited to a decision another made; every worker's copy of the policy learns each
+reward once; only the maker reports a zero; and a reward reaches the other worker's
+policy within 100 ms with the real pump.
+
+Two engines in this process, on the real Redis, each with its own data dir."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from intently import Engine, ManualClock
+from intently.act.decisions import DecisionLogReader
+from intently.act.policies import BetaThompson, LinUCB
+from services import REDIS_URL, redis_namespace
+from support import SECRET_KEY, START, client_for, make_settings
+
+pytestmark = pytest.mark.anyio
+BANNERS = {"offers": [{"id": f"hero-{n}", "kind": "banner"} for n in range(3)]}
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[tuple[Engine, Engine, ManualClock]]:
+    clock = ManualClock(START)
+    with redis_namespace() as prefix:
+        engines = [
+            Engine(
+                make_settings(
+                    tmp_path / name,
+                    state_store=REDIS_URL,
+                    redis_prefix=prefix,
+                    worker_id=name,
+                    holdout_share=0.0,
+                ),
+                clock=clock,
+            )
+            for name in ("a", "b")
+        ]
+        try:
+            yield engines[0], engines[1], clock
+        finally:
+            for engine in engines:
+                engine.close()
+
+
+async def define(engine: Engine, policy: str) -> None:
+    placement = {"kind": "offers", "offer_kinds": ["banner"], "count": 1,
+                 "policy": {"name": policy, "dimensions": 8}}  # fmt: skip
+    async with client_for(engine, SECRET_KEY) as admin:
+        assert (await admin.post("/v1/catalog/offers", json=BANNERS)).is_success
+        answer = await admin.put("/v1/placements/shared", json=placement)
+        assert answer.is_success, answer.text
+
+
+async def decide(engine: Engine, visitor: str) -> dict[str, Any]:
+    async with client_for(engine) as client:
+        answer = await client.post(
+            "/v1/decide", json={"anonymousId": visitor, "placements": [{"id": "shared"}]}
+        )
+    decision: dict[str, Any] = answer.json()["decisions"][0]
+    assert decision["policy"]["name"] != "fallback", decision
+    return decision
+
+
+async def click(engine: Engine, visitor: str, decision: dict[str, Any]) -> None:
+    event = {"type": "track", "event": "Promotion Clicked", "anonymousId": visitor,
+             "properties": {"promotion_id": decision["items"][0]["id"],
+                            "decision_id": decision["decision_id"]}}  # fmt: skip
+    async with client_for(engine) as client:
+        assert (await client.post("/v1/events", json=event)).is_success
+
+
+def policy_of(engine: Engine) -> Any:
+    placement = engine.placements.get("shared")
+    assert placement is not None
+    return engine.decider.policy(placement)
+
+
+def state(policy: Any, actions: list[str]) -> list[float]:
+    """What the policy has learned, comparable across workers."""
+    if isinstance(policy, BetaThompson):
+        return [x for action in actions for x in policy.posterior(action)]
+    assert isinstance(policy, LinUCB)
+    x = np.linspace(0.1, 0.8, 8)
+    mean, spread = policy._mean_and_spread(actions, x)
+    return [*mean, *spread]
+
+
+def rewards_logged(engine: Engine) -> dict[str, list[float]]:
+    engine.decisions.flush()
+    reader = DecisionLogReader(engine.settings.decision_log_path)
+    try:
+        found: dict[str, list[float]] = {}
+        for decision_id, value in reader.reward_values():
+            found.setdefault(decision_id, []).append(value)
+        return found
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize("policy_name", ["beta-thompson", "linucb"])
+async def test_a_click_on_one_worker_credits_and_teaches_the_decision_another_made(
+    workers: tuple[Engine, Engine, ManualClock], policy_name: str
+) -> None:
+    a, b, clock = workers
+    assert a.bus is not None
+    assert b.bus is not None
+    for engine in (a, b):
+        await define(engine, policy_name)
+    actions = [f"hero-{n}" for n in range(3)]
+    decisions = [await decide(a, f"v{n}") for n in range(6)]
+    a.bus.pump()
+    assert b.bus.pump() == 6  # b knows a's decisions now
+    for n in (0, 2, 4):  # half are clicked, on the other worker
+        await click(b, f"v{n}", decisions[n])
+    rewarded = {decisions[n]["decision_id"] for n in (0, 2, 4)}
+    assert set(rewards_logged(b)) == rewarded  # credited where the event was applied
+    assert state(policy_of(a), actions) != state(policy_of(b), actions)
+    b.bus.pump()
+    assert a.bus.pump() == 3
+    assert np.allclose(state(policy_of(a), actions), state(policy_of(b), actions))
+
+    # The windows close: the maker reports a zero for each decision that earned nothing
+    # (not for the clicked ones), the other worker none; both learn the zeros.
+    clock.advance(timedelta(minutes=31))
+    a.decider.tick(a.now_ms())
+    b.decider.tick(b.now_ms())
+    zeros = {d for d, values in rewards_logged(a).items() if values == [0.0]}
+    assert zeros == {decisions[n]["decision_id"] for n in (1, 3, 5)}
+    assert rewards_logged(b).keys() == rewarded
+    a.bus.pump()
+    assert b.bus.pump() == 3
+    assert np.allclose(state(policy_of(a), actions), state(policy_of(b), actions))
+    # Every decision learned once on each worker: nothing pending is left.
+    assert not a.decider._pending
+    assert not b.decider._pending
+
+
+async def test_a_reward_reaches_the_other_workers_policy_within_100_ms(
+    workers: tuple[Engine, Engine, ManualClock], no_collection_pauses: None
+) -> None:
+    a, b, _ = workers
+    assert a.bus is not None
+    assert b.bus is not None
+    for engine in (a, b):
+        await define(engine, "beta-thompson")
+    actions = [f"hero-{n}" for n in range(3)]
+
+    async def pump(engine: Engine) -> None:  # as the app does (api/app.py)
+        assert engine.bus is not None
+        while True:
+            await asyncio.sleep(engine.bus.interval)
+            engine.bus.pump()
+
+    pumps = [asyncio.create_task(pump(a)), asyncio.create_task(pump(b))]
+    lags: list[float] = []
+    try:
+        for n in range(20):
+            decision = await decide(b, f"w{n}")
+            await asyncio.sleep(0.06)  # a learns of the decision
+            before = state(policy_of(b), actions)
+            clicked = time.perf_counter()  # (so the lag includes the click's own ingest)
+            await click(a, f"w{n}", decision)  # a credits it and learns at once
+            while state(policy_of(b), actions) == before:
+                assert time.perf_counter() - clicked < 1.0, "b never learned the reward"
+                await asyncio.sleep(0.001)
+            lags.append(time.perf_counter() - clicked)
+    finally:
+        for task in pumps:
+            task.cancel()
+    print("lags ms", [round(x * 1000, 1) for x in sorted(lags)])
+    assert max(lags) <= 0.100, sorted(lags)
+    assert b.bus.lag_ms  # the bus measures it too (publish to apply)
+
+
+def test_the_bus_is_off_on_the_embedded_store(engine: Engine) -> None:
+    assert engine.bus is None
+    assert engine.decider.bus is None
+
+
+async def test_a_foreign_decision_clicked_twice_is_learned_once(
+    workers: tuple[Engine, Engine, ManualClock],
+) -> None:
+    a, b, _ = workers
+    assert a.bus is not None
+    assert b.bus is not None
+    for engine in (a, b):
+        await define(engine, "beta-thompson")
+    decision = await decide(a, "twice")
+    a.bus.pump()
+    b.bus.pump()
+    await click(b, "twice", decision)
+    await click(b, "twice", decision)
+    action = decision["items"][0]["id"]
+    learned = policy_of(b).posterior(action)
+    b.bus.pump()
+    a.bus.pump()
+    assert policy_of(a).posterior(action) == learned
+    alpha, _ = learned
+    assert alpha == pytest.approx(2.0)  # the prior's 1, and one success, not two
+
+
+def test_policy_state_helper_sees_a_change() -> None:
+    # (the comparisons above would pass vacuously if `state` ignored learning)
+    policy = BetaThompson()
+    before = state(policy, ["x"])
+    policy.update("x", 1.0, None)
+    assert state(policy, ["x"]) != before
