@@ -214,3 +214,40 @@ def test_policy_state_helper_sees_a_change() -> None:
     before = state(policy, ["x"])
     policy.update("x", 1.0, None)
     assert state(policy, ["x"]) != before
+
+
+async def test_views_applied_by_either_worker_train_both_workers_recommenders(
+    workers: tuple[Engine, Engine, ManualClock],
+) -> None:
+    a, b, _ = workers
+    assert a.bus is not None
+    assert b.bus is not None
+    sent = 0
+    for n in range(30):
+        engine = a if n % 3 else b
+        event = {"type": "track", "event": "Product Viewed", "anonymousId": f"d{n % 4}",
+                 "properties": {"product_id": f"p{n % 7}", "category": "running"}}  # fmt: skip
+        async with client_for(engine) as client:
+            assert (await client.post("/v1/events", json=event)).is_success
+        sent += 1
+    order = {"type": "track", "event": "Order Completed", "anonymousId": "d1",
+             "properties": {"order_id": "o1", "products": [{"product_id": "p1"},
+                                                           {"product_id": "p2"}]}}  # fmt: skip
+    async with client_for(a) as client:
+        assert (await client.post("/v1/events", json=order)).is_success
+    assert a.learner.popularity != b.learner.popularity  # each saw only its own
+    a.bus.pump()
+    b.bus.pump()
+    a.bus.pump()
+    assert sum(a.learner.popularity.values()) == sent
+    assert a.learner.popularity == b.learner.popularity
+    # Each worker learns in the order views reached it: a device whose views went to
+    # both workers has the same views on each, not always in the same order.
+    assert sorted(a.learner.views("d1")) == sorted(b.learner.views("d1"))
+    assert len(a.learner.views("d1")) > 3
+    votes = a.learner.knn.vote_map(["p1"])
+    assert votes  # (not vacuous: the kNN learned)
+    assert votes == pytest.approx(b.learner.knn.vote_map(["p1"]))
+    bought = b.learner.bought_together.scores(["p1"], 5)
+    assert bought == a.learner.bought_together.scores(["p1"], 5)
+    assert [item for item, _ in bought] == ["p2"]

@@ -228,6 +228,8 @@ class Engine:
             if isinstance(self.store, RedisStore) else None
         )  # fmt: skip
         self.decider.bus = self.bus
+        if self.bus is not None:
+            self.learner.publish = self.bus.publish
 
     def _open_archive(self, settings: Settings) -> Archiver | None:
         """PostgreSQL, checked and migrated at start-up, then fed in the background."""

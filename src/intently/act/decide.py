@@ -76,7 +76,7 @@ from intently.context.stage import ContextStage
 from intently.events.enrich import Enricher
 from intently.experiments.assign import Arm
 from intently.experiments.runtime import Experiments
-from intently.learn.bus import Decided, LearningBus, Rewarded
+from intently.learn.bus import Decided, LearningBus, Rewarded, Viewed
 from intently.learn.rewards import Attribution, Decision, Observed, Outcome, Reward
 from intently.recommend.learn import LearnFromViews, context_keys, device_of
 from intently.stores.protocol import Changes, StoreUnavailable
@@ -990,8 +990,11 @@ class Decider:
         except ValueError:
             log.exception("the reward of decision %s could not be learned", reward.decision_id)
 
-    def learned_elsewhere(self, message: Decided | Rewarded) -> None:
-        """Another worker's decision or reward (learn/bus.py)."""
+    def learned_elsewhere(self, message: Decided | Rewarded | Viewed) -> None:
+        """Another worker's decision, reward or view (learn/bus.py)."""
+        if isinstance(message, Viewed):
+            self.learner.learned_elsewhere(message)
+            return
         if isinstance(message, Decided):
             if message.decision_id in self.attribution.decisions:
                 return

@@ -9,6 +9,8 @@ published:
 - a decision made elsewhere becomes an open decision here too (marked foreign), so an
   event applied here can be credited to it; only its maker closes its window and reports
   the zero reward of a decision that earned nothing;
+- a product view or an order applied anywhere is learned by every worker's
+  recommenders (session kNN, sequential rules, co-occurrence, trending, popularity);
 - a reward attributed anywhere is learned by every worker's copy of the policy (once per
   decision: its first reward, as on one worker), and tells the maker the decision earned
   something (no zero reward at its close).
@@ -61,7 +63,17 @@ class Rewarded(msgspec.Struct, tag="r", array_like=True, gc=False):
     at_ms: int
 
 
-Message = Decided | Rewarded
+class Viewed(msgspec.Struct, tag="v", array_like=True, gc=False):
+    """A product view (or an order's basket) the recommenders learn from."""
+
+    device: str
+    at_ms: int
+    product: str | None
+    basket: list[str] | None
+    where: list[str | None]  # campaign, source, device kind, country
+
+
+Message = Decided | Rewarded | Viewed
 
 
 class Batch(msgspec.Struct, array_like=True):

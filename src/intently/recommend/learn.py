@@ -13,12 +13,13 @@ into a known one, and sessions of two devices merged into one profile are two pa
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from intently.context.facts import Facts
 from intently.context.profile import Profile, ProfileRules
+from intently.learn.bus import Viewed
 from intently.recommend.sequential import SequentialRules
 from intently.recommend.session_knn import SessionKNN
 from intently.recommend.together import CoOccurrence, Trending
@@ -92,6 +93,8 @@ class LearnFromViews:
         self.trending = Trending()
         self.by_context: dict[str, dict[str, int]] = {}
         self.learning = True
+        # Workers sharing Redis: what is learned is published to the others (engine).
+        self.publish: Callable[[Viewed], None] | None = None
         self._paths: OrderedDict[str, _Path] = OrderedDict()
 
     def session_of(self, anonymous_id: str) -> Hashable | None:
@@ -110,37 +113,56 @@ class LearnFromViews:
         device = device_of(facts)
         if device is None or not self.profile_rules.personalizes(profile):
             return
-        if facts.order_lines:
+        product = facts.product.product_id if facts.product is not None else None
+        basket = [line.product_id for line in facts.order_lines] if facts.order_lines else None
+        where = (facts.campaign, facts.source, facts.device, facts.country)
+        if self.publish is not None:  # other workers learn it too (learn/bus.py)
+            self.publish(Viewed(device, facts.at_ms, product, basket, list(where)))
+        self._learn(device, facts.at_ms, product, basket, where)
+
+    def learned_elsewhere(self, viewed: Viewed) -> None:
+        """A view or an order another worker applied (consent was checked there)."""
+        campaign, source, kind, country = viewed.where
+        where = (campaign, source, kind, country)
+        self._learn(viewed.device, viewed.at_ms, viewed.product, viewed.basket, where)
+
+    def _learn(
+        self, device: str, at_ms: int, product: str | None, basket: list[str] | None,
+        where: tuple[str | None, str | None, str | None, str | None],
+    ) -> None:  # fmt: skip
+        if basket:
             if self.learning:
-                self.bought_together.learn_basket([line.product_id for line in facts.order_lines])
+                self.bought_together.learn_basket(basket)
             return
-        assert facts.product is not None
+        assert product is not None
         path = self._paths.get(device)
         if path is None:
-            path = self._paths[device] = _Path(last_ms=facts.at_ms)
+            path = self._paths[device] = _Path(last_ms=at_ms)
             if len(self._paths) > self.max_devices:
                 self._paths.popitem(last=False)
         else:
             self._paths.move_to_end(device)
-            if facts.at_ms - path.last_ms > self.session_timeout_ms:
+            if at_ms - path.last_ms > self.session_timeout_ms:
                 path.number += 1
                 path.views = []
-        path.last_ms = max(path.last_ms, facts.at_ms)
-        item = facts.product.product_id
+        path.last_ms = max(path.last_ms, at_ms)
+        item = product
         if self.learning:
-            self.knn.observe((device, path.number), item, facts.at_ms)
+            self.knn.observe((device, path.number), item, at_ms)
             self.sequential.learn(path.views, item)
             self.viewed_together.learn(path.views, item)
-            self.trending.learn(item, facts.at_ms)
+            self.trending.learn(item, at_ms)
             self.popularity[item] += 1
-            self._count_in_context(facts, item)
+            self._count_in_context(where, item)
         path.views.append(item)
         if len(path.views) > RECENT_VIEWS:
             del path.views[0]
 
-    def _count_in_context(self, facts: Facts, item: str) -> None:
+    def _count_in_context(
+        self, where: tuple[str | None, str | None, str | None, str | None], item: str
+    ) -> None:
         by_context = self.by_context
-        for key in context_keys(facts.campaign, facts.source, facts.device, facts.country):
+        for key in context_keys(*where):
             counts = by_context.get(key)
             if counts is None:
                 if len(by_context) >= MAX_CONTEXTS:
