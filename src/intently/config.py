@@ -51,6 +51,10 @@ class Settings(Struct, kw_only=True):
     state_store: str = "embedded"
     # Prefix of every Redis key: several deployments may share one Redis.
     redis_prefix: str = "intently:"
+    # Load shedding (api/shedding.py): past this many requests in flight, work that can
+    # wait (exports, the dashboard, metrics) is refused with 503; past the second, all.
+    shed_at_in_flight: int = 256
+    refuse_at_in_flight: int = 4096
     # PostgreSQL for durable records (events, decisions, rewards, exposures), shipped from
     # the local logs in the background: `postgresql://user@host:5432/db`. None: none.
     database: str | None = None
@@ -179,6 +183,8 @@ _ENV_FIELDS = {
     "REDIS_PREFIX": "redis_prefix",
     "WORKER_ID": "worker_id",
     "DATABASE": "database",
+    "SHED_AT_IN_FLIGHT": "shed_at_in_flight",
+    "REFUSE_AT_IN_FLIGHT": "refuse_at_in_flight",
     "STATE_FLUSH_SECONDS": "state_flush_seconds",
     "SESSION_TIMEOUT_MINUTES": "session_timeout_minutes",
     "ANONYMOUS_RETENTION_DAYS": "anonymous_retention_days",

@@ -43,6 +43,7 @@ from intently.api.placements import (
 from intently.api.profiles import delete_profile, export_profile, get_profile, put_consent
 from intently.api.render import routes as render_routes
 from intently.api.segments import delete_segment, get_segment, list_segments, put_segment
+from intently.api.shedding import SheddingMiddleware
 from intently.engine import Engine
 from intently.stores.protocol import StoreUnavailable
 from intently.web import web_routes
@@ -222,4 +223,8 @@ def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
     app.state.engine = engine
     app.state.decides = decide_batcher(engine)
     app.state.openapi = msgspec.json.encode(build_openapi())
-    return LatencyMiddleware(app, engine.metrics)
+    settings = engine.settings
+    shedding = SheddingMiddleware(
+        app, engine.metrics, settings.shed_at_in_flight, settings.refuse_at_in_flight
+    )
+    return LatencyMiddleware(shedding, engine.metrics)

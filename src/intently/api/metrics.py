@@ -71,6 +71,17 @@ class Metrics:
             "intently_event_log_last_seq", "Position of the last event written.",
             registry=self.registry,
         )  # fmt: skip
+        self.shed = Counter(
+            "intently_requests_shed",
+            "Requests refused with 503 under load (api/shedding.py): 'deferrable' work "
+            "(exports, dashboard, metrics) past the first limit, 'any' past the second.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "intently_requests_in_flight", "HTTP requests being served now.",
+            registry=self.registry,
+        )  # fmt: skip
         self._decisions_by: dict[tuple[str, bool], Counter] = {}
         self._accepted_by_type = {
             event_type: self.accepted.labels(tag) for event_type, tag in EVENT_TAGS.items()
