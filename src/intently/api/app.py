@@ -208,7 +208,13 @@ def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
     routes += web_routes(engine)
     if engine.settings.bench_endpoints:
         routes.append(Route("/_bench/hello", bench_hello, methods=["POST"]))
-    middleware = []
+    settings = engine.settings
+    middleware = [
+        Middleware(
+            SheddingMiddleware, metrics=engine.metrics, shed_at=settings.shed_at_in_flight,
+            refuse_at=settings.refuse_at_in_flight,
+        )  # fmt: skip
+    ]
     if engine.settings.cors_origins:
         middleware.append(
             Middleware(
@@ -223,8 +229,4 @@ def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
     app.state.engine = engine
     app.state.decides = decide_batcher(engine)
     app.state.openapi = msgspec.json.encode(build_openapi())
-    settings = engine.settings
-    shedding = SheddingMiddleware(
-        app, engine.metrics, settings.shed_at_in_flight, settings.refuse_at_in_flight
-    )
-    return LatencyMiddleware(shedding, engine.metrics)
+    return LatencyMiddleware(app, engine.metrics)
