@@ -43,11 +43,18 @@ def view(n: int, visitor: str) -> dict[str, object]:
             "messageId": f"{visitor}-{n}", "properties": {"product_id": f"p{n}"}}  # fmt: skip
 
 
-async def traffic(client: httpx.AsyncClient, visitors: list[str], per_visitor: int) -> list[str]:
-    """Events, a decision, its viewing and a click on it, per visitor; the decision ids."""
+async def load_banner(client: httpx.AsyncClient) -> None:
     banner = {"offers": [{"id": "hero-sale", "kind": "banner"}]}
     admin = {"Authorization": f"Bearer {SECRET_KEY}"}
     assert (await client.post("/v1/catalog/offers", json=banner, headers=admin)).is_success
+
+
+async def traffic(
+    client: httpx.AsyncClient, visitors: list[str], per_visitor: int, *, banner: bool = True
+) -> list[str]:
+    """Events, a decision, its viewing and a click on it, per visitor; the decision ids."""
+    if banner:
+        await load_banner(client)
     decided: list[str] = []
     for visitor in visitors:
         batch = [view(n, visitor) for n in range(per_visitor)]
@@ -143,11 +150,13 @@ async def test_records_wait_on_local_disk_while_postgres_is_away_then_drain(
     try:
         assert engine.archive is not None
         engine.archive.close()  # the test ships by hand: no background thread racing it
+        async with client_for(engine) as client:
+            await load_banner(client)
         engine.archive.drain()
         relay.cut()
         async with client_for(engine) as client:
             # Events and decisions are acknowledged as usual: PostgreSQL is not on the path.
-            await traffic(client, ["dan", "eve"], per_visitor=4)
+            await traffic(client, ["dan", "eve"], per_visitor=4, banner=False)
         engine.decisions.flush()
         with pytest.raises((psycopg.Error, OSError)):
             engine.archive.ship_once()
@@ -210,3 +219,59 @@ def test_the_shipped_event_body_is_the_logged_record_as_json(database: str, tmp_
         assert msgspec.json.encode(body)  # plain JSON, readable by any consumer
     finally:
         engine.close()
+
+
+async def test_the_catalog_written_on_one_worker_reaches_the_others(
+    database: str, tmp_path: Path
+) -> None:
+    def worker(name: str, url: str = database) -> Engine:
+        settings = make_settings(tmp_path / name, database=url, worker_id=name)
+        return Engine(settings, clock=ManualClock(START))
+
+    target = urlsplit(database)
+    relay = Relay(target.hostname or "127.0.0.1", target.port or 5432)
+    a = worker("a", database.replace(f":{target.port}/", f":{relay.port}/"))
+    b = worker("b")
+    try:
+        items = {"items": [{"id": "shoe-1", "title": "Trail shoe",
+                            "category": ["Shoes", "running"], "price": 90, "stock": 3}]}  # fmt: skip
+        offers = {"offers": [{"id": "hero-sale", "kind": "banner"}]}
+        async with client_for(a, SECRET_KEY) as admin:
+            assert (await admin.post("/v1/catalog/items", json=items)).status_code == 200
+            assert (await admin.post("/v1/catalog/offers", json=offers)).status_code == 200
+        assert b.catalog.get("shoe-1") is None
+        assert b.sync_catalog() == 2
+        shoe = b.catalog.get("shoe-1")
+        assert shoe is not None
+        assert shoe.title == "Trail shoe"
+        async with client_for(b) as client:
+            answer = await client.post(
+                "/v1/decide", json={"anonymousId": "v", "placements": [{"id": "home_hero"}]}
+            )
+        assert [item["id"] for item in answer.json()["decisions"][0]["items"]] == ["hero-sale"]
+        assert b.sync_catalog() == 0  # once only
+        assert a.sync_catalog() == 0  # its own rows are not applied twice
+
+        # A worker that starts with an empty data dir gets the whole catalog at once.
+        c = worker("c")
+        try:
+            assert c.catalog.get("shoe-1") is not None
+            assert c.catalog.get_offer("hero-sale") is not None
+        finally:
+            c.close()
+
+        # PostgreSQL away: an upload is refused, and nothing changes anywhere.
+        relay.cut()
+        changed = {"items": [{"id": "shoe-1", "title": "Renamed", "price": 1, "stock": 3}]}
+        async with client_for(a, SECRET_KEY) as admin:
+            refused = await admin.post("/v1/catalog/items", json=changed)
+        assert refused.status_code == 503
+        assert refused.json()["type"].endswith("catalog-unavailable")
+        still = a.catalog.get("shoe-1")
+        assert still is not None
+        assert still.title == "Trail shoe"
+        assert b.sync_catalog() == 0
+    finally:
+        a.close()
+        b.close()
+        relay.close()

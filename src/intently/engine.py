@@ -19,6 +19,8 @@ from intently.act.policies import Policy, learnable
 from intently.act.triggers import Triggers, load_triggers
 from intently.api.live import Live
 from intently.api.metrics import Metrics
+from intently.catalog.offers import prepare as prepare_offer
+from intently.catalog.shared import SharedCatalog
 from intently.catalog.store import CatalogStore
 from intently.clock import Clock, SystemClock, epoch_ms
 from intently.config import Settings
@@ -142,6 +144,10 @@ class Engine:
         self.decisions = DecisionLog(settings.decision_log_path)
         self._resources.callback(self.decisions.close)
         self.archive = self._open_archive(settings)
+        if settings.database is not None:  # the catalog is shared through PostgreSQL
+            self.catalog.shared = SharedCatalog(settings.database, settings.worker)
+            self._resources.callback(self.catalog.shared.close)
+            self.sync_catalog(own=True)
         self.experiments = Experiments(
             ExperimentRegistry(
                 self.placements, self.segments.catalog, settings.data_dir,
@@ -365,6 +371,30 @@ class Engine:
         self.membership.drop(name, list(self.store.profiles()), self.now_ms(), changes)
         self.context.commit(changes)
         return True
+
+    def sync_catalog(self, *, own: bool = False) -> int:
+        """Apply the catalog rows other workers wrote to PostgreSQL (at start, and each
+        second); how many. Raises when PostgreSQL is away."""
+        shared = self.catalog.shared
+        if shared is None:
+            return 0
+        applied = 0
+        while True:
+            items, offers = shared.changes(own=own)
+            if items:
+                self.catalog.apply(self.catalog.write(items, publish=False))
+            if offers:
+                fields = self.segments.catalog
+                live = []
+                for offer in offers:
+                    try:
+                        live.append(prepare_offer(offer, fields))
+                    except ValueError:  # a rule this version cannot read: not offered
+                        log.exception("shared offer %r cannot be prepared", offer.id)
+                self.catalog.apply_offers(self.catalog.write_offers(live, publish=False))
+            if not items and not offers:
+                return applied
+            applied += len(items) + len(offers)
 
     def erase_locally(self, erasure: Erasure) -> None:
         """Carry out another worker's erasure on this worker's own files (blocking)."""

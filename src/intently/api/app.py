@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import msgspec
+import psycopg
 import redis
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
@@ -101,6 +102,12 @@ async def _tick(engine: Engine, seconds: float = 1.0) -> None:
             engine.context.recover(engine.log)
         except Exception:
             log.exception("catching up with the state store failed")
+        try:  # catalog changes other workers wrote to PostgreSQL
+            engine.sync_catalog()
+        except (psycopg.Error, OSError):
+            pass  # PostgreSQL is away: the next tick asks again (the archiver logs it)
+        except Exception:
+            log.exception("reading the shared catalog failed")
         try:  # other workers' erasures, on this worker's own files
             engine.apply_erasures()
         except (StoreUnavailable, redis.RedisError):
@@ -211,9 +218,11 @@ def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
     settings = engine.settings
     middleware = [
         Middleware(
-            SheddingMiddleware, metrics=engine.metrics, shed_at=settings.shed_at_in_flight,
+            SheddingMiddleware,
+            metrics=engine.metrics,
+            shed_at=settings.shed_at_in_flight,
             refuse_at=settings.refuse_at_in_flight,
-        )  # fmt: skip
+        )
     ]
     if engine.settings.cors_origins:
         middleware.append(

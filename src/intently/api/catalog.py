@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
+import psycopg
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -20,6 +22,7 @@ from intently.events.validate import FieldError
 from intently.keys import Role
 
 MAX_UPLOAD_BYTES = 16 * 1024 * 1024
+log = logging.getLogger(__name__)
 _UPLOADS = asyncio.Lock()
 T = TypeVar("T")
 
@@ -48,7 +51,15 @@ async def _upsert(
     # Uploads one after another, each written then shown: what memory shows is what the
     # disk holds, in the same order (two uploads of one item cannot cross).
     async with _UPLOADS:
-        written = await asyncio.to_thread(write, valid)
+        try:
+            written = await asyncio.to_thread(write, valid)
+        except (psycopg.Error, OSError) as error:  # the shared catalog (PostgreSQL)
+            log.warning("the shared catalog refused an upload: %s", error)
+            return problem(
+                503, "catalog-unavailable",
+                "the shared catalog (PostgreSQL) cannot be reached; nothing was changed, "
+                "upload again", headers={"Retry-After": "5"},
+            )  # fmt: skip
         apply(written)
     answer: dict[str, Any] = {"upserted": len(written)}
     if errors:

@@ -18,6 +18,7 @@ import msgspec
 
 from intently.catalog.items import Item
 from intently.catalog.offers import LiveOffer, Offer, prepare
+from intently.catalog.shared import SharedCatalog
 from intently.context.profile import Profile
 from intently.segments.fields import FieldCatalog
 
@@ -65,6 +66,8 @@ class CatalogStore:
         self._offers: dict[str, LiveOffer] = {}
         # Counts every change that decisions can see (caches compare it).
         self.version = 0
+        # Workers with PostgreSQL share the catalog through it (catalog/shared.py).
+        self.shared: SharedCatalog | None = None
         self._offer_checks: tuple[int, list[tuple[Offer, LiveOffer | None]]] | None = None
         # Items by leaf category, in the order they were added (a dict as an ordered
         # set): similar items for new items and new visitors, without a catalog scan.
@@ -104,11 +107,15 @@ class CatalogStore:
         checking many items in a row (`in` on it costs no call)."""
         return self._available_ids
 
-    def write(self, items: Iterable[Item]) -> list[Item]:
+    def write(self, items: Iterable[Item], *, publish: bool = True) -> list[Item]:
         """Make `items` durable (the last of the same id wins); returns them, to `apply`
-        once written. Safe to call from a worker thread."""
+        once written. Safe to call from a worker thread. With a shared catalog, written
+        there first (`publish=False`: they came from there)."""
         latest = {item.id: item for item in items}
-        self._write("items", [(item.id, _encode(item)) for item in latest.values()])
+        rows = [(item.id, _encode(item)) for item in latest.values()]
+        if publish and self.shared is not None:
+            self.shared.publish("item", rows)
+        self._write("items", rows)
         return list(latest.values())
 
     def _write(self, table: str, rows: list[tuple[str, bytes]]) -> None:
@@ -121,10 +128,13 @@ class CatalogStore:
 
     # -- offers ------------------------------------------------------------------------------
 
-    def write_offers(self, offers: Iterable[LiveOffer]) -> list[LiveOffer]:
+    def write_offers(self, offers: Iterable[LiveOffer], *, publish: bool = True) -> list[LiveOffer]:
         """Like `write`, for offers (already checked and compiled)."""
         latest = {live.offer.id: live for live in offers}
-        self._write("offers", [(key, _encode(live.offer)) for key, live in latest.items()])
+        rows = [(key, _encode(live.offer)) for key, live in latest.items()]
+        if publish and self.shared is not None:
+            self.shared.publish("offer", rows)
+        self._write("offers", rows)
         return list(latest.values())
 
     def apply_offers(self, offers: Iterable[LiveOffer]) -> None:

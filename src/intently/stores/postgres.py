@@ -80,6 +80,20 @@ CREATE TABLE shipped (
     PRIMARY KEY (worker, source)
 );
 """,
+    2: """
+-- The catalog, shared by every worker: written here first, polled by the others by
+-- version (writes hold an advisory lock, so versions commit in order).
+CREATE SEQUENCE catalog_versions;
+CREATE TABLE catalog (
+    kind    TEXT   NOT NULL,  -- 'item' or 'offer'
+    id      TEXT   NOT NULL,
+    body    JSONB  NOT NULL,
+    version BIGINT NOT NULL,
+    worker  TEXT   NOT NULL,  -- who wrote it (it skips its own rows when polling)
+    PRIMARY KEY (kind, id)
+);
+CREATE INDEX catalog_version ON catalog (version);
+""",
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
