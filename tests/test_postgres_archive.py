@@ -233,8 +233,9 @@ async def test_the_catalog_written_on_one_worker_reaches_the_others(
     a = worker("a", database.replace(f":{target.port}/", f":{relay.port}/"))
     b = worker("b")
     try:
-        items = {"items": [{"id": "shoe-1", "title": "Trail shoe",
-                            "category": ["Shoes", "running"], "price": 90, "stock": 3}]}  # fmt: skip
+        shoe = {"id": "shoe-1", "title": "Trail shoe", "category": ["Shoes", "running"],
+                "price": 90, "stock": 3}  # fmt: skip
+        items = {"items": [shoe]}
         offers = {"offers": [{"id": "hero-sale", "kind": "banner"}]}
         async with client_for(a, SECRET_KEY) as admin:
             assert (await admin.post("/v1/catalog/items", json=items)).status_code == 200
