@@ -95,6 +95,22 @@ def test_a_fresh_database_is_migrated_once_and_a_newer_schema_refused(database: 
         connection.close()
 
 
+def test_a_schema_of_an_older_version_is_migrated_at_start_keeping_its_rows(
+    database: str, tmp_path: Path
+) -> None:
+    from intently.stores.postgres import MIGRATIONS
+
+    with psycopg.connect(database, autocommit=True) as old:  # as version 1 left it
+        old.execute(b"CREATE TABLE intently_schema (version INTEGER NOT NULL)")
+        old.execute(MIGRATIONS[1].encode())
+        old.execute(b"INSERT INTO intently_schema VALUES (1)")
+        old.execute(b"INSERT INTO events VALUES ('old', 1, 'm1', 0, 0, 'track', 'a', NULL, '{}')")
+    Engine(make_settings(tmp_path / "data", database=database)).close()
+    assert rows(database, "SELECT max(version) FROM intently_schema") == [(SCHEMA_VERSION,)]
+    assert rows(database, "SELECT worker, seq FROM events WHERE worker = 'old'") == [("old", 1)]
+    assert rows(database, "SELECT count(*) FROM catalog") == [(0,)]  # version 2 is there
+
+
 async def test_records_are_shipped_row_for_row_and_erased_with_the_person(
     database: str, tmp_path: Path
 ) -> None:
