@@ -58,6 +58,9 @@ class Settings(Struct, kw_only=True):
     # PostgreSQL for durable records (events, decisions, rewards, exposures), shipped from
     # the local logs in the background: `postgresql://user@host:5432/db`. None: none.
     database: str | None = None
+    # Entries kept (approximately) in the Redis event stream for consumers downstream:
+    # each holds an event as JSON (about 1 KB), so this bounds the stream's memory.
+    stream_length: int = 100_000
     # This worker's name in a shared store (which worker's log a position belongs to):
     # by default the host name and the data dir, unique per worker.
     worker_id: str | None = None
@@ -183,6 +186,7 @@ _ENV_FIELDS = {
     "REDIS_PREFIX": "redis_prefix",
     "WORKER_ID": "worker_id",
     "DATABASE": "database",
+    "STREAM_LENGTH": "stream_length",
     "SHED_AT_IN_FLIGHT": "shed_at_in_flight",
     "REFUSE_AT_IN_FLIGHT": "refuse_at_in_flight",
     "STATE_FLUSH_SECONDS": "state_flush_seconds",

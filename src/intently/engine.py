@@ -81,7 +81,7 @@ def open_store(settings: Settings) -> StateStore:
     return open_state_store(
         settings.state_store, state_path=settings.state_path,
         flush_seconds=settings.state_flush_seconds, worker=settings.worker,
-        prefix=settings.redis_prefix,
+        prefix=settings.redis_prefix, stream_length=settings.stream_length,
     )  # fmt: skip
 
 

@@ -42,7 +42,13 @@ def redacted(url: str) -> str:
 
 
 def open_state_store(
-    spec: str, *, state_path: Path, flush_seconds: float, worker: str, prefix: str = "intently:"
+    spec: str,
+    *,
+    state_path: Path,
+    flush_seconds: float,
+    worker: str,
+    prefix: str = "intently:",
+    stream_length: int = 100_000,
 ) -> StateStore:
     """The store `spec` names: "embedded" or a Redis URL (raises `ConfigError` for a
     malformed or unusable one, `BackendUnavailable` for one that cannot be reached)."""
@@ -50,7 +56,8 @@ def open_state_store(
         return EmbeddedStore(state_path, flush_seconds)
     scheme = urlsplit(spec).scheme
     if scheme in REDIS_SCHEMES:
-        return RedisStore(connect_redis(spec), prefix=prefix, worker=worker)
+        client = connect_redis(spec)
+        return RedisStore(client, prefix=prefix, worker=worker, stream_length=stream_length)
     raise ConfigError(
         f"store: {redacted(spec)!r} is neither 'embedded' nor a Redis URL "
         "(redis://host:6379/0, rediss://..., unix:///path/redis.sock)"

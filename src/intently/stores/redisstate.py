@@ -220,7 +220,7 @@ class RedisStore:
         # Longer than a lease: a dead worker's leases run out within one wait.
         lease_wait_seconds: float = 2.5,
         history_cap: int = 200,
-        stream_length: int = 1_000_000,
+        stream_length: int = 100_000,
     ) -> None:
         self.client = client
         self.prefix = prefix
