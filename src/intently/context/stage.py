@@ -112,7 +112,7 @@ class ContextStage:
         self.applied += 1
         if record.seq >= self._next_sweep:
             self._next_sweep = _next_sweep_after(record.seq)
-            self.expire(self.watermark_ms)
+            self.expire(self.watermark_ms, self.store.sweep_limit)
 
     def expire(self, now_ms: int, limit: int = _SWEEP_LIMIT) -> int:
         """End sessions idle past the timeout and forget anonymous profiles idle past

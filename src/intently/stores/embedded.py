@@ -82,6 +82,7 @@ class EmbeddedStore:
     """`StateStore` in process memory, persisted to one SQLite file."""
 
     name = "embedded"
+    sweep_limit = 2048  # in memory: a sweep of that many takes a few milliseconds
 
     def __init__(self, path: Path, flush_seconds: float = 1.0) -> None:
         self.path = path

@@ -121,6 +121,9 @@ class StateStore(Protocol):
     """Profiles and identity links. Implementations: `embedded` (memory + SQLite) and
     `redis` (shared by many workers)."""
 
+    # Profiles an expiry sweep may change at once (sweeps run on the applying thread).
+    sweep_limit: int
+
     # Called before the store records "applied up to N": what other logs derived from
     # those events (experiment metrics) must be durable first.
     before_write: list[Callable[[], None]]

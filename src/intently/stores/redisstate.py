@@ -209,6 +209,9 @@ class RedisStore:
     """
 
     name = "redis"
+    # Each profile a sweep changes costs a lease and a commit (measured: 4,000 changes in
+    # 0.51 s on loopback), all on the event loop: a few at a time, often.
+    sweep_limit = 256
 
     def __init__(
         self,
