@@ -359,3 +359,16 @@ def read_decisions(data_dir: Path) -> list[DecisionRecord]:
         return list(reader.decisions())
     finally:
         reader.close()
+
+
+def test_a_shared_stores_contention_and_failures_are_metrics(prefix: str, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "m", state_store=REDIS_URL, redis_prefix=prefix)
+    engine = Engine(settings, clock=ManualClock(START))
+    try:
+        assert isinstance(engine.store, RedisStore)
+        engine.store.lease_retries = 7
+        scraped = engine.metrics.render().decode()
+        assert "intently_redis_lease_retries 7.0" in scraped
+        assert "intently_redis_failures 0.0" in scraped
+    finally:
+        engine.close()

@@ -180,6 +180,9 @@ class Engine:
             timeout_seconds=settings.webhook_timeout_seconds,
         )
         self.metrics = Metrics()
+        if isinstance(self.store, RedisStore):
+            store = self.store
+            self.metrics.watch_store(lambda: store.lease_retries, lambda: store.failures)
         # The dashboard's per-second series and per-placement totals (api/live.py).
         self.live = Live(self.now_ms)
         self.decider.observers.append(self.live)

@@ -7,7 +7,7 @@ counters by accident.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -86,6 +86,21 @@ class Metrics:
         self._accepted_by_type = {
             event_type: self.accepted.labels(tag) for event_type, tag in EVENT_TAGS.items()
         }
+
+    def watch_store(
+        self, lease_retries: Callable[[], float], failures: Callable[[], float]
+    ) -> None:
+        """A shared store's own counts (stores/redisstate.py), read at each scrape."""
+        Gauge(
+            "intently_redis_lease_retries",
+            "Times a worker found a profile's lease taken by another and tried again.",
+            registry=self.registry,
+        ).set_function(lease_retries)
+        Gauge(
+            "intently_redis_failures",
+            "Calls that found Redis unreachable (decisions then answer with fallbacks).",
+            registry=self.registry,
+        ).set_function(failures)
 
     def apply_many(self, records: Sequence[EventRecord]) -> None:
         # One increment per type and batch: each takes a lock.

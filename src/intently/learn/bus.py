@@ -35,7 +35,10 @@ import redis
 log = logging.getLogger(__name__)
 
 INTERVAL_SECONDS = 0.02
-STREAM_LENGTH = 100_000  # entries kept (approximately): a batch each
+# Entries kept (approximately), a batch each (1-5 KB): they only need to outlive the
+# other workers' next read (20 ms); 10,000 is over a minute of two busy workers (measured
+# in bench/cluster.py: 100,000 held 0.32-0.47 GB of Redis).
+STREAM_LENGTH = 10_000
 # Messages kept while Redis is away; past this the oldest are dropped (and counted).
 MAX_OUTBOX = 100_000
 
