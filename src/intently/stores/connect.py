@@ -36,8 +36,10 @@ def redacted(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    # The netloc as written after the "@" (so a bad port or an IPv6 literal's brackets
+    # survive): this runs on URLs that have not been checked yet.
+    host_and_port = parts.netloc.rpartition("@")[2]
+    netloc = f"{parts.username or ''}:***@{host_and_port}"
     return urlunsplit(parts._replace(netloc=netloc))
 
 
@@ -81,17 +83,20 @@ def connect_redis(url: str) -> redis.Redis:
         memory = client.info("memory")
     except redis.AuthenticationError as error:
         client.close()
-        raise ConfigError(f"store: Redis at {where} refused the credentials: {error}") from None
+        raise ConfigError(
+            f"store: Redis at {where} refused the credentials: {error} (a password goes in "
+            "the URL: redis://:password@host:6379/0, or redis://user:password@...)"
+        ) from None
+    except redis.ResponseError as error:
+        client.close()
+        raise _refusal(url, where, error) from None
     except redis.RedisError as error:
         client.close()
         raise BackendUnavailable(f"store: cannot reach Redis at {where}: {error}") from None
     version = _version(str(server.get("redis_version", "0")))
     if version < MIN_REDIS:
         client.close()
-        raise ConfigError(
-            f"store: Redis at {where} is version {server.get('redis_version')}; intently "
-            f"needs {MIN_REDIS[0]}.{MIN_REDIS[1]} or later"
-        )
+        raise _too_old(where, str(server.get("redis_version")))
     policy = str(memory.get("maxmemory_policy", "noeviction"))
     if policy != "noeviction":
         client.close()
@@ -101,6 +106,46 @@ def connect_redis(url: str) -> redis.Redis:
             "noeviction and size maxmemory for the profiles (docs/operations.md)"
         )
     return client
+
+
+def _refusal(url: str, where: str, error: redis.ResponseError) -> Exception:
+    """Why a Redis that answered refused to serve: a setting to fix, or (when it is none
+    we know) the backend reported unavailable."""
+    text = str(error)
+    if "DB index is out of range" in text:
+        return ConfigError(
+            f"store: Redis at {where} has no such database ({text}); the number after the "
+            "last '/' must be below its `databases` setting (16 by default)"
+        )
+    if "HELLO" in text:
+        # redis-py opens connections with HELLO 3, which came with Redis 6.0: an older
+        # server refuses it before its version can be read, so read it over RESP2.
+        version = _version_over_resp2(url)
+        if version is not None and _version(version) < MIN_REDIS:
+            return _too_old(where, version)
+    return BackendUnavailable(f"store: Redis at {where} refused to serve: {text}")
+
+
+def _version_over_resp2(url: str) -> str | None:
+    client = redis.Redis.from_url(
+        url,
+        protocol=2,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
+    )
+    try:
+        return str(client.info("server").get("redis_version", "0"))
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+
+
+def _too_old(where: str, version: str) -> ConfigError:
+    return ConfigError(
+        f"store: Redis at {where} is version {version}; intently needs "
+        f"{MIN_REDIS[0]}.{MIN_REDIS[1]} or later"
+    )
 
 
 def _version(text: str) -> tuple[int, ...]:
