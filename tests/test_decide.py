@@ -323,7 +323,7 @@ async def test_each_tick_moves_the_young_objects_on(engine: Engine) -> None:
     half a minute; the periodic tick collects it each second, so each pass stays short."""
     kept = [[] for _ in range(10_000)]  # (automatic collection is off in these tests)
     assert len(gc.get_objects(generation=0)) >= len(kept)
-    ticking = asyncio.create_task(_tick(engine, seconds=0.01))
+    ticking = asyncio.create_task(_tick(engine, asyncio.Lock(), seconds=0.01))
     await asyncio.sleep(0.2)
     ticking.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -342,7 +342,7 @@ async def test_ticks_also_free_cycles_that_outlived_a_young_pass(engine: Engine)
     generation and dropped later is still freed."""
     node = _Node()
     alive = weakref.ref(node)
-    ticking = asyncio.create_task(_tick(engine, seconds=0.001))
+    ticking = asyncio.create_task(_tick(engine, asyncio.Lock(), seconds=0.001))
     await asyncio.sleep(0.05)  # promoted by the young passes
     assert alive() is not None
     assert not any(o is node for o in gc.get_objects(generation=0))

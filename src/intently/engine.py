@@ -14,7 +14,7 @@ from pathlib import Path
 
 from intently.act.decide import Decider
 from intently.act.decisions import DecisionLog, DecisionLogReader, DecisionRecord
-from intently.act.placements import Placement, PlacementRegistry
+from intently.act.placements import Placement, PlacementRegistry, PlacementSpec
 from intently.act.policies import Policy, learnable
 from intently.act.triggers import Triggers, load_triggers
 from intently.api.live import Live
@@ -31,7 +31,7 @@ from intently.events.enrich import Enricher
 from intently.events.geo import GeoLocator
 from intently.events.record import decode_record
 from intently.events.referrer import ReferrerClassifier
-from intently.experiments.registry import ExperimentRegistry
+from intently.experiments.registry import ExperimentRegistry, Stored
 from intently.experiments.runtime import Experiments
 from intently.keys import Keys, load_or_create_keys
 from intently.learn.bus import LearningBus
@@ -43,11 +43,19 @@ from intently.recommend.learn import LearnFromViews
 from intently.recommend.sequential import SequentialRules
 from intently.recommend.session_knn import SessionKNN
 from intently.segments.fields import FieldCatalog
+from intently.segments.lang import ExpressionError, compile_expression
 from intently.segments.membership import Membership
 from intently.segments.registry import Segment, SegmentRegistry, SegmentSpec
 from intently.segments.webhooks import WebhookDispatcher
 from intently.stores.archive import Archiver, sources
 from intently.stores.connect import open_state_store
+from intently.stores.definitions import (
+    EXPERIMENT,
+    PLACEMENT,
+    SEGMENT,
+    Definition,
+    SharedDefinitions,
+)
 from intently.stores.erasures import Erasure, ErasureBroadcast
 from intently.stores.postgres import connect_postgres, migrate
 from intently.stores.protocol import Changes, StateStore
@@ -156,6 +164,14 @@ class Engine:
             settings.experiments_path, settings.holdout_share, settings.holdout_salt,
         )  # fmt: skip
         self._resources.callback(self.experiments.close)
+        # Placements, segments and experiments defined through the API, shared like the
+        # catalog: at start, every definition (this worker's local copy may be older).
+        self.definitions: SharedDefinitions | None = None
+        self.definitions_refused = 0
+        if settings.database is not None:
+            self.definitions = SharedDefinitions(settings.database, settings.worker)
+            self._resources.callback(self.definitions.close)
+            self.adopt_definitions(self.definitions.changes(own=True))
         # Experiments count events from their log position on: hooked before the catch-up,
         # which re-applies what the state store had not kept (their log skips what it
         # counted already).
@@ -366,6 +382,13 @@ class Engine:
         self.context.commit(changes)
         return segment, moved
 
+    def check_segment(self, spec: SegmentSpec) -> None:
+        """Raise what `define_segment` would (`ExpressionError`, `ConfigError`), changing
+        nothing."""
+        if spec.webhook and self.settings.webhook_secret is None:
+            raise ConfigError("set INTENTLY_WEBHOOK_SECRET before defining webhooks")
+        compile_expression(spec.expression, self.segments.catalog)
+
     def delete_segment(self, name: str) -> bool:
         if not self.segments.delete(name):
             return False
@@ -374,6 +397,49 @@ class Engine:
         self.membership.drop(name, list(self.store.profiles()), self.now_ms(), changes)
         self.context.commit(changes)
         return True
+
+    def share_definition(self, kind: str, key: str, definition: Definition | None) -> None:
+        """Write a definition (None: its deletion) for the other workers, before it is
+        installed here; raises `psycopg.Error` or `OSError` when PostgreSQL cannot take
+        it. Blocking. Nothing to do without a database: there are no other workers."""
+        if self.definitions is not None:
+            self.definitions.publish(kind, key, definition)
+
+    def adopt_definitions(self, changes: list[tuple[str, str, Definition | None]]) -> int:
+        """Install definitions other workers wrote (at start, and each second); how
+        many. One that cannot be installed here is logged and counted, not retried."""
+        adopted = 0
+        for kind, key, definition in changes:
+            try:
+                self._adopt(kind, key, definition)
+            except (ConfigError, ExpressionError) as error:
+                self.definitions_refused += 1
+                log.error("the shared %s %r cannot be installed here: %s", kind, key, error)
+            else:
+                adopted += 1
+        return adopted
+
+    def _adopt(self, kind: str, key: str, definition: Definition | None) -> None:
+        # Another worker changed the shared state (profiles' memberships) already: a
+        # segment is only indexed here, not evaluated over every profile again.
+        if kind == PLACEMENT:
+            if definition is None:
+                self.placements.delete(key)
+            elif isinstance(definition, PlacementSpec):
+                self.placements.define(key, definition)
+        elif kind == SEGMENT:
+            if definition is None:
+                self.segments.delete(key)
+            elif isinstance(definition, SegmentSpec):
+                self.segments.define(key, definition)
+            self.membership.reindex()
+        elif kind == EXPERIMENT:
+            registry = self.experiments.registry
+            if definition is None:
+                if registry.forget(key):
+                    self.experiments.purge(key)
+            elif isinstance(definition, Stored):
+                registry.adopt(key, definition)
 
     def sync_catalog(self, *, own: bool = False) -> int:
         """Apply the catalog rows other workers wrote to PostgreSQL (at start, and each

@@ -90,7 +90,7 @@ async def bench_hello(request: Request) -> Response:
     return Response(b'{"hello":"world"}', media_type="application/json")
 
 
-async def _tick(engine: Engine, seconds: float = 1.0) -> None:
+async def _tick(engine: Engine, defining: asyncio.Lock, seconds: float = 1.0) -> None:
     """The store's background work, on the event loop (where commits run), each second."""
     while True:
         await asyncio.sleep(seconds)
@@ -108,6 +108,8 @@ async def _tick(engine: Engine, seconds: float = 1.0) -> None:
             pass  # PostgreSQL is away: the next tick asks again (the archiver logs it)
         except Exception:
             log.exception("reading the shared catalog failed")
+        if engine.definitions is not None:  # placements, segments and experiments
+            await _adopt_definitions(engine, defining)
         try:  # other workers' erasures, on this worker's own files
             engine.apply_erasures()
         except (StoreUnavailable, redis.RedisError):
@@ -125,6 +127,23 @@ async def _tick(engine: Engine, seconds: float = 1.0) -> None:
         except Exception:
             log.exception("sampling the live sessions failed")
         _collect()
+
+
+async def _adopt_definitions(engine: Engine, defining: asyncio.Lock) -> None:
+    """Install the definitions other workers wrote (read off the loop, installed on it,
+    between two API changes of definitions)."""
+    shared = engine.definitions
+    assert shared is not None
+    try:
+        changes = await asyncio.to_thread(shared.changes)
+    except (psycopg.Error, OSError):
+        return  # PostgreSQL is away: the next tick asks again
+    except Exception:
+        log.exception("reading the shared definitions failed")
+        return
+    if changes:
+        async with defining:
+            engine.adopt_definitions(changes)
 
 
 async def _share_learning(engine: Engine) -> None:
@@ -167,7 +186,7 @@ def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
         engine.webhooks.start()
         engine.membership.listeners.append(engine.webhooks.enqueue)
         engine.membership.listeners.append(engine.triggers.entered)
-        ticking = asyncio.create_task(_tick(engine))
+        ticking = asyncio.create_task(_tick(engine, app.state.defining))
         learning = asyncio.create_task(_share_learning(engine)) if engine.bus else None
         try:
             yield
@@ -236,6 +255,7 @@ def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
         )
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.engine = engine
+    app.state.defining = asyncio.Lock()  # api/sharing.py
     app.state.decides = decide_batcher(engine)
     app.state.openapi = msgspec.json.encode(build_openapi())
     return LatencyMiddleware(app, engine.metrics)

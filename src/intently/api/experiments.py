@@ -15,11 +15,13 @@ from starlette.responses import Response
 from intently.api.auth import require
 from intently.api.events import read_json
 from intently.api.problems import json_response, problem
+from intently.api.sharing import defining, share
 from intently.configfile import ConfigError
 from intently.engine import Engine
-from intently.experiments.registry import ExperimentConflict
+from intently.experiments.registry import ExperimentConflict, Stored
 from intently.experiments.spec import ExperimentSpec
 from intently.keys import Role
+from intently.stores.definitions import EXPERIMENT
 
 _spec = msgspec.json.Decoder(ExperimentSpec)
 # "/field/0: why" -> the pointer and the message
@@ -65,13 +67,19 @@ async def put_experiment(request: Request) -> Response:
     if isinstance(spec, Response):
         return spec
     registry = engine.experiments.registry
-    existed = registry.get(experiment_id) is not None
-    try:
-        experiment = registry.define(experiment_id, spec, engine.now_ms())
-    except ExperimentConflict as error:
-        return _invalid(error, 409)
-    except ConfigError as error:
-        return _invalid(error)
+    async with defining(request):
+        existed = registry.get(experiment_id) is not None
+        try:
+            experiment = registry.prepare_definition(experiment_id, spec, engine.now_ms())
+        except ExperimentConflict as error:
+            return _invalid(error, 409)
+        except ConfigError as error:
+            return _invalid(error)
+        shared = Stored(experiment.spec, experiment.started_ms, experiment.stopped_ms)
+        refused = await share(request, EXPERIMENT, experiment_id, shared)
+        if refused is not None:
+            return refused
+        registry.install(experiment)
     return json_response(experiment.describe(), 200 if existed else 201)
 
 
@@ -81,18 +89,23 @@ async def delete_experiment(request: Request) -> Response:
     engine: Engine = request.app.state.engine
     experiment_id = request.path_params["id"]
     registry = engine.experiments.registry
-    existing = registry.get(experiment_id)
-    if existing is None:
-        return _missing(experiment_id)
-    try:
-        deleted = registry.delete(experiment_id)
-    except ExperimentConflict as error:
-        return problem(409, "experiment-running", str(error), pointer="/status")
-    if not deleted:
-        return problem(
-            409, "read-only",
-            f"experiment {experiment_id!r} comes from the configuration file; change it there",
-        )  # fmt: skip
+    async with defining(request):
+        if registry.get(experiment_id) is None:
+            return _missing(experiment_id)
+        try:
+            deletable = registry.deletable(experiment_id)
+        except ExperimentConflict as error:
+            return problem(409, "experiment-running", str(error), pointer="/status")
+        if not deletable:
+            return problem(
+                409, "read-only",
+                f"experiment {experiment_id!r} comes from the configuration file; change it "
+                "there",
+            )  # fmt: skip
+        refused = await share(request, EXPERIMENT, experiment_id, None)
+        if refused is not None:
+            return refused
+        registry.delete(experiment_id)
     # What it logged goes with it: an experiment defined later under this id starts empty.
     await asyncio.to_thread(engine.experiments.purge, experiment_id)
     return Response(status_code=204)

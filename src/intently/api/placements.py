@@ -13,12 +13,14 @@ from intently.act.placements import PlacementSpec, PolicySpec, prepare
 from intently.api.auth import require
 from intently.api.events import read_json
 from intently.api.problems import json_response, problem
+from intently.api.sharing import defining, share
 from intently.configfile import ConfigError
 from intently.engine import Engine
 from intently.experiments.registry import ExperimentConflict
 from intently.keys import Role
 from intently.learn.gate import Judgement, NotEnoughEvidence, judge
 from intently.learn.ope import ESTIMATORS
+from intently.stores.definitions import PLACEMENT
 
 _spec = msgspec.json.Decoder(PlacementSpec)
 
@@ -51,17 +53,21 @@ async def put_placement(request: Request) -> Response:
     spec = await read_json(request, _spec, 64 * 1024, "a placement definition")
     if isinstance(spec, Response):
         return spec
-    existed = engine.placements.get(placement_id) is not None
-    try:
-        # (a running experiment's variants must still be valid definitions of it)
-        engine.experiments.registry.check_placement(
-            prepare(placement_id, spec, "api", engine.placements.catalog)
-        )
+    async with defining(request):
+        existed = engine.placements.get(placement_id) is not None
+        try:
+            # (a running experiment's variants must still be valid definitions of it)
+            engine.experiments.registry.check_placement(
+                prepare(placement_id, spec, "api", engine.placements.catalog)
+            )
+        except ExperimentConflict as exc:
+            return problem(409, "experiment-conflict", str(exc))
+        except ConfigError as exc:
+            return problem(400, "invalid-placement", str(exc))
+        refused = await share(request, PLACEMENT, placement_id, spec)
+        if refused is not None:
+            return refused
         placement = engine.placements.define(placement_id, spec)
-    except ExperimentConflict as exc:
-        return problem(409, "experiment-conflict", str(exc))
-    except ConfigError as exc:
-        return problem(400, "invalid-placement", str(exc))
     return json_response(placement.describe(), 200 if existed else 201)
 
 
@@ -98,12 +104,22 @@ async def promote_policy(request: Request) -> Response:
     report = judgement.report
     if not judgement.promote:
         return problem(409, "not-promoted", report["verdict"], report=report)
-    try:
+    async with defining(request):
+        current = engine.placements.get(placement_id)
+        if current is None or current.version != placement.version:
+            return problem(
+                409, "placement-changed",
+                f"placement {placement_id!r} changed while the candidate was judged; "
+                "judge again",
+            )  # fmt: skip
+        # The other workers serve the promoted policy too (each from what it learned).
+        promoted_spec = msgspec.structs.replace(current.spec, policy=spec)
+        refused = await share(request, PLACEMENT, placement_id, promoted_spec)
+        if refused is not None:
+            return refused
         promoted = engine.decider.adopt(
             placement_id, spec, judgement.policy, judged_version=placement.version
         )
-    except ConfigError as error:  # the placement changed while it was judged
-        return problem(409, "placement-changed", str(error))
     return json_response({**report, "placement_version": promoted.version})
 
 
@@ -122,13 +138,18 @@ async def delete_placement(request: Request) -> Response:
     replaced answers again)."""
     engine: Engine = request.app.state.engine
     placement_id = request.path_params["id"]
-    existing = engine.placements.get(placement_id)
-    if existing is None:
-        return _missing(placement_id)
-    if not engine.placements.delete(placement_id):
-        return problem(
-            409, "read-only",
-            f"placement {placement_id!r} comes from the {existing.source} configuration; "
-            "replace it with PUT",
-        )  # fmt: skip
+    async with defining(request):
+        existing = engine.placements.get(placement_id)
+        if existing is None:
+            return _missing(placement_id)
+        if existing.source != "api":
+            return problem(
+                409, "read-only",
+                f"placement {placement_id!r} comes from the {existing.source} configuration; "
+                "replace it with PUT",
+            )  # fmt: skip
+        refused = await share(request, PLACEMENT, placement_id, None)
+        if refused is not None:
+            return refused
+        engine.placements.delete(placement_id)
     return Response(status_code=204)

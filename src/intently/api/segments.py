@@ -11,11 +11,13 @@ from starlette.responses import Response
 from intently.api.auth import require
 from intently.api.events import read_json
 from intently.api.problems import json_response, problem
+from intently.api.sharing import defining, share
 from intently.configfile import ConfigError
 from intently.engine import Engine
 from intently.keys import Role
 from intently.segments.lang import ExpressionError
 from intently.segments.registry import Segment, SegmentSpec, valid_name
+from intently.stores.definitions import SEGMENT
 
 _spec = msgspec.json.Decoder(SegmentSpec)
 
@@ -58,22 +60,27 @@ async def put_segment(request: Request) -> Response:
             "a segment name is 1-64 of a-z, 0-9, '_' and '-', starting with a letter or digit",
             pointer="/name",
         )  # fmt: skip
-    existing = engine.segments.get(name)
-    if existing is not None and existing.source == "config":
-        return problem(
-            409, "read-only", f"segment {name!r} comes from the segments file; change it there"
-        )
     spec = await read_json(request, _spec, 16 * 1024, "a segment definition")
     if isinstance(spec, Response):
         return spec
-    try:
+    async with defining(request):
+        existing = engine.segments.get(name)
+        if existing is not None and existing.source == "config":
+            return problem(
+                409, "read-only", f"segment {name!r} comes from the segments file; change it there"
+            )
+        try:
+            engine.check_segment(spec)
+        except ExpressionError as exc:
+            return problem(
+                400, "invalid-expression", str(exc), pointer="/expression", position=exc.position
+            )
+        except ConfigError as exc:
+            return problem(400, "webhook-secret-missing", str(exc), pointer="/webhook")
+        refused = await share(request, SEGMENT, name, spec)
+        if refused is not None:
+            return refused
         segment, changed = engine.define_segment(name, spec)
-    except ExpressionError as exc:
-        return problem(
-            400, "invalid-expression", str(exc), pointer="/expression", position=exc.position
-        )
-    except ConfigError as exc:
-        return problem(400, "webhook-secret-missing", str(exc), pointer="/webhook")
     return json_response(
         {**_view(engine, segment), "changed": changed}, 201 if existing is None else 200
     )
@@ -83,12 +90,16 @@ async def put_segment(request: Request) -> Response:
 async def delete_segment(request: Request) -> Response:
     engine: Engine = request.app.state.engine
     name = request.path_params["name"]
-    existing = engine.segments.get(name)
-    if existing is None:
-        return _missing(name)
-    if existing.source == "config":
-        return problem(
-            409, "read-only", f"segment {name!r} comes from the segments file; change it there"
-        )
-    engine.delete_segment(name)
+    async with defining(request):
+        existing = engine.segments.get(name)
+        if existing is None:
+            return _missing(name)
+        if existing.source == "config":
+            return problem(
+                409, "read-only", f"segment {name!r} comes from the segments file; change it there"
+            )
+        refused = await share(request, SEGMENT, name, None)
+        if refused is not None:
+            return refused
+        engine.delete_segment(name)
     return Response(status_code=204)

@@ -194,6 +194,13 @@ class ExperimentRegistry:
     def define(self, experiment_id: str, spec: ExperimentSpec, now_ms: int) -> Experiment:
         """Add or change an experiment by API; raises `ConfigError` ("/field: why"), and
         then nothing changes."""
+        return self.install(self.prepare_definition(experiment_id, spec, now_ms))
+
+    def prepare_definition(
+        self, experiment_id: str, spec: ExperimentSpec, now_ms: int
+    ) -> Experiment:
+        """The experiment `define` would install, checked (raises `ConfigError`), not yet
+        installed: shared with the other workers first, when there are others."""
         current = self._experiments.get(experiment_id)
         if current is not None and current.source == "config":
             raise ExperimentConflict(
@@ -204,19 +211,47 @@ class ExperimentRegistry:
             _check_change(current, spec)
             experiment.started_ms, experiment.stopped_ms = current.started_ms, current.stopped_ms
         _lifecycle(experiment, now_ms)
-        self._experiments[experiment_id] = experiment
+        return experiment
+
+    def install(self, experiment: Experiment) -> Experiment:
+        self._experiments[experiment.id] = experiment
         self._index()
         self._save()
         return experiment
 
-    def delete(self, experiment_id: str) -> bool:
-        """Remove an API definition (not a running one: stop it first). False when there
-        is no API definition of that id; raises `ConfigError` for a running one."""
+    def adopt(self, experiment_id: str, stored: Stored) -> Experiment:
+        """Another worker's definition, as it was installed there (when it started and
+        stopped included); raises `ConfigError` when it cannot be served here."""
+        experiment = self._prepare(experiment_id, stored.spec, "api")
+        experiment.started_ms, experiment.stopped_ms = stored.started_ms, stored.stopped_ms
+        return self.install(experiment)
+
+    def forget(self, experiment_id: str) -> bool:
+        """Remove an API definition another worker deleted (it stopped it there first;
+        this worker may not have seen it stopped, only deleted)."""
+        current = self._experiments.get(experiment_id)
+        if current is None or current.source != "api":
+            return False
+        del self._experiments[experiment_id]
+        self._index()
+        self._save()
+        return True
+
+    def deletable(self, experiment_id: str) -> bool:
+        """Whether `delete` would remove it: False when there is no API definition of
+        that id; raises `ExperimentConflict` for a running one."""
         current = self._experiments.get(experiment_id)
         if current is None or current.source != "api":
             return False
         if current.running:
             raise ExperimentConflict(f"experiment {experiment_id!r} is running; stop it first")
+        return True
+
+    def delete(self, experiment_id: str) -> bool:
+        """Remove an API definition (not a running one: stop it first). False when there
+        is no API definition of that id; raises `ConfigError` for a running one."""
+        if not self.deletable(experiment_id):
+            return False
         del self._experiments[experiment_id]
         self._index()
         self._save()

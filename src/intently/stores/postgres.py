@@ -94,6 +94,20 @@ CREATE TABLE catalog (
 );
 CREATE INDEX catalog_version ON catalog (version);
 """,
+    3: """
+-- Placements, segments and experiments defined through the API, shared by every worker
+-- the same way as the catalog. A NULL body is a deletion.
+CREATE SEQUENCE definition_versions;
+CREATE TABLE definitions (
+    kind    TEXT   NOT NULL,  -- 'placement', 'segment' or 'experiment'
+    id      TEXT   NOT NULL,
+    body    JSONB,
+    version BIGINT NOT NULL,
+    worker  TEXT   NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+CREATE INDEX definitions_version ON definitions (version);
+""",
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
