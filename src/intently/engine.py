@@ -162,6 +162,7 @@ class Engine:
                 settings.experiments_file, self.now_ms(),
             ),
             settings.experiments_path, settings.holdout_share, settings.holdout_salt,
+            database=settings.database, worker=settings.worker,
         )  # fmt: skip
         self._resources.callback(self.experiments.close)
         # Placements, segments and experiments defined through the API, shared like the
@@ -177,7 +178,7 @@ class Engine:
         # counted already).
         self.context.hooks.append(self.experiments)
         self.context.merge_hooks.append(self.experiments.merged)
-        self.store.before_write.append(self.experiments.log.flush)
+        self.store.before_write.append(self.experiments.log.settle)
         self.decider = Decider(
             placements=self.placements,
             catalog=self.catalog,
@@ -436,7 +437,8 @@ class Engine:
         elif kind == EXPERIMENT:
             registry = self.experiments.registry
             if definition is None:
-                if registry.forget(key):
+                # (shared experiment tables were purged by the worker that deleted it)
+                if registry.forget(key) and not self.experiments.log.shared:
                     self.experiments.purge(key)
             elif isinstance(definition, Stored):
                 registry.adopt(key, definition)

@@ -110,6 +110,14 @@ async def _tick(engine: Engine, defining: asyncio.Lock, seconds: float = 1.0) ->
             log.exception("reading the shared catalog failed")
         if engine.definitions is not None:  # placements, segments and experiments
             await _adopt_definitions(engine, defining)
+        if engine.experiments.log.shared:  # visitors other workers merged keep their arms
+            try:
+                aliases = await asyncio.to_thread(engine.experiments.log.new_aliases)
+                engine.experiments.adopt_aliases(aliases)
+            except (psycopg.Error, OSError):
+                pass  # PostgreSQL is away: the next tick asks again
+            except Exception:
+                log.exception("reading the experiment aliases failed")
         try:  # other workers' erasures, on this worker's own files
             engine.apply_erasures()
         except (StoreUnavailable, redis.RedisError):

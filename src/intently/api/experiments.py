@@ -6,20 +6,23 @@ placement's holdout's at `/v1/experiments/holdout:<placement>/results`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 
 import msgspec
+import psycopg
 from starlette.requests import Request
 from starlette.responses import Response
 
 from intently.api.auth import require
 from intently.api.events import read_json
-from intently.api.problems import json_response, problem
+from intently.api.problems import experiments_unavailable, json_response, problem
 from intently.api.sharing import defining, share
 from intently.configfile import ConfigError
 from intently.engine import Engine
 from intently.experiments.registry import ExperimentConflict, Stored
 from intently.experiments.spec import ExperimentSpec
+from intently.experiments.tracking import ExperimentsUnavailable
 from intently.keys import Role
 from intently.stores.definitions import EXPERIMENT
 
@@ -107,7 +110,10 @@ async def delete_experiment(request: Request) -> Response:
             return refused
         registry.delete(experiment_id)
     # What it logged goes with it: an experiment defined later under this id starts empty.
-    await asyncio.to_thread(engine.experiments.purge, experiment_id)
+    # (PostgreSQL away: the purge is held with the log's other records, written when it
+    # returns)
+    with contextlib.suppress(ExperimentsUnavailable):
+        await asyncio.to_thread(engine.experiments.purge, experiment_id)
     return Response(status_code=204)
 
 
@@ -115,5 +121,8 @@ async def delete_experiment(request: Request) -> Response:
 async def experiment_results(request: Request) -> Response:
     engine: Engine = request.app.state.engine
     experiment_id = request.path_params["id"]
-    found = await asyncio.to_thread(engine.experiments.results, experiment_id)
+    try:
+        found = await asyncio.to_thread(engine.experiments.results, experiment_id)
+    except (ExperimentsUnavailable, psycopg.Error, OSError) as error:
+        return experiments_unavailable(error)
     return _missing(experiment_id) if found is None else json_response(found)

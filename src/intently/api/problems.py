@@ -6,6 +6,7 @@ body) or `errors` (one per rejected event, with its index and field) for the mac
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
@@ -15,6 +16,8 @@ from msgspec import Struct
 from starlette.responses import Response
 
 from intently.events.validate import FieldError
+
+log = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:intently:problem:"
@@ -64,6 +67,16 @@ def problem(
         report=report,
     )
     return Response(_encode(body), status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def experiments_unavailable(error: BaseException) -> Response:
+    """The answer while the experiment log's PostgreSQL cannot be reached."""
+    log.warning("the experiment log cannot be read: %s", error)
+    return problem(
+        503, "experiments-unavailable",
+        "the experiment log (PostgreSQL) cannot be reached; ask again",
+        headers={"Retry-After": "5"},
+    )  # fmt: skip
 
 
 def json_response(

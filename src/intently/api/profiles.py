@@ -18,12 +18,13 @@ from starlette.responses import Response
 
 from intently.api.auth import require
 from intently.api.events import read_json
-from intently.api.problems import json_response, problem
+from intently.api.problems import experiments_unavailable, json_response, problem
 from intently.context.identity import derived_profile_id
 from intently.context.profile import Profile
 from intently.engine import Engine
 from intently.events.record import record_as_json
 from intently.events.schema import Consent, Context, TrackEvent
+from intently.experiments.tracking import ExperimentsUnavailable
 from intently.keys import Role
 from intently.stores.erasures import Erasure
 from intently.stores.protocol import StoreUnavailable
@@ -99,7 +100,10 @@ async def export_profile(request: Request) -> Response:
     rows = await asyncio.to_thread(
         engine.log.rows_of, list(profile.anonymous_ids), list(profile.user_ids)
     )
-    arms = await asyncio.to_thread(engine.experiments.arms_of, profile.id)
+    try:
+        arms = await asyncio.to_thread(engine.experiments.arms_of, profile.id)
+    except (ExperimentsUnavailable, psycopg.Error, OSError) as error:
+        return experiments_unavailable(error)  # an export must be whole
     body = {
         "profile": describe(engine, profile),
         "stored": msgspec.to_builtins(profile),
@@ -128,7 +132,10 @@ async def delete_profile(request: Request) -> Response:
         engine.decider.forget(devices, [])
         decisions = await asyncio.to_thread(engine.decisions.erase, devices, [any_id])
         units = [derived_profile_id(device) for device in devices]
-        exposures = await asyncio.to_thread(engine.experiments.erase, units)
+        try:
+            exposures = await asyncio.to_thread(engine.experiments.erase, units)
+        except (ExperimentsUnavailable, psycopg.Error, OSError) as error:
+            return experiments_unavailable(error)  # held, and done when it returns
         archived = await _erase_archived(engine, [any_id], [any_id], devices, [any_id])
         if isinstance(archived, Response):
             return archived
@@ -147,7 +154,10 @@ async def delete_profile(request: Request) -> Response:
     # id it would get from each of their identities). Before the profile goes, as the
     # decisions: a failure leaves the profile, to be erased again.
     units = [profile.id, *(derived_profile_id(device) for device in devices)]
-    await asyncio.to_thread(engine.experiments.erase, units)
+    try:
+        await asyncio.to_thread(engine.experiments.erase, units)
+    except (ExperimentsUnavailable, psycopg.Error, OSError) as error:
+        return experiments_unavailable(error)  # held, and done when it returns
     # PostgreSQL's copies (every worker's), also before the profile goes.
     archived = await _erase_archived(engine, anonymous_ids, user_ids, devices, [profile.id])
     if isinstance(archived, Response):

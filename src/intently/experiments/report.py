@@ -25,6 +25,7 @@ from intently.experiments.results import (
 )
 from intently.experiments.spec import ExperimentSpec
 from intently.experiments.stats import Comparison, Estimate
+from intently.experiments.tables import PostgresTables
 from intently.experiments.tracking import ExperimentLogReader
 
 
@@ -75,7 +76,11 @@ def load_results(experiment_id: str, settings: Settings) -> Results | None:
     design = design_of(experiment_id, settings)
     if design is None:
         return None
-    reader = ExperimentLogReader(settings.experiments_path)
+    reader = ExperimentLogReader(
+        settings.experiments_path
+        if settings.database is None
+        else PostgresTables(settings.database, settings.worker)
+    )
     try:
         return results(design, reader.exposures(design.id), reader.totals(design.id))
     finally:

@@ -33,11 +33,13 @@ MAX_UNVIEWED = 100_000
 
 class Experiments:
     def __init__(
-        self, registry: ExperimentRegistry, path: Path, holdout_share: float, holdout_salt: str
-    ) -> None:
+        self, registry: ExperimentRegistry, path: Path, holdout_share: float, holdout_salt: str,
+        *, database: str | None = None, worker: str = "",
+    ) -> None:  # fmt: skip
+        """With a `database`, the log is in PostgreSQL, shared with every worker."""
         self.registry = registry
         self.assigner = Assigner(registry, holdout_share, holdout_salt)
-        self.log = ExperimentLog(path, self.metrics_of)
+        self.log = ExperimentLog(path, self.metrics_of, database=database, worker=worker)
         # Decisions of experiments counting viewable exposures, until the client reports
         # them viewed: decision id -> experiment, variant, metrics. In memory only (a
         # decision viewed after a restart does not expose its visitor), and bounded.
@@ -152,6 +154,15 @@ class Experiments:
         else:
             self.assigner.aliases.pop(into.id, None)
         self.log.merge(absorbed, into.id, arms, unit)
+
+    def adopt_aliases(self, aliases: dict[str, str]) -> None:
+        """Aliases other workers' merges made (`log.new_aliases`): the person keeps
+        their arm on this worker too."""
+        for profile_id, unit in aliases.items():
+            if unit == profile_id:
+                self.assigner.aliases.pop(profile_id, None)
+            else:
+                self.assigner.aliases[profile_id] = unit
 
     def _measured_ids(self) -> list[str]:
         """Every id exposures are logged under: experiments and holdouts."""

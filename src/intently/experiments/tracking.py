@@ -1,5 +1,6 @@
 """The experiment log: who was exposed to which variant, and what they did after, in
-SQLite (`experiments.db` in the data dir).
+SQLite (`experiments.db` in the data dir) or, for a deployment of several workers, in
+PostgreSQL (experiments/tables.py).
 
 Each visitor exposed to an experiment has a row: their variant, their first exposure and,
 per metric, what their events added up to within the metric's window, and their value
@@ -24,16 +25,18 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
+import psycopg
 from msgspec import Struct
 
 from intently.experiments.metrics import Accumulator, value
 from intently.experiments.spec import MetricSpec
-from intently.log.eventlog import truncate_wal
+from intently.experiments.tables import PostgresTables, SqliteTables, Tables
 
 log = logging.getLogger(__name__)
 
@@ -41,43 +44,22 @@ LINGER_SECONDS = 0.01
 # Exposures already queued, remembered so a visitor's every decide is not written again;
 # forgotten all at once past this many (the database still ignores repeats).
 _MAX_SEEN = 200_000
+# Records held while PostgreSQL is away, written when it returns; past this many the
+# oldest are dropped (and counted in `failed`): memory stays bounded in a long outage.
+_MAX_HELD = 200_000
+_RETRY_MAX_SECONDS = 5.0
+# Shared tables: a visitor's exposure on one worker and their next event on another race
+# to PostgreSQL, and an event written first would find them not exposed and not count.
+# So what events add (and the merges and erasures in order with them) is written this
+# long after it happened; exposures at once. After an outage, every worker writes what it
+# held in its first round, which may come one retry pause later: events wait that long.
+OBSERVATION_GRACE_SECONDS = 2.0
+_RECOVERY_GRACE_SECONDS = 2 * _RETRY_MAX_SECONDS
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS units (
-    experiment TEXT NOT NULL,
-    unit TEXT NOT NULL,
-    variant TEXT NOT NULL,
-    first_ms INTEGER NOT NULL,
-    multiple INTEGER NOT NULL DEFAULT 0,
-    state BLOB NOT NULL,
-    PRIMARY KEY (experiment, unit)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS units_by_unit ON units (unit);
-CREATE TABLE IF NOT EXISTS totals (
-    experiment TEXT NOT NULL,
-    variant TEXT NOT NULL,
-    metric TEXT NOT NULL,
-    n INTEGER NOT NULL,
-    total REAL NOT NULL,
-    total_squares REAL NOT NULL,
-    covariate REAL NOT NULL,
-    covariate_squares REAL NOT NULL,
-    cross REAL NOT NULL,
-    PRIMARY KEY (experiment, variant, metric)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS exposed (
-    experiment TEXT NOT NULL,
-    variant TEXT NOT NULL,
-    units INTEGER NOT NULL,
-    multiple INTEGER NOT NULL,
-    PRIMARY KEY (experiment, variant)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS aliases (
-    profile TEXT PRIMARY KEY,
-    unit TEXT NOT NULL
-) WITHOUT ROWID;
-"""
+
+class ExperimentsUnavailable(RuntimeError):
+    """The experiment tables (PostgreSQL) cannot be reached: results, exports and
+    erasures must wait; what was recorded meanwhile is held and written later."""
 
 
 class MetricState(Struct, array_like=True):
@@ -125,25 +107,36 @@ _STOP = object()
 
 
 class ExperimentLog:
-    def __init__(self, path: Path, metrics_of: Callable[[str], Sequence[MetricSpec]]) -> None:
-        """`metrics_of(experiment_id)`: the metrics it measures (empty for none)."""
+    def __init__(
+        self, path: Path, metrics_of: Callable[[str], Sequence[MetricSpec]], *,
+        database: str | None = None, worker: str = "",
+        grace_seconds: float = OBSERVATION_GRACE_SECONDS,
+    ) -> None:  # fmt: skip
+        """`metrics_of(experiment_id)`: the metrics it measures (empty for none). With a
+        `database` (a PostgreSQL URL), the log is there, shared by every worker."""
         self.path = path
         self.metrics_of = metrics_of
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        # An erasure deletes rows: the pages it frees are zeroed, not left readable.
-        self._db.execute("PRAGMA secure_delete = ON")
-        self._db.executescript(_SCHEMA)
-        self._reading = ExperimentLogReader(path)
+        self._db: Tables
+        if database is None:
+            self._db = SqliteTables(path)
+            self._reading = ExperimentLogReader(path)
+        else:
+            self._db = PostgresTables(database, worker)
+            self._reading = ExperimentLogReader(PostgresTables(database, worker))
         self._reader = self._reading.db
+        self._alias_version = 0
+        self.unavailable = False
+        self._retry_now = threading.Event()
+        self._reorder = _Reorder(grace_seconds if self._db.shared else 0.0)
         self._read_lock = threading.Lock()
         self._write_lock = threading.Lock()  # one transaction at a time on the connection
         self._load_totals()
         self._seen: dict[tuple[str, str], str] = {}
         # The last event counted: a replay of the event log at start-up (the state store
         # lags the log) must not count again what was counted before a restart.
-        found = self._db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+        found = self._db.execute(
+            "SELECT value FROM meta WHERE key = ?", (self._db.seq_key,)
+        ).fetchone()
         self.counted_seq: int = 0 if found is None else int(found[0])
         self._queue: queue.SimpleQueue[_Work] = queue.SimpleQueue()
         self.failed = 0
@@ -163,10 +156,34 @@ class ExperimentLog:
 
     # -- from the deciding and applying thread -----------------------------------------------
 
+    @property
+    def shared(self) -> bool:
+        """Whether every worker writes this log (PostgreSQL)."""
+        return self._db.shared
+
     def aliases(self) -> dict[str, str]:
         """Profiles assigned as another unit (since they took over its id)."""
         with self._read_lock:
-            return dict(self._reader.execute("SELECT profile, unit FROM aliases").fetchall())
+            if not self._db.shared:
+                return dict(self._reader.execute("SELECT profile, unit FROM aliases").fetchall())
+            found = self._reader.execute("SELECT profile, unit, version FROM aliases").fetchall()
+        self._alias_version = max((int(row[2]) for row in found), default=0)
+        return {profile: unit for profile, unit, _ in found}
+
+    def new_aliases(self) -> dict[str, str]:
+        """The aliases other workers wrote since the last call (shared tables only: a
+        visitor merged there keeps their arm here). Blocking; raises when PostgreSQL is
+        away."""
+        if not self._db.shared:
+            return {}
+        with self._read_lock:
+            found = self._reader.execute(
+                "SELECT profile, unit, version FROM aliases WHERE version > ? ORDER BY version",
+                (self._alias_version,),
+            ).fetchall()
+        if found:
+            self._alias_version = int(found[-1][2])
+        return {profile: unit for profile, unit, _ in found}
 
     def expose(
         self, experiment: str, variant: str, unit: str, at_ms: int,
@@ -219,8 +236,8 @@ class ExperimentLog:
         erasure = _Erasure(tuple(units))
         self._queue.put(erasure)
         self.flush()
-        with self._write_lock:  # the WAL still holds the old pages
-            truncate_wal(self._db, self.path)
+        with self._write_lock:
+            self._db.after_erasure()
         return erasure.erased
 
     def purge(self, experiment: str) -> None:
@@ -233,12 +250,26 @@ class ExperimentLog:
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until everything queued so far is written (at once when closed: closing
-        wrote everything)."""
+        wrote everything); raises `ExperimentsUnavailable` while PostgreSQL is away."""
         if self._closed:
             return
         done = threading.Event()
         self._queue.put(done)
+        self._retry_now.set()  # a writer waiting out an outage tries again at once
         if not done.wait(timeout):
+            raise TimeoutError("the experiment log did not flush in time")
+        if self.unavailable:
+            raise ExperimentsUnavailable("the experiment log's PostgreSQL cannot be reached")
+
+    def settle(self) -> None:
+        """Wait until what was queued so far is written, except what the grace holds
+        back (shared tables) and while PostgreSQL is away (it is written when it returns):
+        for the state store's writes, which must not wait on either."""
+        if self.unavailable or self._closed:
+            return
+        done = _Settled()
+        self._queue.put(done)
+        if not done.wait(10.0):
             raise TimeoutError("the experiment log did not flush in time")
 
     def close(self) -> None:
@@ -271,26 +302,69 @@ class ExperimentLog:
 
     def _write_loop(self) -> None:
         stop = False
+        held: list[_Work] = []  # what PostgreSQL could not take yet, oldest first
+        pause = 0.0
         while not stop:
-            batch = [self._queue.get()]
-            time.sleep(LINGER_SECONDS)
-            while True:
+            if held:
+                self._retry_now.wait(pause)
+                self._retry_now.clear()
+                incoming = self._drain([])
+            else:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    first = self._queue.get(timeout=self._reorder.next_due(time.monotonic()))
                 except queue.Empty:
-                    break
+                    incoming = []
+                else:
+                    time.sleep(LINGER_SECONDS)
+                    incoming = self._drain([first])
+            batch = held + self._reorder.sort(incoming, time.monotonic())
+            held = []
+            if not batch:
+                continue
             try:
                 with self._write_lock:
                     self._write([w for w in batch if not isinstance(w, threading.Event)])
-            except sqlite3.Error:
-                self.failed += len(batch)
-                log.exception("could not write %d experiment records", len(batch))
-                self._load_totals()  # those in memory were moved by what was not written
+            except (sqlite3.Error, psycopg.Error, OSError) as error:
+                if self._db.shared and _STOP not in batch:
+                    held = self._hold(batch, error)
+                    pause = min(max(pause * 2, 0.1), _RETRY_MAX_SECONDS)
+                else:
+                    self.failed += len(batch)
+                    log.exception("could not write %d experiment records", len(batch))
+                    if not self._db.shared:  # those in memory were moved by what failed
+                        self._load_totals()
+            else:
+                if self.unavailable:
+                    log.warning("the experiment log's PostgreSQL is back: records written")
+                    self._reorder.recovered(time.monotonic())
+                self.unavailable = False
+                pause = 0.0
             for work in batch:
                 if isinstance(work, threading.Event):
                     work.set()
                 elif work is _STOP:
                     stop = True
+
+    def _drain(self, batch: list[_Work]) -> list[_Work]:
+        while True:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                return batch
+
+    def _hold(self, batch: list[_Work], error: BaseException) -> list[_Work]:
+        """Keep a batch PostgreSQL refused, to write when it returns (flushes waiting on
+        it are answered: they find the log `unavailable`)."""
+        if not self.unavailable:
+            log.warning("the experiment log's PostgreSQL cannot be reached (%s): holding", error)
+        self.unavailable = True
+        kept = [work for work in batch if not isinstance(work, threading.Event)]
+        if len(kept) > _MAX_HELD:
+            dropped = len(kept) - _MAX_HELD
+            self.failed += dropped
+            log.error("experiment log: %d records dropped, PostgreSQL away too long", dropped)
+            kept = kept[dropped:]
+        return kept
 
     def _write(self, batch: list[_Work]) -> None:
         if all(work is _STOP for work in batch):
@@ -299,8 +373,9 @@ class ExperimentLog:
         touched: set[tuple[str, str, str]] = set()
         counted: set[tuple[str, str]] = set()
         seq = max((w.seq for w in batch if isinstance(w, Observation)), default=0)
-        with db:
-            db.execute("BEGIN")
+        with db.transaction():
+            if db.shared:  # other workers moved them since: read under the lock
+                self._load_totals()
             for work in batch:
                 if isinstance(work, Exposure):
                     self._write_exposure(work, touched, counted)
@@ -331,7 +406,7 @@ class ExperimentLog:
                 [(*key, *self._exposed[key]) for key in counted],
             )
             if seq:
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (seq,))
+                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (db.seq_key, seq))
 
     def _row(self, experiment: str, unit: str) -> tuple[str, int, int, bytes] | None:
         found = self._db.execute(
@@ -519,12 +594,13 @@ class ExperimentLog:
 
 
 class ExperimentLogReader:
-    """Reads an experiment log, also one in use by a running engine (a WAL reader)."""
+    """Reads an experiment log, also one in use by a running engine (a WAL reader), or
+    the one in PostgreSQL."""
 
-    def __init__(self, path: Path) -> None:
-        if not path.exists():
-            raise FileNotFoundError(f"no experiment log at {path}")
-        self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    def __init__(self, source: Path | Tables) -> None:
+        self.db: Tables = (
+            SqliteTables(source, read_only=True) if isinstance(source, Path) else source
+        )
 
     def totals(self, experiment: str) -> dict[tuple[str, str], Totals]:
         """(variant, metric) -> n, sum, sum of squares, covariate sum, its squares, cross."""
@@ -563,6 +639,48 @@ class ExperimentLogReader:
 
     def close(self) -> None:
         self.db.close()
+
+
+class _Settled(threading.Event):
+    """A flush that leaves what the grace holds back where it is."""
+
+
+class _Reorder:
+    """Holds back all but exposures for `grace` seconds (none when 0), in their order;
+    a flush or stop takes everything held."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.waiting: deque[tuple[float, _Work]] = deque()
+        self.not_before = 0.0
+
+    def sort(self, incoming: list[_Work], now: float) -> list[_Work]:
+        if not self.grace:
+            return incoming
+        ready: list[_Work] = []
+        for work in incoming:
+            if isinstance(work, Exposure | _Settled):
+                ready.append(work)
+            elif isinstance(work, threading.Event) or work is _STOP:
+                ready.extend(held for _, held in self.waiting)
+                self.waiting.clear()
+                ready.append(work)
+            else:
+                self.waiting.append((now, work))
+        if now >= self.not_before:
+            while self.waiting and self.waiting[0][0] + self.grace <= now:
+                ready.append(self.waiting.popleft()[1])
+        return ready
+
+    def next_due(self, now: float) -> float | None:
+        """Seconds until something held is due (None: nothing is held)."""
+        if not self.waiting:
+            return None
+        due = max(self.waiting[0][0] + self.grace, self.not_before)
+        return max(due - now, 0.001)
+
+    def recovered(self, now: float) -> None:
+        self.not_before = now + _RECOVERY_GRACE_SECONDS
 
 
 @dataclass(frozen=True)

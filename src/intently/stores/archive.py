@@ -27,7 +27,7 @@ import psycopg
 from intently.act.decisions import DecisionRecord
 from intently.background import lower_priority
 from intently.events.record import record_as_json
-from intently.stores.postgres import connect_postgres
+from intently.stores.postgres import reconnect_postgres
 
 log = logging.getLogger(__name__)
 
@@ -173,13 +173,16 @@ class Archiver:
             log.warning("PostgreSQL is unavailable; records wait on local disk (%s)", error)
         self.available = False
         self.failures += 1
+        self._lost_connection()
+
+    def _lost_connection(self) -> None:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
 
     def _connect(self) -> psycopg.Connection:
         if self._connection is None or self._connection.closed:
-            self._connection = connect_postgres(self.url)
+            self._connection = reconnect_postgres(self.url)
         return self._connection
 
     def ship_once(self) -> int:
@@ -234,23 +237,35 @@ class Archiver:
         `psycopg.Error` when PostgreSQL cannot be reached: the caller must not report the
         erasure done."""
         with self._lock:
-            connection = self._connect()
-            with connection.transaction():
-                events = connection.execute(
-                    "DELETE FROM events WHERE anonymous_id = ANY(%s) OR user_id = ANY(%s)",
-                    (list(anonymous_ids), list(user_ids)),
-                ).rowcount
-                ids = [
-                    row[0]
-                    for row in connection.execute(
-                        "DELETE FROM decisions WHERE visitor = ANY(%s) OR profile_id = ANY(%s)"
-                        " RETURNING decision_id",
-                        (list(visitors), list(profile_ids)),
-                    ).fetchall()
-                ]
-                if ids:
-                    connection.execute("DELETE FROM rewards WHERE decision_id = ANY(%s)", (ids,))
-                    connection.execute("DELETE FROM exposures WHERE decision_id = ANY(%s)", (ids,))
+            try:
+                return self._erase(anonymous_ids, user_ids, visitors, profile_ids)
+            except psycopg.OperationalError:
+                # Most often the connection went stale in an outage that has ended (its
+                # first use fails): once more, on a new one.
+                self._lost_connection()
+                return self._erase(anonymous_ids, user_ids, visitors, profile_ids)
+
+    def _erase(
+        self, anonymous_ids: Sequence[str], user_ids: Sequence[str], visitors: Sequence[str],
+        profile_ids: Sequence[str],
+    ) -> tuple[int, int]:  # fmt: skip
+        connection = self._connect()
+        with connection.transaction():
+            events = connection.execute(
+                "DELETE FROM events WHERE anonymous_id = ANY(%s) OR user_id = ANY(%s)",
+                (list(anonymous_ids), list(user_ids)),
+            ).rowcount
+            ids = [
+                row[0]
+                for row in connection.execute(
+                    "DELETE FROM decisions WHERE visitor = ANY(%s) OR profile_id = ANY(%s)"
+                    " RETURNING decision_id",
+                    (list(visitors), list(profile_ids)),
+                ).fetchall()
+            ]
+            if ids:
+                connection.execute("DELETE FROM rewards WHERE decision_id = ANY(%s)", (ids,))
+                connection.execute("DELETE FROM exposures WHERE decision_id = ANY(%s)", (ids,))
         return events, len(ids)
 
     def wake(self) -> None:

@@ -13,13 +13,15 @@ than the table or gone.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
 
-from intently.stores.postgres import connect_postgres
+from intently.stores.postgres import reconnect_postgres
+
+T = TypeVar("T")
 
 # (kind, id, JSON body or None for a deletion)
 Row = tuple[str, str, bytes | None]
@@ -48,15 +50,15 @@ class PolledTable:
             (kind, key, None if body is None else body.decode(), self.worker)
             for kind, key, body in rows
         ]
+
+        def write() -> None:
+            connection = self._connect()
+            with connection.transaction(), connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", (self._advisory_lock,))
+                cursor.executemany(statement, values)
+
         with self._lock:
-            try:
-                connection = self._connect()
-                with connection.transaction(), connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_advisory_xact_lock(%s)", (self._advisory_lock,))
-                    cursor.executemany(statement, values)
-            except BaseException:
-                self._drop()
-                raise
+            self._retried(write)
 
     def changes(self, limit: int = 5000, *, own: bool = False) -> list[Row]:
         """The rows written since the last call, oldest first: other workers' only, or
@@ -69,13 +71,9 @@ class PolledTable:
         rows: list[Row] = []
         while not rows:  # a page of only this worker's rows: read on
             with self._lock:
-                try:
-                    found: list[Any] = (
-                        self._connect().execute(query, (self.seen_version, limit)).fetchall()
-                    )
-                except BaseException:
-                    self._drop()
-                    raise
+                found: list[Any] = self._retried(
+                    lambda: self._connect().execute(query, (self.seen_version, limit)).fetchall()
+                )
             for kind, key, body, version, worker in found:
                 self.seen_version = max(self.seen_version, int(version))
                 if worker != self.worker or own:
@@ -84,9 +82,25 @@ class PolledTable:
                 break
         return rows
 
+    def _retried(self, work: Callable[[], T]) -> T:
+        """`work`, once more on a new connection if the first attempt finds the old one
+        gone stale in an outage that has since ended."""
+        try:
+            return work()
+        except psycopg.OperationalError:
+            self._drop()
+        except BaseException:
+            self._drop()
+            raise
+        try:
+            return work()
+        except BaseException:
+            self._drop()
+            raise
+
     def _connect(self) -> psycopg.Connection:
         if self._connection is None or self._connection.closed:
-            self._connection = connect_postgres(self.url)
+            self._connection = reconnect_postgres(self.url)
         return self._connection
 
     def _drop(self) -> None:

@@ -108,8 +108,63 @@ CREATE TABLE definitions (
 );
 CREATE INDEX definitions_version ON definitions (version);
 """,
+    4: """
+-- The experiment log of every worker (experiments/tracking.py), under the names it has in
+-- SQLite: who was exposed to which variant and what they did after, with running totals.
+CREATE SCHEMA intently_experiments;
+CREATE TABLE intently_experiments.units (
+    experiment TEXT    NOT NULL,
+    unit       TEXT    NOT NULL,
+    variant    TEXT    NOT NULL,
+    first_ms   BIGINT  NOT NULL,
+    multiple   INTEGER NOT NULL DEFAULT 0,
+    state      BYTEA   NOT NULL,
+    PRIMARY KEY (experiment, unit)
+);
+CREATE INDEX units_by_unit ON intently_experiments.units (unit);
+CREATE TABLE intently_experiments.totals (
+    experiment        TEXT NOT NULL,
+    variant           TEXT NOT NULL,
+    metric            TEXT NOT NULL,
+    n                 DOUBLE PRECISION NOT NULL,
+    total             DOUBLE PRECISION NOT NULL,
+    total_squares     DOUBLE PRECISION NOT NULL,
+    covariate         DOUBLE PRECISION NOT NULL,
+    covariate_squares DOUBLE PRECISION NOT NULL,
+    "cross"           DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (experiment, variant, metric)
+);
+CREATE TABLE intently_experiments.exposed (
+    experiment TEXT   NOT NULL,
+    variant    TEXT   NOT NULL,
+    units      BIGINT NOT NULL,
+    multiple   BIGINT NOT NULL,
+    PRIMARY KEY (experiment, variant)
+);
+-- 'seq:<worker>': how far into its own event log each worker has counted.
+CREATE TABLE intently_experiments.meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL);
+-- Profiles assigned as another unit; other workers poll them by version.
+CREATE SEQUENCE intently_experiments.alias_versions;
+CREATE TABLE intently_experiments.aliases (
+    profile TEXT   PRIMARY KEY,
+    unit    TEXT   NOT NULL,
+    version BIGINT NOT NULL DEFAULT nextval('intently_experiments.alias_versions')
+);
+CREATE INDEX aliases_unit ON intently_experiments.aliases (unit);
+CREATE INDEX aliases_version ON intently_experiments.aliases (version);
+""",
 }
 SCHEMA_VERSION = max(MIGRATIONS)
+
+
+def reconnect_postgres(url: str) -> psycopg.Connection:
+    """`connect_postgres` for a worker already running, whose callers wait out an outage:
+    any failure is a `psycopg.OperationalError` (the settings were checked at start; a
+    refusal now is PostgreSQL being away, restarted, or reconfigured under it)."""
+    try:
+        return connect_postgres(url)
+    except (ConfigError, BackendUnavailable) as error:
+        raise psycopg.OperationalError(str(error)) from None
 
 
 def connect_postgres(url: str) -> psycopg.Connection:
