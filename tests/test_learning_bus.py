@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from intently import Engine, ManualClock
+from intently.act.decide import FOREIGN_GRACE_MS
 from intently.act.decisions import DecisionLogReader
 from intently.act.policies import BetaThompson, LinUCB
 from services import REDIS_URL, redis_namespace
@@ -251,3 +252,27 @@ async def test_views_applied_by_either_worker_train_both_workers_recommenders(
     bought = b.learner.bought_together.scores(["p1"], 5)
     assert bought == a.learner.bought_together.scores(["p1"], 5)
     assert [item for item, _ in bought] == ["p2"]
+
+
+async def test_decisions_whose_maker_never_reports_are_not_kept_forever(
+    workers: tuple[Engine, Engine, ManualClock],
+) -> None:
+    """The maker restarted (or crashed) before its decisions closed, so no zero reward
+    ever comes for them: the other worker drops them a grace after their window."""
+    a, b, clock = workers
+    assert a.bus is not None
+    assert b.bus is not None
+    for engine in (a, b):
+        await define(engine, "beta-thompson")
+    made = [await decide(a, f"gone-{i}") for i in range(5)]
+    a.bus.pump()
+    b.bus.pump()
+    pending = b.decider._pending
+    assert {d["decision_id"] for d in made} <= set(pending)
+    window = timedelta(milliseconds=b.decider.attribution.window_ms)
+    clock.advance(window + timedelta(seconds=1))
+    b.decider.tick(b.now_ms())
+    assert {d["decision_id"] for d in made} <= set(pending)  # the maker may still say
+    clock.advance(timedelta(milliseconds=FOREIGN_GRACE_MS))
+    b.decider.tick(b.now_ms())
+    assert not {d["decision_id"] for d in made} & set(pending)

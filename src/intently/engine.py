@@ -468,16 +468,27 @@ class Engine:
             applied += len(items) + len(offers)
 
     def erase_locally(self, erasure: Erasure) -> None:
-        """Carry out another worker's erasure on this worker's own files (blocking)."""
-        self.log.erase(erasure.anonymous_ids, erasure.user_ids)
+        """Carry out another worker's erasure here (blocking: its files are scanned)."""
+        self.forget_in_memory(erasure)
+        self.erase_files(erasure)
+
+    def forget_in_memory(self, erasure: Erasure) -> None:
+        """The in-memory part of another worker's erasure (on the event loop)."""
         self.decider.forget(erasure.devices, erasure.profile_ids)
-        self.decisions.erase(erasure.devices, erasure.profile_ids)
-        self.experiments.erase(erasure.units)
         self.learner.forget(erasure.anonymous_ids, erasure.user_ids)
-        if self.archive is not None:  # rows this worker shipped after the announcement
+
+    def erase_files(self, erasure: Erasure) -> None:
+        """The files' part of another worker's erasure: blocking, so off the event loop.
+        PostgreSQL first (rows this worker shipped after the announcement; the shared
+        experiment log): when it is away this fails at once, before the local scans,
+        and the whole erasure is tried again at the next tick without scanning twice."""
+        if self.archive is not None:
             self.archive.erase(
                 erasure.anonymous_ids, erasure.user_ids, erasure.devices, erasure.profile_ids
             )
+        self.experiments.erase(erasure.units)
+        self.log.erase(erasure.anonymous_ids, erasure.user_ids)
+        self.decisions.erase(erasure.devices, erasure.profile_ids)
 
     def apply_erasures(self) -> int:
         """Other workers' erasures not yet carried out here (each tick, and at start)."""

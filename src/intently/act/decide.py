@@ -94,6 +94,9 @@ SLATE_POOL_PER_ITEM = 3
 SLATE_POOL_MIN = 16
 # A `catalog` placement considers its this many most viewed matching items.
 SELECTION_SIZE = 200
+# How long past its window another worker's decision waits for its maker's last word
+# (the zero reward at its close, which the learning bus brings within a tick or two).
+FOREIGN_GRACE_MS = 60_000
 
 
 class ItemsRefused(ValueError):
@@ -237,6 +240,10 @@ class Decider:
         self._policies: dict[tuple[str, bytes], Policy] = {}
         self._hashers: dict[int, FeatureHasher] = {}
         self._pending: dict[str, _Pending] = {}
+        # Other workers' decisions pending here, by when they were made (oldest first):
+        # their maker's reward, or its zero at the close, pops them; one whose maker never
+        # says (it restarted) is dropped a grace after its window, not kept forever.
+        self._foreign_at: dict[str, int] = {}
         # Workers sharing Redis: decisions and rewards published to the others (engine).
         self.bus: LearningBus | None = None
         self._new_id = DecisionIds()
@@ -1009,10 +1016,12 @@ class Decider:
                 policy = self._shared_policy(message.placement, message.policy_key)
                 vector = None if message.vector is None else np.array(message.vector)
                 self._pending[message.decision_id] = _Pending(policy, message.action, vector)
+                self._foreign_at[message.decision_id] = message.at_ms
             return
         decision = self.attribution.decisions.get(message.decision_id)
         if decision is not None:
             decision.rewarded += message.value  # its maker reports no zero at its close
+        self._foreign_at.pop(message.decision_id, None)
         pending = self._pending.pop(message.decision_id, None)
         if pending is not None:
             try:
@@ -1081,6 +1090,16 @@ class Decider:
         """Each second: close attribution windows, refresh popular and trending lists."""
         self.attribution.close_until(now_ms)
         self.recommenders.refresh(now_ms)
+        self._drop_unanswered(now_ms - self.attribution.window_ms - FOREIGN_GRACE_MS)
+
+    def _drop_unanswered(self, made_before_ms: int) -> None:
+        foreign = self._foreign_at
+        while foreign:
+            decision_id, at_ms = next(iter(foreign.items()))
+            if at_ms >= made_before_ms:
+                return
+            del foreign[decision_id]
+            self._pending.pop(decision_id, None)
 
 
 def _unit_of(body: DecideBody, profile: Profile | None) -> str:

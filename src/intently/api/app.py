@@ -41,11 +41,13 @@ from intently.api.placements import (
     promote_policy,
     put_placement,
 )
+from intently.api.problems import problem
 from intently.api.profiles import delete_profile, export_profile, get_profile, put_consent
 from intently.api.render import routes as render_routes
 from intently.api.segments import delete_segment, get_segment, list_segments, put_segment
 from intently.api.shedding import SheddingMiddleware
 from intently.engine import Engine
+from intently.experiments.tracking import ExperimentsUnavailable
 from intently.stores.protocol import StoreUnavailable
 from intently.web import web_routes
 
@@ -84,6 +86,18 @@ async def openapi(request: Request) -> Response:
     return Response(request.app.state.openapi, media_type="application/json")
 
 
+async def _state_unavailable(request: Request, error: Exception) -> Response:
+    """Any request the shared state store failed under, where the handler has no answer
+    of its own: a 503 to ask again, never a 500 (Redis away is not a bug)."""
+    log.warning(
+        "%s %s: the state store is unavailable: %s", request.method, request.url.path, error
+    )
+    return problem(
+        503, "state-unavailable", "the shared state store cannot be reached; ask again",
+        headers={"Retry-After": "1"},
+    )  # fmt: skip
+
+
 async def bench_hello(request: Request) -> Response:
     """The ceiling for bench/ingest.py: same server, same middleware, no work."""
     await request.body()
@@ -98,6 +112,10 @@ async def _tick(engine: Engine, defining: asyncio.Lock, seconds: float = 1.0) ->
             engine.store.tick()
         except Exception:  # logged; the next tick tries again
             log.exception("the state store's periodic work failed")
+        # Other workers' erasures before catching up: a catch-up would otherwise re-apply
+        # an erased person's events from this worker's log, and bring them back.
+        if engine.erasures is not None:
+            await _carry_out_erasures(engine)
         try:  # after an outage of the shared store: apply what waited in the log
             engine.context.recover(engine.log)
         except Exception:
@@ -118,12 +136,6 @@ async def _tick(engine: Engine, defining: asyncio.Lock, seconds: float = 1.0) ->
                 pass  # PostgreSQL is away: the next tick asks again
             except Exception:
                 log.exception("reading the experiment aliases failed")
-        try:  # other workers' erasures, on this worker's own files
-            engine.apply_erasures()
-        except (StoreUnavailable, redis.RedisError):
-            pass  # Redis is away: the next tick asks again
-        except Exception:
-            log.exception("carrying out other workers' erasures failed")
         try:
             engine.decider.tick(engine.now_ms())
         except Exception:
@@ -135,6 +147,24 @@ async def _tick(engine: Engine, defining: asyncio.Lock, seconds: float = 1.0) ->
         except Exception:
             log.exception("sampling the live sessions failed")
         _collect()
+
+
+async def _carry_out_erasures(engine: Engine) -> None:
+    """Other workers' erasures on this worker's own files, scanned off the event loop;
+    each marked done in Redis only once carried out (else the next tick tries again)."""
+    broadcast = engine.erasures
+    assert broadcast is not None
+    try:
+        pending = await asyncio.to_thread(broadcast.pending)
+        for entry_id, erasure in pending:
+            if erasure is not None:
+                engine.forget_in_memory(erasure)
+                await asyncio.to_thread(engine.erase_files, erasure)
+            await asyncio.to_thread(broadcast.done, entry_id)
+    except (StoreUnavailable, redis.RedisError, psycopg.Error, OSError, ExperimentsUnavailable):
+        pass  # Redis or PostgreSQL is away: the next tick tries again
+    except Exception:
+        log.exception("carrying out other workers' erasures failed")
 
 
 async def _adopt_definitions(engine: Engine, defining: asyncio.Lock) -> None:
@@ -261,7 +291,13 @@ def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
                 max_age=3600,
             )
         )
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app = Starlette(
+        routes=routes, middleware=middleware, lifespan=lifespan,
+        # (a Redis error that escaped the store's own guard is an outage all the same)
+        exception_handlers={
+            StoreUnavailable: _state_unavailable, redis.RedisError: _state_unavailable
+        },
+    )  # fmt: skip
     app.state.engine = engine
     app.state.defining = asyncio.Lock()  # api/sharing.py
     app.state.decides = decide_batcher(engine)

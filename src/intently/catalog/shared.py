@@ -10,6 +10,7 @@ way, so a catalog change reaches every worker's decisions within about a second
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import msgspec
@@ -17,6 +18,8 @@ import msgspec
 from intently.catalog.items import Item
 from intently.catalog.offers import Offer
 from intently.stores.polled import PolledTable
+
+log = logging.getLogger(__name__)
 
 _CATALOG_LOCK = 0x636174616C6F67  # "catalog"
 _to_item = msgspec.json.Decoder(Item).decode
@@ -38,12 +41,16 @@ class SharedCatalog:
         when PostgreSQL is away, and the next call asks again."""
         items: list[Item] = []
         offers: list[Offer] = []
-        for kind, _, body in self.table.changes(limit, own=own):
-            assert body is not None  # catalog rows are never deleted
-            if kind == "item":
-                items.append(_to_item(body))
-            else:
-                offers.append(_to_offer(body))
+        for kind, key, body in self.table.changes(limit, own=own):
+            if body is None:
+                continue  # (catalog rows are never deleted)
+            try:
+                if kind == "item":
+                    items.append(_to_item(body))
+                elif kind == "offer":
+                    offers.append(_to_offer(body))
+            except msgspec.DecodeError as error:  # e.g. written by a newer version
+                log.error("the shared %s %r cannot be read here: %s", kind, key, error)
         return items, offers
 
     def close(self) -> None:
