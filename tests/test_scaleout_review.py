@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 from intently import Engine, ManualClock
-from services import PrivateRedis
+from intently.config import Settings
+from intently.context.identity import derived_profile_id
+from intently.segments.registry import SegmentSpec
+from services import REDIS_URL, PrivateRedis, redis_namespace
 from support import SECRET_KEY, START, client_for, make_settings
 
 pytestmark = pytest.mark.anyio
@@ -61,3 +64,39 @@ async def test_a_request_that_meets_a_redis_outage_is_a_503_to_retry(
             assert again.status_code < 300, again.text
     finally:
         engine.close()
+
+
+def worker(data_dir: Path, prefix: str) -> Settings:
+    return make_settings(data_dir, state_store=REDIS_URL, redis_prefix=prefix,
+                         worker_id=data_dir.name)  # fmt: skip
+
+
+async def test_a_segment_definition_keeps_what_other_workers_wrote_during_its_scan(
+    tmp_path: Path,
+) -> None:
+    """A definition is evaluated over every profile a scan finds; another worker applies
+    events to one of them and erases another after the scan read them. Each page is read
+    again under the leases before it is written: neither change is undone."""
+    with redis_namespace() as prefix:
+        a, b = (Engine(worker(tmp_path / n, prefix), clock=ManualClock(START)) for n in "ab")
+        try:
+            async with client_for(b) as client:
+                for visitor in ("busy", "gone", "quiet"):
+                    assert (await client.post("/v1/events", json=view(visitor))).is_success
+                scanned = list(a.store.profiles())  # what a's scan read...
+                for _ in range(5):  # ...before b applied these
+                    assert (await client.post("/v1/events", json=view("busy"))).is_success
+            async with client_for(b, SECRET_KEY) as admin:
+                assert (await admin.delete("/v1/profiles/gone")).status_code == 200
+            a.store.profiles = lambda: iter(scanned)  # type: ignore[method-assign]
+            _, moved = a.define_segment("viewers", SegmentSpec("session.product_views > 0"))
+            assert moved == 2  # busy and quiet entered; gone is no more
+            busy = b.context.lookup("busy")
+            assert busy is not None
+            assert busy.counts["Product Viewed"] == 6
+            assert "viewers" in busy.segments
+            assert b.context.lookup("gone") is None
+            assert b.store.get(derived_profile_id("a:gone")) is None
+        finally:
+            a.close()
+            b.close()

@@ -7,8 +7,10 @@ they run the same parts.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import logging
 import os
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from intently.clock import Clock, SystemClock, epoch_ms
 from intently.config import Settings
 from intently.configfile import ConfigError
 from intently.context.facts import facts_of
+from intently.context.profile import Profile
 from intently.context.stage import ContextStage
 from intently.events.enrich import Enricher
 from intently.events.geo import GeoLocator
@@ -59,9 +62,13 @@ from intently.stores.definitions import (
 from intently.stores.erasures import Erasure, ErasureBroadcast
 from intently.stores.postgres import connect_postgres, migrate
 from intently.stores.protocol import Changes, StateStore
-from intently.stores.redisstate import RedisStore
+from intently.stores.redisstate import LeaseTimeout, RedisStore
 
 log = logging.getLogger(__name__)
+
+# Profiles a segment definition re-evaluates per lease and commit (the API lets other
+# requests run between pages; a page is one lease script, one read each, one commit).
+SEGMENT_PAGE = 100
 
 
 class DataDirLocked(RuntimeError):
@@ -231,7 +238,7 @@ class Engine:
         caught_up = self.context.catch_up(self.log)
         if caught_up:
             log.info("re-applied %d logged events to the state store", caught_up)
-        self.membership.count_members(list(self.store.profiles()))
+        self.membership.count_members(self.store.profiles())
         # Rebuild the dedupe window from the log's most recent window of receive time.
         latest = self.log.latest_received_ms()
         if latest is not None:
@@ -371,17 +378,51 @@ class Engine:
     def define_segment(self, name: str, spec: SegmentSpec) -> tuple[Segment, int]:
         """Add or replace a segment and evaluate it over every profile now; returns the
         segment and how many profiles entered or left it. Raises `ExpressionError`."""
+        segment, pages = self.define_segment_paged(name, spec)
+        return segment, sum(pages)
+
+    def define_segment_paged(self, name: str, spec: SegmentSpec) -> tuple[Segment, Iterator[int]]:
+        """`define_segment`, its evaluation over every profile a page at a time (how many
+        entered or left, per page): the API lets other requests run between pages."""
         if spec.webhook and self.settings.webhook_secret is None:
             raise ConfigError("set INTENTLY_WEBHOOK_SECRET before defining webhooks")
         segment, compiled = self.segments.define(name, spec)
         self.membership.reindex()
+        now_ms = self.now_ms()
         # Members of a replaced definition that still match stay members (no new entry).
-        changes = self.context.changes()
-        moved = self.membership.backfill(
-            segment, compiled, list(self.store.profiles()), self.now_ms(), changes
+        pages = self._over_every_profile(
+            lambda profiles, changes: self.membership.backfill(
+                segment, compiled, profiles, now_ms, changes
+            )
         )
+        return segment, pages
+
+    def _over_every_profile(self, update: Callable[[list[Profile], Changes], int]) -> Iterator[int]:
+        """Run `update` over every stored profile, a page at a time, each page re-read
+        and committed under the store's leases: events other workers apply meanwhile are
+        kept, and a profile erased or merged meanwhile is not written back."""
+        ids = (profile.id for profile in self.store.profiles())
+        while page := list(itertools.islice(ids, SEGMENT_PAGE)):
+            yield self._update_page(page, update)
+
+    def _update_page(self, ids: list[str], update: Callable[[list[Profile], Changes], int]) -> int:
+        store = self.store
+        try:
+            with store.exclusive((), ids):
+                return self._update_held(ids, update)
+        except LeaseTimeout:  # busy profiles among them: one at a time, each waited for
+            moved = 0
+            for profile_id in ids:
+                with store.exclusive((), (profile_id,)):
+                    moved += self._update_held([profile_id], update)
+            return moved
+
+    def _update_held(self, ids: list[str], update: Callable[[list[Profile], Changes], int]) -> int:
+        current = [p for p in (self.store.get(i) for i in ids) if p is not None]
+        changes = self.context.changes()
+        moved = update(current, changes)
         self.context.commit(changes)
-        return segment, moved
+        return moved
 
     def check_segment(self, spec: SegmentSpec) -> None:
         """Raise what `define_segment` would (`ExpressionError`, `ConfigError`), changing
@@ -394,9 +435,15 @@ class Engine:
         if not self.segments.delete(name):
             return False
         self.membership.reindex()
-        changes = self.context.changes()
-        self.membership.drop(name, list(self.store.profiles()), self.now_ms(), changes)
-        self.context.commit(changes)
+        now_ms = self.now_ms()
+
+        def leave(profiles: list[Profile], changes: Changes) -> int:
+            self.membership.drop(name, profiles, now_ms, changes)
+            return 0
+
+        for _ in self._over_every_profile(leave):
+            pass
+        self.membership.members.pop(name, None)
         return True
 
     def share_definition(self, kind: str, key: str, definition: Definition | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
@@ -80,7 +81,11 @@ async def put_segment(request: Request) -> Response:
         refused = await share(request, SEGMENT, name, spec)
         if refused is not None:
             return refused
-        segment, changed = engine.define_segment(name, spec)
+        segment, pages = engine.define_segment_paged(name, spec)
+        changed = 0
+        for moved in pages:  # every profile, a page at a time
+            changed += moved
+            await asyncio.sleep(0)  # decisions and events go on between pages
     return json_response(
         {**_view(engine, segment), "changed": changed}, 201 if existing is None else 200
     )

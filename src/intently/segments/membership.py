@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from intently.context.facts import Facts
@@ -168,7 +168,7 @@ class Membership:
         for name in profile.segments:
             self.members[name] -= 1
 
-    def count_members(self, profiles: list[Profile]) -> None:
+    def count_members(self, profiles: Iterable[Profile]) -> None:
         self.members = Counter(name for p in profiles for name in p.segments)
 
 
