@@ -3,6 +3,7 @@ that met a Redis outage answer 503 and never 500, whatever the endpoint."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from intently import Engine, ManualClock
 from intently.config import Settings
 from intently.context.identity import derived_profile_id
 from intently.segments.registry import SegmentSpec
-from services import REDIS_URL, PrivateRedis, redis_namespace
+from intently.stores.stream import EventStream
+from services import REDIS_URL, PrivateRedis, redis_client, redis_namespace
 from support import SECRET_KEY, START, client_for, make_settings
 
 pytestmark = pytest.mark.anyio
@@ -100,3 +102,38 @@ async def test_a_segment_definition_keeps_what_other_workers_wrote_during_its_sc
         finally:
             a.close()
             b.close()
+
+
+def test_the_event_stream_erases_a_person_by_the_event_logs_rule() -> None:
+    """A shared device: anonymous id A was used by U1 and U2. Erasing U1 (who had A)
+    removes U1's entries and A's anonymous ones, and keeps U2's."""
+    with redis_namespace() as prefix:
+        client = redis_client()
+        stream = EventStream(client, prefix)
+        people = [("A", "U1"), ("A", "U2"), ("A", None), ("B", None), ("C", "U1")]
+        for seq, (anonymous, user) in enumerate(people, 1):
+            event = {"event": {"anonymousId": anonymous, "userId": user, "event": "Viewed"}}
+            client.xadd(stream.key, {"worker": "w", "seq": seq, "event": json.dumps(event)})
+        assert stream.erase(["A"], ["U1"], page=2) == 3  # (pages of 2: crossing pages)
+        kept = [json.loads(fields[b"event"])["event"] for _, fields in client.xrange(stream.key)]
+        assert [(e["anonymousId"], e["userId"]) for e in kept] == [("A", "U2"), ("B", None)]
+        client.close()
+
+
+async def test_an_erasure_removes_the_persons_entries_from_the_event_stream(
+    tmp_path: Path,
+) -> None:
+    with redis_namespace() as prefix:
+        engine = Engine(worker(tmp_path / "a", prefix), clock=ManualClock(START))
+        try:
+            async with client_for(engine) as client:
+                for visitor in ("alice", "bob", "alice"):
+                    assert (await client.post("/v1/events", json=view(visitor))).is_success
+            stream = EventStream(engine.store.client, prefix)  # type: ignore[attr-defined]
+            assert stream.length() == 3
+            async with client_for(engine, SECRET_KEY) as admin:
+                assert (await admin.delete("/v1/profiles/alice")).status_code == 200
+            rows = stream.client.xrange(stream.key)
+            assert [json.loads(f[b"event"])["event"]["anonymousId"] for _, f in rows] == ["bob"]
+        finally:
+            engine.close()

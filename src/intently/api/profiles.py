@@ -28,6 +28,8 @@ from intently.experiments.tracking import ExperimentsUnavailable
 from intently.keys import Role
 from intently.stores.erasures import Erasure
 from intently.stores.protocol import StoreUnavailable
+from intently.stores.redisstate import RedisStore
+from intently.stores.stream import EventStream
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +164,13 @@ async def delete_profile(request: Request) -> Response:
     archived = await _erase_archived(engine, anonymous_ids, user_ids, devices, [profile.id])
     if isinstance(archived, Response):
         return archived
+    if isinstance(engine.store, RedisStore):  # the event stream's copies of their events
+        stream = EventStream(engine.store.client, engine.store.prefix)
+        try:
+            await asyncio.to_thread(stream.erase, anonymous_ids, user_ids)
+        except redis.RedisError as error:
+            log.warning("erasing the event stream's entries failed: %s", error)
+            return _store_unavailable()
     if engine.erasures is not None:  # every other worker's local files
         erasure = Erasure(anonymous_ids, user_ids, devices, [profile.id], units)
         try:

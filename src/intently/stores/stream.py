@@ -18,6 +18,7 @@ after `claim_idle_ms`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -77,6 +78,31 @@ class EventStream:
     def length(self) -> int:
         return int(self.client.xlen(self.key))
 
+    def erase(self, anonymous_ids: Sequence[str], user_ids: Sequence[str], page: int = 1000) -> int:
+        """Delete a person's entries (an erasure), by the rule the event log erases by: an
+        entry with one of their user ids, or one of their anonymous ids and no other
+        person's user id (a shared device). Every entry is read, a page at a time; the
+        stream is bounded (`stream_length`), so this is too. Blocking; returns how many."""
+        # An entry is decoded only if its JSON holds one of the ids as JSON writes it.
+        needles = [msgspec.json.encode(i)[1:-1] for i in (*anonymous_ids, *user_ids)]
+        if not needles:
+            return 0
+        anonymous, users = set(anonymous_ids), set(user_ids)
+        erased, start = 0, "-"
+        while True:
+            rows: Any = self.client.xrange(self.key, min=start, count=page)
+            doomed = [
+                entry_id
+                for entry_id, fields in rows
+                if any(n in fields.get(b"event", b"") for n in needles)
+                and _theirs(_decode_event(fields[b"event"]).get("event", {}), anonymous, users)
+            ]
+            if doomed:
+                erased += int(self.client.xdel(self.key, *doomed))
+            if len(rows) < page:
+                return erased
+            start = "(" + _text(rows[-1][0])
+
 
 def _entries(rows: Any) -> list[StreamEntry]:
     found: list[StreamEntry] = []
@@ -86,6 +112,13 @@ def _entries(rows: Any) -> list[StreamEntry]:
         worker, seq = _text(fields[b"worker"]), int(fields[b"seq"])
         found.append(StreamEntry(_text(entry_id), worker, seq, _decode_event(fields[b"event"])))
     return found
+
+
+def _theirs(event: dict[str, Any], anonymous: set[str], users: set[str]) -> bool:
+    user = event.get("userId")
+    if user is not None:
+        return user in users
+    return event.get("anonymousId") in anonymous
 
 
 def _text(value: Any) -> str:
