@@ -4,12 +4,14 @@ that met a Redis outage answer 503 and never 500, whatever the endpoint."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from intently import Engine, ManualClock
+from intently.cli import _announce
 from intently.config import Settings
 from intently.context.identity import derived_profile_id
 from intently.segments.registry import SegmentSpec
@@ -137,3 +139,27 @@ async def test_an_erasure_removes_the_persons_entries_from_the_event_stream(
             assert [json.loads(f[b"event"])["event"]["anonymousId"] for _, f in rows] == ["bob"]
         finally:
             engine.close()
+
+
+def test_the_default_worker_id_is_kept_in_the_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis and PostgreSQL key the worker's log positions by its id: a container
+    recreated with a new host name must not become a new worker (it would apply its
+    whole log again)."""
+    first = make_settings(tmp_path / "data").worker
+    monkeypatch.setattr(socket, "gethostname", lambda: "recreated-container")
+    assert make_settings(tmp_path / "data").worker == first
+    assert make_settings(tmp_path / "other").worker.startswith("recreated-container:")
+    assert make_settings(tmp_path / "data", worker_id="app1").worker == "app1"
+
+
+def test_a_secret_key_from_the_environment_is_not_written_to_the_logs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = "sk_" + "x" * 40
+    settings = make_settings(tmp_path / "data", secret_key=secret)
+    _announce("wk_public", secret, created=False, settings=settings)
+    shown = capsys.readouterr().out
+    assert secret not in shown
+    assert "wk_public" in shown  # the write key is public (it is in every page's tag)

@@ -200,8 +200,13 @@ def _announce(write_key: str, secret_key: str, created: bool, settings: Settings
     url = f"http://{settings.host}:{settings.port}"
     if created:
         click.echo("Created API keys (stored in %s):" % (settings.data_dir / "keys.json"))
+    elif settings.secret_key is not None:
+        # Given in the environment (a deployment): the operator has it, and logs (journald,
+        # `docker logs`) are no place for an admin credential.
+        click.echo("API keys from the environment (INTENTLY_WRITE_KEY, INTENTLY_SECRET_KEY):")
+        secret_key = secret_key[:6] + "..." if len(secret_key) > 12 else "..."
     else:
-        click.echo("API keys (from %s or the environment):" % (settings.data_dir / "keys.json"))
+        click.echo("API keys (from %s):" % (settings.data_dir / "keys.json"))
     click.echo(f"  write key  (browsers, SDKs): {write_key}")
     click.echo(f"  secret key (admin):          {secret_key}")
     click.echo(f"intently {__version__} listening on {url}  (data in {settings.data_dir})")

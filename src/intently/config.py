@@ -152,9 +152,24 @@ class Settings(Struct, kw_only=True):
 
     @property
     def worker(self) -> str:
+        """This worker's id among those sharing Redis and PostgreSQL, which key its log
+        positions there: the setting, or one made at the first start and kept in the data
+        dir (a container's host name changes when it is recreated; a new id would make
+        the worker apply its whole log again)."""
         if self.worker_id:
             return self.worker_id
-        return f"{socket.gethostname()}:{self.data_dir.resolve()}"
+        kept = self.data_dir / "worker-id"
+        try:
+            return kept.read_text().strip()
+        except FileNotFoundError:
+            pass
+        made = f"{socket.gethostname()}:{self.data_dir.resolve()}"
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            kept.write_text(made + "\n")
+        except OSError:  # a read-only data dir (an export): the id is only read here
+            pass
+        return made
 
     def context_settings(self) -> ContextSettings:
         return ContextSettings(
