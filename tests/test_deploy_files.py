@@ -31,7 +31,7 @@ import msgspec
 import pytest
 import yaml
 
-from intently.api.metrics import Metrics
+from intently.api.metrics import WATCHED, Metrics
 from intently.cli import main
 from intently.config import _ENV_FIELDS, Settings, load_settings
 from intently.stores.connect import MIN_REDIS
@@ -201,6 +201,8 @@ def metric_names(metrics: Metrics) -> tuple[set[str], set[str]]:
 def engine_metrics() -> tuple[set[str], set[str]]:
     metrics = Metrics()
     metrics.watch_store(lambda: 0.0, lambda: 0.0)  # the Redis store's two gauges
+    for name in WATCHED:  # and those read from the engine's parts, some only in some setups
+        metrics.watch(name, lambda: 0.0)
     return metric_names(metrics)
 
 

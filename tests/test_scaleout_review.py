@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -16,7 +18,14 @@ from intently.config import Settings
 from intently.context.identity import derived_profile_id
 from intently.segments.registry import SegmentSpec
 from intently.stores.stream import EventStream
-from services import REDIS_URL, PrivateRedis, redis_client, redis_namespace
+from services import (
+    REDIS_URL,
+    PrivateRedis,
+    Relay,
+    postgres_database,
+    redis_client,
+    redis_namespace,
+)
 from support import SECRET_KEY, START, client_for, make_settings
 
 pytestmark = pytest.mark.anyio
@@ -163,3 +172,46 @@ def test_a_secret_key_from_the_environment_is_not_written_to_the_logs(
     shown = capsys.readouterr().out
     assert secret not in shown
     assert "wk_public" in shown  # the write key is public (it is in every page's tag)
+
+
+def until(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def scraped(engine: Engine, name: str) -> float:
+    for line in engine.metrics.render().decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not exported")
+
+
+async def test_the_archive_backlog_and_an_outage_are_exported_as_metrics(
+    tmp_path: Path,
+) -> None:
+    with postgres_database() as database:
+        target = urlsplit(database)
+        relay = Relay(target.hostname or "127.0.0.1", target.port or 5432)
+        url = database.replace(f":{target.port}/", f":{relay.port}/")
+        engine = Engine(make_settings(tmp_path / "data", database=url), clock=ManualClock(START))
+        try:
+            archive = engine.archive
+            assert archive is not None
+            relay.cut()
+            async with client_for(engine) as client:
+                assert (await client.post("/v1/events", json=view("v1"))).is_success
+            archive.wake()
+            assert until(lambda: scraped(engine, "intently_archive_available") == 0)
+            assert scraped(engine, "intently_archive_backlog") >= 1
+            relay.restore()
+            archive.wake()
+            assert until(lambda: scraped(engine, "intently_archive_backlog") == 0, seconds=40)
+            assert scraped(engine, "intently_archive_available") == 1
+            assert scraped(engine, "intently_events_failed") == 0
+        finally:
+            engine.close()
+            relay.close()

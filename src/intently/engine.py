@@ -207,6 +207,7 @@ class Engine:
         if isinstance(self.store, RedisStore):
             store = self.store
             self.metrics.watch_store(lambda: store.lease_retries, lambda: store.failures)
+        self._watch_failures()
         # The dashboard's per-second series and per-placement totals (api/live.py).
         self.live = Live(self.now_ms)
         self.decider.observers.append(self.live)
@@ -374,6 +375,21 @@ class Engine:
                         own.add(arm)
                         learners[placement_id, arm] = (served, self.decider.policy(served))
         return learners, own
+
+    def _watch_failures(self) -> None:
+        """What an operator must hear of without reading logs (api/metrics.py WATCHED)."""
+        watch = self.metrics.watch
+        context, experiments, webhooks = self.context, self.experiments.log, self.webhooks
+        watch("intently_events_failed", lambda: context.failed)
+        watch("intently_webhooks_dead_lettered", lambda: webhooks.dead)
+        watch("intently_experiment_records_dropped", lambda: experiments.failed)
+        watch("intently_experiment_log_unavailable", lambda: float(experiments.unavailable))
+        if self.definitions is not None:
+            watch("intently_definitions_refused", lambda: self.definitions_refused)
+        archive = self.archive
+        if archive is not None:
+            watch("intently_archive_backlog", archive.backlog)
+            watch("intently_archive_available", lambda: float(archive.available))
 
     def define_segment(self, name: str, spec: SegmentSpec) -> tuple[Segment, int]:
         """Add or replace a segment and evaluate it over every profile now; returns the

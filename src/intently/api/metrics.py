@@ -102,6 +102,11 @@ class Metrics:
             registry=self.registry,
         ).set_function(failures)
 
+    def watch(self, name: str, read: Callable[[], float]) -> None:
+        """A gauge of `WATCHED`, read at each scrape from what a part of the engine keeps
+        counting."""
+        Gauge(name, WATCHED[name], registry=self.registry).set_function(read)
+
     def apply_many(self, records: Sequence[EventRecord]) -> None:
         # One increment per type and batch: each takes a lock.
         by_type: dict[type, int] = {}
@@ -128,6 +133,23 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+# Gauges read from the engine's parts at each scrape (`Metrics.watch`): counts since start.
+WATCHED = {
+    "intently_events_failed": "Logged events whose state step raised (a bug: each is "
+    "logged with its position).",
+    "intently_webhooks_dead_lettered": "Webhook deliveries given up on and written to "
+    "webhooks-dead.jsonl.",
+    "intently_experiment_records_dropped": "Experiment log records not written (a write "
+    "failed, or PostgreSQL was away too long).",
+    "intently_experiment_log_unavailable": "1 while the experiment log's PostgreSQL cannot "
+    "be reached (records are held).",
+    "intently_definitions_refused": "Other workers' definitions this worker could not "
+    "install (each is logged).",
+    "intently_archive_backlog": "Local log positions not yet shipped to PostgreSQL.",
+    "intently_archive_available": "1 while the last shipment to PostgreSQL succeeded.",
+}
 
 
 class LatencyMiddleware:
