@@ -21,6 +21,8 @@ from intently.act.policies import Policy, learnable
 from intently.act.triggers import Triggers, load_triggers
 from intently.api.live import Live
 from intently.api.metrics import Metrics
+from intently.catalog.items import Item
+from intently.catalog.offers import Offer
 from intently.catalog.offers import prepare as prepare_offer
 from intently.catalog.shared import SharedCatalog
 from intently.catalog.store import CatalogStore
@@ -515,20 +517,24 @@ class Engine:
         applied = 0
         while True:
             items, offers = shared.changes(own=own)
-            if items:
-                self.catalog.apply(self.catalog.write(items, publish=False))
-            if offers:
-                fields = self.segments.catalog
-                live = []
-                for offer in offers:
-                    try:
-                        live.append(prepare_offer(offer, fields))
-                    except ValueError:  # a rule this version cannot read: not offered
-                        log.exception("shared offer %r cannot be prepared", offer.id)
-                self.catalog.apply_offers(self.catalog.write_offers(live, publish=False))
             if not items and not offers:
                 return applied
-            applied += len(items) + len(offers)
+            applied += self.apply_catalog_changes(items, offers)
+
+    def apply_catalog_changes(self, items: list[Item], offers: list[Offer]) -> int:
+        """Install catalog rows read from PostgreSQL (`catalog.shared.changes`)."""
+        if items:
+            self.catalog.apply(self.catalog.write(items, publish=False))
+        if offers:
+            fields = self.segments.catalog
+            live = []
+            for offer in offers:
+                try:
+                    live.append(prepare_offer(offer, fields))
+                except ValueError:  # a rule this version cannot read: not offered
+                    log.exception("shared offer %r cannot be prepared", offer.id)
+            self.catalog.apply_offers(self.catalog.write_offers(live, publish=False))
+        return len(items) + len(offers)
 
     def erase_locally(self, erasure: Erasure) -> None:
         """Carry out another worker's erasure here (blocking: its files are scanned)."""

@@ -120,12 +120,8 @@ async def _tick(engine: Engine, defining: asyncio.Lock, seconds: float = 1.0) ->
             engine.context.recover(engine.log)
         except Exception:
             log.exception("catching up with the state store failed")
-        try:  # catalog changes other workers wrote to PostgreSQL
-            engine.sync_catalog()
-        except (psycopg.Error, OSError):
-            pass  # PostgreSQL is away: the next tick asks again (the archiver logs it)
-        except Exception:
-            log.exception("reading the shared catalog failed")
+        if engine.catalog.shared is not None:  # what other workers wrote to PostgreSQL
+            await _sync_catalog(engine)
         if engine.definitions is not None:  # placements, segments and experiments
             await _adopt_definitions(engine, defining)
         if engine.experiments.log.shared:  # visitors other workers merged keep their arms
@@ -147,6 +143,23 @@ async def _tick(engine: Engine, defining: asyncio.Lock, seconds: float = 1.0) ->
         except Exception:
             log.exception("sampling the live sessions failed")
         _collect()
+
+
+async def _sync_catalog(engine: Engine) -> None:
+    """Catalog rows other workers wrote: read off the event loop (PostgreSQL may be slow
+    or away), installed on it."""
+    shared = engine.catalog.shared
+    assert shared is not None
+    try:
+        while True:
+            items, offers = await asyncio.to_thread(shared.changes)
+            if not items and not offers:
+                return
+            engine.apply_catalog_changes(items, offers)
+    except (psycopg.Error, OSError):
+        pass  # PostgreSQL is away: the next tick asks again (the archiver logs it)
+    except Exception:
+        log.exception("reading the shared catalog failed")
 
 
 async def _carry_out_erasures(engine: Engine) -> None:
