@@ -204,13 +204,20 @@ async def _share_learning(engine: Engine) -> None:
     assert bus is not None
     while True:
         await asyncio.sleep(bus.interval)
+        outgoing = bus.take_outbox()
         try:
-            bus.pump()
+            received = await asyncio.to_thread(bus.exchange, outgoing)
         except redis.RedisError:
+            bus.put_back(outgoing)
             await asyncio.sleep(1.0)  # Redis is away: what waits is kept, tried again
+            continue
         except Exception:
+            bus.put_back(outgoing)
             log.exception("sharing what was learned failed")
             await asyncio.sleep(1.0)
+            continue
+        bus.put_back(outgoing)  # (empty: all sent)
+        bus.apply_received(received)
 
 
 def _collect() -> None:

@@ -41,6 +41,9 @@ INTERVAL_SECONDS = 0.02
 STREAM_LENGTH = 10_000
 # Messages kept while Redis is away; past this the oldest are dropped (and counted).
 MAX_OUTBOX = 100_000
+# Messages per stream entry: after an outage the outbox goes out in parts, each small
+# enough to be sent within a call's timeout.
+SEND_AT_MOST = 5_000
 
 
 class Decided(msgspec.Struct, tag="d", array_like=True, gc=False):
@@ -125,29 +128,61 @@ class LearningBus:
     def pump(self) -> int:
         """Send what this worker published, apply what others did; how many applied.
         Raises `redis.RedisError` when Redis is away (the outbox is kept)."""
-        if self._outbox:
-            batch = Batch(time.time() * 1000, self._outbox)
+        outgoing = self.take_outbox()
+        try:
+            received = self.exchange(outgoing)
+        finally:
+            self.put_back(outgoing)
+        return self.apply_received(received)
+
+    # The app runs a pump in three steps, Redis's part off the event loop (a Redis that
+    # hangs must not stall decisions), the others on it (where policies are used).
+
+    def take_outbox(self) -> list[Message]:
+        outgoing, self._outbox = self._outbox, []
+        return outgoing
+
+    def exchange(self, outgoing: list[Message]) -> list[Batch]:
+        """Send `outgoing` (removing what was sent: after an outage, in parts that each
+        fit a call's timeout) and read the others' batches. Blocking; raises
+        `redis.RedisError`, `outgoing` then holding what was not sent."""
+        while outgoing:
+            part = outgoing[:SEND_AT_MOST]
+            batch = _encode(Batch(time.time() * 1000, part))
             self.client.xadd(
-                self.key, {"worker": self.worker, "batch": _encode(batch)},
+                self.key, {"worker": self.worker, "batch": batch},
                 maxlen=STREAM_LENGTH, approximate=True,
             )  # fmt: skip
-            self.published += len(self._outbox)
-            self._outbox = []
+            del outgoing[: len(part)]
+            self.published += len(part)
         found: Any = self.client.xread({self.key: self._last_id}, count=100)
-        applied = 0
+        received: list[Batch] = []
         for _, entries in found or ():
             for entry_id, fields in entries:
                 self._last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                if fields[b"worker"] == self.worker.encode():
-                    continue
-                batch = _decode(fields[b"batch"])
-                for message in batch.messages:
-                    try:
-                        self.apply(message)
-                    except Exception:  # one bad message must not stop the others
-                        log.exception("applying a learning message failed")
-                applied += len(batch.messages)
-                self.lag_ms.append(time.time() * 1000 - batch.sent_ms)
+                if fields[b"worker"] != self.worker.encode():
+                    received.append(_decode(fields[b"batch"]))
+        return received
+
+    def put_back(self, unsent: list[Message]) -> None:
+        """What `exchange` could not send goes out first next time."""
+        if unsent:
+            self._outbox[:0] = unsent
+            if len(self._outbox) > MAX_OUTBOX:
+                dropped = len(self._outbox) - MAX_OUTBOX
+                del self._outbox[:dropped]
+                self.dropped += dropped
+
+    def apply_received(self, received: list[Batch]) -> int:
+        applied = 0
+        for batch in received:
+            for message in batch.messages:
+                try:
+                    self.apply(message)
+                except Exception:  # one bad message must not stop the others
+                    log.exception("applying a learning message failed")
+            applied += len(batch.messages)
+            self.lag_ms.append(time.time() * 1000 - batch.sent_ms)
         if len(self.lag_ms) > 1000:
             del self.lag_ms[:-1000]
         self.received += applied
