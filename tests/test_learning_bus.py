@@ -21,6 +21,7 @@ from intently import Engine, ManualClock
 from intently.act.decide import FOREIGN_GRACE_MS
 from intently.act.decisions import DecisionLogReader
 from intently.act.policies import BetaThompson, LinUCB
+from intently.learn.bus import SEND_AT_MOST, Viewed
 from services import REDIS_URL, redis_namespace
 from support import SECRET_KEY, START, client_for, make_settings
 
@@ -276,3 +277,24 @@ async def test_decisions_whose_maker_never_reports_are_not_kept_forever(
     clock.advance(timedelta(milliseconds=FOREIGN_GRACE_MS))
     b.decider.tick(b.now_ms())
     assert not {d["decision_id"] for d in made} & set(pending)
+
+
+def test_a_backlog_goes_out_in_parts_and_what_failed_is_sent_first_next_time(
+    workers: tuple[Engine, Engine, ManualClock],
+) -> None:
+    a, b, _ = workers
+    assert a.bus is not None
+    assert b.bus is not None
+    before = a.bus.client.xlen(a.bus.key)
+    views = [Viewed(f"d{i}", i, f"p{i}", None, [None]) for i in range(2 * SEND_AT_MOST + 7)]
+    for view in views:
+        a.bus.publish(view)
+    a.bus.pump()
+    assert a.bus.client.xlen(a.bus.key) - before == 3  # 5,000 + 5,000 + 7
+    assert b.bus.pump() == len(views)
+    # A send that fails keeps what was not sent, ahead of what was published since.
+    outgoing = a.bus.take_outbox()
+    outgoing.append(Viewed("late", 1, "p", None, [None]))
+    a.bus.publish(Viewed("later", 2, "p", None, [None]))
+    a.bus.put_back(outgoing)
+    assert [m.device for m in a.bus._outbox] == ["late", "later"]  # type: ignore[attr-defined]
