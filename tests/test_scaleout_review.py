@@ -3,6 +3,8 @@ that met a Redis outage answer 503 and never 500, whatever the endpoint."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -13,6 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from intently import Engine, ManualClock
+from intently.api.app import _tick
 from intently.cli import _announce
 from intently.config import Settings
 from intently.context.identity import derived_profile_id
@@ -215,3 +218,52 @@ async def test_the_archive_backlog_and_an_outage_are_exported_as_metrics(
         finally:
             engine.close()
             relay.close()
+
+
+async def test_a_worker_catching_up_does_not_bring_back_a_person_erased_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """b lost Redis with some of alice's events in its log, not applied; a erased alice
+    meanwhile. b's next tick carries out the erasure before it catches up: otherwise the
+    catch-up re-applies alice's logged events and brings her back."""
+    target = urlsplit(REDIS_URL)
+    relay = Relay(target.hostname or "127.0.0.1", target.port or 6379)
+    through_relay = REDIS_URL.replace(f":{target.port}/", f":{relay.port}/")
+    with redis_namespace() as prefix:
+        a = Engine(worker(tmp_path / "a", prefix), clock=ManualClock(START))
+        b = Engine(
+            make_settings(tmp_path / "b", state_store=through_relay, redis_prefix=prefix,
+                          worker_id="b"),
+            clock=ManualClock(START),
+        )  # fmt: skip
+        try:
+            async with client_for(b) as client:
+                assert (await client.post("/v1/events", json=view("alice"))).is_success
+                relay.cut()
+                kept = await client.post("/v1/events", json=view("alice"))
+                assert kept.status_code == 503  # logged, applied when Redis returns
+            assert b.context.behind
+            async with client_for(a, SECRET_KEY) as admin:
+                assert (await admin.delete("/v1/profiles/alice")).status_code == 200
+            relay.restore()
+            ticking = asyncio.create_task(_tick(b, asyncio.Lock(), seconds=0.05))
+            assert await async_until(lambda: not b.context.behind)
+            ticking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticking
+            assert a.context.lookup("alice") is None
+            assert b.context.lookup("alice") is None
+            assert b.log.rows_of(["alice"], []) == []
+        finally:
+            a.close()
+            b.close()
+            relay.close()
+
+
+async def async_until(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
