@@ -134,6 +134,9 @@ class Relay:
         self._listener.settimeout(0.1)
         self._open = threading.Event()
         self._open.set()
+        # Cleared by `stall`: the pumps hold what they read instead of passing it on.
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._connections: list[socket.socket] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
@@ -159,7 +162,9 @@ class Relay:
                 continue
             self._connections += [client, server]
             for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+                threading.Thread(
+                    target=_pump, args=(source, sink, self._flowing), daemon=True
+                ).start()
 
     def cut(self) -> None:
         """Refuse new connections and break the open ones."""
@@ -172,8 +177,16 @@ class Relay:
             connection.close()
         self._connections.clear()
 
+    def stall(self) -> None:
+        """Keep every connection open but pass nothing on, either way: a server that is
+        hung (stopped, or wedged) while its kernel still accepts and acknowledges TCP, so
+        neither side sees an error or a reset, only silence. `restore` lets it flow
+        again (what was held is delivered then)."""
+        self._flowing.clear()
+
     def restore(self) -> None:
         self._open.set()
+        self._flowing.set()
 
     def close(self) -> None:
         self._stop.set()
@@ -182,9 +195,12 @@ class Relay:
         self._thread.join(timeout=5)
 
 
-def _pump(source: Any, sink: Any) -> None:
+def _pump(source: Any, sink: Any, flowing: threading.Event | None = None) -> None:
     try:
-        while data := source.recv(65536):
+        while data := _receive(source, flowing):
+            while flowing is not None and not flowing.wait(0.1):
+                if source.fileno() < 0:  # cut (or closed) while stalled
+                    return
             sink.sendall(data)
     except OSError:
         pass
@@ -192,3 +208,15 @@ def _pump(source: Any, sink: Any) -> None:
         for end in (source, sink):
             with suppress(OSError):
                 end.close()
+
+
+def _receive(source: Any, flowing: threading.Event | None) -> bytes:
+    """The next bytes from `source`. Its timeout (the server side's, 3 s) ends the pump
+    as ever, except while stalled: a stalled server's connections stay open, silent."""
+    while True:
+        try:
+            data: bytes = source.recv(65536)
+            return data
+        except TimeoutError:
+            if flowing is None or flowing.is_set():
+                raise

@@ -97,7 +97,10 @@ CREATE TABLE IF NOT EXISTS exposures (
     decision_id TEXT NOT NULL,
     at_ms INTEGER NOT NULL
 );
+-- The highest seq each table above has ever given (`DecisionLog._take_seqs`).
+CREATE TABLE IF NOT EXISTS seq_high (name TEXT PRIMARY KEY, high INTEGER NOT NULL);
 """
+_SEQ_TABLES = ("decision_batches", "rewards", "exposures")
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_batch = msgspec.msgpack.Decoder(list[DecisionRecord]).decode
@@ -151,6 +154,7 @@ class DecisionLog:
         # An erasure rewrites batches: the pages it frees are zeroed, not left readable.
         self._db.execute("PRAGMA secure_delete = ON")
         self._db.executescript(_SCHEMA)
+        self._seed_seq_high()
         self._queue: queue.SimpleQueue[_Work] = queue.SimpleQueue()
         self.written = 0
         self.failed = 0
@@ -222,6 +226,33 @@ class DecisionLog:
                 truncate_wal(self._db, self.path)
         return len(erased)
 
+    def _seed_seq_high(self) -> None:
+        """Start each table's mark at its latest seq: a new file's at 0, and a file
+        written before the marks were kept (or by such a version since) from its rows.
+        (Seqs erased there before are beyond knowing; from now on none is given twice.)"""
+        with self._db:
+            self._db.execute("BEGIN")
+            for table in _SEQ_TABLES:
+                self._db.execute(
+                    f"INSERT INTO seq_high SELECT ?, coalesce(max(seq), 0) FROM {table}"  # noqa: S608
+                    " WHERE true ON CONFLICT (name) DO UPDATE SET high = max(high, excluded.high)",
+                    (table,),
+                )
+
+    def _take_seqs(self, table: str, count: int) -> int:
+        """The first of `count` new seqs for `table` (inside the writing transaction).
+
+        Seqs never go back. Left to SQLite, a new row's seq (an INTEGER PRIMARY KEY
+        without AUTOINCREMENT) is the largest present plus one: after an erasure deletes
+        the latest rows it gives their seqs again, and the archiver, which ships the rows
+        past the position it reached, would never ship the new rows. AUTOINCREMENT keeps
+        such a mark itself, but existing files could only get it by rebuilding their
+        tables; this mark, a row a table, needs no rebuild."""
+        (high,) = self._db.execute(
+            "UPDATE seq_high SET high = high + ? WHERE name = ? RETURNING high", (count, table)
+        ).fetchone()
+        return int(high) - count + 1
+
     def _write_loop(self) -> None:
         stop = False
         while not stop:
@@ -261,21 +292,27 @@ class DecisionLog:
             self._db.execute("BEGIN")
             if decisions:
                 self._db.execute(
-                    "INSERT INTO decision_batches (last_ms, count, body) VALUES (?, ?, ?)",
+                    "INSERT INTO decision_batches (seq, last_ms, count, body) VALUES (?, ?, ?, ?)",
                     (
+                        self._take_seqs("decision_batches", 1),
                         max(at_ms for at_ms, _ in decisions),
                         len(decisions),
                         batch_body([body for _, body in decisions]),
                     ),
                 )
-            insert_rows(
-                self._db, "INSERT INTO rewards (decision_id, at_ms, item, value) VALUES",
-                [(r.decision_id, r.at_ms, r.item, r.value) for r in rewards],
-            )  # fmt: skip
-            insert_rows(
-                self._db, "INSERT INTO exposures (decision_id, at_ms) VALUES",
-                [(x.decision_id, x.at_ms) for x in exposures],
-            )  # fmt: skip
+            if rewards:
+                first = self._take_seqs("rewards", len(rewards))
+                insert_rows(
+                    self._db, "INSERT INTO rewards (seq, decision_id, at_ms, item, value) VALUES",
+                    [(first + n, r.decision_id, r.at_ms, r.item, r.value)
+                     for n, r in enumerate(rewards)],
+                )  # fmt: skip
+            if exposures:
+                first = self._take_seqs("exposures", len(exposures))
+                insert_rows(
+                    self._db, "INSERT INTO exposures (seq, decision_id, at_ms) VALUES",
+                    [(first + n, x.decision_id, x.at_ms) for n, x in enumerate(exposures)],
+                )  # fmt: skip
 
 
 class DecisionLogReader:

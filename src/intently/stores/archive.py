@@ -10,6 +10,11 @@ ignored by the primary keys.
 
 An erasure holds the shipping lock: a batch read before the local erasure is either in
 PostgreSQL (and deleted with the person) or read again afterwards (without them).
+
+A row PostgreSQL refuses (`psycopg.DataError`) is not an outage: retried as one, it would
+stop shipping for good. What it cannot store (the NUL character, which JSON strings may
+carry) is mapped before shipping; a row refused anyway is set aside (logged, counted in
+`refused_rows`, kept in the local log) and the rows after it are shipped.
 """
 
 from __future__ import annotations
@@ -33,10 +38,24 @@ log = logging.getLogger(__name__)
 
 _decode_batch = msgspec.msgpack.Decoder(list[DecisionRecord]).decode
 _to_json = msgspec.json.Encoder().encode
+_from_json = msgspec.json.Decoder().decode
 BATCH_ROWS = 2_000
 # Between rounds when everything is shipped, and the longest pause after failures.
 IDLE_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 30.0
+# How long `close` waits for a round in progress. Every wait for PostgreSQL is bounded
+# (stores/postgres.py, ANSWER_SECONDS), so a round always ends; a stop does not wait for
+# one held up by a stalled server.
+CLOSE_SECONDS = 10.0
+# A failure that means PostgreSQL cannot be reached: the records wait, and shipping
+# resumes where it was once it answers.
+_OUTAGE = (psycopg.OperationalError, psycopg.InterfaceError, OSError)
+# PostgreSQL's text (and JSONB's strings) cannot hold U+0000, which JSON may carry
+# ("\u0000"): it is stored as U+FFFD, the replacement character, and erasures look for
+# the ids the same way.
+_NUL = "\x00"
+_NUL_ESCAPE = b"\\u0000"
+_REPLACEMENT = "\ufffd"
 
 
 # (worker, a local row) -> the PostgreSQL rows it becomes
@@ -71,23 +90,55 @@ class Source:
         return int(found[0] or 0) if found else 0
 
 
+def postgres_text(value: str) -> str:
+    """`value` as a PostgreSQL text column can hold it (no NUL)."""
+    return value.replace(_NUL, _REPLACEMENT) if _NUL in value else value
+
+
+def postgres_json(body: bytes) -> str:
+    """JSON `body` as PostgreSQL's JSONB takes it: a NUL in any string, key or value,
+    becomes U+FFFD. JSON writes NUL only as the escape \\u0000, so a body without that
+    text (nearly all) is taken as it is; the others are decoded and encoded again, not
+    edited as text: the same six characters may be an escaped backslash and "u0000",
+    which the round trip keeps."""
+    if _NUL_ESCAPE not in body:
+        return body.decode()
+    return _to_json(_without_nul(_from_json(body))).decode()
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return postgres_text(value)
+    if isinstance(value, dict):
+        return {postgres_text(key): _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
+
+
+def _texts(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`row` with its strings as text columns hold them (ids come from clients)."""
+    return tuple(postgres_text(v) if isinstance(v, str) else v for v in row)
+
+
 def _event_rows(worker: str, row: tuple[Any, ...]) -> list[tuple[Any, ...]]:
     seq, message_id, received_ms, at_ms, kind, anonymous_id, user_id, body = row
-    return [(worker, seq, message_id, received_ms, at_ms, kind, anonymous_id, user_id,
-             record_as_json(body).decode())]  # fmt: skip
+    return [_texts((worker, seq, message_id, received_ms, at_ms, kind, anonymous_id, user_id,
+                    postgres_json(record_as_json(body))))]  # fmt: skip
 
 
 def _decision_rows(worker: str, row: tuple[Any, ...]) -> list[tuple[Any, ...]]:
     _, body = row
     return [
-        (record.decision_id, worker, record.at_ms, record.placement, record.visitor,
-         record.profile_id, record.arm, record.policy, _to_json(record).decode())
+        _texts((record.decision_id, worker, record.at_ms, record.placement, record.visitor,
+                record.profile_id, record.arm, record.policy,
+                postgres_json(_to_json(record))))
         for record in _decode_batch(body)
     ]  # fmt: skip
 
 
 def _plain_rows(worker: str, row: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-    return [(worker, *row)]
+    return [_texts((worker, *row))]
 
 
 def sources(event_log: Path, decision_log: Path) -> list[Source]:
@@ -138,6 +189,7 @@ class Archiver:
         self.worker = worker
         self.sources = list(local)
         self.shipped_rows = 0
+        self.refused_rows = 0  # rows PostgreSQL refused (set aside, in the local log only)
         self.failures = 0
         self.available = True  # False from a failed round until one succeeds
         self._connection: psycopg.Connection | None = None
@@ -155,10 +207,10 @@ class Archiver:
         while not self._stop.is_set():
             try:
                 moved = self.ship_once()
-            except (psycopg.Error, OSError) as error:
+            except _OUTAGE as error:
                 self._lost(error)
                 pause = min(max(pause * 2, 1.0), MAX_BACKOFF_SECONDS)
-            except Exception:  # a bug: logged, tried again later
+            except Exception:  # a bug, or a refusal that is not a row's: logged, tried later
                 log.exception("shipping records to PostgreSQL failed")
                 pause = MAX_BACKOFF_SECONDS
             else:
@@ -167,6 +219,8 @@ class Archiver:
                     continue  # more may wait: no pause while draining
             self._wake.wait(pause)
             self._wake.clear()
+        with self._lock:  # (a `close` that stopped waiting for this round left it open)
+            self._lost_connection()
 
     def _lost(self, error: BaseException) -> None:
         if self.available:
@@ -216,17 +270,51 @@ class Archiver:
         if not rows:
             return 0
         converted = [out for row in rows for out in source.convert(self.worker, row)]
+        last = int(rows[-1][0])
+        try:
+            self._insert(connection, source, converted, last)
+        except psycopg.DataError:  # a row refused: the others go without it
+            self._insert_each(connection, source, converted, last)
+        self.shipped_rows += len(rows)
+        source.shipped = last
+        return len(rows)
+
+    def _insert(
+        self, connection: psycopg.Connection, source: Source, converted: list[tuple[Any, ...]],
+        last: int,
+    ) -> None:  # fmt: skip
+        """The batch and the position after it, in one transaction."""
         with connection.transaction(), connection.cursor() as cursor:
             if converted:
                 cursor.executemany(source.insert.encode(), converted)
-            cursor.execute(
-                "INSERT INTO shipped VALUES (%s, %s, %s) ON CONFLICT (worker, source)"
-                " DO UPDATE SET position = excluded.position",
-                (self.worker, source.name, rows[-1][0]),
-            )
-        self.shipped_rows += len(rows)
-        source.shipped = rows[-1][0]
-        return len(rows)
+            self._advance(cursor, source, last)
+
+    def _insert_each(
+        self, connection: psycopg.Connection, source: Source, converted: list[tuple[Any, ...]],
+        last: int,
+    ) -> None:  # fmt: skip
+        """The batch row by row, each in a savepoint, setting aside the rows PostgreSQL
+        refuses (rare: one round trip a row), then the position after it."""
+        with connection.transaction(), connection.cursor() as cursor:
+            for row in converted:
+                try:
+                    with connection.transaction():
+                        cursor.execute(source.insert.encode(), row)
+                except psycopg.DataError as error:
+                    self.refused_rows += 1
+                    log.error(
+                        "PostgreSQL refused a row of %s (worker %s, a batch up to position "
+                        "%d); it stays in the local log only: %s",
+                        source.name, self.worker, last, error,
+                    )  # fmt: skip
+            self._advance(cursor, source, last)
+
+    def _advance(self, cursor: psycopg.Cursor[Any], source: Source, last: int) -> None:
+        cursor.execute(
+            "INSERT INTO shipped VALUES (%s, %s, %s) ON CONFLICT (worker, source)"
+            " DO UPDATE SET position = excluded.position",
+            (self.worker, source.name, last),
+        )
 
     def erase(
         self, anonymous_ids: Sequence[str], user_ids: Sequence[str], visitors: Sequence[str],
@@ -234,8 +322,8 @@ class Archiver:
     ) -> tuple[int, int]:  # fmt: skip
         """Delete a person's archived events and decisions (with their rewards and
         exposures) from every worker's records; returns (events, decisions). Raises
-        `psycopg.Error` when PostgreSQL cannot be reached: the caller must not report the
-        erasure done."""
+        `psycopg.Error` when PostgreSQL cannot be reached (or does not answer: every wait
+        is bounded): the caller must not report the erasure done."""
         with self._lock:
             try:
                 return self._erase(anonymous_ids, user_ids, visitors, profile_ids)
@@ -249,18 +337,27 @@ class Archiver:
         self, anonymous_ids: Sequence[str], user_ids: Sequence[str], visitors: Sequence[str],
         profile_ids: Sequence[str],
     ) -> tuple[int, int]:  # fmt: skip
+        # The ids as they were shipped (`postgres_text`).
+        anonymous = [postgres_text(i) for i in anonymous_ids]
+        users = [postgres_text(i) for i in user_ids]
         connection = self._connect()
         with connection.transaction():
+            # The local event log's rule (eventlog.py, `_person_filter`): every event with
+            # one of the person's user ids, and those with one of their anonymous ids and
+            # no user id (its "or one of their own user ids" is the first clause). An
+            # anonymous id is a device, which two people may share without a reset: the
+            # other person's events on it (with their own user id) are not this person's.
             events = connection.execute(
-                "DELETE FROM events WHERE anonymous_id = ANY(%s) OR user_id = ANY(%s)",
-                (list(anonymous_ids), list(user_ids)),
+                "DELETE FROM events WHERE user_id = ANY(%(users)s)"
+                " OR (anonymous_id = ANY(%(anonymous)s) AND user_id IS NULL)",
+                {"users": users, "anonymous": anonymous},
             ).rowcount
             ids = [
                 row[0]
                 for row in connection.execute(
                     "DELETE FROM decisions WHERE visitor = ANY(%s) OR profile_id = ANY(%s)"
                     " RETURNING decision_id",
-                    (list(visitors), list(profile_ids)),
+                    ([postgres_text(v) for v in visitors], [postgres_text(p) for p in profile_ids]),
                 ).fetchall()
             ]
             if ids:
@@ -284,12 +381,20 @@ class Archiver:
         erased locally count until shipping passes them)."""
         return sum(max(0, s.last_position() - s.shipped) for s in self.sources)
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """Stop shipping and close the connection, waiting at most about `timeout`
+        (`CLOSE_SECONDS`) for a round (or an erasure) in progress; one held up longer by a
+        stalled server is left to end on its own (it is bounded), closing its connection
+        then."""
+        timeout = CLOSE_SECONDS if timeout is None else timeout
         self._stop.set()
         self._wake.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=10)
-        with self._lock:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
+            self._thread.join(timeout)
+        if self._thread.is_alive() or not self._lock.acquire(timeout=timeout):
+            log.warning("PostgreSQL has not answered for %g s; not waiting for it", timeout)
+            return
+        try:
+            self._lost_connection()
+        finally:
+            self._lock.release()

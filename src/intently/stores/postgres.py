@@ -9,16 +9,48 @@ start rather than write rows that version would misread.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import psycopg
+from psycopg.abc import PQGen
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import TupleRow
 
 from intently.configfile import ConfigError
 from intently.stores.connect import BackendUnavailable, redacted
 
 POSTGRES_SCHEMES = ("postgres", "postgresql")
 MIN_POSTGRES = 120000  # server_version_num: 12
+# A server that stalls must not hold its callers (the archiver, an erasure request, the
+# catalog and experiment writers) forever. Each guard covers a case the others miss:
+# - connect_timeout: a server that does not complete the connection.
 CONNECT_TIMEOUT_SECONDS = 2
+# - statement_timeout, enforced by the server: a live server stuck on one statement (a
+#   lock wait, a runaway scan) cancels it with a clear error. 30 s is far above what any
+#   statement here takes: an archive batch is up to 2,000 single-row inserts (and one
+#   position update), each a statement timed on its own, not the batch as a whole;
+#   erasures and catalog reads go by index. So it cuts only what is stuck. Migrations,
+#   which may rewrite big tables, lift it.
+STATEMENT_TIMEOUT_MS = 30_000
+# - TCP keepalives and tcp_user_timeout, enforced by the kernel: a peer gone from the
+#   network (a partition, a host powered off) breaks the connection when idle (after
+#   10 s, then 3 probes 5 s apart) or with data unacknowledged for 30 s, where TCP would
+#   otherwise retransmit for about 15 minutes. Settings the URL gives itself win.
+TCP_SETTINGS = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+}
+# - ANSWER_SECONDS, enforced here: a server whose kernel acknowledges everything while
+#   its process does not answer (stopped, wedged, swapping) trips none of the above (its
+#   statement_timeout runs in the process that is stuck). Every wait for an answer is
+#   bounded, above the statement timeout so that a live server's own cancel comes first.
+ANSWER_SECONDS = 45.0
 # pg_advisory_xact_lock key: "intently" as an integer (any constant would do).
 _MIGRATION_LOCK = 0x696E74656E746C79
 
@@ -156,8 +188,49 @@ CREATE INDEX aliases_version ON intently_experiments.aliases (version);
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
+_Result = TypeVar("_Result")
 
-def reconnect_postgres(url: str) -> psycopg.Connection:
+
+class BoundedConnection(psycopg.Connection[TupleRow]):
+    """A connection on which no wait for the server lasts longer than `answer_seconds`
+    (None: unbounded): past it the connection is dropped (its state mid-protocol is
+    unknown) and the caller gets an `OperationalError`, as in an outage."""
+
+    answer_seconds: float | None = None
+
+    def wait(
+        self, gen: PQGen[_Result], interval: float = 0.1, timeout: float | None = None
+    ) -> _Result:
+        # psycopg's own hook, which every operation waits through. Its timeout raises a
+        # private subclass of OperationalError (psycopg is pinned; a rename fails here
+        # loudly, in tests/test_archive_review.py).
+        bound = self.answer_seconds if timeout is None else timeout
+        try:
+            return super().wait(gen, interval, bound)
+        except psycopg.errors._WaitTimeout:
+            if timeout is not None:  # psycopg's own bound: its own handling
+                raise
+            self.pgconn.finish()
+            raise psycopg.OperationalError(
+                f"PostgreSQL did not answer within {bound:g} s; the connection is dropped"
+            ) from None
+
+
+@contextmanager
+def unbounded(connection: psycopg.Connection) -> Iterator[None]:
+    """Lift the client-side bound on `connection`'s waits for a while (migrations)."""
+    if not isinstance(connection, BoundedConnection):
+        yield
+        return
+    saved = connection.answer_seconds
+    connection.answer_seconds = None
+    try:
+        yield
+    finally:
+        connection.answer_seconds = saved
+
+
+def reconnect_postgres(url: str) -> BoundedConnection:
     """`connect_postgres` for a worker already running, whose callers wait out an outage:
     any failure is a `psycopg.OperationalError` (the settings were checked at start; a
     refusal now is PostgreSQL being away, restarted, or reconfigured under it)."""
@@ -167,7 +240,7 @@ def reconnect_postgres(url: str) -> psycopg.Connection:
         raise psycopg.OperationalError(str(error)) from None
 
 
-def connect_postgres(url: str) -> psycopg.Connection:
+def connect_postgres(url: str) -> BoundedConnection:
     """A connection to `url`, checked (raises `ConfigError` for a malformed URL, wrong
     credentials or too old a server, `BackendUnavailable` when it cannot be reached)."""
     where = redacted(url)
@@ -176,7 +249,7 @@ def connect_postgres(url: str) -> psycopg.Connection:
             f"database: {where!r} is not a PostgreSQL URL (postgresql://user@host:5432/db)"
         )
     try:
-        connection = psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_SECONDS, autocommit=True)
+        connection = BoundedConnection.connect(make_conninfo(url, **_guards(url)), autocommit=True)
     except psycopg.ProgrammingError as error:  # the URL itself (an unknown option, ...)
         raise ConfigError(f"database: {where!r} is not usable: {error}") from None
     except psycopg.OperationalError as error:
@@ -190,7 +263,21 @@ def connect_postgres(url: str) -> psycopg.Connection:
         version = connection.info.server_version
         connection.close()
         raise ConfigError(f"database: PostgreSQL at {where} is {version}; intently needs 12+")
+    connection.answer_seconds = ANSWER_SECONDS
     return connection
+
+
+def _guards(url: str) -> dict[str, str]:
+    """The connection settings that bound a stalled server (see `STATEMENT_TIMEOUT_MS`),
+    where `url` does not set them itself; `options` it sets are kept, after ours (so its
+    own statement_timeout, if any, wins)."""
+    given = conninfo_to_dict(url)
+    guards = {key: value for key, value in TCP_SETTINGS.items() if key not in given}
+    if "connect_timeout" not in given:
+        guards["connect_timeout"] = str(CONNECT_TIMEOUT_SECONDS)
+    own = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+    guards["options"] = f"{own} {given.get('options') or ''}".strip()
+    return guards
 
 
 def schema_version(connection: psycopg.Connection) -> int:
@@ -206,7 +293,10 @@ def migrate(connection: psycopg.Connection) -> list[int]:
     """Bring the schema to `SCHEMA_VERSION`; returns the steps applied. Raises
     `ConfigError` for a schema newer than this version knows."""
     applied: list[int] = []
-    with connection.transaction():
+    with unbounded(connection), connection.transaction():
+        # A step may rewrite a big table, and a worker starting meanwhile waits for the
+        # lock all that time: neither is cut by the timeouts meant for stalled servers.
+        connection.execute("SET LOCAL statement_timeout = 0")
         connection.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
         connection.execute("CREATE TABLE IF NOT EXISTS intently_schema (version INTEGER NOT NULL)")
         current = schema_version(connection)
