@@ -10,6 +10,12 @@ A crash in the middle of a commit leaves a torn tail in the WAL. SQLite checksum
 frame and, at the next open, replays only the frames up to the last complete commit, so
 the torn transaction (never acknowledged) is skipped. `EventLog.open` reports when the
 previous run did not close cleanly.
+
+A log position (`seq`) is never handed out twice, even after an erasure deleted the last
+rows (the highest position given is kept in `meta`): a state store says "applied up to
+N", and a new event at a position it had counted would be skipped. Each log also has a
+random id, made when it is created, which a state store keeps beside its position: a
+position is only ever compared with the log it came from.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import queue
+import secrets
 import sqlite3
 import threading
 import time
@@ -150,6 +157,16 @@ class EventLogReader:
         finally:
             connection.close()
 
+    def log_id(self) -> str | None:
+        """The id this log was given when it was created (None: an old log never opened
+        by a version that gives them)."""
+        connection = self._connect(readonly=True)
+        try:
+            row = connection.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()
+            return None if row is None else str(row[0])
+        finally:
+            connection.close()
+
     def latest_received_ms(self) -> int | None:
         connection = self._connect(readonly=True)
         try:
@@ -243,9 +260,7 @@ class EventLog(EventLogReader):
         writer = self._connect()
         try:
             self._prepare(writer)
-            self.last_seq: int = writer.execute(
-                "SELECT coalesce(max(seq), 0) FROM events"
-            ).fetchone()[0]
+            self.last_seq: int = _last_seq(writer)
         except BaseException:
             writer.close()
             raise
@@ -412,10 +427,18 @@ class EventLog(EventLogReader):
         connection = self._connect()
         try:
             connection.execute("PRAGMA secure_delete = ON")
-            deleted = connection.execute(
-                f"DELETE FROM events WHERE {where}",  # noqa: S608
-                parameters,
-            ).rowcount
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                # Before the rows go: the last position given, were they the last rows.
+                connection.execute(_KEEP_LAST_SEQ)
+                deleted = connection.execute(
+                    f"DELETE FROM events WHERE {where}",  # noqa: S608
+                    parameters,
+                ).rowcount
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
             truncate_wal(connection, self.path)
             return int(deleted)
         finally:
@@ -452,6 +475,10 @@ class EventLog(EventLogReader):
                 f"{self.path} has schema version {version[0]}, newer than this intently "
                 f"understands ({SCHEMA_VERSION}): upgrade intently"
             )
+        # Made once, with the log; kept for its life (a copy of the file keeps it too).
+        connection.execute(
+            "INSERT OR IGNORE INTO meta VALUES ('log_id', ?)", (secrets.token_hex(16),)
+        )
         shutdown = connection.execute("SELECT value FROM meta WHERE key = 'shutdown'").fetchone()
         self.unclean_shutdown = shutdown is not None and shutdown[0] != "clean"
         if self.unclean_shutdown:
@@ -461,6 +488,22 @@ class EventLog(EventLogReader):
                 self.path,
             )
         connection.execute("INSERT OR REPLACE INTO meta VALUES ('shutdown', 'running')")
+
+
+# Keep the highest position the log has given (the rows may be deleted, never reused).
+_KEEP_LAST_SEQ = """
+INSERT INTO meta VALUES ('last_seq', (SELECT coalesce(max(seq), 0) FROM events))
+ON CONFLICT (key) DO UPDATE SET value = max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))
+"""
+
+
+def _last_seq(connection: sqlite3.Connection) -> int:
+    """The highest position given: the last row's, or one whose rows were erased."""
+    row = connection.execute(
+        "SELECT max(coalesce((SELECT max(seq) FROM events), 0),"
+        " coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'last_seq'), 0))"
+    ).fetchone()
+    return int(row[0])
 
 
 def truncate_wal(connection: sqlite3.Connection, path: Path, attempts: int = 500) -> None:

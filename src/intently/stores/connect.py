@@ -4,7 +4,8 @@ start-up with a clear message instead of misbehaving later.
 `embedded` (the default) keeps state in the data dir. A `redis://`, `rediss://` or
 `unix://` URL shares it in Redis, which must be reachable, at least version 6.2, and
 configured never to evict keys (`maxmemory-policy noeviction`): an evicted profile would
-be a visitor silently forgotten.
+be a visitor silently forgotten. It must not be a Redis Cluster: an event's commit is one
+script over keys in several slots (stores/redisstate.py), which a cluster refuses.
 """
 
 from __future__ import annotations
@@ -97,6 +98,14 @@ def connect_redis(url: str) -> redis.Redis:
     if version < MIN_REDIS:
         client.close()
         raise _too_old(where, str(server.get("redis_version")))
+    if _is_cluster(client, server):
+        client.close()
+        raise ConfigError(
+            f"store: Redis at {where} is a Redis Cluster node, which intently does not "
+            "support (an event's changes span several hash slots and are written in one "
+            "script): use one primary, with replicas and Sentinel for failover "
+            "(docs/operations.md)"
+        )
     policy = str(memory.get("maxmemory_policy", "noeviction"))
     if policy != "noeviction":
         client.close()
@@ -106,6 +115,18 @@ def connect_redis(url: str) -> redis.Redis:
             "noeviction and size maxmemory for the profiles (docs/operations.md)"
         )
     return client
+
+
+def _is_cluster(client: redis.Redis, server: dict[str, object]) -> bool:
+    """Whether the server runs in cluster mode: INFO server says so (`redis_mode`, read
+    already), or else INFO cluster (`cluster_enabled:1`), for a server or proxy whose INFO
+    server leaves `redis_mode` out. One that does not know INFO cluster is no cluster."""
+    if "redis_mode" in server:
+        return server["redis_mode"] == "cluster"
+    try:
+        return str(client.info("cluster").get("cluster_enabled", 0)) == "1"
+    except redis.ResponseError:
+        return False
 
 
 def _refusal(url: str, where: str, error: redis.ResponseError) -> Exception:

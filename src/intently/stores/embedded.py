@@ -59,6 +59,8 @@ class _Batch(msgspec.Struct):
     unlinked: list[str]
     transitions: list[SegmentChange]
     merged: list[tuple[str, str]]
+    # The event log `seq` belongs to (written with it, so the pair is always one log's).
+    log_id: str | None = None
 
 
 class _Cut:
@@ -98,6 +100,7 @@ class EmbeddedStore:
         self._dirty_links: set[str] = set()
         self._applied_seq = 0
         self._watermark_ms = 0
+        self._log_id: str | None = None  # the event log `_applied_seq` is a position of
         # Written with the next batch, in order.
         self._transitions: list[SegmentChange] = []
         self._merged: list[tuple[str, str]] = []
@@ -157,6 +160,16 @@ class EmbeddedStore:
     @property
     def watermark_ms(self) -> int:
         return self._watermark_ms
+
+    def bind_log(self, log_id: str) -> bool:
+        """Tie the position to the event log `log_id`. False when it was another log's
+        (the log was lost or replaced, state.db kept): it starts over at 0, or the new
+        log's first events would be taken for applied ones. The next write saves both."""
+        kept, self._log_id = self._log_id, log_id
+        if kept is None or kept == log_id:
+            return True
+        self._applied_seq = 0
+        return False
 
     def segment_history(self, profile_id: str, limit: int) -> list[SegmentChange]:
         # Written rows, plus what waits for (or is in) the next write; a merge not yet
@@ -279,7 +292,7 @@ class EmbeddedStore:
                 linked.append((key, target))
         batch = _Batch(
             self._applied_seq, self._watermark_ms, [], [], linked, unlinked,
-            self._transitions, self._merged,
+            self._transitions, self._merged, self._log_id,
         )  # fmt: skip
         cut = _Cut(batch, self._dirty)
         self._dirty = set()
@@ -405,10 +418,11 @@ class EmbeddedStore:
                     )
                 if batch.links:
                     insert_rows(db, "INSERT OR REPLACE INTO links VALUES", batch.links)
-                db.executemany(
-                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                    [("applied_seq", str(batch.seq)), ("watermark_ms", str(batch.watermark_ms))],
-                )
+                position = [("applied_seq", str(batch.seq)),
+                            ("watermark_ms", str(batch.watermark_ms))]  # fmt: skip
+                if batch.log_id is not None:
+                    position.append(("log_id", batch.log_id))
+                db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", position)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -445,6 +459,7 @@ class EmbeddedStore:
         meta = dict(db.execute("SELECT key, value FROM meta"))
         self._applied_seq = int(meta.get("applied_seq", 0))
         self._watermark_ms = int(meta.get("watermark_ms", 0))
+        self._log_id = meta.get("log_id")
         loaded = sorted(
             (_decode(body) for (body,) in db.execute("SELECT body FROM profiles")),
             key=lambda p: p.last_ms,

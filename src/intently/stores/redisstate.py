@@ -13,7 +13,12 @@ workers share. Two things keep that state right:
   segment history, the worker's log position) is written by one Lua script, which first
   checks that every lease is still this worker's: a worker paused past its lease (a
   stop-the-world pause of seconds) has its write refused rather than overwriting a
-  newer state.
+  newer state. It also checks that Redis still holds the log position this worker last
+  wrote: a Redis that came back with less (a failover to a replica that lagged, a
+  restore) refuses the write, and the worker applies the missing events from its log.
+
+A Redis that answers but refuses (full, a replica, loading, busy, ...) is handled as one
+that cannot be reached (`StoreUnavailable`): the event waits in the log, never skipped.
 
 Keys are laid out for Redis Cluster: every key of one profile (body, segment history,
 lease) carries the profile id as its hash tag, and every key of one identity (link,
@@ -31,6 +36,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import re
 import secrets
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -63,8 +69,10 @@ return values
 """
 
 # Apply one change set. ARGV[1] token, ARGV[2] n (KEYS[1..n] are leases that must still be
-# the token's), ARGV[3] "1" to release those leases after writing, ARGV[4] history cap;
-# then operations, each an opcode, a KEYS index and its arguments (see `_Ops`).
+# the token's), ARGV[3] "1" to release those leases after writing, ARGV[4] history cap,
+# ARGV[5] the KEYS index of the worker's hash and ARGV[6] the position this worker last
+# wrote there (Redis must hold at least that); then operations, each an opcode, a KEYS
+# index and its arguments (see `_Ops`). Every check comes before the first write.
 _COMMIT = """
 local token, n, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])
 for i = 1, n do
@@ -72,7 +80,11 @@ for i = 1, n do
     return redis.error_reply('LEASE_LOST ' .. KEYS[i])
   end
 end
-local i = 5
+local held = tonumber(redis.call('HGET', KEYS[tonumber(ARGV[5])], 'applied_seq') or '0')
+if held < tonumber(ARGV[6]) then
+  return redis.error_reply('POSITION_LOST ' .. held)
+end
+local i = 7
 while i <= #ARGV do
   local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
   if op == 'P' then
@@ -147,10 +159,42 @@ _OPEN_SECONDS = 0.5
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
+# Errors of a server that answers but refuses for a while: lost connections (LOADING and
+# bad credentials are among them), and a full Redis (OOM, with noeviction), a replica
+# after a failover (READONLY), a script running too long (BUSY), a failed snapshot
+# (MISCONF), too few replicas (NOREPLICAS), a replica whose primary is gone (MASTERDOWN),
+# a cluster's states (TRYAGAIN, CLUSTERDOWN, CROSSSLOT). redis-py gives some a class of
+# their own, the others arrive as a ResponseError starting with their code; Redis 6.2
+# wraps the refusal of a command inside a script in its own error ("... -READONLY ...").
+_UNAVAILABLE_ERRORS = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,  # (and MasterDownError)
+    redis.exceptions.ClusterCrossSlotError,
+)
+_UNAVAILABLE_CODES = re.compile(
+    r"(?:^|-)(OOM|READONLY|BUSY|LOADING|MISCONF|NOREPLICAS|MASTERDOWN|TRYAGAIN|CLUSTERDOWN"
+    r"|CROSSSLOT)\b"
+)
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether a Redis error is the server refusing for a while (so asking again later
+    can succeed), rather than a command it will always refuse."""
+    if isinstance(error, _UNAVAILABLE_ERRORS):
+        return True
+    return isinstance(error, redis.ResponseError) and bool(_UNAVAILABLE_CODES.search(str(error)))
+
 
 def _guarded(method: _Method) -> _Method:
-    """Turn a lost connection into `StoreUnavailable`, and open the circuit: until
-    `_OPEN_SECONDS` pass, calls fail at once without touching the network."""
+    """Turn every Redis error into `StoreUnavailable`: an event is then kept in the log
+    and applied later, never taken for a bug and skipped (an acknowledged event must not
+    be lost because Redis was full). A server unreachable or refusing for a while also
+    opens the circuit: until `_OPEN_SECONDS` pass, calls fail at once without touching
+    the network."""
 
     @functools.wraps(method)
     def call(self: RedisStore, *args: Any, **kwargs: Any) -> Any:
@@ -158,17 +202,22 @@ def _guarded(method: _Method) -> _Method:
             raise StoreUnavailable(f"Redis at {self.where} is unavailable (retrying)")
         try:
             return method(self, *args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as error:
-            self._closed_after = time.monotonic() + _OPEN_SECONDS
-            self.failures += 1
-            raise StoreUnavailable(f"Redis at {self.where} is unavailable: {error}") from error
+        except redis.RedisError as error:
+            raise self._unavailable(error) from error
 
     return call  # type: ignore[return-value]
 
 
-class LeaseLost(RuntimeError):
+class LeaseLost(StoreUnavailable):
     """A write was refused: this worker's lease on a profile had run out (it paused for
-    longer than the lease), so another worker may have changed the profile since."""
+    longer than the lease), so another worker may have changed the profile since. Nothing
+    was written: the event is applied again from the log, under new leases."""
+
+
+class PositionLost(StoreUnavailable):
+    """A write was refused: Redis holds an older log position for this worker than the
+    worker wrote (it lost writes: a failover to a replica that lagged, a restore). Nothing
+    was written: the events from Redis's position on are applied again from the log."""
 
 
 class LeaseTimeout(StoreUnavailable):
@@ -252,9 +301,20 @@ class RedisStore:
         self._applied_seq = self._watermark_ms = 0
         self._read_position()
         self.lease_retries = 0  # times a lease was found taken (contention)
-        self.failures = 0  # calls that found Redis unreachable
+        self.failures = 0  # calls that found Redis unreachable (or refusing for a while)
         self._closed_after = 0.0  # the circuit: calls fail at once until then
+        self._unreachable = False  # what opened it: no connection (or a refusal)
         self.where = _where(client)
+
+    def _unavailable(self, error: redis.RedisError) -> StoreUnavailable:
+        if is_unavailable(error):
+            self._closed_after = time.monotonic() + _OPEN_SECONDS
+            self._unreachable = isinstance(error, (redis.ConnectionError, redis.TimeoutError))
+            self.failures += 1
+            return StoreUnavailable(f"Redis at {self.where} is unavailable: {error}")
+        # Refused for good (a key of the wrong type, a script's bug): not a reason to stop
+        # calling, but still no event may be skipped for it.
+        return StoreUnavailable(f"Redis at {self.where} refused a command: {error}")
 
     def _read_position(self) -> None:
         meta = self.client.hgetall(self._worker_key)
@@ -263,12 +323,35 @@ class RedisStore:
 
     def recover(self) -> bool:
         self._closed_after = 0.0
+        written = self._applied_seq
         try:
             self._read_position()
-        except (redis.ConnectionError, redis.TimeoutError):
-            self._closed_after = time.monotonic() + _OPEN_SECONDS
+        except redis.RedisError as error:
+            self._unavailable(error)
             return False
+        if self._applied_seq < written:
+            log.warning(
+                "Redis at %s holds this worker's log position %d, but it wrote %d (a "
+                "failover or a restore lost writes): the events after %d are applied again",
+                self.where, self._applied_seq, written, self._applied_seq,
+            )  # fmt: skip
         return True
+
+    @_guarded
+    def bind_log(self, log_id: str) -> bool:
+        """Tie this worker's position to the event log `log_id`, kept beside it. False
+        when the position was another log's (the same worker id on a new data dir): it
+        starts over at 0, or the new log's first events would be taken for applied ones."""
+        stored = _text(self.client.hget(self._worker_key, "log_id"))
+        if stored == log_id:
+            return True
+        if stored is None:  # written before logs had ids, or a Redis that lost it all
+            self.client.hsetnx(self._worker_key, "log_id", log_id)
+            return True
+        # One command: a crash in between cannot leave the new id with the old position.
+        self.client.hset(self._worker_key, mapping={"log_id": log_id, "applied_seq": 0})
+        self._applied_seq = 0
+        return False
 
     # -- key layout ----------------------------------------------------------------------------
 
@@ -352,8 +435,10 @@ class RedisStore:
 
     def _let_go(self) -> None:
         """Release every lease held (those a commit has not released already)."""
-        if self._held and time.monotonic() < self._closed_after:
-            self._held = []  # Redis is gone: they run out on their own
+        if self._held and self._unreachable and time.monotonic() < self._closed_after:
+            # Redis is gone: they run out on their own. (One that refused, full or busy,
+            # is asked: else the catch-up would wait for this worker's leases to run out.)
+            self._held = []
         elif self._held:
             held, self._held = self._held, []
             try:
@@ -449,6 +534,7 @@ class RedisStore:
     @_guarded
     def commit(self, changes: Changes) -> None:
         ops = _Ops(self._held)
+        position = ops.key(self._worker_key)
         for profile_id, profile in changes.profiles.items():
             ops.add("P", self.profile_key(profile_id), encode_profile(profile),
                     ops.key(self._count_key))  # fmt: skip
@@ -461,14 +547,19 @@ class RedisStore:
         ops.add("Q", self._worker_key, changes.seq, changes.watermark_ms)
         # Inside `exclusive` the leases go with the write (one round trip less).
         release = "1" if self._held else "0"
+        args: list[str | bytes | int] = [self._token or "", len(self._held), release]
+        args += (self.history_cap, position, self._applied_seq, *ops.args)
         try:
-            self._commit(
-                keys=ops.keys,
-                args=[self._token or "", len(self._held), release, self.history_cap, *ops.args],
-            )
+            self._commit(keys=ops.keys, args=args)
         except redis.ResponseError as error:
-            if "LEASE_LOST" in str(error):
-                raise LeaseLost(str(error)) from None
+            text = str(error)
+            if "LEASE_LOST" in text:
+                raise LeaseLost(text) from None
+            if "POSITION_LOST" in text:
+                raise PositionLost(
+                    f"Redis at {self.where} holds log position {text.split()[-1]} for this "
+                    f"worker, which wrote {self._applied_seq}: it lost writes"
+                ) from None
             raise
         if release == "1":
             self._held = []
