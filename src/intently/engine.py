@@ -383,6 +383,7 @@ class Engine:
         watch = self.metrics.watch
         context, experiments, webhooks = self.context, self.experiments.log, self.webhooks
         watch("intently_events_failed", lambda: context.failed)
+        watch("intently_state_behind", lambda: float(context.behind))
         watch("intently_webhooks_dead_lettered", lambda: webhooks.dead)
         watch("intently_experiment_records_dropped", lambda: experiments.failed)
         watch("intently_experiment_log_unavailable", lambda: float(experiments.unavailable))
@@ -392,6 +393,7 @@ class Engine:
         if archive is not None:
             watch("intently_archive_backlog", archive.backlog)
             watch("intently_archive_available", lambda: float(archive.available))
+            watch("intently_archive_rows_refused", lambda: archive.refused_rows)
 
     def define_segment(self, name: str, spec: SegmentSpec) -> tuple[Segment, int]:
         """Add or replace a segment and evaluate it over every profile now; returns the

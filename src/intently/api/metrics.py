@@ -149,6 +149,10 @@ WATCHED = {
     "install (each is logged).",
     "intently_archive_backlog": "Local log positions not yet shipped to PostgreSQL.",
     "intently_archive_available": "1 while the last shipment to PostgreSQL succeeded.",
+    "intently_archive_rows_refused": "Rows PostgreSQL refused (bad data), left in the "
+    "local logs and skipped.",
+    "intently_state_behind": "1 while events wait in the log for the state store (it "
+    "refused or could not be reached): events are answered 503.",
 }
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from intently.clock import epoch_ms
 from intently.context.facts import Facts, facts_of
@@ -49,13 +49,6 @@ ProfileHook = Callable[[Profile, Facts | None, Changes], None]
 class CommitFailed(StoreUnavailable):
     """The store refused an event's changes for a reason of its own (not an outage): the
     event is kept in the log and applied again, like one that met an outage."""
-
-
-@runtime_checkable
-class LogBoundStore(Protocol):
-    """A store that keeps, beside its log position, which event log it belongs to."""
-
-    def bind_log(self, log_id: str) -> bool: ...
 
 
 def _next_sweep_after(seq: int) -> int:
@@ -239,7 +232,7 @@ class ContextStage:
         """Make sure the store's position is this log's: a worker id reused with a new
         data dir would otherwise skip its new log's events up to the old log's position."""
         store, log_id = self.store, log_reader.log_id()
-        if log_id is None or not isinstance(store, LogBoundStore):
+        if log_id is None:
             return
         was = store.applied_seq
         if not store.bind_log(log_id):

@@ -195,6 +195,12 @@ class StateStore(Protocol):
         """Make every committed change durable before returning."""
         ...
 
+    def bind_log(self, log_id: str) -> bool:
+        """Tie the store's log position to the event log `log_id` (kept beside it). False
+        when the position was another log's: it starts over at 0, or the new log's first
+        events would be taken for applied ones."""
+        ...
+
     def recover(self) -> bool:
         """After `StoreUnavailable`: whether the store answers again (its log position
         read anew, as a write whose answer was lost may have been applied)."""
