@@ -267,3 +267,35 @@ async def async_until(condition: Callable[[], bool], seconds: float = 10.0) -> b
             return False
         await asyncio.sleep(0.02)
     return True
+
+
+async def test_an_export_holds_the_events_every_worker_applied(tmp_path: Path) -> None:
+    """With several workers, a person's events are in several logs: the export reads this
+    worker's own and the others' from the PostgreSQL archive, each once."""
+    with redis_namespace() as prefix, postgres_database() as database:
+        a, b = (
+            Engine(
+                make_settings(tmp_path / n, state_store=REDIS_URL, redis_prefix=prefix,
+                              database=database, worker_id=n),
+                clock=ManualClock(START),
+            )
+            for n in "ab"
+        )  # fmt: skip
+        try:
+            for engine, count in ((a, 3), (b, 2)):
+                async with client_for(engine) as client:
+                    for n in range(count):
+                        sent = await client.post("/v1/events", json=view("alice") | {
+                            "messageId": f"{engine.settings.worker}-{n}"})  # fmt: skip
+                        assert sent.is_success
+                    assert (await client.post("/v1/events", json=view("bob"))).is_success
+            for engine in (a, b):
+                assert engine.archive is not None
+                engine.archive.drain()
+            async with client_for(a, SECRET_KEY) as admin:
+                exported = (await admin.get("/v1/profiles/alice/export")).json()
+            ids = sorted(e["event"]["messageId"] for e in exported["events"])
+            assert ids == ["a-0", "a-1", "a-2", "b-0", "b-1"]
+        finally:
+            a.close()
+            b.close()

@@ -102,6 +102,22 @@ async def export_profile(request: Request) -> Response:
     rows = await asyncio.to_thread(
         engine.log.rows_of, list(profile.anonymous_ids), list(profile.user_ids)
     )
+    events = [(row.received_ms, record_as_json(row.body)) for row in rows]
+    if engine.archive is not None:  # what other workers applied, from PostgreSQL
+        try:
+            events += await asyncio.to_thread(
+                engine.archive.others_events_of,
+                list(profile.anonymous_ids), list(profile.user_ids),
+            )  # fmt: skip
+        except (psycopg.Error, OSError) as error:
+            log.warning("reading archived events for an export failed: %s", error)
+            return problem(
+                503, "archive-unavailable",
+                "PostgreSQL cannot be reached, so other workers' events of the person "
+                "cannot be read; an export must be whole: ask again",
+                headers={"Retry-After": "5"},
+            )  # fmt: skip
+        events.sort(key=lambda found: found[0])
     try:
         arms = await asyncio.to_thread(engine.experiments.arms_of, profile.id)
     except (ExperimentsUnavailable, psycopg.Error, OSError) as error:
@@ -114,7 +130,7 @@ async def export_profile(request: Request) -> Response:
             "anonymous_ids": list(profile.anonymous_ids),
         },
         "experiments": arms,
-        "events": [msgspec.Raw(record_as_json(row.body)) for row in rows],
+        "events": [msgspec.Raw(body) for _, body in events],
     }
     return json_response(body)
 

@@ -316,6 +316,33 @@ class Archiver:
             (self.worker, source.name, last),
         )
 
+    def others_events_of(
+        self, anonymous_ids: Sequence[str], user_ids: Sequence[str]
+    ) -> list[tuple[int, bytes]]:
+        """A person's events that other workers applied and shipped, by the event log's
+        rule: (received_ms, body as JSON). For an export, beside this worker's own log.
+        Raises `psycopg.Error` when PostgreSQL cannot be reached."""
+        query = (
+            "SELECT received_ms, body::text FROM events WHERE worker <> %(worker)s AND"
+            " (user_id = ANY(%(users)s) OR (anonymous_id = ANY(%(anonymous)s)"
+            " AND user_id IS NULL)) ORDER BY received_ms, worker, seq"
+        )
+        values = {
+            "worker": self.worker,
+            "users": [postgres_text(i) for i in user_ids],
+            "anonymous": [postgres_text(i) for i in anonymous_ids],
+        }
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    rows = self._connect().execute(query, values).fetchall()
+                    return [(int(at), body.encode()) for at, body in rows]
+                except psycopg.OperationalError:
+                    self._lost_connection()  # stale after an outage: once more
+                    if attempt == 2:
+                        raise
+        raise AssertionError("unreachable")
+
     def erase(
         self, anonymous_ids: Sequence[str], user_ids: Sequence[str], visitors: Sequence[str],
         profile_ids: Sequence[str],
