@@ -19,6 +19,7 @@ from intently.api.app import _tick
 from intently.cli import _announce
 from intently.config import Settings
 from intently.context.identity import derived_profile_id
+from intently.context.stage import ProfileChanged
 from intently.segments.registry import SegmentSpec
 from intently.stores.stream import EventStream
 from services import (
@@ -299,3 +300,32 @@ async def test_an_export_holds_the_events_every_worker_applied(tmp_path: Path) -
         finally:
             a.close()
             b.close()
+
+
+async def test_an_erasure_that_finds_the_profile_linked_meanwhile_asks_to_be_repeated(
+    tmp_path: Path,
+) -> None:
+    """The person signed in (their profile gained a user id) while their erasure was
+    under way: erasing the profile as it was would leave the new id's link (and events).
+    The erasure says so; asked again, it erases everything."""
+    with redis_namespace() as prefix:
+        engine = Engine(worker(tmp_path / "a", prefix), clock=ManualClock(START))
+        try:
+            async with client_for(engine) as client:
+                assert (await client.post("/v1/events", json=view("x"))).is_success
+                as_found = engine.context.lookup("x")  # what the erasure started from
+                assert as_found is not None
+                login = view("x") | {"userId": "u1", "event": "Signed In"}
+                assert (await client.post("/v1/events", json=login)).is_success
+            with pytest.raises(ProfileChanged):
+                engine.context.forget(as_found)
+            now = engine.context.lookup("u1")
+            assert now is not None  # nothing half removed
+            assert now.id == as_found.id
+            assert engine.context.lookup("x") is not None
+            async with client_for(engine, SECRET_KEY) as admin:
+                assert (await admin.delete("/v1/profiles/x")).status_code == 200
+            assert engine.context.lookup("x") is None
+            assert engine.context.lookup("u1") is None
+        finally:
+            engine.close()

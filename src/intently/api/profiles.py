@@ -21,6 +21,7 @@ from intently.api.events import read_json
 from intently.api.problems import experiments_unavailable, json_response, problem
 from intently.context.identity import derived_profile_id
 from intently.context.profile import Profile
+from intently.context.stage import ProfileChanged
 from intently.engine import Engine
 from intently.events.record import record_as_json
 from intently.events.schema import Consent, Context, TrackEvent
@@ -199,6 +200,13 @@ async def delete_profile(request: Request) -> Response:
         engine.context.forget(profile)
     except StoreUnavailable:
         return _store_unavailable()
+    except ProfileChanged:
+        return problem(
+            409, "profile-changed",
+            "the profile was merged with another, or linked to a new id, while it was being "
+            "erased; what it had is erased: ask again (by any of the person's ids) to erase "
+            "the rest", headers={"Retry-After": "0"},
+        )  # fmt: skip
     decisions += await asyncio.to_thread(engine.decisions.erase, devices, [profile.id])
     await asyncio.wrap_future(engine.store.compact())
     return json_response(Erased(profile.id, events, len(anonymous_ids) + len(user_ids), decisions))

@@ -46,6 +46,12 @@ _STILL_BEHIND_LOG_SECONDS = 30.0
 ProfileHook = Callable[[Profile, Facts | None, Changes], None]
 
 
+class ProfileChanged(Exception):
+    """An erasure found the profile merged into another, or holding identities it did not
+    have when the erasure began: erasing what it had then would leave the rest (or unlink
+    another profile's ids). The caller asks again, by any of the person's ids."""
+
+
 class CommitFailed(StoreUnavailable):
     """The store refused an event's changes for a reason of its own (not an outage): the
     event is kept in the log and applied again, like one that met an outage."""
@@ -274,8 +280,21 @@ class ContextStage:
     def forget(self, profile: Profile) -> None:
         """Remove the profile and its identity links (the caller erases its events)."""
         store = self.store
-        with store.exclusive((), (profile.id,)):
-            held = store.get(profile.id) or profile  # as it is now, with every link
+        keys = [
+            *(anonymous_key(a) for a in profile.anonymous_ids),
+            *(user_key(u) for u in profile.user_ids),
+        ]
+        with store.exclusive(keys, (profile.id,)):
+            held = store.get(profile.id)  # as it is now, with every link
+            if held is None:
+                if any(store.resolve(key) is not None for key in keys):
+                    raise ProfileChanged(profile.id)  # merged into another meanwhile
+                return  # gone already (expired, or erased by another request)
+            gained = (set(held.anonymous_ids) - set(profile.anonymous_ids)) | (
+                set(held.user_ids) - set(profile.user_ids)
+            )
+            if gained:
+                raise ProfileChanged(profile.id)
             changes = self.changes()
             self._remove(held, changes)
             store.commit(changes)
