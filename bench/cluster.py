@@ -6,9 +6,10 @@ Measures in one run (each part can be left out with --parts):
    the embedded store (the default), then two workers on one Redis (`--store redis://...`,
    one key prefix for both, each its own data dir and port). Each worker is loaded with
    bench/decide.py's shop (10,000 items, 50 offers, 20 segments, an experiment, 1,000
-   sessions), every worker its own catalog (catalogs are not shared). Then, at saturation
-   with wrk (closed loop, C): `POST /_bench/hello` (the ceiling: same server, same
-   middleware, no work), single events, 100-event batches, decides; and p50/p99 at a fixed
+   sessions), each worker loading it (with a database the catalog and definitions are
+   shared: written twice). Then, at saturation with wrk (closed loop, C):
+   `POST /_bench/hello` (the ceiling: same server, same middleware, no work), single events,
+   100-event batches, decides; and p50/p99 at a fixed
    open-loop rate per worker (latency from each request's scheduled send time, as
    bench/ingest.py's open loop). The two Redis workers are driven at once, one wrk per
    worker: what the pair sustains together is the sum, and contention for the shared
@@ -32,8 +33,10 @@ Measures in one run (each part can be left out with --parts):
                             [--profiles 100000] [--parts throughput,spike,memory] [--json]
 
 Needs wrk (apt-get install wrk) and a Redis (--redis, default redis://127.0.0.1:6379/0);
-every key this run writes is under its own prefixes, deleted at the end. PostgreSQL is not
-part of the run.
+every key this run writes is under its own prefixes, deleted at the end. The two Redis
+workers also get a PostgreSQL database of the run's own (--postgres, dropped at the end):
+events and decisions shipped there, the catalog, definitions and the experiment log shared
+through it.
 """
 
 from __future__ import annotations
@@ -62,7 +65,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
+import psycopg
 import redis
+from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decide import degraded, set_up
@@ -115,8 +120,9 @@ def _spawning(env: dict[str, str], log: Path) -> Iterator[None]:
 
 class Worker:
     def __init__(
-        self, work: Path, name: str, store: str | None, prefix: str | None, connections: int
-    ) -> None:
+        self, work: Path, name: str, store: str | None, prefix: str | None, connections: int,
+        database: str | None = None,
+    ) -> None:  # fmt: skip
         self.name = name
         self.port = free_port()
         self.log = work / f"{name}.log"
@@ -127,6 +133,7 @@ class Worker:
                 "INTENTLY_STORE": store,
                 "INTENTLY_REDIS_PREFIX": prefix,
                 "INTENTLY_WORKER_ID": name,
+                "INTENTLY_DATABASE": database or "",
             }
         with _spawning(env, self.log):
             self.server = Server(work / name, self.port)
@@ -820,6 +827,11 @@ def main() -> None:
     parser.add_argument(
         "--parts", default=",".join(PARTS), help="comma-separated: " + ", ".join(PARTS)
     )
+    parser.add_argument(
+        "--postgres", default="postgresql://127.0.0.1:5432/postgres",
+        help="a PostgreSQL the run may create a database of its own in, for the Redis "
+        "workers' --database (dropped at the end); 'none' to leave PostgreSQL out",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print JSON only")
     args = parser.parse_args()
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -840,6 +852,7 @@ def main() -> None:
         "load_average_before": os.getloadavg()[0],
     }
     workers: list[Worker] = []
+    databases: list[str] = []
     started = time.perf_counter()
     try:
         if "throughput" in parts:
@@ -848,8 +861,13 @@ def main() -> None:
             results["embedded"]["log"] = warnings(workers)
             stop(workers)
         if {"throughput", "spike"} & set(parts):
+            database = create_database(args.postgres)
+            if database:
+                databases.append(database)
+            results["postgres"] = database is not None
             workers = [
-                Worker(work, f"w{n}", args.redis, prefix, args.connections) for n in range(2)
+                Worker(work, f"w{n}", args.redis, prefix, args.connections, database)
+                for n in range(2)
             ]
             counters = RedisCounters(client)
             if "throughput" in parts:
@@ -859,6 +877,16 @@ def main() -> None:
                     at_once(workers, lambda w: w.wrk.run(f"{w.base}/v1/events", 1, args.warmup))
                 results["spike"] = spike(workers, args, counters)
             results["redis_log"] = warnings(workers)
+            if database:  # what waited to be shipped when the load stopped, and after 10 s
+                results["archive_backlog"] = [
+                    metric_sum(w.port, "intently_archive_backlog") for w in workers
+                ]
+                time.sleep(10)
+                results["archive_backlog_after_10s"] = [
+                    metric_sum(w.port, "intently_archive_backlog") for w in workers
+                ]
+                results["archived_events"] = count_rows(database, "events")
+                results["archived_decisions"] = count_rows(database, "decisions")
             stop(workers)
             results["redis_shared_keys"] = shared_keys(client, prefix)
         if "memory" in parts:
@@ -869,6 +897,8 @@ def main() -> None:
         stop(workers)
         for name in prefixes:
             delete_prefix(client, name)
+        for database in databases:
+            drop_database(args.postgres, database)
         shutil.rmtree(work, ignore_errors=True)
     results["seconds_taken"] = round(time.perf_counter() - started, 1)
     results["redis_keys_after"] = client.dbsize()
@@ -877,6 +907,32 @@ def main() -> None:
         print(json.dumps(results, indent=2, default=str))
     else:
         report(results, args)
+
+
+def create_database(admin_url: str) -> str | None:
+    """A database of this run's own on the PostgreSQL at `admin_url`; its URL."""
+    if admin_url == "none":
+        return None
+    name = f"intently_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_database(admin_url: str, url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        connection.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def count_rows(url: str, table: str) -> int:
+    with psycopg.connect(url) as connection:
+        found = connection.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+        ).fetchone()
+    return int(found[0]) if found else 0
 
 
 def stop(workers: list[Worker]) -> None:
@@ -910,10 +966,15 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
         f"{r['seconds_taken']:.0f} s; 1-minute load average {r['load_average_before']:.2f} "
         f"before, {r['load_average_after']:.2f} after"
     )
-    print(
-        "PostgreSQL: not in this run (only Redis is shared by the workers; each worker "
-        "keeps its own catalog, event log and decision log)"
-    )
+    if r.get("postgres"):
+        print(
+            "PostgreSQL: the Redis pair's --database (a fresh database of this run): "
+            f"{r.get('archived_events', 0):,} events and {r.get('archived_decisions', 0):,} "
+            f"decision batches archived; shipping backlog when the load stopped "
+            f"{r.get('archive_backlog')}, 10 s later {r.get('archive_backlog_after_10s')}"
+        )
+    else:
+        print("PostgreSQL: not in this run (--postgres none)")
     print(f"reproduce: {r['command']}")
     taken = [
         f"{name} {r[name]['seconds_taken']:.0f} s"
