@@ -174,3 +174,53 @@ async def test_the_tick_installs_what_others_defined_and_skips_what_it_cannot(
 
 
 START_MS = int(START.timestamp() * 1000)
+
+
+async def test_a_change_checked_against_an_old_definition_is_refused_not_lost(
+    cluster: Cluster,
+) -> None:
+    """b changed the placement; a, not having installed that yet, changes it too: its
+    change was checked against the old definition, so it is refused (409), and a's
+    next poll installs b's. Sent again, it is taken, and b installs it in turn. A poll
+    read before a change here never installs its older row over it."""
+    a, b = cluster.worker("a"), cluster.worker("b")
+    async with client_for(a, SECRET_KEY) as admin:
+        assert (await admin.put("/v1/placements/spring_hero", json=HERO)).status_code == 201
+    sync(b)
+    on_b = HERO | {"count": 2}
+    on_a = HERO | {"count": 3}
+    async with client_for(b, SECRET_KEY) as admin:
+        assert (await admin.put("/v1/placements/spring_hero", json=on_b)).status_code == 200
+    async with client_for(a, SECRET_KEY) as admin:
+        refused = await admin.put("/v1/placements/spring_hero", json=on_a)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["type"].endswith(":changed-elsewhere")
+        assert a.placements.get("spring_hero").spec.count == 1  # type: ignore[union-attr]
+        assert a.definitions is not None
+        read = a.definitions.read()  # b's row, as a tick reads it...
+        assert a.adopt_definitions(a.definitions.take(read)) == 1
+        assert a.placements.get("spring_hero").spec.count == 2  # type: ignore[union-attr]
+        assert (await admin.put("/v1/placements/spring_hero", json=on_a)).status_code == 200
+        assert a.adopt_definitions(a.definitions.take(read)) == 0  # ...older than a's now
+    assert a.placements.get("spring_hero").spec.count == 3  # type: ignore[union-attr]
+    sync(b)
+    assert b.placements.get("spring_hero").spec.count == 3  # type: ignore[union-attr]
+
+
+async def test_a_definition_read_before_what_it_needs_is_installed_once_that_is(
+    cluster: Cluster,
+) -> None:
+    """The table holds each definition's latest state: an experiment created before its
+    placement was last changed comes first, before the placement it runs on. A worker
+    starting then installs it once the placement is there, not never."""
+    a = cluster.worker("a")
+    await load_catalog(a)
+    async with client_for(a, SECRET_KEY) as admin:
+        assert (await admin.put("/v1/placements/spring_hero", json=HERO)).status_code == 201
+        assert (await admin.put("/v1/experiments/t", json=experiment())).status_code == 201
+        changed = HERO | {"count": 2}
+        assert (await admin.put("/v1/placements/spring_hero", json=changed)).status_code == 200
+    c = cluster.worker("c")
+    assert c.placements.get("spring_hero") is not None
+    assert c.experiments.registry.get("t") is not None
+    assert c.definitions_refused == 0

@@ -164,7 +164,7 @@ class Engine:
         if settings.database is not None:  # the catalog is shared through PostgreSQL
             self.catalog.shared = SharedCatalog(settings.database, settings.worker)
             self._resources.callback(self.catalog.shared.close)
-            self.sync_catalog(own=True)
+            self.sync_catalog()  # all of it: the local copy may be older, or gone
         self.experiments = Experiments(
             ExperimentRegistry(
                 self.placements, self.segments.catalog, settings.data_dir,
@@ -177,11 +177,12 @@ class Engine:
         # Placements, segments and experiments defined through the API, shared like the
         # catalog: at start, every definition (this worker's local copy may be older).
         self.definitions: SharedDefinitions | None = None
-        self.definitions_refused = 0
+        self.definitions_refused = 0  # waiting to be installed, now
+        self._definitions_waiting: dict[tuple[str, str], Definition | None] = {}
         if settings.database is not None:
             self.definitions = SharedDefinitions(settings.database, settings.worker)
             self._resources.callback(self.definitions.close)
-            self.adopt_definitions(self.definitions.changes(own=True))
+            self.adopt_definitions(self.definitions.changes())
         # Experiments count events from their log position on: hooked before the catch-up,
         # which re-applies what the state store had not kept (their log skips what it
         # counted already).
@@ -475,14 +476,38 @@ class Engine:
 
     def adopt_definitions(self, changes: list[tuple[str, str, Definition | None]]) -> int:
         """Install definitions other workers wrote (at start, and each second); how
-        many. One that cannot be installed here is logged and counted, not retried."""
+        many. The table holds each definition's latest state, read in the order of those,
+        so one may come before what it needs (an experiment before the placement it runs
+        on, changed since): one that cannot be installed yet waits, and is tried again
+        after the others and at every call until it can, or a newer one replaces it."""
+        waiting = self._definitions_waiting
+        for kind, key, _ in changes:
+            waiting.pop((kind, key), None)
+        adopted = self._install_all(changes, waiting)
+        while waiting:  # again, while a pass installs something
+            before = len(waiting)
+            retried = [(kind, key, d) for (kind, key), d in waiting.items()]
+            waiting.clear()
+            adopted += self._install_all(retried, waiting)
+            if len(waiting) == before:
+                break
+        self.definitions_refused = len(waiting)
+        return adopted
+
+    def _install_all(
+        self, changes: list[tuple[str, str, Definition | None]],
+        waiting: dict[tuple[str, str], Definition | None],
+    ) -> int:  # fmt: skip
         adopted = 0
         for kind, key, definition in changes:
             try:
                 self._adopt(kind, key, definition)
             except (ConfigError, ExpressionError) as error:
-                self.definitions_refused += 1
-                log.error("the shared %s %r cannot be installed here: %s", kind, key, error)
+                waiting[kind, key] = definition
+                log.warning("the shared %s %r cannot be installed yet: %s", kind, key, error)
+            except Exception:  # (a full disk saving it, say): not the end of the tick
+                waiting[kind, key] = definition
+                log.exception("installing the shared %s %r failed", kind, key)
             else:
                 adopted += 1
         return adopted
@@ -510,7 +535,7 @@ class Engine:
             elif isinstance(definition, Stored):
                 registry.adopt(key, definition)
 
-    def sync_catalog(self, *, own: bool = False) -> int:
+    def sync_catalog(self) -> int:
         """Apply the catalog rows other workers wrote to PostgreSQL (at start, and each
         second); how many. Raises when PostgreSQL is away."""
         shared = self.catalog.shared
@@ -518,7 +543,7 @@ class Engine:
             return 0
         applied = 0
         while True:
-            items, offers = shared.changes(own=own)
+            items, offers = shared.changes()
             if not items and not offers:
                 return applied
             applied += self.apply_catalog_changes(items, offers)

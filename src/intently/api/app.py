@@ -152,10 +152,10 @@ async def _sync_catalog(engine: Engine) -> None:
     assert shared is not None
     try:
         while True:
-            items, offers = await asyncio.to_thread(shared.changes)
-            if not items and not offers:
+            rows = await asyncio.to_thread(shared.read)
+            if not rows:
                 return
-            engine.apply_catalog_changes(items, offers)
+            engine.apply_catalog_changes(*shared.take(rows))
     except (psycopg.Error, OSError):
         pass  # PostgreSQL is away: the next tick asks again (the archiver logs it)
     except Exception:
@@ -186,15 +186,17 @@ async def _adopt_definitions(engine: Engine, defining: asyncio.Lock) -> None:
     shared = engine.definitions
     assert shared is not None
     try:
-        changes = await asyncio.to_thread(shared.changes)
+        rows = await asyncio.to_thread(shared.read)
     except (psycopg.Error, OSError):
         return  # PostgreSQL is away: the next tick asks again
     except Exception:
         log.exception("reading the shared definitions failed")
         return
-    if changes:
+    if rows or engine.definitions_refused:
+        # Which rows are newer than what is installed is decided under the lock: a PUT
+        # on this worker may have installed a newer one since they were read.
         async with defining:
-            engine.adopt_definitions(changes)
+            engine.adopt_definitions(shared.take(rows))
 
 
 async def _share_learning(engine: Engine) -> None:

@@ -145,8 +145,8 @@ WATCHED = {
     "failed, or PostgreSQL was away too long).",
     "intently_experiment_log_unavailable": "1 while the experiment log's PostgreSQL cannot "
     "be reached (records are held).",
-    "intently_definitions_refused": "Other workers' definitions this worker could not "
-    "install (each is logged).",
+    "intently_definitions_refused": "Other workers' definitions this worker cannot install "
+    "(yet): tried again each second (each is logged).",
     "intently_archive_backlog": "Local log positions not yet shipped to PostgreSQL.",
     "intently_archive_available": "1 while the last shipment to PostgreSQL succeeded.",
     "intently_archive_rows_refused": "Rows PostgreSQL refused (bad data), left in the "

@@ -15,6 +15,7 @@ from starlette.responses import Response
 from intently.api.problems import problem
 from intently.engine import Engine
 from intently.stores.definitions import Definition
+from intently.stores.polled import ChangedElsewhere
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +35,20 @@ async def share(
         return None
     try:
         await asyncio.to_thread(engine.share_definition, kind, key, definition)
+    except ChangedElsewhere:
+        return problem(
+            409, "changed-elsewhere",
+            f"the {kind} {key!r} was changed on another worker since this one installed "
+            "it (within a second it installs the newer one here): read it again and send "
+            "the change made on it", headers={"Retry-After": "1"},
+        )  # fmt: skip
     except (psycopg.Error, OSError) as error:
         log.warning("the shared definitions refused a %s change: %s", kind, error)
         return problem(
             503, "definitions-unavailable",
-            f"the shared definitions (PostgreSQL) cannot be reached; the {kind} was not "
-            "changed on any worker, send it again", headers={"Retry-After": "5"},
+            f"the shared definitions (PostgreSQL) cannot be reached; the {kind} is not "
+            "changed here (if PostgreSQL took it before the answer was lost, every worker "
+            "installs it within a second): read it, and send it again",
+            headers={"Retry-After": "5"},
         )  # fmt: skip
     return None

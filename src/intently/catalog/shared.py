@@ -17,7 +17,7 @@ import msgspec
 
 from intently.catalog.items import Item
 from intently.catalog.offers import Offer
-from intently.stores.polled import PolledTable
+from intently.stores.polled import PolledTable, VersionedRow
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +35,22 @@ class SharedCatalog:
         `psycopg.Error` (or `OSError`) when PostgreSQL cannot take them."""
         self.table.publish([(kind, key, body) for key, body in rows])
 
-    def changes(self, limit: int = 5000, *, own: bool = False) -> tuple[list[Item], list[Offer]]:
-        """What other workers wrote since the last call (also this worker's, with
-        `own`: at start-up, when its local copy may be older or gone). Blocking; raises
-        when PostgreSQL is away, and the next call asks again."""
+    def changes(self) -> tuple[list[Item], list[Offer]]:
+        """What was written since the last call and is newer than what is installed here
+        (at start, everything: this worker's local copy may be older or gone). Blocking;
+        raises when PostgreSQL is away, and the next call asks again."""
+        return self.take(self.table.read())
+
+    def read(self) -> list[VersionedRow]:
+        """The rows written since the last read (blocking: off the event loop)."""
+        return self.table.read()
+
+    def take(self, rows: list[VersionedRow]) -> tuple[list[Item], list[Offer]]:
+        """Those of `rows` newer than what is installed here, decoded (where they are
+        installed: a row read before this worker wrote a newer one is skipped)."""
         items: list[Item] = []
         offers: list[Offer] = []
-        for kind, key, body in self.table.changes(limit, own=own):
+        for kind, key, body in self.table.fresh(rows):
             if body is None:
                 continue  # (catalog rows are never deleted)
             try:

@@ -19,7 +19,7 @@ import msgspec
 from intently.act.placements import PlacementSpec
 from intently.experiments.registry import Stored
 from intently.segments.registry import SegmentSpec
-from intently.stores.polled import PolledTable
+from intently.stores.polled import PolledTable, Row, VersionedRow
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +46,27 @@ class SharedDefinitions:
         )
 
     def publish(self, kind: str, key: str, definition: Definition | None) -> None:
-        """Write a definition (None: its deletion); raises `psycopg.Error` (or
-        `OSError`) when PostgreSQL cannot take it."""
-        self.table.publish([(kind, key, None if definition is None else _encode(definition))])
+        """Write a definition (None: its deletion), if the row is still at the version
+        installed here (the change was checked against it); raises `ChangedElsewhere`
+        otherwise, `psycopg.Error` (or `OSError`) when PostgreSQL cannot take it."""
+        body = None if definition is None else _encode(definition)
+        self.table.publish([(kind, key, body)], expect_installed=True)
 
-    def changes(self, *, own: bool = False) -> list[tuple[str, str, Definition | None]]:
-        """The definitions other workers wrote since the last call, oldest first (this
-        worker's too, with `own`). Blocking; raises when PostgreSQL is away."""
-        return list(self._decoded(own))
+    def changes(self) -> list[tuple[str, str, Definition | None]]:
+        """`take(read())`: for callers that read and install in one place."""
+        return self.take(self.read())
 
-    def _decoded(self, own: bool) -> Iterator[tuple[str, str, Definition | None]]:
-        for kind, key, body in self.table.changes(own=own):
+    def read(self) -> list[VersionedRow]:
+        """Every definition written since the last read (blocking: off the event loop)."""
+        return self.table.read()
+
+    def take(self, rows: list[VersionedRow]) -> list[tuple[str, str, Definition | None]]:
+        """Those of `rows` newer than what is installed here, decoded, oldest first:
+        call it under the lock definitions are installed under."""
+        return list(self._decoded(self.table.fresh(rows)))
+
+    def _decoded(self, rows: list[Row]) -> Iterator[tuple[str, str, Definition | None]]:
+        for kind, key, body in rows:
             decoder = _DECODERS.get(kind)
             if decoder is None:
                 continue  # a kind a newer version shares: not one this version serves

@@ -19,12 +19,24 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
+from intently.stores.archive import postgres_json
 from intently.stores.postgres import reconnect_postgres
 
 T = TypeVar("T")
 
 # (kind, id, JSON body or None for a deletion)
 Row = tuple[str, str, bytes | None]
+# A row as read, with its version: installed only if newer than what this worker has.
+VersionedRow = tuple[str, str, bytes | None, int]
+
+
+class ChangedElsewhere(Exception):
+    """A write expected the row at the version this worker installed, and another worker
+    changed it since: the change was checked against a definition no longer current."""
+
+    def __init__(self, kind: str, key: str) -> None:
+        super().__init__(f"{kind} {key!r} was changed by another worker meanwhile")
+        self.kind, self.key = kind, key
 
 
 class PolledTable:
@@ -32,55 +44,84 @@ class PolledTable:
         self.url = url
         self.worker = worker
         self.seen_version = 0
+        # The version of each row as installed here (written here, or read and taken):
+        # a row read before a newer one was written here is not installed over it.
+        self.installed: dict[tuple[str, str], int] = {}
         self._table = sql.Identifier(table)
         self._sequence = sequence
         self._advisory_lock = lock
         self._connection: psycopg.Connection | None = None
         self._lock = threading.Lock()  # one connection: one statement at a time
 
-    def publish(self, rows: Sequence[Row]) -> None:
-        """Write the rows, all or none; raises `psycopg.Error` (or `OSError`) when
-        PostgreSQL cannot take them."""
+    def publish(self, rows: Sequence[Row], *, expect_installed: bool = False) -> None:
+        """Write the rows, all or none, and note them installed; raises `psycopg.Error`
+        (or `OSError`) when PostgreSQL cannot take them, and with `expect_installed`
+        `ChangedElsewhere` when a row is no longer at the version installed here."""
         statement = sql.SQL(
             "INSERT INTO {} VALUES (%s, %s, %s, nextval({}), %s) ON CONFLICT (kind, id)"
             " DO UPDATE SET body = excluded.body, version = excluded.version,"
-            " worker = excluded.worker"
+            " worker = excluded.worker RETURNING version"
         ).format(self._table, sql.Literal(self._sequence))
+        current = sql.SQL("SELECT version FROM {} WHERE kind = %s AND id = %s").format(self._table)
         values = [
-            (kind, key, None if body is None else body.decode(), self.worker)
+            (kind, key, None if body is None else postgres_json(body), self.worker)
             for kind, key, body in rows
         ]
 
-        def write() -> None:
+        def write() -> list[int]:
             connection = self._connect()
             with connection.transaction(), connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", (self._advisory_lock,))
-                cursor.executemany(statement, values)
+                if expect_installed:
+                    for kind, key, _ in rows:
+                        found = cursor.execute(current, (kind, key)).fetchone()
+                        if (int(found[0]) if found else 0) != self.installed.get((kind, key), 0):
+                            raise ChangedElsewhere(kind, key)
+                cursor.executemany(statement, values, returning=True)
+                versions: list[int] = []
+                while True:
+                    versions.append(int(cursor.fetchone()[0]))  # type: ignore[index]
+                    if not cursor.nextset():
+                        return versions
 
         with self._lock:
-            self._retried(write)
+            versions = self._retried(write)
+        for (kind, key, _), version in zip(rows, versions, strict=True):
+            self.installed[kind, key] = max(version, self.installed.get((kind, key), 0))
 
-    def changes(self, limit: int = 5000, *, own: bool = False) -> list[Row]:
-        """The rows written since the last call, oldest first: other workers' only, or
-        this worker's too with `own`. Blocking; raises when PostgreSQL is away (and the
-        next call asks again)."""
+    def read(self, limit: int = 5000) -> list[VersionedRow]:
+        """Every row written since the last read, oldest first, this worker's too (a
+        write whose answer was lost is installed this way). Blocking; raises when
+        PostgreSQL is away (and the next read asks again)."""
         query = sql.SQL(
-            "SELECT kind, id, body::text, version, worker FROM {} WHERE version > %s"
+            "SELECT kind, id, body::text, version FROM {} WHERE version > %s"
             " ORDER BY version LIMIT %s"
         ).format(self._table)
-        rows: list[Row] = []
-        while not rows:  # a page of only this worker's rows: read on
+        rows: list[VersionedRow] = []
+        while True:
             with self._lock:
                 found: list[Any] = self._retried(
                     lambda: self._connect().execute(query, (self.seen_version, limit)).fetchall()
                 )
-            for kind, key, body, version, worker in found:
+            for kind, key, body, version in found:
                 self.seen_version = max(self.seen_version, int(version))
-                if worker != self.worker or own:
-                    rows.append((kind, key, None if body is None else body.encode()))
+                rows.append((kind, key, None if body is None else body.encode(), int(version)))
             if len(found) < limit:
-                break
-        return rows
+                return rows
+
+    def fresh(self, rows: Sequence[VersionedRow]) -> list[Row]:
+        """Those of `rows` newer than what is installed here, noted installed: call it
+        where they are installed (on the event loop), not where they were read."""
+        taken: list[Row] = []
+        for kind, key, body, version in rows:
+            if version > self.installed.get((kind, key), 0):
+                self.installed[kind, key] = version
+                taken.append((kind, key, body))
+        return taken
+
+    def changes(self) -> list[Row]:
+        """`fresh(read())`, for callers that read and install in one place."""
+        return self.fresh(self.read())
 
     def _retried(self, work: Callable[[], T]) -> T:
         """`work`, once more on a new connection if the first attempt finds the old one
