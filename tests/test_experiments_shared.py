@@ -8,6 +8,7 @@ embedded store and SQLite log, given the same traffic: the totals must be the sa
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 
 from intently import Engine, ManualClock
 from intently.experiments.spec import MetricSpec
-from intently.experiments.tracking import ExperimentLog, Observation
+from intently.experiments.tracking import ExperimentLog, ExperimentsUnavailable, Observation
 from intently.stores.postgres import connect_postgres, migrate
 from services import REDIS_URL, Relay, postgres_database, redis_namespace
 from support import SECRET_KEY, START, client_for, make_settings, track
@@ -230,5 +231,49 @@ async def test_exposures_wait_while_postgres_is_away_and_are_counted_when_it_ret
         assert sum(found.values()) == sum(1 for arm in arms if str(arm).startswith("t:"))
         assert not a.experiments.log.unavailable
         assert a.experiments.log.failed == 0
+    finally:
+        relay.close()
+
+
+async def test_a_sign_in_while_postgres_is_away_is_applied_all_the_same(
+    workers: Workers,
+) -> None:
+    """An identity merge asks the experiment log which arms the absorbed id was in; with
+    PostgreSQL away the event is still applied at once (the merge is queued, written when
+    it returns), not failed or held for the connection's timeouts."""
+    database = workers.shared["database"]
+    target = urlsplit(database)
+    relay = Relay(target.hostname or "127.0.0.1", target.port or 5432)
+    try:
+        workers.shared = {
+            **workers.shared, "database": database.replace(f":{target.port}/", f":{relay.port}/")
+        }  # fmt: skip
+        a = workers.open("a")
+        await define(a, experiment())
+        anonymous = _visitor_in(a, "B", "anon")
+        async with client_for(a) as client:
+            assert (await hero(client, anonymousId=anonymous))["arm"] == "t:B"
+            a.experiments.log.flush()
+            relay.cut()
+            login = track(event="Signed In", userId="u-away", anonymousId=anonymous,
+                          properties={})  # fmt: skip
+            started = time.monotonic()
+            assert (await client.post("/v1/events", json=login)).status_code == 200
+            assert time.monotonic() - started < 3.0
+            merged = a.context.lookup("u-away")
+            assert merged is not None
+            assert anonymous in merged.anonymous_ids
+            assert a.context.failed == 0
+            relay.restore()
+            deadline = time.monotonic() + 10
+            while True:  # the writer holds what waited, and writes it once it reconnects
+                try:
+                    a.experiments.log.flush()
+                    break
+                except ExperimentsUnavailable:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.2)
+        assert a.experiments.log.failed == 0
+        assert a.experiments.arms_of(merged.id)["t"] == "B"  # the merge, written
     finally:
         relay.close()

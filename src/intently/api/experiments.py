@@ -112,7 +112,7 @@ async def delete_experiment(request: Request) -> Response:
     # What it logged goes with it: an experiment defined later under this id starts empty.
     # (PostgreSQL away: the purge is held with the log's other records, written when it
     # returns)
-    with contextlib.suppress(ExperimentsUnavailable):
+    with contextlib.suppress(ExperimentsUnavailable, TimeoutError):
         await asyncio.to_thread(engine.experiments.purge, experiment_id)
     return Response(status_code=204)
 

@@ -144,16 +144,31 @@ class Experiments:
         """`into` took over the id `absorbed` (a merged profile's, or the id a visitor had
         until an identity of theirs was linked to `into`). If that id was exposed, `into`
         is assigned as it from now on: the person keeps every arm they were in."""
+        if self.log.shared:
+            # PostgreSQL is asked within a short bound, or not while it fails (a slow or
+            # absent PostgreSQL must not hold or fail the event): what it did not say, the
+            # merge finds anyway, queued whatever this worker saw; its writer moves the
+            # rows it finds (and writes the alias only if there were any), and every
+            # worker learns the alias at its next poll.
+            arms = self.log.arms_now(absorbed, self._measured_ids())
+            unit = self.assigner.unit_of(absorbed)
+            if arms:
+                self._alias(into, absorbed, unit)
+            self.log.merge(absorbed, into.id, arms, unit)
+            return
         arms = self.log.arms_of(absorbed, self._measured_ids())
         if not arms:
             return
         unit = self.assigner.unit_of(absorbed)
+        self._alias(into, absorbed, unit)
+        self.log.merge(absorbed, into.id, arms, unit)
+
+    def _alias(self, into: Profile, absorbed: str, unit: str) -> None:
         self.assigner.aliases.pop(absorbed, None)
         if unit != into.id:
             self.assigner.aliases[into.id] = unit
         else:
             self.assigner.aliases.pop(into.id, None)
-        self.log.merge(absorbed, into.id, arms, unit)
 
     def adopt_aliases(self, aliases: dict[str, str]) -> None:
         """Aliases other workers' merges made (`log.new_aliases`): the person keeps

@@ -126,15 +126,20 @@ class SqliteTables:
 class PostgresTables:
     shared = True
 
-    def __init__(self, url: str, worker: str) -> None:
+    def __init__(self, url: str, worker: str, *, answer_seconds: float | None = None) -> None:
+        """`answer_seconds`: a tighter bound on each wait for the server than the
+        connection's own (stores/postgres.py), for reads on the event loop."""
         self.url = url
         self.seq_key = f"seq:{worker}"
+        self.answer_seconds = answer_seconds
         self._connection: psycopg.Connection | None = None
         self._in_transaction = False
 
     def _connect(self) -> psycopg.Connection:
         if self._connection is None or self._connection.closed:
             connection = reconnect_postgres(self.url)
+            if self.answer_seconds is not None:
+                connection.answer_seconds = self.answer_seconds
             connection.execute("SET search_path TO intently_experiments")
             self._connection = connection
         return self._connection

@@ -20,6 +20,7 @@ they are left out of the totals and counted as `multiple` (GrowthBook does the s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -48,6 +49,13 @@ _MAX_SEEN = 200_000
 # oldest are dropped (and counted in `failed`): memory stays bounded in a long outage.
 _MAX_HELD = 200_000
 _RETRY_MAX_SECONDS = 5.0
+# Records per transaction (a part of a batch): what was held through an outage goes out
+# in parts, each holding the deployment-wide writers' lock briefly.
+WRITE_AT_MOST = 5_000
+# An identity merge reads the arms the absorbed id was in while its event is applied, on
+# the event loop: from PostgreSQL, within this, and not again for a while after a failure.
+QUICK_READ_SECONDS = 0.25
+_QUICK_PAUSE_SECONDS = 5.0
 # Shared tables: a visitor's exposure on one worker and their next event on another race
 # to PostgreSQL, and an event written first would find them not exposed and not count.
 # So what events add (and the merges and erasures in order with them) is written this
@@ -123,6 +131,9 @@ class ExperimentLog:
         else:
             self._db = PostgresTables(database, worker)
             self._reading = ExperimentLogReader(PostgresTables(database, worker))
+            self._quick = PostgresTables(database, worker, answer_seconds=QUICK_READ_SECONDS)
+        self._quick_lock = threading.Lock()
+        self._quick_closed_until = 0.0
         self._reader = self._reading.db
         self._alias_version = 0
         self.unavailable = False
@@ -203,20 +214,45 @@ class ExperimentLog:
         if not self._closed and observation.seq > self.counted_seq:
             self._queue.put(observation)
 
-    def arms_of(self, unit: str, experiments: Iterable[str] = ()) -> dict[str, str]:
+    def arms_of(
+        self, unit: str, experiments: Iterable[str] = (), *, stored: bool = True
+    ) -> dict[str, str]:
         """The experiments `unit` was exposed to, and its variant in each (those of
-        `experiments` still queued for the writer included)."""
-        with self._read_lock:
-            rows = self._reader.execute(
-                "SELECT experiment, variant FROM units WHERE unit = ?", (unit,)
-            ).fetchall()
-        found = dict(rows)
+        `experiments` still queued for the writer included; only those, without
+        `stored`: no read of the tables)."""
+        found: dict[str, str] = {}
+        if stored:
+            with self._read_lock:
+                rows = self._reader.execute(
+                    "SELECT experiment, variant FROM units WHERE unit = ?", (unit,)
+                ).fetchall()
+            found = dict(rows)
         seen = self._seen
         for experiment in experiments:
             variant = seen.get((experiment, unit))
             if variant is not None:
                 found[experiment] = variant
         return found
+
+    def arms_now(self, unit: str, experiments: Iterable[str] = ()) -> dict[str, str]:
+        """`arms_of`, for the event loop applying an event: from shared tables, asked with
+        a short bound (`QUICK_READ_SECONDS`), and not asked at all while PostgreSQL fails
+        (then what this worker queued only): an identity merge must not wait on it."""
+        if not self._db.shared:
+            return self.arms_of(unit, experiments)
+        now = time.monotonic()
+        if self.unavailable or now < self._quick_closed_until:
+            return self.arms_of(unit, experiments, stored=False)
+        try:
+            with self._quick_lock:
+                rows = self._quick.execute(
+                    "SELECT experiment, variant FROM units WHERE unit = ?", (unit,)
+                ).fetchall()
+        except (psycopg.Error, OSError) as error:
+            self._quick_closed_until = now + _QUICK_PAUSE_SECONDS
+            log.warning("experiment arms not read (%s): merging with what was queued", error)
+            return self.arms_of(unit, experiments, stored=False)
+        return {**dict(rows), **self.arms_of(unit, experiments, stored=False)}
 
     def merge(self, absorbed: str, into: str, arms: dict[str, str], unit: str) -> None:
         """Profile `into` took over `absorbed`, exposed to `arms`: its rows move to
@@ -267,6 +303,10 @@ class ExperimentLog:
         for the state store's writes, which must not wait on either."""
         if self.unavailable or self._closed:
             return
+        if self._db.shared:
+            # The writer writes on its own; waiting here (on the event loop, each tick)
+            # would wait on every worker's writes, which take turns under one lock.
+            return
         done = _Settled()
         self._queue.put(done)
         if not done.wait(10.0):
@@ -280,6 +320,8 @@ class ExperimentLog:
         self._writer.join()
         self._db.close()
         self._reading.close()
+        if self._db.shared:
+            self._quick.close()
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -321,18 +363,26 @@ class ExperimentLog:
             held = []
             if not batch:
                 continue
+            records = [w for w in batch if not isinstance(w, threading.Event)]
+            written = 0
             try:
-                with self._write_lock:
-                    self._write([w for w in batch if not isinstance(w, threading.Event)])
+                # In parts: after an outage, what was held goes out in transactions short
+                # enough not to keep the other workers' writers waiting on the lock.
+                while True:
+                    part = records[written : written + WRITE_AT_MOST]
+                    with self._write_lock:
+                        self._write(part)
+                    written += len(part)
+                    if written >= len(records):
+                        break
             except (sqlite3.Error, psycopg.Error, OSError) as error:
                 if self._db.shared and _STOP not in batch:
-                    held = self._hold(batch, error)
+                    held = self._hold(records[written:], error)
                     pause = min(max(pause * 2, 0.1), _RETRY_MAX_SECONDS)
                 else:
-                    self.failed += len(batch)
-                    log.exception("could not write %d experiment records", len(batch))
-                    if not self._db.shared:  # those in memory were moved by what failed
-                        self._load_totals()
+                    self._lost(len(records) - written)
+            except Exception:  # a bug: logged and counted, and the writer goes on
+                self._lost(len(records) - written)
             else:
                 if self.unavailable:
                     log.warning("the experiment log's PostgreSQL is back: records written")
@@ -344,6 +394,13 @@ class ExperimentLog:
                     work.set()
                 elif work is _STOP:
                     stop = True
+
+    def _lost(self, count: int) -> None:
+        self.failed += count
+        log.exception("could not write %d experiment records", count)
+        if not self._db.shared:  # those in memory were moved by what failed
+            with contextlib.suppress(sqlite3.Error):
+                self._load_totals()
 
     def _drain(self, batch: list[_Work]) -> list[_Work]:
         while True:
@@ -475,11 +532,13 @@ class ExperimentLog:
         none; added up when it was exposed to the same variant (one person, counted
         once); both left out when it saw another."""
         db = self._db
-        db.execute("INSERT OR REPLACE INTO aliases VALUES (?, ?)", (merge.into, merge.unit))
-        db.execute("DELETE FROM aliases WHERE profile = ?", (merge.absorbed,))
         absorbed_rows = db.execute(
             "SELECT experiment FROM units WHERE unit = ?", (merge.absorbed,)
         ).fetchall()
+        if not absorbed_rows:  # never exposed (shared tables queue every merge): no alias
+            return
+        db.execute("INSERT OR REPLACE INTO aliases VALUES (?, ?)", (merge.into, merge.unit))
+        db.execute("DELETE FROM aliases WHERE profile = ?", (merge.absorbed,))
         for (experiment,) in absorbed_rows:
             theirs = self._row(experiment, merge.absorbed)
             ours = self._row(experiment, merge.into)
