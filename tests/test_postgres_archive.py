@@ -134,8 +134,11 @@ async def test_records_are_shipped_row_for_row_and_erased_with_the_person(
         clicked = rows(database, "SELECT decision_id, value FROM rewards WHERE value > 0")
         assert {r[0] for r in clicked} == set(decided)
         assert len(rows(database, "SELECT decision_id FROM exposures")) == 3
+        # (positions go under the worker id and its event log's id: engine.records_name)
+        assert engine.records_name.startswith("w1/")
+        name = engine.records_name
         assert rows(database, "SELECT worker, source FROM shipped ORDER BY source") == [
-            ("w1", "decisions"), ("w1", "events"), ("w1", "exposures"), ("w1", "rewards")
+            (name, "decisions"), (name, "events"), (name, "exposures"), (name, "rewards")
         ]  # fmt: skip
 
         async with client_for(engine, SECRET_KEY) as admin:

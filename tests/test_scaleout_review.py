@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 
 from intently import Engine, ManualClock
@@ -329,3 +330,34 @@ async def test_an_erasure_that_finds_the_profile_linked_meanwhile_asks_to_be_rep
             assert engine.context.lookup("u1") is None
         finally:
             engine.close()
+
+
+async def test_a_worker_id_reused_with_a_new_data_dir_ships_and_exports_its_new_log(
+    tmp_path: Path,
+) -> None:
+    """A fixed worker id (as deploy/compose.yaml sets) and a replaced volume: the new
+    event log starts at position 1 again. Its rows are shipped (not taken for shipped
+    ones) and an export holds the old log's archived events and the new log's."""
+    with postgres_database() as database:
+        for volume, visitor_events in (("old", 3), ("new", 2)):
+            engine = Engine(
+                make_settings(tmp_path / volume, database=database, worker_id="app1"),
+                clock=ManualClock(START),
+            )
+            try:
+                async with client_for(engine) as client:
+                    for n in range(visitor_events):
+                        event = view("alice") | {"messageId": f"{volume}-{n}"}
+                        assert (await client.post("/v1/events", json=event)).is_success
+                assert engine.archive is not None
+                engine.archive.drain()
+                if volume == "new":
+                    async with client_for(engine, SECRET_KEY) as admin:
+                        exported = (await admin.get("/v1/profiles/alice/export")).json()
+            finally:
+                engine.close()
+        with psycopg.connect(database) as connection:
+            shipped = connection.execute("SELECT message_id FROM events").fetchall()
+        assert sorted(m for (m,) in shipped) == ["new-0", "new-1", "old-0", "old-1", "old-2"]
+        ids = sorted(e["event"]["messageId"] for e in exported["events"])
+        assert ids == ["new-0", "new-1", "old-0", "old-1", "old-2"]

@@ -130,6 +130,12 @@ class Engine:
             self.geo, ReferrerClassifier(frozenset(settings.internal_hosts)), settings.ip_mode
         )
         self.log = EventLog.open(settings.event_log_path, synchronous=settings.synchronous)
+        # The name this worker's records go under in PostgreSQL (shipping positions, the
+        # archived rows, experiment log positions): its id and its event log's, so a
+        # worker id reused with a new data dir (a replaced volume) starts positions anew
+        # instead of taking its new logs' first rows for shipped or counted ones.
+        log_id = self.log.log_id()
+        self.records_name = settings.worker + (f"/{log_id[:12]}" if log_id else "")
         self._resources.callback(self.log.close)
         self.store = open_store(settings)
         self._resources.callback(self.store.close)
@@ -171,7 +177,7 @@ class Engine:
                 settings.experiments_file, self.now_ms(),
             ),
             settings.experiments_path, settings.holdout_share, settings.holdout_salt,
-            database=settings.database, worker=settings.worker,
+            database=settings.database, worker=self.records_name,
         )  # fmt: skip
         self._resources.callback(self.experiments.close)
         # Placements, segments and experiments defined through the API, shared like the
@@ -280,7 +286,7 @@ class Engine:
         if steps:
             log.info("migrated the PostgreSQL schema through version %d", steps[-1])
         archive = Archiver(
-            settings.database, settings.worker,
+            settings.database, self.records_name,
             sources(settings.event_log_path, settings.decision_log_path),
         )  # fmt: skip
         archive.start()
