@@ -459,19 +459,27 @@ class Engine:
         compile_expression(spec.expression, self.segments.catalog)
 
     def delete_segment(self, name: str) -> bool:
-        if not self.segments.delete(name):
+        pages = self.delete_segment_paged(name)
+        if pages is None:
             return False
+        for _ in pages:
+            pass
+        return True
+
+    def delete_segment_paged(self, name: str) -> Iterator[int] | None:
+        """Remove an API segment (None when there is none) and, a page at a time, its
+        members from it (recorded as exits)."""
+        if not self.segments.delete(name):
+            return None
         self.membership.reindex()
+        self.membership.members.pop(name, None)
         now_ms = self.now_ms()
 
         def leave(profiles: list[Profile], changes: Changes) -> int:
             self.membership.drop(name, profiles, now_ms, changes)
             return 0
 
-        for _ in self._over_every_profile(leave):
-            pass
-        self.membership.members.pop(name, None)
-        return True
+        return self._over_every_profile(leave)
 
     def share_definition(self, kind: str, key: str, definition: Definition | None) -> None:
         """Write a definition (None: its deletion) for the other workers, before it is

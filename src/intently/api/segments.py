@@ -82,10 +82,12 @@ async def put_segment(request: Request) -> Response:
         if refused is not None:
             return refused
         segment, pages = engine.define_segment_paged(name, spec)
-        changed = 0
-        for moved in pages:  # every profile, a page at a time
-            changed += moved
-            await asyncio.sleep(0)  # decisions and events go on between pages
+    # Every profile, a page at a time, outside the lock (installing other workers'
+    # definitions need not wait for it); decisions and events go on between pages.
+    changed = 0
+    for moved in pages:
+        changed += moved
+        await asyncio.sleep(0)
     return json_response(
         {**_view(engine, segment), "changed": changed}, 201 if existing is None else 200
     )
@@ -106,5 +108,7 @@ async def delete_segment(request: Request) -> Response:
         refused = await share(request, SEGMENT, name, None)
         if refused is not None:
             return refused
-        engine.delete_segment(name)
+        pages = engine.delete_segment_paged(name)
+    for _ in pages or ():  # its members leave it, a page at a time, outside the lock
+        await asyncio.sleep(0)
     return Response(status_code=204)
