@@ -215,7 +215,7 @@ async def test_the_archive_backlog_and_an_outage_are_exported_as_metrics(
             relay.restore()
             archive.wake()
             assert until(lambda: scraped(engine, "intently_archive_backlog") == 0, seconds=40)
-            assert scraped(engine, "intently_archive_available") == 1
+            assert until(lambda: scraped(engine, "intently_archive_available") == 1)
             assert scraped(engine, "intently_events_failed") == 0
         finally:
             engine.close()
