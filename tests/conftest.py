@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from intently import Engine, ManualClock
-from services import REDIS_URL, redis_namespace
+from services import REDIS_URL, PrivateRedis, redis_namespace
 from support import START, client_for, make_settings
 
 
@@ -72,3 +72,15 @@ async def client(engine: Engine) -> AsyncIterator[httpx.AsyncClient]:
 
 # Browser fixtures (a live server, chromium through Playwright): tests/web_support.py.
 pytest_plugins = ["web_support"]
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of the test's own that it may stop and start again; persistent (an
+    append-only file, fsynced each write): a restart keeps the state."""
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = PrivateRedis(directory, "--appendonly", "yes", "--appendfsync", "always")
+    server.start()
+    yield server
+    server.stop()

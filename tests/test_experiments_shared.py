@@ -62,6 +62,18 @@ def workers(tmp_path: Path, deployment: dict[str, Any]) -> Iterator[Workers]:
     found.close()
 
 
+@pytest.fixture
+def relay(workers: Workers) -> Iterator[Relay]:
+    """Workers opened from now on reach PostgreSQL through a relay the test can cut."""
+    database = workers.shared["database"]
+    target = urlsplit(database)
+    found = Relay(target.hostname or "127.0.0.1", target.port or 5432)
+    through = database.replace(f":{target.port}/", f":{found.port}/")
+    workers.shared = {**workers.shared, "database": through}
+    yield found
+    found.close()
+
+
 async def define(engine: Engine, body: dict[str, Any]) -> None:
     await load_catalog(engine)
     async with client_for(engine, SECRET_KEY) as admin:
@@ -205,75 +217,57 @@ START_MS = int(START.timestamp() * 1000)
 
 
 async def test_exposures_wait_while_postgres_is_away_and_are_counted_when_it_returns(
-    workers: Workers,
+    workers: Workers, relay: Relay
 ) -> None:
-    database = workers.shared["database"]
-    target = urlsplit(database)
-    relay = Relay(target.hostname or "127.0.0.1", target.port or 5432)
-    try:
-        workers.shared = {
-            **workers.shared, "database": database.replace(f":{target.port}/", f":{relay.port}/")
-        }  # fmt: skip
-        a = workers.open("a")
-        await define(a, experiment())
-        relay.cut()
-        async with client_for(a) as on_a, client_for(a, SECRET_KEY) as admin:
-            arms = [(await hero(on_a, anonymousId=f"w{i}")).get("arm") for i in range(20)]
-            # Decisions are served as usual; the results wait for PostgreSQL.
-            refused = await admin.get("/v1/experiments/t/results")
-            assert refused.status_code == 503
-            assert refused.json()["type"].endswith(":experiments-unavailable")
-            assert a.experiments.log.unavailable
-            relay.restore()
-            answer = await admin.get("/v1/experiments/t/results")
-            assert answer.status_code == 200, answer.text
-        found = {v["id"]: v["units"] for v in answer.json()["variants"]}
-        assert sum(found.values()) == sum(1 for arm in arms if str(arm).startswith("t:"))
-        assert not a.experiments.log.unavailable
-        assert a.experiments.log.failed == 0
-    finally:
-        relay.close()
+    a = workers.open("a")
+    await define(a, experiment())
+    relay.cut()
+    async with client_for(a) as on_a, client_for(a, SECRET_KEY) as admin:
+        arms = [(await hero(on_a, anonymousId=f"w{i}")).get("arm") for i in range(20)]
+        # Decisions are served as usual; the results wait for PostgreSQL.
+        refused = await admin.get("/v1/experiments/t/results")
+        assert refused.status_code == 503
+        assert refused.json()["type"].endswith(":experiments-unavailable")
+        assert a.experiments.log.unavailable
+        relay.restore()
+        answer = await admin.get("/v1/experiments/t/results")
+        assert answer.status_code == 200, answer.text
+    found = {v["id"]: v["units"] for v in answer.json()["variants"]}
+    assert sum(found.values()) == sum(1 for arm in arms if str(arm).startswith("t:"))
+    assert not a.experiments.log.unavailable
+    assert a.experiments.log.failed == 0
 
 
 async def test_a_sign_in_while_postgres_is_away_is_applied_all_the_same(
-    workers: Workers,
+    workers: Workers, relay: Relay
 ) -> None:
     """An identity merge asks the experiment log which arms the absorbed id was in; with
     PostgreSQL away the event is still applied at once (the merge is queued, written when
     it returns), not failed or held for the connection's timeouts."""
-    database = workers.shared["database"]
-    target = urlsplit(database)
-    relay = Relay(target.hostname or "127.0.0.1", target.port or 5432)
-    try:
-        workers.shared = {
-            **workers.shared, "database": database.replace(f":{target.port}/", f":{relay.port}/")
-        }  # fmt: skip
-        a = workers.open("a")
-        await define(a, experiment())
-        anonymous = _visitor_in(a, "B", "anon")
-        async with client_for(a) as client:
-            assert (await hero(client, anonymousId=anonymous))["arm"] == "t:B"
-            a.experiments.log.flush()
-            relay.cut()
-            login = track(event="Signed In", userId="u-away", anonymousId=anonymous,
-                          properties={})  # fmt: skip
-            started = time.monotonic()
-            assert (await client.post("/v1/events", json=login)).status_code == 200
-            assert time.monotonic() - started < 3.0
-            merged = a.context.lookup("u-away")
-            assert merged is not None
-            assert anonymous in merged.anonymous_ids
-            assert a.context.failed == 0
-            relay.restore()
-            deadline = time.monotonic() + 10
-            while True:  # the writer holds what waited, and writes it once it reconnects
-                try:
-                    a.experiments.log.flush()
-                    break
-                except ExperimentsUnavailable:
-                    assert time.monotonic() < deadline
-                    await asyncio.sleep(0.2)
-        assert a.experiments.log.failed == 0
-        assert a.experiments.arms_of(merged.id)["t"] == "B"  # the merge, written
-    finally:
-        relay.close()
+    a = workers.open("a")
+    await define(a, experiment())
+    anonymous = _visitor_in(a, "B", "anon")
+    async with client_for(a) as client:
+        assert (await hero(client, anonymousId=anonymous))["arm"] == "t:B"
+        a.experiments.log.flush()
+        relay.cut()
+        login = track(event="Signed In", userId="u-away", anonymousId=anonymous,
+                      properties={})  # fmt: skip
+        started = time.monotonic()
+        assert (await client.post("/v1/events", json=login)).status_code == 200
+        assert time.monotonic() - started < 3.0
+        merged = a.context.lookup("u-away")
+        assert merged is not None
+        assert anonymous in merged.anonymous_ids
+        assert a.context.failed == 0
+        relay.restore()
+        deadline = time.monotonic() + 10
+        while True:  # the writer holds what waited, and writes it once it reconnects
+            try:
+                a.experiments.log.flush()
+                break
+            except ExperimentsUnavailable:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.2)
+    assert a.experiments.log.failed == 0
+    assert a.experiments.arms_of(merged.id)["t"] == "B"  # the merge, written

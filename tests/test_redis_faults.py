@@ -15,7 +15,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,17 +25,6 @@ from services import PrivateRedis
 from support import START, client_for, free_port, make_settings, wait_ready
 
 WRITE_KEY, SECRET_KEY = "wk_faults", "sk_faults"
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    # Persistent (an append-only file, fsynced each write): a restart keeps the state.
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    server = PrivateRedis(directory, "--appendonly", "yes", "--appendfsync", "always")
-    server.start()
-    yield server
-    server.stop()
 
 
 def view(n: int, visitor: str = "v1") -> dict[str, object]:

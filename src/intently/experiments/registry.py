@@ -250,12 +250,7 @@ class ExperimentRegistry:
     def delete(self, experiment_id: str) -> bool:
         """Remove an API definition (not a running one: stop it first). False when there
         is no API definition of that id; raises `ConfigError` for a running one."""
-        if not self.deletable(experiment_id):
-            return False
-        del self._experiments[experiment_id]
-        self._index()
-        self._save()
-        return True
+        return self.deletable(experiment_id) and self.forget(experiment_id)
 
     def check_placement(self, placement: Placement) -> None:
         """Raise `ExperimentConflict` if a running experiment's variant would not be a

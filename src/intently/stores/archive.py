@@ -24,7 +24,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import psycopg
@@ -33,6 +33,8 @@ from intently.act.decisions import DecisionRecord
 from intently.background import lower_priority
 from intently.events.record import record_as_json
 from intently.stores.postgres import reconnect_postgres
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -333,15 +335,8 @@ class Archiver:
             "anonymous": [postgres_text(i) for i in anonymous_ids],
         }
         with self._lock:
-            for attempt in (1, 2):
-                try:
-                    rows = self._connect().execute(query, values).fetchall()
-                    return [(int(at), body.encode()) for at, body in rows]
-                except psycopg.OperationalError:
-                    self._lost_connection()  # stale after an outage: once more
-                    if attempt == 2:
-                        raise
-        raise AssertionError("unreachable")
+            rows = self._twice(lambda: self._connect().execute(query, values).fetchall())
+        return [(int(at), body.encode()) for at, body in rows]
 
     def erase(
         self, anonymous_ids: Sequence[str], user_ids: Sequence[str], visitors: Sequence[str],
@@ -352,13 +347,16 @@ class Archiver:
         `psycopg.Error` when PostgreSQL cannot be reached (or does not answer: every wait
         is bounded): the caller must not report the erasure done."""
         with self._lock:
-            try:
-                return self._erase(anonymous_ids, user_ids, visitors, profile_ids)
-            except psycopg.OperationalError:
-                # Most often the connection went stale in an outage that has ended (its
-                # first use fails): once more, on a new one.
-                self._lost_connection()
-                return self._erase(anonymous_ids, user_ids, visitors, profile_ids)
+            return self._twice(lambda: self._erase(anonymous_ids, user_ids, visitors, profile_ids))
+
+    def _twice(self, work: Callable[[], _T]) -> _T:
+        """`work`, and once more on a new connection if it fails as a lost connection
+        does: most often it went stale in an outage that has ended (its first use fails)."""
+        try:
+            return work()
+        except psycopg.OperationalError:
+            self._lost_connection()
+        return work()
 
     def _erase(
         self, anonymous_ids: Sequence[str], user_ids: Sequence[str], visitors: Sequence[str],
