@@ -555,12 +555,7 @@ class Engine:
         shared = self.catalog.shared
         if shared is None:
             return 0
-        applied = 0
-        while True:
-            items, offers = shared.changes()
-            if not items and not offers:
-                return applied
-            applied += self.apply_catalog_changes(items, offers)
+        return self.apply_catalog_changes(*shared.changes())  # (every page: one read)
 
     def apply_catalog_changes(self, items: list[Item], offers: list[Offer]) -> int:
         """Install catalog rows read from PostgreSQL (`catalog.shared.changes`)."""

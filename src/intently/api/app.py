@@ -151,10 +151,8 @@ async def _sync_catalog(engine: Engine) -> None:
     shared = engine.catalog.shared
     assert shared is not None
     try:
-        while True:
-            rows = await asyncio.to_thread(shared.read)
-            if not rows:
-                return
+        rows = await asyncio.to_thread(shared.read)  # (every page since the last read)
+        if rows:
             engine.apply_catalog_changes(*shared.take(rows))
     except (psycopg.Error, OSError):
         pass  # PostgreSQL is away: the next tick asks again (the archiver logs it)

@@ -220,19 +220,8 @@ class ExperimentLog:
         """The experiments `unit` was exposed to, and its variant in each (those of
         `experiments` still queued for the writer included; only those, without
         `stored`: no read of the tables)."""
-        found: dict[str, str] = {}
-        if stored:
-            with self._read_lock:
-                rows = self._reader.execute(
-                    "SELECT experiment, variant FROM units WHERE unit = ?", (unit,)
-                ).fetchall()
-            found = dict(rows)
-        seen = self._seen
-        for experiment in experiments:
-            variant = seen.get((experiment, unit))
-            if variant is not None:
-                found[experiment] = variant
-        return found
+        found = _stored_arms(self._reader, self._read_lock, unit) if stored else {}
+        return self._with_queued(found, unit, experiments)
 
     def arms_now(self, unit: str, experiments: Iterable[str] = ()) -> dict[str, str]:
         """`arms_of`, for the event loop applying an event: from shared tables, asked with
@@ -241,18 +230,24 @@ class ExperimentLog:
         if not self._db.shared:
             return self.arms_of(unit, experiments)
         now = time.monotonic()
-        if self.unavailable or now < self._quick_closed_until:
-            return self.arms_of(unit, experiments, stored=False)
-        try:
-            with self._quick_lock:
-                rows = self._quick.execute(
-                    "SELECT experiment, variant FROM units WHERE unit = ?", (unit,)
-                ).fetchall()
-        except (psycopg.Error, OSError) as error:
-            self._quick_closed_until = now + _QUICK_PAUSE_SECONDS
-            log.warning("experiment arms not read (%s): merging with what was queued", error)
-            return self.arms_of(unit, experiments, stored=False)
-        return {**dict(rows), **self.arms_of(unit, experiments, stored=False)}
+        found: dict[str, str] = {}
+        if not self.unavailable and now >= self._quick_closed_until:
+            try:
+                found = _stored_arms(self._quick, self._quick_lock, unit)
+            except (psycopg.Error, OSError) as error:
+                self._quick_closed_until = now + _QUICK_PAUSE_SECONDS
+                log.warning("experiment arms not read (%s): merging with what was queued", error)
+        return self._with_queued(found, unit, experiments)
+
+    def _with_queued(
+        self, found: dict[str, str], unit: str, experiments: Iterable[str]
+    ) -> dict[str, str]:
+        seen = self._seen
+        for experiment in experiments:
+            variant = seen.get((experiment, unit))
+            if variant is not None:
+                found[experiment] = variant
+        return found
 
     def merge(self, absorbed: str, into: str, arms: dict[str, str], unit: str) -> None:
         """Profile `into` took over `absorbed`, exposed to `arms`: its rows move to
@@ -698,6 +693,14 @@ class ExperimentLogReader:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _stored_arms(tables: Tables, lock: threading.Lock, unit: str) -> dict[str, str]:
+    with lock:
+        rows = tables.execute(
+            "SELECT experiment, variant FROM units WHERE unit = ?", (unit,)
+        ).fetchall()
+    return dict(rows)
 
 
 class _Settled(threading.Event):

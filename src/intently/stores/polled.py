@@ -119,10 +119,6 @@ class PolledTable:
                 taken.append((kind, key, body))
         return taken
 
-    def changes(self) -> list[Row]:
-        """`fresh(read())`, for callers that read and install in one place."""
-        return self.fresh(self.read())
-
     def _retried(self, work: Callable[[], T]) -> T:
         """`work`, once more on a new connection if the first attempt finds the old one
         gone stale in an outage that has since ended."""
