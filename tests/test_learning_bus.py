@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -21,7 +22,7 @@ from intently import Engine, ManualClock
 from intently.act.decide import FOREIGN_GRACE_MS
 from intently.act.decisions import DecisionLogReader
 from intently.act.policies import BetaThompson, LinUCB
-from intently.learn.bus import SEND_AT_MOST, Viewed
+from intently.learn.bus import SEND_AT_MOST, Batch, Viewed
 from services import REDIS_URL, redis_namespace
 from support import SECRET_KEY, START, client_for, make_settings
 
@@ -286,15 +287,23 @@ def test_a_backlog_goes_out_in_parts_and_what_failed_is_sent_first_next_time(
     assert a.bus is not None
     assert b.bus is not None
     before = a.bus.client.xlen(a.bus.key)
-    views = [Viewed(f"d{i}", i, f"p{i}", None, [None]) for i in range(2 * SEND_AT_MOST + 7)]
+    nowhere: list[str | None] = [None] * 4
+    views = [Viewed(f"d{i}", i, f"p{i}", None, nowhere) for i in range(2 * SEND_AT_MOST + 7)]
     for view in views:
         a.bus.publish(view)
     a.bus.pump()
     assert a.bus.client.xlen(a.bus.key) - before == 3  # 5,000 + 5,000 + 7
     assert b.bus.pump() == len(views)
     # A send that fails keeps what was not sent, ahead of what was published since.
+    a.bus.publish(Viewed("late", 1, "p", None, nowhere))
     outgoing = a.bus.take_outbox()
-    outgoing.append(Viewed("late", 1, "p", None, [None]))
-    a.bus.publish(Viewed("later", 2, "p", None, [None]))
+    a.bus.publish(Viewed("later", 2, "p", None, nowhere))
     a.bus.put_back(outgoing)
     assert [m.device for m in a.bus._outbox] == ["late", "later"]  # type: ignore[attr-defined]
+    # They go out numbered in the order published: a snapshot's loader relies on it.
+    received = a.bus.client.xlen(a.bus.key)
+    a.bus.pump()
+    assert a.bus.client.xlen(a.bus.key) == received + 1
+    entry = a.bus.client.xrevrange(a.bus.key, count=1)[0][1]
+    batch = msgspec.msgpack.decode(entry[b"batch"], type=Batch)
+    assert batch.first == len(views) and len(batch.messages) == 2

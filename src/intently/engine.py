@@ -10,6 +10,7 @@ import fcntl
 import itertools
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -41,6 +42,8 @@ from intently.experiments.runtime import Experiments
 from intently.keys import Keys, load_or_create_keys
 from intently.learn.bus import LearningBus
 from intently.learn.gate import usable
+from intently.learn.snapshot import FORMAT, Snapshot, SnapshotStore, age_seconds
+from intently.learn.snapshot import encode as encode_snapshot
 from intently.log.dedupe import MessageIdWindow
 from intently.log.eventlog import EventLog
 from intently.pipeline import Pipeline
@@ -236,9 +239,23 @@ class Engine:
             MessageIdWindow(window_ms, settings.dedupe_max_entries),
             sinks=[self.context, self.metrics, self.live],
         )
-        warmed = self._warm_recommenders(settings.recommender_warmup_events)
-        if warmed:
-            log.info("recommenders learned from %d logged product views and orders", warmed)
+        # Workers sharing Redis learn as one (learn/bus.py; the app pumps it), and one
+        # starting begins with what the others learned (learn/snapshot.py), else with
+        # what its own logs hold.
+        self.bus = (
+            LearningBus(self.store.client, settings.redis_prefix, settings.worker,
+                        self.decider.learned_elsewhere)
+            if isinstance(self.store, RedisStore) else None
+        )  # fmt: skip
+        self.snapshots = (
+            SnapshotStore(self.store.client, settings.redis_prefix)
+            if isinstance(self.store, RedisStore) else None
+        )  # fmt: skip
+        self.started_from = self._start_from_snapshot()
+        if self.started_from is None:
+            warmed = self._warm_recommenders(settings.recommender_warmup_events)
+            if warmed:
+                log.info("recommenders learned from %d logged product views and orders", warmed)
         # Erasures other workers announced while this one was away: before the catch-up,
         # which would otherwise apply an erased person's unapplied events again.
         carried = self.apply_erasures()
@@ -255,21 +272,16 @@ class Engine:
             loaded = self.pipeline.prime_dedupe(latest - window_ms, latest)
             log.info("loaded %d recent messageIds for deduplication", loaded)
         self.metrics.log_seq.set(self.log.last_seq)
-        warmed = self._warm_policies(settings.policy_warmup_decisions)
-        if warmed:
-            log.info("bandit policies learned from %d logged decisions", warmed)
+        if self.started_from is None:
+            warmed = self._warm_policies(settings.policy_warmup_decisions)
+            if warmed:
+                log.info("bandit policies learned from %d logged decisions", warmed)
         # Rewards are attributed only to decisions made from now on: hooked after the
         # catch-up, which must not credit replayed outcomes to nothing.
         self.context.hooks.append(self.decider)
         # (after the catch-up too: entries replayed at start-up are not live ones)
         self.membership.listeners.append(self.live.segment_moved)
         self.decider.tick(self.now_ms())
-        # Workers sharing Redis learn as one (learn/bus.py); the app pumps it.
-        self.bus = (
-            LearningBus(self.store.client, settings.redis_prefix, settings.worker,
-                        self.decider.learned_elsewhere)
-            if isinstance(self.store, RedisStore) else None
-        )  # fmt: skip
         self.decider.bus = self.bus
         if self.bus is not None:
             self.learner.publish = self.bus.publish
@@ -292,6 +304,55 @@ class Engine:
         archive.start()
         self._resources.callback(archive.close)
         return archive
+
+    def _start_from_snapshot(self) -> Snapshot | None:
+        """What the workers learned (learn/snapshot.py), taken as this worker's start,
+        with the learning stream to read from the point it reflects; None when there is
+        none to take (none yet, or its point trimmed from the stream: logged)."""
+        if self.bus is None or self.snapshots is None or self.erasures is None:
+            return None
+        snapshot = self.snapshots.read()
+        if snapshot is None:
+            return None
+        if not self.bus.holds(snapshot.through):
+            log.warning(
+                "the learning snapshot (%.0f s old) is older than the learning stream "
+                "holds: learning from this worker's own logs", age_seconds(snapshot),
+            )  # fmt: skip
+            return None
+        try:
+            self.decider.restore(snapshot.policies, snapshot.open, snapshot.pending)
+            self.learner.restore(snapshot.recommenders)
+        except ValueError as error:
+            log.warning("the learning snapshot is not used: %s", error)
+            return None
+        # Erasures announced after it was made: its persons go at once.
+        erased, after = 0, snapshot.erased_through
+        while found := self.erasures.since(after):
+            for _, erasure in found:
+                self.forget_in_memory(erasure)
+            erased += len(found)
+            after = found[-1][0]
+        self.bus.start_from(snapshot.through, snapshot.maker, snapshot.own_sent)
+        log.info(
+            "started from what the workers learned (%.0f s ago, %d policies, %d open "
+            "decisions; %d later erasures carried out)", age_seconds(snapshot),
+            len(snapshot.policies), len(snapshot.open), erased,
+        )  # fmt: skip
+        return snapshot
+
+    def learned_snapshot(self, erased_through: str | None) -> bytes | None:
+        """What this worker learned, encoded (on the event loop: policies change
+        there); None before it has read the learning stream at all."""
+        bus = self.bus
+        if bus is None or bus.through == "0-0":
+            return None
+        policies, opened, waiting = self.decider.learned()
+        snapshot = Snapshot(
+            FORMAT, time.time() * 1000, bus.identity, bus.through, bus.sent, erased_through,
+            policies, self.learner.learned(), opened, waiting,
+        )  # fmt: skip
+        return encode_snapshot(snapshot)
 
     def _warm_recommenders(self, limit: int) -> int:
         """Recommenders live in memory: at start-up they learn again from the log's last

@@ -78,6 +78,7 @@ from intently.experiments.assign import Arm
 from intently.experiments.runtime import Experiments
 from intently.learn.bus import Decided, LearningBus, Rewarded, Viewed
 from intently.learn.rewards import Attribution, Decision, Observed, Outcome, Reward
+from intently.learn.snapshot import LearnedPolicy, PendingReward
 from intently.recommend.learn import LearnFromViews, context_keys, device_of
 from intently.stores.protocol import Changes, StoreUnavailable
 
@@ -1040,6 +1041,69 @@ class Decider:
             spec = msgspec.json.decode(policy_key, type=PolicySpec)
             policy = self._policies[key] = policy_of(spec)
         return policy
+
+    # -- snapshots (learn/snapshot.py) -------------------------------------------------------
+
+    def learned(self) -> tuple[list[LearnedPolicy], list[Decided], list[PendingReward]]:
+        """Every policy's parameters, the open decisions (with what their first reward
+        teaches), and the foreign decisions closed here whose reward may still come."""
+        keys = {id(policy): key for key, policy in self._policies.items()}
+        policies = [
+            LearnedPolicy(placement, key, policy.learned())
+            for (placement, key), policy in self._policies.items()
+        ]  # fmt: skip
+        opened: list[Decided] = []
+        for decision in self.attribution.decisions.values():
+            pending = self._pending.get(decision.decision_id)
+            key = None if pending is None else keys.get(id(pending.policy))
+            opened.append(
+                Decided(
+                    decision.decision_id, decision.visitor, decision.placement,
+                    list(decision.items), decision.at_ms, decision.reward,
+                    list(decision.aliases), None if key is None else key[1],
+                    None if key is None or pending is None else pending.action,
+                    None if key is None or pending is None else _listed(pending.vector),
+                )
+            )  # fmt: skip
+        waiting: list[PendingReward] = []
+        for decision_id, at_ms in self._foreign_at.items():
+            pending = self._pending.get(decision_id)
+            key = None if pending is None else keys.get(id(pending.policy))
+            if (
+                key is not None
+                and pending is not None
+                and decision_id not in self.attribution.decisions
+            ):
+                waiting.append(
+                    PendingReward(decision_id, key[0], key[1], pending.action,
+                                  _listed(pending.vector), at_ms)
+                )  # fmt: skip
+        return policies, opened, waiting
+
+    def restore(
+        self, policies: Sequence[LearnedPolicy], opened: Sequence[Decided],
+        waiting: Sequence[PendingReward],
+    ) -> None:  # fmt: skip
+        """Take what another worker learned (its `learned()`), as the start of learning
+        here. The policies are checked first: raises ValueError, changing nothing, if
+        one does not fit its definition."""
+        built: dict[tuple[str, bytes], Policy] = {}
+        for learned in policies:
+            try:
+                spec = msgspec.json.decode(learned.key, type=PolicySpec)
+                policy = policy_of(spec)
+            except (msgspec.DecodeError, ValueError) as error:
+                raise ValueError(f"a learned policy of {learned.placement!r}: {error}") from None
+            policy.restore(learned.learned)
+            built[(learned.placement, learned.key)] = policy
+        self._policies.update(built)
+        for reward in waiting:  # (first: older than the open ones, `_foreign_at`'s order)
+            policy = self._shared_policy(reward.placement, reward.key)
+            vector = None if reward.vector is None else np.array(reward.vector)
+            self._pending[reward.decision_id] = _Pending(policy, reward.action, vector)
+            self._foreign_at[reward.decision_id] = reward.at_ms
+        for message in opened:
+            self.learned_elsewhere(message)
 
     def __call__(self, profile: Profile, facts: Facts | None, changes: Changes) -> None:
         """The context-stage hook: outcomes in events become rewards."""

@@ -29,9 +29,9 @@ from __future__ import annotations
 import math
 import random
 from bisect import bisect_right
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import accumulate
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -67,6 +67,16 @@ class Policy(Protocol):
         ...
 
     def update(self, action: str, reward: float, context: Vector | None) -> None: ...
+
+    def learned(self) -> dict[str, Any]:
+        """What the policy has learned, as plain values (msgpack-able): the snapshot a
+        worker starting later loads (learn/snapshot.py). Its definition is not in it."""
+        ...
+
+    def restore(self, learned: dict[str, Any]) -> None:
+        """Take `learned` (from `learned()` of a policy of the same definition) in place
+        of what this one has learned; raises ValueError if it does not fit."""
+        ...
 
 
 def choose(
@@ -149,6 +159,13 @@ class EpsilonGreedy:
         self.pulls[action] = self.pulls.get(action, 0) + 1
         self.total[action] = self.total.get(action, 0.0) + reward
 
+    def learned(self) -> dict[str, Any]:
+        return {"pulls": dict(self.pulls), "total": dict(self.total)}
+
+    def restore(self, learned: dict[str, Any]) -> None:
+        pulls, total = _counts(learned, "pulls", int), _counts(learned, "total", float)
+        self.pulls, self.total = pulls, total
+
 
 class BetaThompson:
     """Bernoulli rewards (a reward in [0, 1] counts as that fraction of a success)."""
@@ -192,6 +209,25 @@ class BetaThompson:
             )
         self.successes[action] = self.successes.get(action, 0.0) + reward
         self.failures[action] = self.failures.get(action, 0.0) + 1.0 - reward
+
+    def learned(self) -> dict[str, Any]:
+        return {"successes": dict(self.successes), "failures": dict(self.failures)}
+
+    def restore(self, learned: dict[str, Any]) -> None:
+        successes = _counts(learned, "successes", float)
+        failures = _counts(learned, "failures", float)
+        self.successes, self.failures = successes, failures
+
+
+def _counts(learned: dict[str, Any], name: str, kind: Callable[[float], Any]) -> dict[str, Any]:
+    """A checked per-action count of a snapshot: {action: number}."""
+    counts = learned.get(name)
+    if not isinstance(counts, dict) or not all(
+        isinstance(k, str) and isinstance(v, (int, float)) and math.isfinite(v)
+        for k, v in counts.items()
+    ):
+        raise ValueError(f"a learned {name!r} must map actions to finite numbers")
+    return {k: kind(v) for k, v in counts.items()}
 
 
 # numpy gives up the GIL while it computes more than 500 values at once (a ufunc's
@@ -349,6 +385,40 @@ class _Linear:
         x, reward = self._context(context), check_reward(reward)  # checked before any change
         self._model(action).update(x, reward)
 
+    def learned(self) -> dict[str, Any]:
+        """Each action's A^-1, theta and b, as float64 bytes in slot order."""
+        used = len(self._slots)
+        actions = sorted(self._slots, key=self._slots.__getitem__)
+        return {
+            "dimensions": self.dimensions,
+            "actions": actions,
+            "inverses": self._inverses[:used].astype("<f8").tobytes(),
+            "thetas": self._thetas[:used].astype("<f8").tobytes(),
+            "b": np.array([self.models[a].b for a in actions]).astype("<f8").tobytes(),
+        }
+
+    def restore(self, learned: dict[str, Any]) -> None:
+        d, actions = learned.get("dimensions"), learned.get("actions")
+        if d != self.dimensions:
+            raise ValueError(f"learned with {d} dimensions, this policy has {self.dimensions}")
+        if not isinstance(actions, list) or len(set(actions)) != len(actions):
+            raise ValueError("learned actions must be a list of distinct names")
+        n = len(actions)
+        try:
+            inverses = np.frombuffer(learned["inverses"], "<f8").reshape(n, d, d)
+            thetas = np.frombuffer(learned["thetas"], "<f8").reshape(n, d)
+            b = np.frombuffer(learned["b"], "<f8").reshape(n, d)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"learned arrays do not fit {n} actions of {d}: {error}") from None
+        if not (np.isfinite(inverses).all() and np.isfinite(thetas).all()):
+            raise ValueError("learned arrays must be finite")
+        self.models, self._slots, self._known_for = {}, {}, None
+        self._grow(max(8, n))
+        for slot, action in enumerate(actions):
+            model = self._model(action)  # (takes the next slot: `slot`)
+            self._inverses[slot], self._thetas[slot] = inverses[slot], thetas[slot]
+            model.b = b[slot].copy()
+
 
 class LinUCB(_Linear):
     name = "linucb"
@@ -416,3 +486,9 @@ class RulesFirst:
 
     def update(self, action: str, reward: float, context: Vector | None) -> None:
         check_reward(reward)
+
+    def learned(self) -> dict[str, Any]:
+        return {}  # (the rules are its definition)
+
+    def restore(self, learned: dict[str, Any]) -> None:
+        pass

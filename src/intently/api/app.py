@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import random
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -48,6 +50,7 @@ from intently.api.segments import delete_segment, get_segment, list_segments, pu
 from intently.api.shedding import SheddingMiddleware
 from intently.engine import Engine
 from intently.experiments.tracking import ExperimentsUnavailable
+from intently.learn.snapshot import SNAPSHOT_SECONDS
 from intently.stores.protocol import StoreUnavailable
 from intently.web import web_routes
 
@@ -220,6 +223,35 @@ async def _share_learning(engine: Engine) -> None:
         bus.apply_received(received)
 
 
+async def _snapshot_learning(engine: Engine) -> None:
+    """Every `SNAPSHOT_SECONDS`, the worker whose turn it is writes what it learned to
+    Redis for the workers that start later (learn/snapshot.py): Redis's part off the
+    loop, the encoding on it (where policies change)."""
+    snapshots, erasures, bus = engine.snapshots, engine.erasures, engine.bus
+    assert snapshots is not None
+    assert erasures is not None
+    assert bus is not None
+    while True:
+        await asyncio.sleep(SNAPSHOT_SECONDS * (0.5 + random.random()))
+        try:
+            if not await asyncio.to_thread(snapshots.take_turn, SNAPSHOT_SECONDS, bus.identity):
+                continue
+            # Read before the state is: every erasure up to it is carried out in the state.
+            erased = await asyncio.to_thread(erasures.carried_out_through)
+            started = time.perf_counter()
+            body = engine.learned_snapshot(erased)
+            if body is None:
+                continue
+            encoded = time.perf_counter() - started
+            written = await asyncio.to_thread(snapshots.write, body, erased)
+            log.debug("learning snapshot of %d bytes encoded in %.1f ms, %s", len(body),
+                      encoded * 1000, "written" if written else "refused (an erasure)")  # fmt: skip
+        except redis.RedisError as error:
+            log.info("writing the learning snapshot failed (tried again later): %s", error)
+        except Exception:
+            log.exception("writing the learning snapshot failed")
+
+
 def _collect() -> None:
     """A collector pass each second: the young generation, or an older one when due.
 
@@ -245,13 +277,17 @@ def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
         engine.membership.listeners.append(engine.webhooks.enqueue)
         engine.membership.listeners.append(engine.triggers.entered)
         ticking = asyncio.create_task(_tick(engine, app.state.defining))
-        learning = asyncio.create_task(_share_learning(engine)) if engine.bus else None
+        learning = (
+            [asyncio.create_task(_share_learning(engine)),
+             asyncio.create_task(_snapshot_learning(engine))]
+            if engine.bus else []
+        )  # fmt: skip
         try:
             yield
         finally:
             ticking.cancel()
-            if learning is not None:
-                learning.cancel()
+            for task in learning:
+                task.cancel()
             engine.membership.listeners.remove(engine.webhooks.enqueue)
             engine.membership.listeners.remove(engine.triggers.entered)
             await engine.webhooks.stop()

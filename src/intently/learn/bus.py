@@ -20,11 +20,18 @@ worker builds the same policy from its own configuration. Messages are published
 batches every `interval` and read at the same pace: a reward is learned by every worker
 within about two intervals (20 ms by default; the bound documented and tested is 100
 ms, tests/test_learning_bus.py).
+
+A worker that starts later begins from the latest snapshot of what was learned and reads
+the stream from the point it reflects (learn/snapshot.py). For that, each worker's
+messages are numbered (a batch carries the number of its first), and a bus is one
+process's: a restarted worker is a new publisher, whose old messages it learns as any
+other worker's.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,10 +42,11 @@ import redis
 log = logging.getLogger(__name__)
 
 INTERVAL_SECONDS = 0.02
-# Entries kept (approximately), a batch each (1-5 KB): they only need to outlive the
-# other workers' next read (20 ms); 10,000 is over a minute of two busy workers (measured
-# in bench/cluster.py: 100,000 held 0.32-0.47 GB of Redis).
-STREAM_LENGTH = 10_000
+# Entries are kept this long (then trimmed, approximately), a batch each (1-5 KB): past
+# the other workers' next read (20 ms), they are what a worker starting from a snapshot
+# (taken every 10 s) reads. A minute of two busy workers is about 6,000 entries
+# (measured in bench/cluster.py: 100,000 entries held 0.32-0.47 GB of Redis).
+STREAM_SECONDS = 60
 # Messages kept while Redis is away; past this the oldest are dropped (and counted).
 MAX_OUTBOX = 100_000
 # Messages per stream entry: after an outage the outbox goes out in parts, each small
@@ -85,6 +93,7 @@ Message = Decided | Rewarded | Viewed
 class Batch(msgspec.Struct, array_like=True):
     sent_ms: float  # the publisher's clock, for the staleness measure
     messages: list[Message]
+    first: int = 0  # the number of its first message (its publisher's count)
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -99,30 +108,53 @@ class LearningBus:
         self.client = client
         self.key = f"{prefix}learning"
         self.worker = worker
+        # This process as a publisher (a worker that restarts is a new one).
+        self.identity = f"{worker}/{secrets.token_hex(4)}"
         self.apply = apply
         self.interval = interval
+        # Messages are numbered as published; the outbox holds those numbered from
+        # `_outbox_first` on, with no gap (it only loses its oldest), and what `exchange`
+        # could not send goes back in front of it when it fits without a gap.
         self._outbox: list[Message] = []
+        self._outbox_first = 0
+        self._outgoing_first = 0  # the number of the first message taken out to send
+        self.sent = 0  # messages published so far (the number of the next one)
         self._last_id = self._latest_id()
+        self.through = self._last_id  # the last entry applied here (read: `_last_id`)
+        self._read_through = self._last_id
+        # A snapshot's maker and how many of its messages the snapshot holds.
+        self._skip: tuple[bytes, int] | None = None
         self.published = 0
         self.received = 0
         self.dropped = 0  # messages dropped from a full outbox (a long Redis outage)
         self.lag_ms: list[float] = []  # publish-to-apply of the latest batches (bounded)
 
     def _latest_id(self) -> str:
-        """Start after what is already there: a worker that starts learns the past from
-        its own logs (engine warm-up), not by replaying the stream."""
+        """Start after what is already there: a worker that starts learns the past from a
+        snapshot (`start_from`) or its own logs (engine warm-up), not from the stream."""
         found: Any = self.client.xrevrange(self.key, count=1)
         if not found:
             return "0-0"
-        entry_id = found[0][0]
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        return _name(found[0][0])
+
+    def holds(self, entry_id: str) -> bool:
+        """Whether the stream still holds entry `entry_id` (and so all after it)."""
+        return bool(self.client.xrange(self.key, min=entry_id, max=entry_id, count=1))
+
+    def start_from(self, through: str, maker: str, own_sent: int) -> None:
+        """Read from after `through`, skipping the messages of `maker` numbered below
+        `own_sent` (a snapshot holds them: learn/snapshot.py)."""
+        self._last_id = self.through = self._read_through = through
+        self._skip = (maker.encode(), own_sent)
 
     def publish(self, message: Message) -> None:
         outbox = self._outbox
         outbox.append(message)
+        self.sent += 1
         if len(outbox) > MAX_OUTBOX:
             half = MAX_OUTBOX // 2
             del outbox[:half]
+            self._outbox_first += half
             self.dropped += half
 
     def pump(self) -> int:
@@ -140,6 +172,7 @@ class LearningBus:
 
     def take_outbox(self) -> list[Message]:
         outgoing, self._outbox = self._outbox, []
+        self._outgoing_first, self._outbox_first = self._outbox_first, self.sent
         return outgoing
 
     def exchange(self, outgoing: list[Message]) -> list[Batch]:
@@ -148,30 +181,47 @@ class LearningBus:
         `redis.RedisError`, `outgoing` then holding what was not sent."""
         while outgoing:
             part = outgoing[:SEND_AT_MOST]
-            batch = _encode(Batch(time.time() * 1000, part))
+            batch = _encode(Batch(time.time() * 1000, part, self._outgoing_first))
+            oldest = int(time.time() * 1000) - STREAM_SECONDS * 1000
             self.client.xadd(
-                self.key, {"worker": self.worker, "batch": batch},
-                maxlen=STREAM_LENGTH, approximate=True,
+                self.key, {"worker": self.identity, "batch": batch},
+                minid=f"{oldest}-0", approximate=True,
             )  # fmt: skip
             del outgoing[: len(part)]
+            self._outgoing_first += len(part)
             self.published += len(part)
         found: Any = self.client.xread({self.key: self._last_id}, count=100)
         received: list[Batch] = []
+        me = self.identity.encode()
         for _, entries in found or ():
             for entry_id, fields in entries:
-                self._last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                if fields[b"worker"] != self.worker.encode():
-                    received.append(_decode(fields[b"batch"]))
+                self._last_id = _name(entry_id)
+                maker = fields[b"worker"]
+                if maker == me:
+                    continue
+                received_batch = _decode(fields[b"batch"])
+                if self._skip is not None and maker == self._skip[0]:
+                    skipped = max(0, self._skip[1] - received_batch.first)
+                    del received_batch.messages[:skipped]
+                received.append(received_batch)
+        self._read_through = self._last_id
         return received
 
     def put_back(self, unsent: list[Message]) -> None:
-        """What `exchange` could not send goes out first next time."""
-        if unsent:
-            self._outbox[:0] = unsent
-            if len(self._outbox) > MAX_OUTBOX:
-                dropped = len(self._outbox) - MAX_OUTBOX
-                del self._outbox[:dropped]
-                self.dropped += dropped
+        """What `exchange` could not send goes out first next time (unless the outbox
+        dropped its oldest meanwhile: these are older still, and dropped too)."""
+        if not unsent:
+            return
+        if self._outgoing_first + len(unsent) != self._outbox_first:
+            self.dropped += len(unsent)
+            return
+        self._outbox[:0] = unsent
+        self._outbox_first = self._outgoing_first
+        if len(self._outbox) > MAX_OUTBOX:
+            dropped = len(self._outbox) - MAX_OUTBOX
+            del self._outbox[:dropped]
+            self._outbox_first += dropped
+            self.dropped += dropped
 
     def apply_received(self, received: list[Batch]) -> int:
         applied = 0
@@ -186,4 +236,9 @@ class LearningBus:
         if len(self.lag_ms) > 1000:
             del self.lag_ms[:-1000]
         self.received += applied
+        self.through = self._read_through
         return applied
+
+
+def _name(entry_id: bytes | str) -> str:
+    return entry_id.decode() if isinstance(entry_id, bytes) else entry_id

@@ -16,6 +16,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from intently.context.facts import Facts
 from intently.context.profile import Profile, ProfileRules
@@ -169,6 +170,51 @@ class LearnFromViews:
                     continue
                 counts = by_context[key] = {}
             counts[item] = counts.get(item, 0) + 1
+
+    # -- snapshots (learn/snapshot.py) -------------------------------------------------------
+
+    def learned(self) -> dict[str, Any]:
+        """Everything learned, as plain values: the models and each device's path (least
+        recently active first, as they are forgotten)."""
+        return {
+            "knn": self.knn.learned(),
+            "sequential": self.sequential.learned(),
+            "viewed_together": self.viewed_together.learned(),
+            "bought_together": self.bought_together.learned(),
+            "trending": self.trending.learned(),
+            "popularity": dict(self.popularity),
+            "by_context": self.by_context,
+            "paths": [[device, p.number, p.last_ms, p.views] for device, p in self._paths.items()],
+        }
+
+    def restore(self, learned: dict[str, Any]) -> None:
+        """Take what `learned()` gave in place of what was learned here (all or nothing:
+        raises ValueError, changing nothing, if any part is not what it should be)."""
+        knn = SessionKNN(self.knn.k, self.knn.sample, self.knn.idf_weight, self.knn.max_sessions)
+        sequential = SequentialRules(self.sequential.steps, self.sequential.max_rules)
+        viewed = CoOccurrence(self.viewed_together.max_neighbours, self.viewed_together.window)
+        bought = CoOccurrence(self.bought_together.max_neighbours, self.bought_together.window)
+        trending = Trending(self.trending.half_life_ms)
+        try:
+            knn.restore(learned["knn"])
+            sequential.restore(learned["sequential"])
+            viewed.restore(learned["viewed_together"])
+            bought.restore(learned["bought_together"])
+            trending.restore(learned["trending"])
+            popularity = Counter({str(k): int(v) for k, v in learned["popularity"].items()})
+            by_context = {
+                str(key): {str(item): int(n) for item, n in counts.items()}
+                for key, counts in learned["by_context"].items()
+            }
+            paths = OrderedDict(
+                (str(device), _Path(int(number), int(last_ms), [str(v) for v in views]))
+                for device, number, last_ms, views in learned["paths"]
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ValueError(f"not what recommenders learned: {error!r}") from None
+        self.knn, self.sequential = knn, sequential
+        self.viewed_together, self.bought_together, self.trending = viewed, bought, trending
+        self.popularity, self.by_context, self._paths = popularity, by_context, paths
 
     def forget(self, anonymous_ids: Iterable[str], user_ids: Iterable[str]) -> None:
         """Erase a person: their devices' paths, and their sessions from the kNN (which

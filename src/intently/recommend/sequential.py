@@ -40,8 +40,25 @@ class SequentialRules:
                 weakest = min((t for t in targets if t != item), key=targets.__getitem__)
                 del targets[weakest]
 
+    def learned(self) -> dict[str, dict[str, float]]:
+        return self.rules
+
+    def restore(self, rules: dict[str, dict[str, float]]) -> None:
+        self.rules = checked_pairs(rules, "sequential rules")
+
     def scores(self, current: Sequence[str]) -> dict[str, float]:
         """The rules from the session's last view (none for an empty session)."""
         if not current:
             return {}
         return self.rules.get(current[-1], {})
+
+
+def checked_pairs(pairs: object, what: str) -> dict[str, dict[str, float]]:
+    """A snapshot's {item: {other item: weight}}, checked."""
+    if not isinstance(pairs, dict) or not all(
+        isinstance(item, str) and isinstance(others, dict)
+        and all(isinstance(o, str) and isinstance(w, (int, float)) for o, w in others.items())
+        for item, others in pairs.items()
+    ):  # fmt: skip
+        raise ValueError(f"not {what}: they map items to {{item: weight}}")
+    return {item: {o: float(w) for o, w in others.items()} for item, others in pairs.items()}

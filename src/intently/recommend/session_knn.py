@@ -31,6 +31,7 @@ from array import array
 from collections.abc import Hashable, Sequence
 from collections.abc import Set as AbstractSet
 from itertools import chain
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -148,6 +149,57 @@ class SessionKNN:
         """Drop the forgotten sessions from an item's list (it keeps its order)."""
         oldest = self._oldest_live()
         sessions[:] = array("q", (n for n in sessions if n >= oldest))
+
+    # -- snapshots (learn/snapshot.py) -------------------------------------------------------
+
+    def learned(self) -> dict[str, Any]:
+        """The whole index as plain values (session keys: strings, numbers or tuples of
+        them; a tuple comes back from msgpack as a list, and is made a tuple again)."""
+        return {
+            "items": self.items,
+            "item_sessions": [sessions.tobytes() for sessions in self._item_sessions],
+            "session_items": self._session_items,
+            "session_last": self._session_last.tobytes(),
+            "session_key": self._session_key,
+            "sessions_seen": self.sessions_seen,
+        }
+
+    def restore(self, learned: dict[str, Any]) -> None:
+        """Take the index `learned()` gave (of a kNN with the same `max_sessions`);
+        raises ValueError if it is not one."""
+        try:
+            items = [str(item) for item in learned["items"]]
+            item_sessions = [array("q", bytes(raw)) for raw in learned["item_sessions"]]
+            session_items = [[int(i) for i in held] for held in learned["session_items"]]
+            session_last = array("d", bytes(learned["session_last"]))
+            keys: list[Hashable] = [
+                tuple(key) if isinstance(key, list) else key for key in learned["session_key"]
+            ]
+            seen = int(learned["sessions_seen"])
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            raise ValueError(f"not a session kNN's index: {error!r}") from None
+        slots = min(seen, self.max_sessions)
+        if not (len(item_sessions) == len(items) and len(session_items) == len(session_last)
+                == len(keys) == slots):  # fmt: skip
+            raise ValueError("a session kNN's index whose parts do not fit together")
+        if any(i < 0 or i >= len(items) for held in session_items for i in held):
+            raise ValueError("a session kNN's index naming items it does not have")
+        holders = array("q", bytes(8 * len(items)))
+        for held in session_items:
+            for i in held:
+                holders[i] += 1
+        self.items, self._item_sessions = items, item_sessions
+        self._item_index = {item: i for i, item in enumerate(items)}
+        self._holders, self._session_items = holders, session_items
+        self._session_last, self._session_key = session_last, keys
+        self.sessions_seen = seen
+        # A slot's number is the latest one that maps to it below `seen`.
+        oldest = seen - slots
+        self._session_number = {
+            key: oldest + (slot - oldest) % self.max_sessions
+            for slot, key in enumerate(keys) if key is not None
+        }  # fmt: skip
+        self._logs = [0.0] + [math.log(n) for n in range(1, max(holders, default=0) + 1)]
 
     # -- recommending ----------------------------------------------------------------------
 

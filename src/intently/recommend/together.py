@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
+from typing import Any
+
+from intently.recommend.sequential import checked_pairs
 
 _MAX_EXPONENT = 600.0
 
@@ -54,6 +57,12 @@ class CoOccurrence:
             weakest = min((p for p in partners if p != partner), key=partners.__getitem__)
             del partners[weakest]
 
+    def learned(self) -> dict[str, dict[str, float]]:
+        return self.pairs
+
+    def restore(self, pairs: dict[str, dict[str, float]]) -> None:
+        self.pairs = checked_pairs(pairs, "co-occurrence counts")
+
     def scores(self, current: Sequence[str], count: int) -> list[tuple[str, float]]:
         """Items that go with those of `current` (summed over them), best first, ties by
         name; items of `current` themselves are left out."""
@@ -83,6 +92,16 @@ class Trending:
             self.raw = {key: value * factor for key, value in self.raw.items()}
             self.base_ms, exponent = at_ms, 0.0
         self.raw[item] = self.raw.get(item, 0.0) + 2.0**exponent
+
+    def learned(self) -> dict[str, Any]:
+        return {"base_ms": self.base_ms, "raw": self.raw}
+
+    def restore(self, learned: dict[str, Any]) -> None:
+        base, raw = learned.get("base_ms"), learned.get("raw")
+        if not (base is None or isinstance(base, (int, float))) or not isinstance(raw, dict):
+            raise ValueError("not trending counts: {base_ms, raw: {item: count}}")
+        self.base_ms = None if base is None else float(base)
+        self.raw = {str(item): float(count) for item, count in raw.items()}
 
     def score(self, item: str, now_ms: float) -> float:
         """The item's decayed count at `now_ms` (1.0 per view made at `now_ms`)."""

@@ -4,7 +4,8 @@ every other worker erases the same person from its own files at its next tick.
 
 A worker records, in Redis, the last announcement it has carried out; one that was down
 carries out what it missed when it starts again. Its own announcements it skips (it did
-the work before announcing).
+the work before announcing). An announcement also deletes the snapshot of what the
+workers learned (learn/snapshot.py), which may name the person.
 """
 
 from __future__ import annotations
@@ -35,9 +36,25 @@ class ErasureBroadcast:
         self.worker = worker
         self.key = f"{prefix}erasures"
         self._progress_key = f"{prefix}worker:{{{worker}}}"
+        self._snapshot_key = f"{prefix}learning:snapshot"
 
     def announce(self, erasure: Erasure) -> None:
-        self.client.xadd(self.key, {"worker": self.worker, "erasure": _encode(erasure)})
+        with self.client.pipeline(transaction=True) as both:
+            both.xadd(self.key, {"worker": self.worker, "erasure": _encode(erasure)})
+            both.delete(self._snapshot_key)
+            both.execute()
+
+    def carried_out_through(self) -> str | None:
+        """The last announcement this worker carried out (None: none yet)."""
+        done = self.client.hget(self._progress_key, "erased_up_to")
+        return done.decode() if isinstance(done, bytes) else None
+
+    def since(self, entry_id: str | None, limit: int = 1000) -> list[tuple[str, Erasure]]:
+        """Every announcement after `entry_id` (all for None), this worker's own too, in
+        order, at most `limit`."""
+        start = "-" if entry_id is None else "(" + entry_id
+        entries: Any = self.client.xrange(self.key, min=start, count=limit)
+        return [(_name(entry_id), _decode(fields[b"erasure"])) for entry_id, fields in entries]
 
     def pending(self, limit: int = 100) -> list[tuple[str, Erasure | None]]:
         """Announcements not yet carried out by this worker, in order; None for this
@@ -47,10 +64,14 @@ class ErasureBroadcast:
         found: list[tuple[str, Erasure | None]] = []
         entries: Any = self.client.xrange(self.key, min=start, count=limit)
         for entry_id, fields in entries:
-            name = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+            name = _name(entry_id)
             mine = fields[b"worker"] == self.worker.encode()
             found.append((name, None if mine else _decode(fields[b"erasure"])))
         return found
 
     def done(self, entry_id: str) -> None:
         self.client.hset(self._progress_key, "erased_up_to", entry_id)
+
+
+def _name(entry_id: bytes | str) -> str:
+    return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
