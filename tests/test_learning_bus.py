@@ -306,4 +306,5 @@ def test_a_backlog_goes_out_in_parts_and_what_failed_is_sent_first_next_time(
     assert a.bus.client.xlen(a.bus.key) == received + 1
     entry = a.bus.client.xrevrange(a.bus.key, count=1)[0][1]
     batch = msgspec.msgpack.decode(entry[b"batch"], type=Batch)
-    assert batch.first == len(views) and len(batch.messages) == 2
+    assert batch.first == len(views)
+    assert len(batch.messages) == 2
