@@ -80,7 +80,6 @@ from intently.events.geo import GeoLocator
 from intently.events.record import EventRecord, stamp
 from intently.events.referrer import ReferrerClassifier
 from intently.events.validate import decode_event
-from intently.learn.bus import STREAM_LENGTH as BUS_LENGTH
 from intently.stores.connect import connect_redis
 from intently.stores.embedded import EmbeddedStore
 from intently.stores.protocol import Changes
@@ -1105,7 +1104,8 @@ def report_spike(s: dict[str, Any], d: dict[str, Any] | None, args: Any) -> None
 def report_shared_keys(keys: dict[str, dict[str, Any]]) -> None:
     print("what the Redis workers left in Redis (MEMORY USAGE):")
     for kind, x in sorted(keys.items(), key=lambda pair: -pair[1]["bytes"]):
-        cap = {"events": STREAM_LENGTH, "learning": BUS_LENGTH}.get(kind)
+        # (the learning stream is kept by age, 60 s, not by length)
+        cap = {"events": STREAM_LENGTH}.get(kind)
         line = f"  {kind:<20}{x['keys']:>6} keys {x['bytes'] / MB:>8.1f} MB"
         if x.get("entries"):
             line += f"; {x['entries']} entries, {x['bytes'] / x['entries']:.0f} B each"

@@ -44,9 +44,9 @@ log = logging.getLogger(__name__)
 INTERVAL_SECONDS = 0.02
 # Entries are kept this long (then trimmed, approximately), a batch each (1-5 KB): past
 # the other workers' next read (20 ms), they are what a worker starting from a snapshot
-# (taken every 10 s) reads. A minute of two busy workers is about 6,000 entries
+# (taken every 30 s) reads. Two minutes of two busy workers are about 12,000 entries
 # (measured in bench/cluster.py: 100,000 entries held 0.32-0.47 GB of Redis).
-STREAM_SECONDS = 60
+STREAM_SECONDS = 120
 # Messages kept while Redis is away; past this the oldest are dropped (and counted).
 MAX_OUTBOX = 100_000
 # Messages per stream entry: after an outage the outbox goes out in parts, each small
