@@ -35,10 +35,10 @@ class Workers:
         self.clock = ManualClock(START)
         self.started: list[Engine] = []
 
-    def start(self, name: str) -> Engine:
+    def start(self, name: str, **overrides: Any) -> Engine:
         settings = make_settings(self.root / name, state_store=REDIS_URL,
                                  redis_prefix=self.prefix, worker_id=name,
-                                 holdout_share=0.0)  # fmt: skip
+                                 holdout_share=0.0, **overrides)  # fmt: skip
         engine = Engine(settings, clock=self.clock)
         self.started.append(engine)
         return engine
@@ -232,10 +232,10 @@ async def test_a_snapshot_past_the_stream_or_unreadable_is_not_used(workers: Wor
 async def test_the_app_writes_one_snapshot_per_turn(
     workers: Workers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    a, b = workers.start("a"), workers.start("b")
+    often = {"learning_snapshot_seconds": 0.2}
+    a, b = workers.start("a", **often), workers.start("b", **often)
     await view(a, "d1", "p1")
     workers.pump_all()
-    monkeypatch.setattr(app_module, "SNAPSHOT_SECONDS", 0.2)
     assert a.snapshots is not None
     writes: list[str] = []
     for engine in (a, b):

@@ -180,12 +180,13 @@ def test_a_worker_past_its_lease_cannot_overwrite_a_newer_state(prefix: str) -> 
 # -- a real cluster: two `intently serve` processes on one Redis ----------------------------
 
 
-def serve(data_dir: Path, port: int, prefix: str) -> subprocess.Popen[str]:
+def serve(data_dir: Path, port: int, prefix: str, **settings: str) -> subprocess.Popen[str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("INTENTLY_")}
     environment.update(
         INTENTLY_STORE=REDIS_URL, INTENTLY_REDIS_PREFIX=prefix, INTENTLY_WRITE_KEY=WRITE_KEY,
         INTENTLY_SECRET_KEY=SECRET_KEY, INTENTLY_GEOIP_DB="off",
     )  # fmt: skip
+    environment.update({f"INTENTLY_{name.upper()}": value for name, value in settings.items()})
     return subprocess.Popen(
         [sys.executable, "-m", "intently", "serve", "--port", str(port), "--data-dir",
          str(data_dir), "--log-level", "warning"],
@@ -256,6 +257,75 @@ def test_an_event_acknowledged_by_one_worker_is_read_by_the_other_at_once(
                 process.communicate(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def stop(processes: list[subprocess.Popen[str]]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.mark.slow
+def test_a_worker_started_later_decides_with_what_the_running_one_learned(
+    tmp_path: Path, prefix: str
+) -> None:
+    # Snapshots every 0.5 s, and windows of 1.2 s, so zeros are learned within the test.
+    fast = {"learning_snapshot_seconds": "0.5", "attribution_window_minutes": "0.02",
+            "holdout_share": "0"}  # fmt: skip
+    banners = {"offers": [{"id": f"hero-{n}", "kind": "banner"} for n in range(3)]}
+    placement = {"kind": "offers", "offer_kinds": ["banner"], "count": 1,
+                 "policy": {"name": "epsilon-greedy", "epsilon": 0.1}}  # fmt: skip
+
+    def define(port: int) -> None:
+        call(port, "/v1/catalog/offers", banners, key=SECRET_KEY)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/placements/hero", method="PUT",
+            data=json.dumps(placement).encode(),
+            headers={"Authorization": f"Bearer {SECRET_KEY}", "Content-Type": "application/json"},
+        )  # fmt: skip
+        urllib.request.urlopen(request, timeout=10).read()
+
+    def decide(port: int, visitor: str) -> tuple[str, float]:
+        ask = {"anonymousId": visitor, "placements": [{"id": "hero"}]}
+        decision = call(port, "/v1/decide", ask)["decisions"][0]  # type: ignore[index]
+        return decision["items"][0]["id"], decision["items"][0]["propensity"]  # type: ignore[no-any-return]
+
+    # Best: 0.9 + 0.1 / 3; any other: 0.1 / 3; all untried (nothing learned): 1 / 3 each.
+    best, other = 0.9 + 0.1 / 3, 0.1 / 3
+    processes: list[subprocess.Popen[str]] = []
+    try:
+        a = free_port()
+        processes.append(serve(tmp_path / "a", a, prefix, **fast))
+        wait_ready(a, processes[0])
+        define(a)
+        for n in range(30):  # hero-1 is clicked whenever shown, the others never
+            ask = {"anonymousId": f"t{n}", "placements": [{"id": "hero"}]}
+            decision = call(a, "/v1/decide", ask)["decisions"][0]  # type: ignore[index]
+            shown = decision["items"][0]["id"]
+            if shown == "hero-1":
+                properties = {"promotion_id": shown, "decision_id": decision["decision_id"]}
+                click = {"type": "track", "event": "Promotion Clicked",
+                         "anonymousId": f"t{n}", "properties": properties}  # fmt: skip
+                call(a, "/v1/events", click)
+        time.sleep(2.5)  # the windows close (zeros learned), snapshots are written
+        learned = [decide(a, f"x{n}") for n in range(30)]
+        for item, propensity in learned:
+            assert propensity == pytest.approx(best if item == "hero-1" else other), item
+
+        b = free_port()
+        processes.append(serve(tmp_path / "b", b, prefix, **fast))
+        wait_ready(b, processes[1])
+        define(b)
+        started_later = [decide(b, f"y{n}") for n in range(30)]
+        for item, propensity in started_later:
+            assert propensity == pytest.approx(best if item == "hero-1" else other), item
+        assert any(item == "hero-1" for item, _ in started_later)
+    finally:
+        stop(processes)
 
 
 def stream_position(entry: StreamEntry) -> tuple[int, int]:

@@ -61,6 +61,12 @@ class Settings(Struct, kw_only=True):
     # Entries kept (approximately) in the Redis event stream for consumers downstream:
     # each holds an event as JSON (about 1 KB), so this bounds the stream's memory.
     stream_length: int = 100_000
+    # Workers sharing Redis: how often one of them writes a snapshot of what they learned
+    # for the workers that start later (learn/snapshot.py). At most 60: the learning
+    # stream, which a worker starting reads from the snapshot on, keeps 120 s. The event
+    # loop of the worker whose turn it is pauses while it captures and encodes it
+    # (bench/snapshot.py: 44 ms at 84,000 views learned, 167 ms at 335,000).
+    learning_snapshot_seconds: float = 30.0
     # This worker's name in a shared store (which worker's log a position belongs to):
     # by default the host name and the data dir, unique per worker.
     worker_id: str | None = None
@@ -123,6 +129,9 @@ class Settings(Struct, kw_only=True):
             raise ValueError("session_timeout_minutes and anonymous_retention_days must be > 0")
         if not 0.0 <= self.holdout_share < 1.0:
             raise ValueError(f"holdout_share must be in [0, 1), not {self.holdout_share}")
+        if not 0 < self.learning_snapshot_seconds <= 60:
+            every = self.learning_snapshot_seconds
+            raise ValueError(f"learning_snapshot_seconds must be in (0, 60], not {every}")
         unknown = set(self.default_consent) - {"analytics", "personalization", "marketing"}
         if unknown:
             raise ValueError(
@@ -202,6 +211,7 @@ _ENV_FIELDS = {
     "WORKER_ID": "worker_id",
     "DATABASE": "database",
     "STREAM_LENGTH": "stream_length",
+    "LEARNING_SNAPSHOT_SECONDS": "learning_snapshot_seconds",
     "SHED_AT_IN_FLIGHT": "shed_at_in_flight",
     "REFUSE_AT_IN_FLIGHT": "refuse_at_in_flight",
     "STATE_FLUSH_SECONDS": "state_flush_seconds",

@@ -50,7 +50,6 @@ from intently.api.segments import delete_segment, get_segment, list_segments, pu
 from intently.api.shedding import SheddingMiddleware
 from intently.engine import Engine
 from intently.experiments.tracking import ExperimentsUnavailable
-from intently.learn.snapshot import SNAPSHOT_SECONDS
 from intently.stores.protocol import StoreUnavailable
 from intently.web import web_routes
 
@@ -224,17 +223,18 @@ async def _share_learning(engine: Engine) -> None:
 
 
 async def _snapshot_learning(engine: Engine) -> None:
-    """Every `SNAPSHOT_SECONDS`, the worker whose turn it is writes what it learned to
-    Redis for the workers that start later (learn/snapshot.py): Redis's part off the
-    loop, the encoding on it (where policies change)."""
+    """Every `learning_snapshot_seconds` (30 by default), the worker whose turn it is
+    writes what it learned to Redis for the workers that start later (learn/snapshot.py):
+    Redis's part off the loop, the encoding on it (where policies change)."""
     snapshots, erasures, bus = engine.snapshots, engine.erasures, engine.bus
     assert snapshots is not None
     assert erasures is not None
     assert bus is not None
+    every = engine.settings.learning_snapshot_seconds
     while True:
-        await asyncio.sleep(SNAPSHOT_SECONDS * (0.5 + random.random()))
+        await asyncio.sleep(every * (0.5 + random.random()))
         try:
-            if not await asyncio.to_thread(snapshots.take_turn, SNAPSHOT_SECONDS, bus.identity):
+            if not await asyncio.to_thread(snapshots.take_turn, every, bus.identity):
                 continue
             # Read before the state is: every erasure up to it is carried out in the state.
             erased = await asyncio.to_thread(erasures.carried_out_through)

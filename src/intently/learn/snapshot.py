@@ -4,8 +4,8 @@ Every worker keeps the policies' parameters and the recommenders' statistics in 
 where decisions read them in microseconds, and every worker learns every reward and view
 of every worker through the learning stream (learn/bus.py): its copy is at most a pump
 or two behind (20-40 ms; the bound tested is 100 ms). What a worker starting later lacks
-is the past. So, every `SNAPSHOT_SECONDS`, one worker (whoever takes the turn) writes
-what it has learned to Redis, with the point of the stream it reflects:
+is the past. So, every 30 s (`learning_snapshot_seconds`), one worker (whoever takes the
+turn) writes what it has learned to Redis, with the point of the stream it reflects:
 
 - `through`: the last stream entry it had applied; everything after it is still to do;
 - `maker` and `own_sent`: the maker applies its own messages when it publishes them,
@@ -39,10 +39,6 @@ from intently.learn.bus import Decided
 log = logging.getLogger(__name__)
 
 FORMAT = 1
-# The event loop of the worker whose turn it is pauses while it captures and encodes the
-# snapshot (bench/snapshot.py: 44 ms at 84,000 views learned, 167 ms at 335,000): so
-# rarely, yet well before what the learning stream keeps (`STREAM_SECONDS`: four) runs out.
-SNAPSHOT_SECONDS = 30.0
 
 
 class LearnedPolicy(msgspec.Struct, array_like=True):
