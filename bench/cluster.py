@@ -82,6 +82,7 @@ from intently.events.referrer import ReferrerClassifier
 from intently.events.validate import decode_event
 from intently.stores.connect import connect_redis
 from intently.stores.embedded import EmbeddedStore
+from intently.stores.layout import shared_key
 from intently.stores.protocol import Changes
 from intently.stores.redisstate import RedisStore
 
@@ -648,8 +649,10 @@ def shared_keys(client: redis.Redis, prefix: str) -> dict[str, Any]:
     their length) and the indexes."""
     found: dict[str, Any] = {}
     for kind, row in memory_by_kind(client, prefix).items():
-        if kind in ("events", "learning", "erasures"):
-            row["entries"] = client.xlen(f"{prefix}{kind}")
+        if kind in ("events", "erasures"):
+            row["entries"] = client.xlen(shared_key(prefix, kind))
+        elif kind == "learning":
+            row["entries"] = client.xlen(f"{prefix}learning")
         found[kind] = row
     return found
 
@@ -1152,7 +1155,8 @@ def report_memory(m: dict[str, Any]) -> None:
         f"{pp['sample_fast_path_memory_usage_bytes']:.0f} B written from the in-process state"
     )
     print(
-        f"not per profile: the event stream (<prefix>events, about {STREAM_LENGTH:,} entries "
+        "not per profile: the event stream (<prefix>{shared}:events, "
+        f"about {STREAM_LENGTH:,} entries "
         f"kept): {m['stream_entry_bytes']:.0f} B per entry of these events, "
         f"{m['stream_at_cap_gb']:.2f} GB when full"
     )

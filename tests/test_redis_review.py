@@ -35,6 +35,7 @@ from intently.context.settings import ContextSettings
 from intently.log.eventlog import EventLog, LogRow
 from intently.stores.connect import open_state_store
 from intently.stores.embedded import EmbeddedStore
+from intently.stores.layout import shared_key
 from intently.stores.protocol import Changes, StoreUnavailable
 from intently.stores.redisstate import RedisStore, is_unavailable
 from services import REDIS_URL, PrivateRedis, redis_namespace
@@ -98,7 +99,7 @@ def assert_kept_for_later(status: int, body: dict[str, Any]) -> None:
 
 def stream_seqs(client: redis.Redis, prefix: str = "intently:") -> list[int]:
     """The log positions the event stream holds, in stream order."""
-    entries: Any = client.xrange(f"{prefix}events")
+    entries: Any = client.xrange(shared_key(prefix, "events"))
     return [int(fields[b"seq"]) for _, fields in entries]
 
 

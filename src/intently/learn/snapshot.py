@@ -35,6 +35,7 @@ import msgspec
 import redis
 
 from intently.learn.bus import Decided
+from intently.stores.layout import shared_key
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +110,9 @@ class SnapshotStore:
 
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.client = client
-        self.key = f"{prefix}learning:snapshot"
+        self.key = shared_key(prefix, "learning-snapshot")
         self.turn_key = f"{prefix}learning:snapshot-turn"
-        self.erasures_key = f"{prefix}erasures"
+        self.erasures_key = shared_key(prefix, "erasures")
         self._write = client.register_script(_WRITE)
 
     def take_turn(self, seconds: float, worker: str) -> bool:

@@ -15,6 +15,8 @@ from typing import Any
 import msgspec
 import redis
 
+from intently.stores.layout import shared_key
+
 
 class Erasure(msgspec.Struct, frozen=True):
     """Who to erase, by every id the local files know them by."""
@@ -34,9 +36,9 @@ class ErasureBroadcast:
     def __init__(self, client: redis.Redis, prefix: str, worker: str) -> None:
         self.client = client
         self.worker = worker
-        self.key = f"{prefix}erasures"
+        self.key = shared_key(prefix, "erasures")
         self._progress_key = f"{prefix}worker:{{{worker}}}"
-        self._snapshot_key = f"{prefix}learning:snapshot"
+        self._snapshot_key = shared_key(prefix, "learning-snapshot")
 
     def announce(self, erasure: Erasure) -> None:
         with self.client.pipeline(transaction=True) as both:

@@ -21,11 +21,11 @@ A Redis that answers but refuses (full, a replica, loading, busy, ...) is handle
 that cannot be reached (`StoreUnavailable`): the event waits in the log, never skipped.
 
 Keys are laid out for Redis Cluster: every key of one profile (body, segment history,
-lease) carries the profile id as its hash tag, and every key of one identity (link,
-lease) carries the identity key. The commit script spans several slots when an event
-touches several profiles, so it needs one primary (a single node, or Sentinel); on a
-Cluster those scripts would have to be split by slot (not done: see
-docs/operations.md).
+lease) carries the profile id as its hash tag, every key of one identity (link, lease)
+the identity key, a worker's position its worker id, and the keys every worker shares
+(activity indexes, the profile count, the event and erasure streams) the tag `shared`
+(`shared_key`), so that each script reads and writes keys of one slot where a Cluster
+asks it to.
 
 Reads outside a lease (a decide) are plain GETs: they see either all or none of an
 event's changes, since a script is atomic.
@@ -49,6 +49,7 @@ import redis
 
 from intently.context.profile import Profile, SegmentChange
 from intently.stores.codec import decode_change, decode_profile, encode_change, encode_profile
+from intently.stores.layout import shared_key
 from intently.stores.protocol import Changes, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -283,15 +284,15 @@ class RedisStore:
         # Applied events are published to a stream (about this many kept; 0: none) for
         # consumers downstream (stores/stream.py).
         self.stream_length = stream_length
-        self.stream_key = f"{prefix}events"
+        self.stream_key = shared_key(prefix, "events")
         self.before_write: list[Callable[[], None]] = []
         self._lease = client.register_script(_LEASE)
         self._commit = client.register_script(_COMMIT)
         self._release = client.register_script(_RELEASE)
         self._worker_key = f"{prefix}worker:{{{worker}}}"
-        self._count_key = f"{prefix}profile-count"
-        self._live_key = f"{prefix}live-sessions"
-        self._anonymous_key = f"{prefix}anonymous-profiles"
+        self._count_key = shared_key(prefix, "profile-count")
+        self._live_key = shared_key(prefix, "live-sessions")
+        self._anonymous_key = shared_key(prefix, "anonymous-profiles")
         # While inside `exclusive`: the lease token, the leases held, and what was read
         # under them (a profile read twice is the same object, as the caller changes it).
         self._token: str | None = None

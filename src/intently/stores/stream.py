@@ -24,6 +24,8 @@ from typing import Any
 import msgspec
 import redis
 
+from intently.stores.layout import shared_key
+
 
 class StreamEntry(msgspec.Struct, frozen=True):
     id: str
@@ -38,7 +40,7 @@ _decode_event = msgspec.json.Decoder(dict[str, Any]).decode
 class EventStream:
     def __init__(self, client: redis.Redis, prefix: str = "intently:") -> None:
         self.client = client
-        self.key = f"{prefix}events"
+        self.key = shared_key(prefix, "events")
 
     def join(self, group: str, start: str = "0") -> None:
         """Create the consumer group (from the stream's start, or "$" for new entries
