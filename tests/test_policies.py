@@ -8,7 +8,9 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -19,6 +21,7 @@ from intently.act.features import FeatureHasher, contributions
 from intently.act.policies import (
     BetaThompson,
     EpsilonGreedy,
+    Floats,
     LinThompson,
     LinUCB,
     Policy,
@@ -343,3 +346,194 @@ def test_feature_contributions_add_up_to_the_linear_score() -> None:
     assert [value for _, value in shares] == sorted((v for _, v in shares), reverse=True)
     total = theta[0] + sum(value for _, value in shares)
     assert total == pytest.approx(float(theta @ FeatureHasher(DIMENSIONS).vector(features)))
+
+
+# -- snapshots: learned() and restore() ------------------------------------------------------
+
+SAMPLING = ["beta-thompson", "lin-thompson"]  # draw from their own seeded generator
+MORE_ACTIONS = [*ACTIONS, *(f"later-{i}" for i in range(5))]  # 11: the linear arrays grow
+ASKED = [ACTIONS, ["offer-4", "offer-2", "offer-0"], [*ACTIONS[::-1], "never-rewarded"]]
+
+
+def train(policy: Policy, seed: int, rounds: int, actions: list[str] = ACTIONS) -> None:
+    """`rounds` updates (only updates: the sampling policies draw nothing): each action
+    once in the order given, then random ones, in noisy contexts, with rewards in [0, 1]
+    that favour what `click_rate` favours."""
+    rng = random.Random(seed)
+    for round_ in range(rounds):
+        action = actions[round_] if round_ < len(actions) else rng.choice(actions)
+        index = rng.randrange(4)
+        x = CONTEXTS[index] + np.array([rng.gauss(0.0, 0.1) for _ in range(DIMENSIONS)])
+        clicked = rng.random() < 4 * click_rate(action, index)
+        policy.update(action, 1.0 if clicked else rng.choice([0.0, 0.0, 0.25]), x)
+
+
+def asked(policy: Policy) -> list[list[float]]:
+    """The policy's distributions over a few action lists in a few contexts (the same
+    calls in the same order: a sampling policy's generator moves on alike)."""
+    noisy = CONTEXTS[2] + np.linspace(-0.3, 0.3, DIMENSIONS)
+    return [
+        policy.distribution(actions, context).tolist()
+        for context in [*CONTEXTS, noisy, None]
+        for actions in ASKED
+    ]
+
+
+def through_msgpack(learned: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot as another worker reads it: encoded, then decoded."""
+    decoded = msgspec.msgpack.decode(msgspec.msgpack.encode(learned))
+    assert isinstance(decoded, dict)
+    return decoded
+
+
+@pytest.mark.parametrize(
+    "into", ["a new policy", "one that learned more", "one that learned alike"]
+)
+def test_a_restored_policy_decides_and_learns_as_the_one_it_was_taken_from(
+    name: str, into: str
+) -> None:
+    original = POLICIES[name](5)
+    train(original, 1, 300)
+    restored = POLICIES[name](5)
+    if into != "a new policy":
+        # The restore takes the place of all it learned: of more actions (a linear one's
+        # arrays grew past the snapshot's), or of the same ones first seen in another
+        # order (a linear one's slots differ, their number does not). A policy that draws
+        # nothing is asked first, as the restored one will be: a linear one remembers
+        # which of the actions last asked have models.
+        others = [f"other-{i}" for i in range(12)] if into == "one that learned more" else []
+        train(restored, 2, 200, [*ACTIONS[::-1], *others])
+        if name not in SAMPLING:
+            restored.distribution(ASKED[0], CONTEXTS[0])
+    restored.restore(through_msgpack(original.learned()))
+    assert through_msgpack(restored.learned()) == through_msgpack(original.learned())
+    expected = asked(original)
+    assert asked(restored) == expected
+    if name in LEARNING:  # what it learned shows: not what a new one would do
+        assert asked(POLICIES[name](5)) != expected
+    # Both learn the same from here (new actions too), incremental and restored alike.
+    train(original, 3, 150, MORE_ACTIONS)
+    train(restored, 3, 150, MORE_ACTIONS)
+    assert asked(restored) == asked(original)
+    assert through_msgpack(restored.learned()) == through_msgpack(original.learned())
+    # And a second snapshot, of the restored one, restores as well.
+    again = POLICIES[name](5)
+    again.restore(through_msgpack(restored.learned()))
+    assert through_msgpack(again.learned()) == through_msgpack(original.learned())
+
+
+Breakage = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _with(key: str, value: Any) -> Breakage:
+    return lambda learned: {**learned, key: value}
+
+
+def _without(key: str) -> Breakage:
+    return lambda learned: {k: v for k, v in learned.items() if k != key}
+
+
+def _count(key: str, value: Any) -> Breakage:
+    """One action's count in `key` replaced (another's added) by `value`."""
+    return lambda learned: {**learned, key: {**learned[key], "offer-1": value}}
+
+
+def _array(key: str, change: Callable[[Floats], None]) -> Breakage:
+    def broken(learned: dict[str, Any]) -> dict[str, Any]:
+        values = np.frombuffer(learned[key], "<f8").copy()
+        change(values)
+        return {**learned, key: values.tobytes()}
+
+    return broken
+
+
+def _set_at(index: int, value: float) -> Callable[[Floats], None]:
+    def change(values: Floats) -> None:
+        values[index] = value
+
+    return change
+
+
+def _learned_in_8_dimensions(learned: dict[str, Any]) -> dict[str, Any]:
+    """A whole, consistent snapshot of a policy of another definition (8 features)."""
+    other = LinUCB(dimensions=8)
+    for i, action in enumerate(ACTIONS):
+        other.update(action, float(i % 2), np.eye(8)[i % 8] + 0.5)
+    return other.learned()
+
+
+def _arrays_of_8_dimensions(learned: dict[str, Any]) -> dict[str, Any]:
+    """The arrays of 8 features under this policy's number of dimensions."""
+    return {**_learned_in_8_dimensions(learned), "dimensions": DIMENSIONS}
+
+
+COUNTS = {"epsilon-greedy": ("pulls", "total"), "beta-thompson": ("successes", "failures")}
+COUNTING_BREAKAGES: dict[str, Callable[[str], Breakage]] = {
+    "a NaN count": lambda key: _count(key, float("nan")),
+    "an infinite count": lambda key: _count(key, float("inf")),
+    "a count that is a string": lambda key: _count(key, "3"),
+    "a count that is None": lambda key: _count(key, None),
+    "an action that is not a name": lambda key: (
+        lambda learned: {**learned, key: {**learned[key], 7: 1.0}}
+    ),
+    "counts that are a list": lambda key: _with(key, [1.0, 2.0]),
+    "counts missing": _without,
+}
+LINEAR_BREAKAGES: dict[str, Breakage] = {
+    "a snapshot of 8 dimensions": _learned_in_8_dimensions,
+    "arrays of 8 dimensions": _arrays_of_8_dimensions,
+    "dimensions missing": _without("dimensions"),
+    "truncated inverses": lambda learned: {**learned, "inverses": learned["inverses"][:-8]},
+    "truncated thetas": lambda learned: {**learned, "thetas": learned["thetas"][:-3]},
+    "truncated b": lambda learned: {**learned, "b": learned["b"][:-8]},
+    "b missing": _without("b"),
+    "inverses that are not bytes": _with("inverses", [1.0, 0.0]),
+    "one action more than the arrays hold": lambda learned: {
+        **learned,
+        "actions": [*learned["actions"], "extra"],
+    },
+    "an action repeated": lambda learned: {
+        **learned,
+        "actions": [*learned["actions"][:-1], learned["actions"][0]],
+    },
+    "actions that are not a list": _with("actions", "offer-1"),
+    "a NaN in an inverse": _array("inverses", _set_at(5, float("nan"))),
+    "an infinite theta": _array("thetas", _set_at(3, float("inf"))),
+    "a NaN in b": _array("b", _set_at(2, float("nan"))),
+    "an action that is not a name": lambda learned: {
+        **learned,
+        "actions": [*learned["actions"][:-1], ["offer-5"]],
+    },
+}
+BROKEN: dict[tuple[str, str], Breakage] = {
+    **{
+        (name, f"{what} ({key})"): breakage(key)
+        for name, keys in COUNTS.items()
+        for key in keys
+        for what, breakage in COUNTING_BREAKAGES.items()
+    },
+    **{
+        (name, what): breakage for name in CONTEXTUAL for what, breakage in LINEAR_BREAKAGES.items()
+    },
+    ("beta-thompson", "a negative count (failures)"): _count("failures", -3.0),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "breakage"), [pytest.param(*key, id=f"{key[0]} - {key[1]}") for key in BROKEN]
+)
+def test_a_broken_snapshot_is_refused_and_changes_nothing(name: str, breakage: str) -> None:
+    """Every learning policy refuses a snapshot that does not fit (rules-first learns
+    nothing, and takes any), and goes on as it was: deciding and learning as its twin,
+    which was trained the same and never offered the broken snapshot."""
+    policy, twin = POLICIES[name](4), POLICIES[name](4)
+    train(policy, 1, 300)
+    train(twin, 1, 300)
+    broken = through_msgpack(BROKEN[name, breakage](through_msgpack(policy.learned())))
+    with pytest.raises(ValueError):  # noqa: PT011 - each policy words its own
+        policy.restore(broken)
+    assert through_msgpack(policy.learned()) == through_msgpack(twin.learned())
+    assert asked(policy) == asked(twin)
+    train(policy, 3, 100, MORE_ACTIONS)
+    train(twin, 3, 100, MORE_ACTIONS)
+    assert asked(policy) == asked(twin)

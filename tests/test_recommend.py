@@ -7,19 +7,28 @@ from __future__ import annotations
 import json
 import math
 import random
+from array import array
 from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
+from typing import Any
 from unittest.mock import patch
 
+import msgspec
 import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from intently import cli
+from intently.context.facts import Facts, Line
+from intently.context.profile import Profile, ProfileRules
+from intently.context.settings import ContextSettings
 from intently.recommend import evaluate, session_knn
+from intently.recommend.learn import LearnFromViews
 from intently.recommend.sequential import SequentialRules
 from intently.recommend.session_knn import SessionKNN
+from intently.stores.protocol import Changes
 from support import shared_data
 
 Click = tuple[str, str, float]  # session, item, time
@@ -442,3 +451,314 @@ def test_ranking_is_by_vote_then_item_number_without_zeros(
     )[:count]
     ranked = knn.rank(votes, count, allowed, scale=2.0)
     assert ranked == [(f"i{n}", -negated * 2.0) for negated, n in expected]
+
+
+# -- snapshots of what the recommenders learned ------------------------------------------------
+
+RULES = ProfileRules(ContextSettings())
+PERSONAL = RULES.new("p-personal", 0)
+REFUSING = Profile(id="p-refusing", first_ms=0, last_ms=0,
+                   consent={"personalization": (False, 0)})  # fmt: skip
+DEVICES = 40
+START_MS = 1_800_000_000_000
+
+
+def view_stream(seed: int, events: int, start_ms: int = START_MS) -> list[Facts]:
+    """Product views (and a few orders) of `DEVICES` devices, interleaved: a view every
+    77 s on average, so a device's views are 50 min apart on average and most devices
+    have several sessions (the timeout is 30 min). Every eighth device sends a userId
+    only; some views come a little late; popular items are viewed more."""
+    rng = random.Random(seed)
+    at = start_ms
+    stream = []
+    for _ in range(events):
+        at += rng.randint(5_000, 150_000)
+        d = rng.randrange(DEVICES)
+        anonymous_id, user_id = (None, f"user-{d}") if d % 8 == 0 else (f"anon-{d}", None)
+        campaign = rng.choice([None, None, "spring"])
+        source = rng.choice([None, "google", "newsletter"])
+        country = rng.choice([None, "DE", "FR"])
+        at_ms = at - rng.choice([0, 0, 0, 20_000])
+        order = rng.random() < 0.06
+        if order:
+            basket = [
+                Line(f"p{rng.randrange(30)}", 1, 10.0, None) for _ in range(rng.randint(1, 4))
+            ]
+        else:
+            item = Line(f"p{min(rng.randrange(30), rng.randrange(30))}", 1, 10.0, None)
+        stream.append(
+            Facts(
+                kind="Order Completed" if order else "Product Viewed",
+                at_ms=at_ms,
+                anonymous_id=anonymous_id,
+                user_id=user_id,
+                product=None if order else item,
+                order_lines=basket if order else None,
+                campaign=campaign,
+                source=source,
+                device="mobile" if d % 3 else "desktop",
+                country=country,
+            )
+        )
+    return stream
+
+
+def feed(learner: LearnFromViews, stream: list[Facts]) -> None:
+    """The events as the context stage hands them over (device 5 refused personalization:
+    nothing of it is learned)."""
+    for facts in stream:
+        profile = REFUSING if facts.anonymous_id == "anon-5" else PERSONAL
+        learner(profile, facts, Changes(0))
+
+
+LEARNERS = {  # (max_sessions, max_devices): a kNN ring that wraps, and forgotten devices
+    "small": (50, 30),
+    "roomy": (1_000_000, 1_000_000),
+}
+
+
+def new_learner(size: str) -> LearnFromViews:
+    max_sessions, max_devices = LEARNERS[size]
+    knn = SessionKNN(k=40, sample=25, idf_weight=5.0, max_sessions=max_sessions)
+    return LearnFromViews(knn, SequentialRules(), RULES, max_devices=max_devices)
+
+
+def through_msgpack(learned: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot as another worker reads it: encoded, then decoded (tuples become lists)."""
+    decoded = msgspec.msgpack.decode(msgspec.msgpack.encode(learned))
+    assert isinstance(decoded, dict)
+    return decoded
+
+
+def restored_from(learner: LearnFromViews, size: str) -> LearnFromViews:
+    restored = new_learner(size)
+    restored.restore(through_msgpack(learner.learned()))
+    return restored
+
+
+def recommended(learner: LearnFromViews, now_ms: int) -> dict[str, Any]:
+    """All a learner answers: for each device's current session and a few made-up ones,
+    the kNN (also leaving the device's own session out), the sequential rules, viewed and
+    bought together; trending, popularity, the cold-start counts; and the snapshot."""
+    currents: dict[str, list[str]] = {
+        "one": ["p0"], "two": ["p3", "p1"], "long": [f"p{i}" for i in range(9)],
+        "unknown": ["p999", "p2"], "empty": [],
+    }  # fmt: skip
+    sessions: dict[str, Any] = {}
+    excluding_own: dict[str, list[tuple[str, float]]] = {}
+    for d in range(DEVICES):
+        anonymous_id = f"anon-{d}"
+        currents[anonymous_id] = learner.views(anonymous_id)
+        sessions[anonymous_id] = session = learner.session_of(anonymous_id)
+        excluding_own[anonymous_id] = learner.knn.recommend(
+            currents[anonymous_id], 10, exclude_session=session
+        )
+    answers = {
+        name: (
+            current,
+            learner.knn.recommend(current, 10),
+            learner.knn.recommend(current, 5, allowed={"p1", "p4", "p7", "p9"}),
+            learner.sequential.scores(current),
+            learner.viewed_together.scores(current, 10),
+            learner.bought_together.scores(current[-2:], 10),
+        )
+        for name, current in currents.items()
+    }
+    return {
+        "answers": answers,
+        "sessions": sessions,
+        "excluding own session": excluding_own,
+        "trending": learner.trending.top(10, now_ms),
+        "popularity": dict(learner.popularity),
+        "by_context": learner.by_context,
+        "snapshot": through_msgpack(learner.learned()),
+    }
+
+
+@pytest.mark.parametrize("path", ["numpy", "plain Python"])
+@pytest.mark.parametrize("size", list(LEARNERS))
+def test_a_restored_learner_recommends_as_the_original_and_as_one_learned_from_scratch(
+    size: str, path: str
+) -> None:
+    """Snapshot, restore, and both learn on: the restored learner answers exactly as the
+    one it was taken from, and both as a learner that learned every view itself. With the
+    small kNN the ring wraps before the snapshot and again after it (the restored one
+    numbers its sessions as the original did: which slot to reuse, whose key to drop),
+    and devices are forgotten on both sides of it."""
+    first, later = view_stream(1, 500), view_stream(2, 300, START_MS + 500 * 80_000)
+    limit = 0 if path == "numpy" else session_knn._SMALL_ENTRIES
+    with patch.object(session_knn, "_SMALL_ENTRIES", limit):
+        original = new_learner(size)
+        feed(original, first)
+        seen_at_snapshot = original.knn.sessions_seen
+        restored = restored_from(original, size)
+        now_ms = first[-1].at_ms
+        assert recommended(restored, now_ms) == recommended(original, now_ms)
+        feed(original, later)
+        feed(restored, later)
+        from_scratch = new_learner(size)
+        feed(from_scratch, first + later)
+        now_ms = later[-1].at_ms
+        expected = recommended(from_scratch, now_ms)
+        assert recommended(original, now_ms) == expected
+        assert recommended(restored, now_ms) == expected
+    # What was compared holds something to compare.
+    answers, sessions = expected["answers"].values(), expected["sessions"].values()
+    assert sum(1 for answer in answers if answer[1]) >= 25
+    assert sum(1 for answer in answers if answer[5]) >= 20
+    assert sum(1 for session in sessions if session) >= 25
+    assert max(number for _, number in filter(None, sessions)) >= 4
+    assert sum(1 for answer in expected["excluding own session"].values() if answer) >= 20
+    assert "anon-5" not in str(expected["snapshot"])  # (refused: never learned from)
+    if size == "small":
+        assert seen_at_snapshot > 2 * 50
+        assert original.knn.sessions_seen - seen_at_snapshot > 50
+        assert len(original._paths) == 30
+
+
+@pytest.mark.parametrize("size", list(LEARNERS))
+def test_forgetting_a_device_after_a_restore_forgets_it_as_on_the_original(size: str) -> None:
+    """An erasure carried out on a restored learner (as a worker does with those
+    announced after the snapshot) leaves what it leaves on the original: the devices'
+    paths and every kNN session of theirs gone, in both; and both learn alike after."""
+    first, later = view_stream(3, 500), view_stream(4, 200, START_MS + 500 * 80_000)
+    original = new_learner(size)
+    feed(original, first)
+    restored = restored_from(original, size)
+    # The most recently active anonymous device (its sessions are in the kNN, even the
+    # small one's), and a device known by its userId only.
+    anonymous = next(
+        f.anonymous_id for f in reversed(first) if f.anonymous_id not in (None, "anon-5")
+    )
+    assert anonymous is not None
+    known = next(f.user_id for f in reversed(first) if f.user_id is not None)
+    assert known is not None
+    gone = {"a:" + anonymous, "u:" + known}
+
+    def devices(keys: Iterable[Hashable]) -> list[str]:
+        """The devices the kNN's session keys name ((device, number), or None)."""
+        return [key[0] for key in keys if isinstance(key, tuple)]
+
+    for learner in (original, restored):
+        assert set(devices(learner.knn._session_number)) >= gone
+        if size == "roomy":  # several sessions of the device to forget
+            assert devices(learner.knn._session_number).count("a:" + anonymous) >= 3
+        learner.forget([anonymous], [known])
+        assert learner.views(anonymous) == []
+        assert learner.session_of(anonymous) is None
+        assert not gone & set(devices(learner.knn._session_key))
+        assert not gone & set(devices(learner.knn._session_number))
+        assert not any(path in gone for path in learner._paths)
+    now_ms = first[-1].at_ms
+    assert recommended(restored, now_ms) == recommended(original, now_ms)
+    feed(original, later)
+    feed(restored, later)
+    now_ms = later[-1].at_ms
+    assert recommended(restored, now_ms) == recommended(original, now_ms)
+
+
+Corruption = Callable[[dict[str, Any]], None]
+
+
+def _knn(change: Callable[[dict[str, Any]], None]) -> Corruption:
+    return lambda learned: change(learned["knn"])
+
+
+def _set(*path_and_value: Any) -> Corruption:
+    """Set learned[path...] = value."""
+    *path, key, value = path_and_value
+
+    def change(learned: dict[str, Any]) -> None:
+        for part in path:
+            learned = learned[part]
+        learned[key] = value
+
+    return change
+
+
+def _delete(*path: Any) -> Corruption:
+    *parents, key = path
+
+    def change(learned: dict[str, Any]) -> None:
+        for part in parents:
+            learned = learned[part]
+        del learned[key]
+
+    return change
+
+
+def _of_another_size(learned: dict[str, Any]) -> None:
+    """The kNN index of a learner whose ring holds more sessions than this one's."""
+    roomy = new_learner("roomy")
+    feed(roomy, view_stream(5, 400))
+    learned["knn"] = through_msgpack(roomy.learned())["knn"]
+
+
+def _first_pair(part: str, value: Any) -> Corruption:
+    def change(learned: dict[str, Any]) -> None:
+        pairs = learned[part]
+        item = next(iter(pairs))
+        pairs[item][next(iter(pairs[item]))] = value
+
+    return change
+
+
+CORRUPTIONS: dict[str, Corruption] = {
+    "a session naming an item it does not have": _knn(
+        lambda knn: knn["session_items"][-1].append(len(knn["items"]))
+    ),
+    "a session naming a negative item": _knn(lambda knn: knn["session_items"][-1].append(-1)),
+    "a kNN part missing": _delete("knn", "sessions_seen"),
+    "a kNN counting fewer sessions than it holds": _knn(
+        lambda knn: knn.update(sessions_seen=len(knn["session_key"]) - 1)
+    ),
+    "a kNN item without its sessions": _knn(lambda knn: knn["item_sessions"].pop()),
+    "truncated sessions of an item": _knn(
+        lambda knn: knn["item_sessions"].__setitem__(0, knn["item_sessions"][0][:-3])
+    ),
+    "truncated session times": _knn(lambda knn: knn.update(session_last=knn["session_last"][:-8])),
+    "session times that are not bytes": _set("knn", "session_last", 17),
+    "a kNN index of a ring of another size": _of_another_size,
+    "an item's sessions naming a session never started": _knn(
+        lambda knn: knn["item_sessions"].__setitem__(
+            0, array("q", [knn["sessions_seen"] + 3]).tobytes()
+        )
+    ),
+    "trending missing": _delete("trending"),
+    "paths missing": _delete("paths"),
+    "a sequential rule weighing a string": _first_pair("sequential", "heavy"),
+    "viewed together that is a list": _set("viewed_together", [["p1", "p2"]]),
+    "bought together partners that are a list": _set("bought_together", "p0", ["p1"]),
+    "a trending count that is not a number": _set("trending", "raw", "p1", "many"),
+    "a trending base that is a string": _set("trending", "base_ms", "yesterday"),
+    "a popularity count that is not a number": _set("popularity", "p1", [3]),
+    "cold-start counts that are a list": _set("by_context", "device=mobile", [1, 2]),
+    "a path of three fields": lambda learned: learned["paths"][-1].pop(),
+    "a path numbered by a word": lambda learned: learned["paths"][-1].__setitem__(1, "second"),
+    "a NaN trending base": _set("trending", "base_ms", float("nan")),
+    "a NaN viewed-together count": _first_pair("viewed_together", float("nan")),
+}
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS)
+def test_a_corrupt_snapshot_is_refused_and_changes_nothing(corruption: str) -> None:
+    """All or nothing: a snapshot with any part broken (the last parts too, read after
+    the models) raises ValueError, and the learner goes on as it was, answering and
+    learning as a twin never offered the snapshot."""
+    first, later = view_stream(6, 400), view_stream(7, 150, START_MS + 400 * 80_000)
+    learner, twin = new_learner("small"), new_learner("small")
+    feed(learner, first)
+    feed(twin, first)
+    broken = through_msgpack(learner.learned())
+    CORRUPTIONS[corruption](broken)
+    models = [learner.knn, learner.sequential, learner.viewed_together, learner.trending]
+    with pytest.raises(ValueError, match="not what recommenders learned"):
+        learner.restore(through_msgpack(broken))
+    kept = [learner.knn, learner.sequential, learner.viewed_together, learner.trending]
+    assert all(now is before for now, before in zip(kept, models, strict=True))
+    now_ms = first[-1].at_ms
+    assert recommended(learner, now_ms) == recommended(twin, now_ms)
+    feed(learner, later)
+    feed(twin, later)
+    now_ms = later[-1].at_ms
+    assert recommended(learner, now_ms) == recommended(twin, now_ms)

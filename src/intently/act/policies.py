@@ -163,7 +163,8 @@ class EpsilonGreedy:
         return {"pulls": dict(self.pulls), "total": dict(self.total)}
 
     def restore(self, learned: dict[str, Any]) -> None:
-        pulls, total = _counts(learned, "pulls", int), _counts(learned, "total", float)
+        pulls = _counts(learned, "pulls", int, at_least=0)
+        total = _counts(learned, "total", float)  # (rewards may be negative)
         self.pulls, self.total = pulls, total
 
 
@@ -214,19 +215,22 @@ class BetaThompson:
         return {"successes": dict(self.successes), "failures": dict(self.failures)}
 
     def restore(self, learned: dict[str, Any]) -> None:
-        successes = _counts(learned, "successes", float)
-        failures = _counts(learned, "failures", float)
+        successes = _counts(learned, "successes", float, at_least=0)
+        failures = _counts(learned, "failures", float, at_least=0)
         self.successes, self.failures = successes, failures
 
 
-def _counts(learned: dict[str, Any], name: str, kind: Callable[[float], Any]) -> dict[str, Any]:
-    """A checked per-action count of a snapshot: {action: number}."""
+def _counts(
+    learned: dict[str, Any], name: str, kind: Callable[[float], Any], at_least: float = -math.inf
+) -> dict[str, Any]:
+    """A checked per-action count of a snapshot: {action: finite number >= at_least}."""
     counts = learned.get(name)
     if not isinstance(counts, dict) or not all(
-        isinstance(k, str) and isinstance(v, (int, float)) and math.isfinite(v)
+        isinstance(k, str) and isinstance(v, (int, float)) and math.isfinite(v) and v >= at_least
         for k, v in counts.items()
     ):
-        raise ValueError(f"a learned {name!r} must map actions to finite numbers")
+        bound = "" if at_least == -math.inf else f" of at least {at_least:g}"
+        raise ValueError(f"a learned {name!r} must map actions to finite numbers{bound}")
     return {k: kind(v) for k, v in counts.items()}
 
 
@@ -401,7 +405,11 @@ class _Linear:
         d, actions = learned.get("dimensions"), learned.get("actions")
         if d != self.dimensions:
             raise ValueError(f"learned with {d} dimensions, this policy has {self.dimensions}")
-        if not isinstance(actions, list) or len(set(actions)) != len(actions):
+        if (
+            not isinstance(actions, list)
+            or not all(isinstance(action, str) for action in actions)
+            or len(set(actions)) != len(actions)
+        ):
             raise ValueError("learned actions must be a list of distinct names")
         n = len(actions)
         try:
@@ -410,7 +418,7 @@ class _Linear:
             b = np.frombuffer(learned["b"], "<f8").reshape(n, d)
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"learned arrays do not fit {n} actions of {d}: {error}") from None
-        if not (np.isfinite(inverses).all() and np.isfinite(thetas).all()):
+        if not (np.isfinite(inverses).all() and np.isfinite(thetas).all() and np.isfinite(b).all()):
             raise ValueError("learned arrays must be finite")
         self.models, self._slots, self._known_for = {}, {}, None
         self._grow(max(8, n))

@@ -11,6 +11,7 @@ one comes).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 
@@ -57,8 +58,11 @@ def checked_pairs(pairs: object, what: str) -> dict[str, dict[str, float]]:
     """A snapshot's {item: {other item: weight}}, checked."""
     if not isinstance(pairs, dict) or not all(
         isinstance(item, str) and isinstance(others, dict)
-        and all(isinstance(o, str) and isinstance(w, (int, float)) for o, w in others.items())
+        and all(
+            isinstance(o, str) and isinstance(w, (int, float)) and 0 <= w < math.inf
+            for o, w in others.items()
+        )
         for item, others in pairs.items()
     ):  # fmt: skip
-        raise ValueError(f"not {what}: they map items to {{item: weight}}")
+        raise ValueError(f"not {what}: they map items to {{item: finite weight >= 0}}")
     return {item: {o: float(w) for o, w in others.items()} for item, others in pairs.items()}

@@ -184,6 +184,8 @@ class SessionKNN:
             raise ValueError("a session kNN's index whose parts do not fit together")
         if any(i < 0 or i >= len(items) for held in session_items for i in held):
             raise ValueError("a session kNN's index naming items it does not have")
+        if any(n < 0 or n >= seen for sessions in item_sessions for n in sessions):
+            raise ValueError("a session kNN's index naming sessions it never started")
         holders = array("q", bytes(8 * len(items)))
         for held in session_items:
             for i in held:

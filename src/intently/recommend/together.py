@@ -14,6 +14,7 @@ exponent grows large, when every score is rebased at once).
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,8 +99,13 @@ class Trending:
 
     def restore(self, learned: dict[str, Any]) -> None:
         base, raw = learned.get("base_ms"), learned.get("raw")
-        if not (base is None or isinstance(base, (int, float))) or not isinstance(raw, dict):
-            raise ValueError("not trending counts: {base_ms, raw: {item: count}}")
+        finite = (base is None or (isinstance(base, (int, float)) and math.isfinite(base))) and (
+            isinstance(raw, dict)
+            and all(isinstance(n, (int, float)) and 0 <= n < math.inf for n in raw.values())
+        )
+        if not finite:
+            raise ValueError("not trending counts: {base_ms, raw: {item: finite count >= 0}}")
+        assert isinstance(raw, dict)
         self.base_ms = None if base is None else float(base)
         self.raw = {str(item): float(count) for item, count in raw.items()}
 
