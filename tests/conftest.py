@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from intently import Engine, ManualClock
-from services import REDIS_URL, PrivateRedis, redis_namespace
+from services import REDIS_URL, PrivateCluster, PrivateRedis, redis_namespace
 from support import START, client_for, make_settings
 
 
@@ -72,6 +72,16 @@ async def client(engine: Engine) -> AsyncIterator[httpx.AsyncClient]:
 
 # Browser fixtures (a live server, chromium through Playwright): tests/web_support.py.
 pytest_plugins = ["web_support"]
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateCluster]:
+    """A Redis Cluster of three primaries, for the whole run (keys under each test's
+    own prefix)."""
+    cluster = PrivateCluster(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture

@@ -96,6 +96,82 @@ class PrivateRedis:
             self.process = None
 
 
+@contextmanager
+def cluster_namespace(url: str) -> Iterator[str]:
+    """A key prefix of this test's own on a Redis Cluster, its keys removed afterwards."""
+    from redis.cluster import RedisCluster
+
+    client = RedisCluster.from_url(url)
+    prefix = f"intently-test:{uuid.uuid4().hex[:12]}:"
+    try:
+        yield prefix
+    finally:
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.delete(key)
+        client.close()
+
+
+class PrivateCluster:
+    """A Redis Cluster of the test's own: `nodes` primaries on free ports (no replicas,
+    nothing on disk), the 16,384 slots split between them by `redis-cli --cluster
+    create`."""
+
+    def __init__(self, directory: Path, nodes: int = 3) -> None:
+        self.servers = []
+        for n in range(nodes):
+            home = directory / f"node{n}"
+            home.mkdir()
+            server = PrivateRedis(home, "--cluster-enabled", "yes", "--cluster-config-file",
+                                  "nodes.conf", "--cluster-node-timeout", "5000")  # fmt: skip
+            # A node also listens on its port + 10,000 (the cluster bus): both free.
+            server.port = _port_with_bus()
+            server.url = f"redis://127.0.0.1:{server.port}/0"
+            self.servers.append(server)
+        self.url = self.servers[0].url
+
+    def start(self) -> None:
+        for server in self.servers:
+            server.start()
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            unavailable("redis-cli", "not on PATH")
+        addresses = [f"127.0.0.1:{server.port}" for server in self.servers]
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        for server in self.servers:
+            client = redis.Redis(port=server.port)
+            try:
+                while client.cluster("info").get("cluster_state") != "ok":
+                    if time.monotonic() > deadline:
+                        raise AssertionError("the test cluster never became ready")
+                    time.sleep(0.05)
+            finally:
+                client.close()
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+def _port_with_bus() -> int:
+    import socket
+
+    for _ in range(1000):
+        port = free_port()
+        if port + 10_000 > 65_535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10_000))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no free port with a free cluster bus port")
+
+
 POSTGRES_URL = os.environ.get(
     "INTENTLY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
 )

@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -88,11 +89,13 @@ async def test_redis_down_degrades_refuses_with_503_and_recovers_by_itself(
 # -- kill -9 of a worker under load -----------------------------------------------------------
 
 
-def serve(data_dir: Path, port: int, redis_url: str) -> subprocess.Popen[bytes]:
+def serve(
+    data_dir: Path, port: int, redis_url: str, prefix: str = "intently:"
+) -> subprocess.Popen[bytes]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("INTENTLY_")}
     environment.update(
         INTENTLY_STORE=redis_url, INTENTLY_WRITE_KEY=WRITE_KEY, INTENTLY_SECRET_KEY=SECRET_KEY,
-        INTENTLY_GEOIP_DB="off",
+        INTENTLY_GEOIP_DB="off", INTENTLY_REDIS_PREFIX=prefix,
     )  # fmt: skip
     return subprocess.Popen(
         [sys.executable, "-m", "intently", "serve", "--port", str(port), "--data-dir",
@@ -114,11 +117,18 @@ def post(port: int, path: str, body: object, key: str = WRITE_KEY) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
 def test_a_worker_killed_under_load_loses_no_acknowledged_event(
-    private_redis: PrivateRedis, tmp_path: Path
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    # (on a Cluster, under a prefix of its own: the cluster serves the whole run)
+    server: Any = request.getfixturevalue(
+        "redis_cluster" if kind == "redis-cluster" else "private_redis"
+    )
+    url = server.url
     data_dir, port = tmp_path / "worker", free_port()
-    worker = serve(data_dir, port, private_redis.url)
+    prefix = f"kill-{tmp_path.name}:"
+    worker = serve(data_dir, port, url, prefix)
     wait_ready(port, worker)
     acknowledged: list[int] = []
     sent: list[int] = []
@@ -146,7 +156,7 @@ def test_a_worker_killed_under_load_loses_no_acknowledged_event(
 
     # The worker comes back on the same data dir: its log holds every acknowledged event,
     # and it applies to Redis what it had not applied yet.
-    restarted = serve(data_dir, port, private_redis.url)
+    restarted = serve(data_dir, port, url, prefix)
     try:
         wait_ready(port, restarted)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:

@@ -33,7 +33,7 @@ from intently.context.facts import Facts
 from intently.context.profile import Profile, ProfileRules
 from intently.context.settings import ContextSettings
 from intently.log.eventlog import EventLog, LogRow
-from intently.stores.connect import open_state_store
+from intently.stores.connect import BackendUnavailable, open_state_store
 from intently.stores.embedded import EmbeddedStore
 from intently.stores.layout import shared_key
 from intently.stores.protocol import Changes, StoreUnavailable
@@ -452,16 +452,39 @@ async def test_an_event_dated_far_in_the_future_does_not_expire_other_visitors(
 # -- E: Redis Cluster --------------------------------------------------------------------------
 
 
-def test_a_redis_cluster_is_refused_at_start(private_redis: ServerFactory, tmp_path: Path) -> None:
+def test_a_redis_cluster_without_its_slots_assigned_is_reported_at_start(
+    private_redis: ServerFactory, tmp_path: Path
+) -> None:
+    # A node in cluster mode that no cluster was made of yet: nothing serves the slots.
     # (The cluster bus port is given: by default the port + 10000, past 65535 for some.)
     server = private_redis("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                            "--cluster-port", str(free_port()))  # fmt: skip
-    with pytest.raises(ConfigError) as raised:
+    with pytest.raises(BackendUnavailable) as raised:
         open_state_store(server.url, state_path=tmp_path / "state.db", flush_seconds=1,
                          worker="w1")  # fmt: skip
     message = str(raised.value)
     assert "Cluster" in message
     assert f"127.0.0.1:{server.port}" in message
+
+
+def test_a_redis_cluster_is_used_slot_by_slot(redis_cluster: Any, tmp_path: Path) -> None:
+    prefix = f"t-{tmp_path.name}:"
+    store = open_state_store(redis_cluster.url, state_path=tmp_path / "state.db",
+                             flush_seconds=1, worker="w1", prefix=prefix)  # fmt: skip
+    try:
+        assert isinstance(store, RedisStore)
+        assert store.cluster
+        assert "Redis Cluster" in store.where
+    finally:
+        store.close()
+
+
+def test_a_redis_cluster_database_other_than_0_is_a_config_error(
+    redis_cluster: Any, tmp_path: Path
+) -> None:
+    url = redis_cluster.url.removesuffix("/0") + "/3"
+    with pytest.raises(ConfigError, match="database 0 only"):
+        open_state_store(url, state_path=tmp_path / "state.db", flush_seconds=1, worker="w1")
 
 
 # -- Redis came back with less than this worker wrote -----------------------------------------

@@ -7,6 +7,7 @@ INTENTLY_REQUIRE_SERVICES=1 (CI) a Redis that is down fails these tests.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -24,7 +25,7 @@ from intently.stores.connect import connect_redis
 from intently.stores.embedded import EmbeddedStore
 from intently.stores.protocol import Changes, StateStore
 from intently.stores.redisstate import RedisStore
-from services import REDIS_URL, redis_namespace
+from services import REDIS_URL, cluster_namespace, redis_namespace
 from support import START, make_settings
 
 RULES = ProfileRules(ContextSettings())
@@ -33,7 +34,7 @@ T0 = 1_795_000_000_000  # ms
 Opener = Callable[[], StateStore]
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=["embedded", "redis", "redis-cluster"])
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Opens the store under test; called again, it opens the same state anew (what a
     restarted worker sees). Every store opened is closed at the end."""
@@ -51,11 +52,18 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
         for store in opened:
             store.close()
         return
-    with redis_namespace() as prefix:
+    url = REDIS_URL
+    namespace = redis_namespace
+    if request.param == "redis-cluster":
+        url = request.getfixturevalue("redis_cluster").url
+        namespace = functools.partial(cluster_namespace, url)
+    with namespace() as prefix:
 
         def open_redis() -> StateStore:
-            opened.append(RedisStore(connect_redis(REDIS_URL), prefix=prefix, worker="w1"))
-            return opened[-1]
+            store = RedisStore(connect_redis(url), prefix=prefix, worker="w1")
+            assert store.cluster == (request.param == "redis-cluster")
+            opened.append(store)
+            return store
 
         yield open_redis
         for store in opened:
@@ -223,7 +231,7 @@ def state_of(store: StateStore) -> tuple[dict[str, Profile], dict[str, str]]:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("state_store", ["embedded", "redis"])
+@pytest.mark.parametrize("state_store", ["embedded", "redis", "redis-cluster"])
 async def test_events_leave_the_state_the_embedded_store_reaches_from_scratch(
     state_store: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -231,6 +239,11 @@ async def test_events_leave_the_state_the_embedded_store_reaches_from_scratch(
     if state_store == "redis":
         prefix = request.getfixturevalue("redis_prefix")
         overrides = {"state_store": REDIS_URL, "redis_prefix": prefix}
+    if state_store == "redis-cluster":
+        url = request.getfixturevalue("redis_cluster").url
+        # (the test's own prefix: the cluster, with nothing on disk, goes after the run)
+        prefix = f"conformance-{tmp_path.name}:"
+        overrides = {"state_store": url, "redis_prefix": prefix}
     events = event_stream(seed=7, count=600)
     settings = make_settings(tmp_path / "data", **overrides)
     engine = Engine(settings, clock=ManualClock(START))
@@ -256,7 +269,8 @@ async def test_events_leave_the_state_the_embedded_store_reaches_from_scratch(
         for profile_id in state_of(reference.store)[0]:
             expected = reference.store.segment_history(profile_id, 50)
             assert engine.store.segment_history(profile_id, 50) == expected
-        assert engine.store.name == state_store
+        assert engine.store.name == state_store.removesuffix("-cluster")
+        assert getattr(engine.store, "cluster", False) == (state_store == "redis-cluster")
     finally:
         engine.close()
         reference.close()

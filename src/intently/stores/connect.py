@@ -4,16 +4,20 @@ start-up with a clear message instead of misbehaving later.
 `embedded` (the default) keeps state in the data dir. A `redis://`, `rediss://` or
 `unix://` URL shares it in Redis, which must be reachable, at least version 6.2, and
 configured never to evict keys (`maxmemory-policy noeviction`): an evicted profile would
-be a visitor silently forgotten. It must not be a Redis Cluster: an event's commit is one
-script over keys in several slots (stores/redisstate.py), which a cluster refuses.
+be a visitor silently forgotten. A Redis Cluster is recognised from the node the URL names
+(any one of them): the client then follows the cluster's slots, and every primary must
+be configured so.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from intently.configfile import ConfigError
 from intently.stores.embedded import EmbeddedStore
@@ -100,21 +104,62 @@ def connect_redis(url: str) -> redis.Redis:
         raise _too_old(where, str(server.get("redis_version")))
     if _is_cluster(client, server):
         client.close()
-        raise ConfigError(
-            f"store: Redis at {where} is a Redis Cluster node, which intently does not "
-            "support (an event's changes span several hash slots and are written in one "
-            "script): use one primary, with replicas and Sentinel for failover "
-            "(docs/operations.md)"
-        )
+        return _connect_cluster(url, where)
+    _check_eviction(where, memory)
+    return client
+
+
+def _check_eviction(where: str, memory: dict[str, object]) -> None:
     policy = str(memory.get("maxmemory_policy", "noeviction"))
     if policy != "noeviction":
-        client.close()
         raise ConfigError(
             f"store: Redis at {where} evicts keys under memory pressure (maxmemory-policy "
             f"{policy}), which would silently forget visitors; set maxmemory-policy "
             "noeviction and size maxmemory for the profiles (docs/operations.md)"
         )
-    return client
+
+
+def _connect_cluster(url: str, where: str) -> redis.Redis:
+    """A client of the Redis Cluster whose node `url` names, every primary checked."""
+    if urlsplit(url).path not in ("", "/", "/0"):
+        raise _cluster_database(where)
+    try:
+        cluster = RedisCluster.from_url(
+            url,
+            socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
+            socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
+            health_check_interval=30,
+        )
+    except (redis.RedisError, RedisClusterException) as error:
+        raise BackendUnavailable(
+            f"store: cannot reach the Redis Cluster at {where}: {error}"
+        ) from None
+    try:
+        for node in cluster.get_primaries():  # type: ignore[no-untyped-call]
+            memory = cluster.get_redis_connection(node).info("memory")
+            _check_eviction(f"{where} (primary {node.host}:{node.port})", memory)
+    except redis.RedisError as error:
+        cluster.close()
+        raise BackendUnavailable(
+            f"store: cannot reach the Redis Cluster at {where}: {error}"
+        ) from None
+    except ConfigError:
+        cluster.close()
+        raise
+    # The same commands as a client of one server, for keys of one slot at a time, which
+    # is how the store uses them (stores/redisstate.py `is_cluster_client`).
+    return cast(redis.Redis, cluster)
+
+
+def _cluster_database(where: str) -> ConfigError:
+    return ConfigError(
+        f"store: {where!r} names a database of a Redis Cluster node, and a Cluster has "
+        "database 0 only: end the URL with /0"
+    )
+
+
+def _unreachable_cluster(where: str, error: Exception) -> BackendUnavailable:
+    return BackendUnavailable(f"store: cannot reach the Redis Cluster at {where}: {error}")
 
 
 def _is_cluster(client: redis.Redis, server: dict[str, object]) -> bool:
@@ -138,6 +183,8 @@ def _refusal(url: str, where: str, error: redis.ResponseError) -> Exception:
             f"store: Redis at {where} has no such database ({text}); the number after the "
             "last '/' must be below its `databases` setting (16 by default)"
         )
+    if "SELECT is not allowed in cluster mode" in text:
+        return _cluster_database(where)
     if "HELLO" in text:
         # redis-py opens connections with HELLO 3, which came with Redis 6.0: an older
         # server refuses it before its version can be read, so read it over RESP2.

@@ -46,8 +46,10 @@ from typing import Any, TypeVar
 
 import msgspec
 import redis
+from redis.cluster import RedisCluster
 
 from intently.context.profile import Profile, SegmentChange
+from intently.stores.clustered import ClusterWriter, group_by_slot
 from intently.stores.codec import decode_change, decode_profile, encode_change, encode_profile
 from intently.stores.layout import shared_key
 from intently.stores.protocol import Changes, StoreUnavailable
@@ -300,6 +302,12 @@ class RedisStore:
         self._profiles: dict[str, Profile | None] = {}
         self._links: dict[str, str | None] = {}
         self._applied_seq = self._watermark_ms = 0
+        # On a Redis Cluster an event's changes are written slot by slot, to a plan
+        # (stores/clustered.py); one this worker left unfinished is finished first.
+        self.cluster = is_cluster_client(client)
+        self._writer = ClusterWriter(self) if self.cluster else None
+        if self._writer is not None:
+            self._writer.finish()
         self._read_position()
         self.lease_retries = 0  # times a lease was found taken (contention)
         self.failures = 0  # calls that found Redis unreachable (or refusing for a while)
@@ -326,6 +334,8 @@ class RedisStore:
         self._closed_after = 0.0
         written = self._applied_seq
         try:
+            if self._writer is not None:
+                self._writer.finish()
             self._read_position()
         except redis.RedisError as error:
             self._unavailable(error)
@@ -368,6 +378,25 @@ class RedisStore:
     def lease_key(self, key_or_profile_id: str) -> str:
         return f"{self.prefix}{{{key_or_profile_id}}}:lease"
 
+    def shared_key(self, name: str) -> str:
+        return shared_key(self.prefix, name)
+
+    @property
+    def worker_key(self) -> str:
+        return self._worker_key
+
+    @property
+    def count_key(self) -> str:
+        return self._count_key
+
+    @property
+    def live_key(self) -> str:
+        return self._live_key
+
+    @property
+    def anonymous_key(self) -> str:
+        return self._anonymous_key
+
     # -- leases --------------------------------------------------------------------------------
 
     @contextmanager
@@ -403,7 +432,6 @@ class RedisStore:
         values = self._lease_and_read(leases, [self.link_key(key) for key in keys])
         if values is None:
             return False
-        self._held.extend(leases)
         links = {key: _text(value) for key, value in zip(keys, values, strict=True)}
         wanted = set(profile_ids) | {target for target in links.values() if target}
         leased: set[str] = set()
@@ -414,7 +442,6 @@ class RedisStore:
             values = self._lease_and_read(new_leases, reads)
             if values is None:
                 return False
-            self._held.extend(new_leases)
             leased.update(new)
             for profile_id, body in zip(new, values, strict=False):
                 self._profiles[profile_id] = decode_profile(body) if body is not None else None
@@ -428,11 +455,39 @@ class RedisStore:
 
     @_guarded
     def _lease_and_read(self, leases: list[str], reads: list[str]) -> list[bytes | None] | None:
+        """Take `leases` and read `reads` (under them): None, when a lease was taken by
+        another. The leases taken go into `_held`."""
         if not leases:
             return [_optional(self.client.get(key)) for key in reads]
         token = self._token or ""
-        answer = self._lease(keys=leases + reads, args=[token, self.lease_ms, len(leases)])
-        return None if answer is None else list(answer)
+        if not self.cluster:
+            answer = self._lease(keys=leases + reads, args=[token, self.lease_ms, len(leases)])
+            if answer is None:
+                return None
+            self._held.extend(leases)
+            return list(answer)
+        # A Cluster: a script per slot, each with the reads of its slot (a lease and what
+        # it guards share one); the reads of other slots after, under the leases.
+        values: dict[str, bytes | None] = {}
+        reads_by_slot = group_by_slot(reads)
+        for slot, slot_leases in group_by_slot(leases).items():
+            slot_reads = reads_by_slot.pop(slot, [])
+            answer = self._lease(keys=slot_leases + slot_reads,
+                                 args=[token, self.lease_ms, len(slot_leases)])  # fmt: skip
+            if answer is None:
+                return None
+            self._held.extend(slot_leases)
+            values.update(zip(slot_reads, answer, strict=True))
+        for slot_reads in reads_by_slot.values():
+            for key in slot_reads:
+                values[key] = _optional(self.client.get(key))
+        return [values[key] for key in reads]
+
+    def release_leases(self, leases: list[str], token: str) -> None:
+        """Release those of `leases` that still hold `token` (raises `redis.RedisError`)."""
+        groups = group_by_slot(leases).values() if self.cluster else [leases]
+        for group in groups:
+            self._release(keys=group, args=[token])
 
     def _let_go(self) -> None:
         """Release every lease held (those a commit has not released already)."""
@@ -443,7 +498,7 @@ class RedisStore:
         elif self._held:
             held, self._held = self._held, []
             try:
-                self._release(keys=held, args=[self._token or ""])
+                self.release_leases(held, self._token or "")
             except redis.RedisError:  # they run out on their own
                 log.warning("releasing %d leases failed; they expire in %d ms",
                             len(held), self.lease_ms)  # fmt: skip
@@ -501,7 +556,8 @@ class RedisStore:
             yield from self._read_page(page)
 
     def _read_page(self, keys: list[bytes]) -> Iterator[Profile]:
-        for body in self.client.mget(keys):
+        read = self.client.mget_nonatomic if self.cluster else self.client.mget  # type: ignore[attr-defined]
+        for body in read(keys):
             if body is not None:
                 yield decode_profile(_raw(body))
 
@@ -534,6 +590,52 @@ class RedisStore:
 
     @_guarded
     def commit(self, changes: Changes) -> None:
+        if self._writer is not None:
+            self._commit_slot_by_slot(self._writer, changes)
+        else:
+            self._commit_at_once(changes)
+        if changes.seq > self._applied_seq:
+            self._applied_seq = changes.seq
+        if changes.watermark_ms > self._watermark_ms:
+            self._watermark_ms = changes.watermark_ms
+
+    def _commit_slot_by_slot(self, writer: ClusterWriter, changes: Changes) -> None:
+        plan = writer.plan(changes, self._token or "", self._held)
+        try:
+            writer.commit(plan, self._applied_seq)
+        except redis.ResponseError as error:
+            self._refused(error)
+            raise
+        finally:
+            if writer.prepared:  # its leases are released by the plan's scripts (or `finish`)
+                self._held = []
+
+    def existed(self, profile_id: str) -> bool:
+        """Whether Redis held the profile before this commit (read under its lease)."""
+        if profile_id in self._profiles:
+            return self._profiles[profile_id] is not None
+        return bool(self.client.exists(self.profile_key(profile_id)))
+
+    def history_entries(self, profile_id: str) -> list[bytes]:
+        return [_raw(row) for row in self.client.lrange(self.history_key(profile_id), 0, -1)]
+
+    def encode_event(self, event: object) -> bytes:
+        return _to_json(event)
+
+    def index_ops(self, ops: Any, profile: Profile) -> None:
+        self._index(ops, profile)
+
+    def _refused(self, error: redis.ResponseError) -> None:
+        text = str(error)
+        if "LEASE_LOST" in text:
+            raise LeaseLost(text) from None
+        if "POSITION_LOST" in text:
+            raise PositionLost(
+                f"Redis at {self.where} holds log position {text.split()[-1]} for this "
+                f"worker, which wrote {self._applied_seq}: it lost writes"
+            ) from None
+
+    def _commit_at_once(self, changes: Changes) -> None:
         ops = _Ops(self._held)
         position = ops.key(self._worker_key)
         for profile_id, profile in changes.profiles.items():
@@ -553,21 +655,10 @@ class RedisStore:
         try:
             self._commit(keys=ops.keys, args=args)
         except redis.ResponseError as error:
-            text = str(error)
-            if "LEASE_LOST" in text:
-                raise LeaseLost(text) from None
-            if "POSITION_LOST" in text:
-                raise PositionLost(
-                    f"Redis at {self.where} holds log position {text.split()[-1]} for this "
-                    f"worker, which wrote {self._applied_seq}: it lost writes"
-                ) from None
+            self._refused(error)
             raise
         if release == "1":
             self._held = []
-        if changes.seq > self._applied_seq:
-            self._applied_seq = changes.seq
-        if changes.watermark_ms > self._watermark_ms:
-            self._watermark_ms = changes.watermark_ms
 
     def _index(self, ops: _Ops, profile: Profile) -> None:
         profile_id = profile.id
@@ -624,12 +715,21 @@ class RedisStore:
         self.client.close()
 
 
+def is_cluster_client(client: redis.Redis) -> bool:
+    """Whether `client` is a Redis Cluster's (stores/connect.py hands one over typed as
+    a plain client: it has the same commands, for keys of one slot at a time)."""
+    return isinstance(client, RedisCluster)
+
+
 def _text(value: Any) -> str | None:
     return None if value is None else _raw(value).decode()
 
 
 def _where(client: redis.Redis) -> str:
     """host:port (or the socket path) of the client's server, for messages."""
+    if is_cluster_client(client):
+        node: Any = client.get_default_node()  # type: ignore[attr-defined]
+        return f"the Redis Cluster at {node.host}:{node.port}"
     kwargs = client.connection_pool.connection_kwargs
     if "path" in kwargs:
         return str(kwargs["path"])
