@@ -54,8 +54,8 @@ class Worker:
     """One worker's ingest path, for real: its own event log and pipeline, applying to the
     shared Redis store through its own context stage (and its own connection)."""
 
-    def __init__(self, directory: Path, prefix: str, name: str) -> None:
-        self.store = RedisStore(connect_redis(REDIS_URL), prefix=prefix, worker=name)
+    def __init__(self, directory: Path, prefix: str, name: str, url: str = REDIS_URL) -> None:
+        self.store = RedisStore(connect_redis(url), prefix=prefix, worker=name)
         self.stage = ContextStage(self.store)
         self.log = EventLog.open(directory / f"{name}.db")
         enricher = Enricher(None, ReferrerClassifier(frozenset()), "truncate")
@@ -75,9 +75,15 @@ class Worker:
         self.store.close()
 
 
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
 def test_two_workers_applying_at_once_lose_no_update_and_merge_atomically(
-    prefix: str, tmp_path: Path
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    url, prefix = REDIS_URL, f"workers-{tmp_path.name}:"  # (the cluster goes after the run)
+    if kind == "redis":
+        prefix = request.getfixturevalue("prefix")
+    else:
+        url = request.getfixturevalue("redis_cluster").url
     # Two workers each apply their own stream of events concurrently; the streams touch
     # the same few visitors, and logins merge anonymous profiles into known ones on
     # either worker. Nothing may be lost: per visitor, the views counted must equal the
@@ -100,7 +106,7 @@ def test_two_workers_applying_at_once_lose_no_update_and_merge_atomically(
                      "properties": {"product_id": "x", "price": 5}, "timestamp": stamp}  # fmt: skip
             sent[device] += 1
         streams[worker].append(event)
-    workers = [Worker(tmp_path, prefix, f"w{n}") for n in range(2)]
+    workers = [Worker(tmp_path, prefix, f"w{n}", url) for n in range(2)]
     stores = [worker.store for worker in workers]
     stages = [worker.stage for worker in workers]
     failures: list[BaseException] = []
@@ -143,6 +149,7 @@ def test_two_workers_applying_at_once_lose_no_update_and_merge_atomically(
         assert reader.profile_count() == len(list(reader.profiles()))
         # Contention happened and was resolved by waiting, never by overwriting.
         assert stores[0].lease_retries + stores[1].lease_retries > 0
+        assert all(store.cluster == (kind == "redis-cluster") for store in stores)
     finally:
         for worker in workers:
             worker.close()
