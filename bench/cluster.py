@@ -68,6 +68,7 @@ import msgspec
 import psycopg
 import redis
 from psycopg import sql
+from redis.cluster import RedisCluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decide import degraded, set_up
@@ -203,12 +204,33 @@ class RedisCounters:
         self.client = client
 
     def read(self) -> dict[str, float]:
-        stats = self.client.info("commandstats")
-        cpu = self.client.info("cpu")
-        calls = sum(
-            float(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval")
-        )
-        return {"evalsha": calls, "cpu_s": float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])}
+        calls = cpu_s = 0.0
+        for server in servers_of(self.client):  # (a Cluster's primaries: summed)
+            stats = server.info("commandstats")
+            cpu = server.info("cpu")
+            calls += sum(
+                float(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+                for name in ("evalsha", "eval")
+            )
+            cpu_s += float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+        return {"evalsha": calls, "cpu_s": cpu_s}
+
+
+def servers_of(client: Any) -> list[Any]:
+    """The client of each server: the one, or each primary of a Cluster."""
+    if isinstance(client, RedisCluster):
+        return [client.get_redis_connection(node) for node in client.get_primaries()]
+    return [client]
+
+
+def connect(url: str) -> Any:
+    """A client for `url`: a Cluster's if the node it names is in a cluster."""
+    plain = redis.Redis.from_url(url)
+    mode = plain.info("server").get("redis_mode")
+    if mode != "cluster":
+        return plain
+    plain.close()
+    return RedisCluster.from_url(url)
 
 
 def throughput(
@@ -673,7 +695,13 @@ def delete_prefix(client: redis.Redis, prefix: str) -> int:
     deleted = 0
     keys = keys_of(client, prefix)
     for start in range(0, len(keys), 1000):
-        deleted += client.unlink(*keys[start : start + 1000])
+        if isinstance(client, RedisCluster):  # (one slot per command)
+            pipe = client.pipeline()
+            for key in keys[start : start + 1000]:
+                pipe.unlink(key)
+            deleted += sum(pipe.execute())
+        else:
+            deleted += client.unlink(*keys[start : start + 1000])
     return deleted
 
 
@@ -851,14 +879,18 @@ def main() -> None:
         sys.exit(f"unknown parts: {sorted(unknown)}")
     if {"throughput", "spike"} & set(parts) and shutil.which("wrk") is None:
         sys.exit("bench/cluster.py needs wrk: apt-get install wrk")
-    client = redis.Redis.from_url(args.redis)
+    client = connect(args.redis)
     client.ping()
+    cluster = isinstance(client, RedisCluster)
+    if cluster and {"memory"} & set(parts):
+        sys.exit("the memory part needs one Redis, not a Cluster: --parts throughput,spike")
     prefix = fresh_prefix(client, "intently-bench-cluster:", 12)
     prefixes = [prefix]
     work = Path(tempfile.mkdtemp(prefix="intently-bench-cluster-"))
     results: dict[str, Any] = {
         "cpus": os.cpu_count(),
-        "redis_version": client.info("server")["redis_version"],
+        "redis_version": servers_of(client)[0].info("server")["redis_version"],
+        "redis_primaries": len(servers_of(client)),
         "redis_keys_before": client.dbsize(),
         "command": command_line(args),
         "load_average_before": os.getloadavg()[0],
@@ -974,7 +1006,8 @@ def command_line(args: argparse.Namespace) -> str:
 def report(r: dict[str, Any], args: argparse.Namespace) -> None:
     print(
         f"intently cluster benchmark: {r['cpus']} CPUs, Redis {r['redis_version']} at "
-        f"{args.redis} ({r['redis_keys_before']} keys in it before the run); "
+        f"{args.redis} ({r['redis_primaries']} primaries; "
+        f"{r['redis_keys_before']} keys in it before the run); "
         f"{r['seconds_taken']:.0f} s; 1-minute load average {r['load_average_before']:.2f} "
         f"before, {r['load_average_after']:.2f} after"
     )

@@ -22,7 +22,7 @@ from intently import Engine, ManualClock
 from intently.act.decide import FOREIGN_GRACE_MS
 from intently.act.decisions import DecisionLogReader
 from intently.act.policies import BetaThompson, LinUCB
-from intently.learn.bus import SEND_AT_MOST, Batch, Viewed
+from intently.learn.bus import SEND_AT_MOST, Batch, Decided, Rewarded, Viewed
 from services import REDIS_URL, redis_namespace
 from support import SECRET_KEY, START, client_for, make_settings
 
@@ -308,3 +308,25 @@ def test_a_backlog_goes_out_in_parts_and_what_failed_is_sent_first_next_time(
     batch = msgspec.msgpack.decode(entry[b"batch"], type=Batch)
     assert batch.first == len(views)
     assert len(batch.messages) == 2
+
+
+def test_a_decision_of_an_experiment_variants_own_policy_is_learned_elsewhere(
+    workers: tuple[Engine, Engine, ManualClock],
+) -> None:
+    # A variant with a policy of its own keys it "<experiment>/<variant>/<definition>"
+    # (experiments/registry.py): the other worker builds the same policy from it.
+    a, b, _ = workers
+    assert a.bus is not None
+    assert b.bus is not None
+    key = b"exp-1/arm-b/" + msgspec.json.encode({"name": "beta-thompson"})
+    a.bus.publish(Decided("d-1", "a:v1", "shared", ["hero-1"], 1, "click", [], key, "hero-1", None))
+    a.bus.publish(Rewarded("d-1", "shared", "hero-1", 1.0, 2))
+    a.bus.pump()
+    assert b.bus.pump() == 2
+    policy = b.decider._policies[("shared", key)]  # type: ignore[attr-defined]
+    assert isinstance(policy, BetaThompson)
+    assert policy.posterior("hero-1") == (2.0, 1.0)  # the prior's 1 and the reward's 1
+    # And a snapshot of it loads too.
+    policies, opened, waiting = b.decider.learned()
+    a.decider.restore(policies, opened, waiting)
+    assert a.decider._policies[("shared", key)].posterior("hero-1") == (2.0, 1.0)  # type: ignore[attr-defined]

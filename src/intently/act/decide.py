@@ -194,6 +194,13 @@ def policy_of(spec: PolicySpec, seed: int | None = None) -> Policy:
     raise ValueError(f"policy {spec.name!r} does not choose offers")
 
 
+def spec_of_key(policy_key: bytes) -> PolicySpec:
+    """The policy definition a policy key holds: its JSON, after the "<experiment>/<variant>/"
+    that a variant with a policy of its own puts before it (experiments/registry.py).
+    Raises msgspec.DecodeError for a key that holds none."""
+    return msgspec.json.decode(policy_key[policy_key.find(b"{") :], type=PolicySpec)
+
+
 def matches_query(item: Item, query: CatalogQuery) -> bool:
     if query.categories and not set(query.categories) & set(item.category):
         return False
@@ -1038,8 +1045,7 @@ class Decider:
         key = (placement_id, policy_key)
         policy = self._policies.get(key)
         if policy is None:
-            spec = msgspec.json.decode(policy_key, type=PolicySpec)
-            policy = self._policies[key] = policy_of(spec)
+            policy = self._policies[key] = policy_of(spec_of_key(policy_key))
         return policy
 
     # -- snapshots (learn/snapshot.py) -------------------------------------------------------
@@ -1090,8 +1096,7 @@ class Decider:
         built: dict[tuple[str, bytes], Policy] = {}
         for learned in policies:
             try:
-                spec = msgspec.json.decode(learned.key, type=PolicySpec)
-                policy = policy_of(spec)
+                policy = policy_of(spec_of_key(learned.key))
             except (msgspec.DecodeError, ValueError) as error:
                 raise ValueError(f"a learned policy of {learned.placement!r}: {error}") from None
             policy.restore(learned.learned)
