@@ -200,7 +200,7 @@ def metric_names(metrics: Metrics) -> tuple[set[str], set[str]]:
 
 def engine_metrics() -> tuple[set[str], set[str]]:
     metrics = Metrics()
-    metrics.watch_store(lambda: 0.0, lambda: 0.0)  # the Redis store's two gauges
+    metrics.watch_store(*[lambda: 0.0] * 4)  # the Redis store's gauges
     for name in WATCHED:  # and those read from the engine's parts, some only in some setups
         metrics.watch(name, lambda: 0.0)
     return metric_names(metrics)

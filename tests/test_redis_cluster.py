@@ -160,7 +160,8 @@ def test_a_worker_stopped_in_the_middle_of_a_commit_finishes_it_when_it_starts_a
     restarted = RedisStore(store.client, prefix=store.prefix, worker="w1")
     found = state(restarted, first, second)
     assert found == expected
-    assert restarted._writer.unfinished == 1  # type: ignore[union-attr]
+    assert restarted.commits_finished == 1  # (intently_redis_commits_finished)
+    assert restarted.commits_unresolved == 0
     # And the next event is committed as usual.
     with restarted.exclusive(["a:one"], [first]):
         later = Changes(3, watermark_ms=T0 + 2)

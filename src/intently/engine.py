@@ -218,7 +218,10 @@ class Engine:
         self.metrics = Metrics()
         if isinstance(self.store, RedisStore):
             store = self.store
-            self.metrics.watch_store(lambda: store.lease_retries, lambda: store.failures)
+            self.metrics.watch_store(
+                lambda: store.lease_retries, lambda: store.failures,
+                lambda: store.commits_finished, lambda: store.commits_unresolved,
+            )  # fmt: skip
         self._watch_failures()
         # The dashboard's per-second series and per-placement totals (api/live.py).
         self.live = Live(self.now_ms)

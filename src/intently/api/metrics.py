@@ -88,9 +88,22 @@ class Metrics:
         }
 
     def watch_store(
-        self, lease_retries: Callable[[], float], failures: Callable[[], float]
-    ) -> None:
+        self, lease_retries: Callable[[], float], failures: Callable[[], float],
+        finished: Callable[[], float], unresolved: Callable[[], float],
+    ) -> None:  # fmt: skip
         """A shared store's own counts (stores/redisstate.py), read at each scrape."""
+        Gauge(
+            "intently_redis_commits_finished",
+            "Redis Cluster: commits this worker left unfinished (stopped, or Redis away in "
+            "the middle) and finished later.",
+            registry=self.registry,
+        ).set_function(finished)
+        Gauge(
+            "intently_redis_commits_unresolved",
+            "Redis Cluster: slots of an unfinished commit found leased by another worker "
+            "when it was finished, after a stop longer than its leases (not written).",
+            registry=self.registry,
+        ).set_function(unresolved)
         Gauge(
             "intently_redis_lease_retries",
             "Times a worker found a profile's lease taken by another and tried again.",

@@ -524,6 +524,15 @@ class RedisStore:
         return _text(self.client.get(self.link_key(key)))
 
     @property
+    def commits_finished(self) -> int:
+        """Commits left unfinished and finished later (a Cluster's; 0 on one primary)."""
+        return 0 if self._writer is None else self._writer.unfinished
+
+    @property
+    def commits_unresolved(self) -> int:
+        return 0 if self._writer is None else self._writer.unresolved
+
+    @property
     def applied_seq(self) -> int:
         return self._applied_seq
 
