@@ -120,7 +120,7 @@ class PrivateCluster:
         self.servers = []
         for n in range(nodes):
             home = directory / f"node{n}"
-            home.mkdir()
+            home.mkdir(parents=True)
             server = PrivateRedis(home, "--cluster-enabled", "yes", "--cluster-config-file",
                                   "nodes.conf", "--cluster-node-timeout", "5000")  # fmt: skip
             # A node also listens on its port + 10,000 (the cluster bus): both free.

@@ -6,13 +6,17 @@ too; these are the stops in between."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from redis.crc import key_slot
 
+from intently import Engine, ManualClock
 from intently.context.profile import Profile, ProfileRules, SegmentChange
 from intently.context.settings import ContextSettings
 from intently.stores.clustered import COMMIT_LEASE_MS
@@ -20,6 +24,7 @@ from intently.stores.connect import connect_redis
 from intently.stores.protocol import Changes, StoreUnavailable
 from intently.stores.redisstate import LeaseLost, RedisStore
 from services import PrivateCluster, cluster_namespace
+from support import START, client_for, make_settings
 
 RULES = ProfileRules(ContextSettings())
 T0 = 1_795_000_000_000
@@ -123,7 +128,8 @@ def expected_after_merge(opened: Callable[[], RedisStore]) -> dict[str, Any]:
 
 def stop_at(store: RedisStore, script: str, call: int) -> None:
     """The worker stops (as if killed) at the `call`-th run of one of its commit
-    scripts: that run and everything after it never reach Redis."""
+    scripts: that run and everything after it never reach Redis (nor does what the
+    worker would do about it: releasing leases, dropping or finishing the plan)."""
     writer = store._writer  # type: ignore[attr-defined]
     real = getattr(writer, script)
     runs = 0
@@ -135,7 +141,13 @@ def stop_at(store: RedisStore, script: str, call: int) -> None:
             raise redis.ConnectionError("killed")
         return real(*args, **kwargs)
 
+    def gone(*args: Any, **kwargs: Any) -> None:
+        raise redis.ConnectionError("killed")
+
     setattr(writer, script, stopping)
+    store.release_leases = gone  # type: ignore[method-assign]
+    store.forget_plan = gone  # type: ignore[method-assign]
+    writer.finish = gone
 
 
 @pytest.mark.parametrize(
@@ -216,12 +228,144 @@ def test_a_commit_cut_by_an_outage_is_finished_when_redis_answers_again(
     store = RedisStore(opened().client, prefix=opened().prefix + "cut:", worker="w1")
     seed(store, first, second)
     writer = store._writer  # type: ignore[attr-defined]
-    real = writer._data
-    stop_at(store, "_data", 2)
+    real, calls, down = writer._data, 0, True
+
+    def cut_off(*args: Any, **kwargs: Any) -> Any:  # Redis away from the second slot on
+        nonlocal calls
+        calls += 1
+        if calls >= 2 and down:
+            raise redis.ConnectionError("cut off")
+        return real(*args, **kwargs)
+
+    writer._data = cut_off
     with pytest.raises(StoreUnavailable), store.exclusive(["a:two", "u:kim"], [first, second]):
         store.commit(merge(first, second))
+    assert writer.pending  # (finishing at once failed too: Redis still away)
     # The leases the plan still needs were not let go with the failed block.
     assert store.client.get(store.lease_key(second)) is not None
-    writer._data = real  # Redis answers again
+    down = False  # Redis answers again
     assert store.recover()
+    assert not writer.pending
     assert state(store, first, second) == expected
+
+
+def test_a_new_visitors_first_event_cut_short_is_finished_once(
+    opened: Callable[[], RedisStore],
+) -> None:
+    # A new profile is leased by the commit itself (nobody read it under a lease), so a
+    # finishing plan can tell its slot was not written yet, and writes it once.
+    store = opened()
+    stop_at(store, "_data", 2)
+    changes = Changes(1, watermark_ms=T0)
+    changes.put(profile("p_new", 1))
+    changes.link("a:new", "p_new")
+    changes.add_transition(SegmentChange("p_new", "browsers", True, T0, 1))
+    with pytest.raises(StoreUnavailable), store.exclusive(["a:new"]):
+        store.commit(changes)
+    restarted = opened()
+    assert restarted.resolve("a:new") == "p_new"
+    assert restarted.get("p_new") is not None
+    assert [c.segment for c in restarted.segment_history("p_new", 10)] == ["browsers"]
+    assert restarted.profile_count() == 1
+    assert list(restarted.client.scan_iter(match=f"{restarted.prefix}*:lease")) == []
+
+
+def test_a_commit_after_one_that_failed_half_way_finishes_that_one_first(
+    opened: Callable[[], RedisStore],
+) -> None:
+    # An erasure's or a segment page's commit is not followed by the pipeline's recovery:
+    # the next commit finds its plan and finishes it before writing its own.
+    expected = expected_after_merge(opened)
+    first, second = two_slots()
+    store = RedisStore(opened().client, prefix=opened().prefix + "next:", worker="w1")
+    seed(store, first, second)
+    store = RedisStore(store.client, prefix=store.prefix, worker="w1")
+    writer = store._writer  # type: ignore[attr-defined]
+    real = writer._data
+    calls = 0
+
+    def cut_off(*args: Any, **kwargs: Any) -> Any:  # Redis away for the second slot
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise redis.ConnectionError("cut off")
+        return real(*args, **kwargs)
+
+    writer._data = cut_off
+    with pytest.raises(StoreUnavailable), store.exclusive(["a:two", "u:kim"], [first, second]):
+        store.commit(merge(first, second))
+    # (finished at once, Redis answering again: the third call goes through)
+    assert store.commits_finished == 1
+    assert not writer.pending
+    store._closed_after = 0.0  # (the circuit the failure opened: half a second)
+    with store.exclusive(["a:one"], [first]):
+        later = Changes(3, watermark_ms=T0 + 2)
+        later.put(profile(first, 10, user="kim"))
+        store.commit(later)
+    found = state(store, first, second)
+    assert found == {**expected, "profiles": {first: {"Product Viewed": 10}, second: None},
+                     "position": 3}  # fmt: skip
+
+
+def test_a_failed_prepare_lets_go_of_the_leases_at_once(opened: Callable[[], RedisStore]) -> None:
+    first, second = two_slots()
+    store = opened()
+    seed(store, first, second)
+    writer = store._writer  # type: ignore[attr-defined]
+    real = writer._prepare
+    calls = 0
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise redis.ConnectionError("cut off")
+        return real(*args, **kwargs)
+
+    writer._prepare = refused
+    with pytest.raises(StoreUnavailable), store.exclusive(["a:two", "u:kim"], [first, second]):
+        store.commit(merge(first, second))
+    # Not held for the minute a prepared lease holds: another worker may go on at once.
+    # (Here Redis answered: only the prepare of the second slot failed.)
+    assert list(store.client.scan_iter(match=f"{store.prefix}*:lease")) == []
+    assert store.client.hget(store.worker_key, "plan") is None
+
+
+@pytest.mark.anyio
+async def test_a_cluster_gone_is_an_outage_not_a_bug(tmp_path: Path) -> None:
+    # With every node down the cluster client raises its own errors (not redis.RedisError:
+    # "cannot be connected", "slots not covered"): still an outage. Events are kept and
+    # answered 503, decisions fall back, and all of it comes back by itself.
+    cluster = PrivateCluster(tmp_path / "cluster")
+    cluster.start()
+    settings = make_settings(tmp_path / "data", state_store=cluster.url)
+    engine = Engine(settings, clock=ManualClock(START))
+    try:
+        async with client_for(engine) as client:
+            assert (await client.post("/v1/events", json=view(0))).json() == {"accepted": 1}
+            cluster.stop()
+            kept = await client.post("/v1/events", json=view(1))
+            assert kept.status_code == 503, kept.text
+            decided = await client.post(
+                "/v1/decide", json={"anonymousId": "v1", "placements": [{"id": "home_hero"}]}
+            )
+            assert decided.status_code == 200
+            assert decided.json()["decisions"][0]["policy"]["name"] == "fallback"
+            for server in cluster.servers:  # the same nodes, empty: the log fills them again
+                server.start()
+            deadline = time.monotonic() + 30
+            while not engine.context.recover(engine.log):
+                assert time.monotonic() < deadline, "never recovered"
+                await asyncio.sleep(0.2)
+            profile = await client.get(
+                "/v1/profiles/v1", headers={"Authorization": f"Bearer {settings.secret_key}"}
+            )
+            assert profile.json()["counts"] == {"Product Viewed": 2}
+    finally:
+        engine.close()
+        cluster.stop()
+
+
+def view(n: int) -> dict[str, object]:
+    return {"type": "track", "event": "Product Viewed", "anonymousId": "v1",
+            "messageId": f"m{n}", "properties": {"product_id": f"p{n}"}}  # fmt: skip

@@ -474,7 +474,7 @@ def test_a_redis_cluster_is_used_slot_by_slot(redis_cluster: Any, tmp_path: Path
     try:
         assert isinstance(store, RedisStore)
         assert store.cluster
-        assert "Redis Cluster" in store.where
+        assert "Redis Cluster node" in store.where
     finally:
         store.close()
 

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 import msgspec
 import psycopg
 import redis
+from redis.exceptions import RedisClusterException
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.middleware import Middleware
@@ -51,6 +52,7 @@ from intently.api.shedding import SheddingMiddleware
 from intently.engine import Engine
 from intently.experiments.tracking import ExperimentsUnavailable
 from intently.stores.protocol import StoreUnavailable
+from intently.stores.redisstate import REDIS_ERRORS
 from intently.web import web_routes
 
 _encode = msgspec.json.Encoder().encode
@@ -174,7 +176,7 @@ async def _carry_out_erasures(engine: Engine) -> None:
                 engine.forget_in_memory(erasure)
                 await asyncio.to_thread(engine.erase_files, erasure)
             await asyncio.to_thread(broadcast.done, entry_id)
-    except (StoreUnavailable, redis.RedisError, psycopg.Error, OSError, ExperimentsUnavailable):
+    except (StoreUnavailable, *REDIS_ERRORS, psycopg.Error, OSError, ExperimentsUnavailable):
         pass  # Redis or PostgreSQL is away: the next tick tries again
     except Exception:
         log.exception("carrying out other workers' erasures failed")
@@ -209,7 +211,7 @@ async def _share_learning(engine: Engine) -> None:
         outgoing = bus.take_outbox()
         try:
             received = await asyncio.to_thread(bus.exchange, outgoing)
-        except redis.RedisError:
+        except REDIS_ERRORS:
             bus.put_back(outgoing)
             await asyncio.sleep(1.0)  # Redis is away: what waits is kept, tried again
             continue
@@ -246,7 +248,7 @@ async def _snapshot_learning(engine: Engine) -> None:
             written = await asyncio.to_thread(snapshots.write, body, erased)
             log.debug("learning snapshot of %d bytes encoded in %.1f ms, %s", len(body),
                       encoded * 1000, "written" if written else "refused (an erasure)")  # fmt: skip
-        except redis.RedisError as error:
+        except REDIS_ERRORS as error:
             log.info("writing the learning snapshot failed (tried again later): %s", error)
         except Exception:
             log.exception("writing the learning snapshot failed")
@@ -351,7 +353,8 @@ def create_app(engine: Engine, *, close_engine: bool = False) -> ASGIApp:
         routes=routes, middleware=middleware, lifespan=lifespan,
         # (a Redis error that escaped the store's own guard is an outage all the same)
         exception_handlers={
-            StoreUnavailable: _state_unavailable, redis.RedisError: _state_unavailable
+            StoreUnavailable: _state_unavailable, redis.RedisError: _state_unavailable,
+            RedisClusterException: _state_unavailable,
         },
     )  # fmt: skip
     app.state.engine = engine

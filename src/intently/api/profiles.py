@@ -11,7 +11,6 @@ from typing import Any
 
 import msgspec
 import psycopg
-import redis
 from msgspec import Struct
 from starlette.requests import Request
 from starlette.responses import Response
@@ -29,7 +28,7 @@ from intently.experiments.tracking import ExperimentsUnavailable
 from intently.keys import Role
 from intently.stores.erasures import Erasure
 from intently.stores.protocol import StoreUnavailable
-from intently.stores.redisstate import RedisStore
+from intently.stores.redisstate import REDIS_ERRORS, RedisStore
 from intently.stores.stream import EventStream
 
 log = logging.getLogger(__name__)
@@ -185,14 +184,14 @@ async def delete_profile(request: Request) -> Response:
         stream = EventStream(engine.store.client, engine.store.prefix)
         try:
             await asyncio.to_thread(stream.erase, anonymous_ids, user_ids)
-        except redis.RedisError as error:
+        except REDIS_ERRORS as error:
             log.warning("erasing the event stream's entries failed: %s", error)
             return _store_unavailable()
     if engine.erasures is not None:  # every other worker's local files
         erasure = Erasure(anonymous_ids, user_ids, devices, [profile.id], units)
         try:
             engine.erasures.announce(erasure)
-        except redis.RedisError as error:
+        except REDIS_ERRORS as error:
             log.warning("announcing an erasure failed: %s", error)
             return _store_unavailable()
     engine.learner.forget(anonymous_ids, user_ids)

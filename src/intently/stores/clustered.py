@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import redis
 from redis.crc import key_slot
+from redis.exceptions import RedisClusterException
 
 from intently.stores.codec import encode_change, encode_profile
 from intently.stores.protocol import Changes
@@ -134,8 +135,12 @@ return 1
 """
 
 # Write the plan ARGV[2] into the worker's hash KEYS[1], unprepared, if Redis holds at
-# least the position ARGV[1] this worker last wrote.
+# least the position ARGV[1] this worker last wrote, and no plan is there still (one a
+# failed commit left: it is finished first).
 _INTEND = """
+if redis.call('HEXISTS', KEYS[1], 'plan') == 1 then
+  return redis.error_reply('PLAN_UNFINISHED')
+end
 local held = tonumber(redis.call('HGET', KEYS[1], 'applied_seq') or '0')
 if held < tonumber(ARGV[1]) then
   return redis.error_reply('POSITION_LOST ' .. held)
@@ -282,18 +287,38 @@ class ClusterWriter:
         store = self.store
         worker_key = store.worker_key
         self.prepared = False
-        self._intend(keys=[worker_key], args=[position, _encode(plan)])
+        body = _encode(plan)
+        try:
+            self._intend(keys=[worker_key], args=[position, body])
+        except redis.ResponseError as error:
+            if "PLAN_UNFINISHED" not in str(error):
+                raise
+            # A commit outside the event pipeline (an erasure, a segment's page) failed
+            # half way and nothing finished it yet: its plan goes first.
+            self.finish()
+            self._intend(keys=[worker_key], args=[position, body])
         try:
             for call in plan.leased:
                 self._prepare(keys=call.keys[: call.leases],
                               args=[plan.token, call.leases, COMMIT_LEASE_MS])  # fmt: skip
-        except redis.ResponseError as error:
-            if "LEASE_LOST" in str(error):
-                store.client.hdel(worker_key, "plan", "plan_prepared")
+        except Exception:
+            # Nothing written: the plan goes, and the leases lengthened so far are let go
+            # now rather than in a minute (if Redis lets us; else `finish` does it).
+            try:
+                for call in plan.leased:
+                    store.release_leases(call.keys[: call.leases], plan.token)
+                store.forget_plan()
+            except (redis.RedisError, RedisClusterException):
+                pass
             raise
         store.client.hset(worker_key, "plan_prepared", "1")
-        self.prepared = True
+        self.prepared = self.pending = True
         self._carry_out(plan, links=True, finishing=False)
+        self.pending = False
+
+    # Whether a commit failed after its plan was prepared, and no `finish` has ended it
+    # yet: its leases keep its profiles from everyone (this worker too) until then.
+    pending = False
 
     prepared = False  # whether the latest commit got past step 3 (then `finish` ends it)
 
@@ -327,13 +352,14 @@ class ClusterWriter:
         worker_key = self.store.worker_key
         body, prepared = client.hmget(worker_key, ["plan", "plan_prepared"])
         if body is None:
+            self.pending = False
             return False
         assert isinstance(body, bytes)
         plan = _decode(body)
         if prepared != b"1":  # nothing of it written: let go, the log applies it again
             for call in plan.leased:
                 self.store.release_leases(call.keys[: call.leases], plan.token)
-            client.hdel(worker_key, "plan", "plan_prepared")
+            self.store.forget_plan()
             return True
         # The unleased links only while every leased slot is still unwritten: once one is
         # written, they were (they come first), and the profiles may have moved on since.
@@ -344,6 +370,7 @@ class ClusterWriter:
         )
         self.unfinished += 1
         self._carry_out(plan, links=untouched, finishing=True)
+        self.pending = False
         log.warning("finished the commit of event %d that this worker left unfinished",
                     plan.seq)  # fmt: skip
         return True

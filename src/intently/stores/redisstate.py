@@ -47,6 +47,7 @@ from typing import Any, TypeVar
 import msgspec
 import redis
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from intently.context.profile import Profile, SegmentChange
 from intently.stores.clustered import ClusterWriter, group_by_slot
@@ -184,10 +185,16 @@ _UNAVAILABLE_CODES = re.compile(
 )
 
 
+# What a Cluster's client raises outside `redis.RedisError`: no node reachable, slots no
+# node serves (a primary down before its failover), ... Raised by any call on a Cluster,
+# caught wherever `redis.RedisError` is (as `REDIS_ERRORS`).
+REDIS_ERRORS = (redis.RedisError, RedisClusterException)
+
+
 def is_unavailable(error: BaseException) -> bool:
     """Whether a Redis error is the server refusing for a while (so asking again later
     can succeed), rather than a command it will always refuse."""
-    if isinstance(error, _UNAVAILABLE_ERRORS):
+    if isinstance(error, (*_UNAVAILABLE_ERRORS, RedisClusterException)):
         return True
     return isinstance(error, redis.ResponseError) and bool(_UNAVAILABLE_CODES.search(str(error)))
 
@@ -205,7 +212,7 @@ def _guarded(method: _Method) -> _Method:
             raise StoreUnavailable(f"Redis at {self.where} is unavailable (retrying)")
         try:
             return method(self, *args, **kwargs)
-        except redis.RedisError as error:
+        except REDIS_ERRORS as error:
             raise self._unavailable(error) from error
 
     return call  # type: ignore[return-value]
@@ -315,10 +322,12 @@ class RedisStore:
         self._unreachable = False  # what opened it: no connection (or a refusal)
         self.where = _where(client)
 
-    def _unavailable(self, error: redis.RedisError) -> StoreUnavailable:
+    def _unavailable(self, error: Exception) -> StoreUnavailable:
         if is_unavailable(error):
             self._closed_after = time.monotonic() + _OPEN_SECONDS
-            self._unreachable = isinstance(error, (redis.ConnectionError, redis.TimeoutError))
+            self._unreachable = isinstance(
+                error, (redis.ConnectionError, redis.TimeoutError, RedisClusterException)
+            )
             self.failures += 1
             return StoreUnavailable(f"Redis at {self.where} is unavailable: {error}")
         # Refused for good (a key of the wrong type, a script's bug): not a reason to stop
@@ -337,7 +346,7 @@ class RedisStore:
             if self._writer is not None:
                 self._writer.finish()
             self._read_position()
-        except redis.RedisError as error:
+        except REDIS_ERRORS as error:
             self._unavailable(error)
             return False
         if self._applied_seq < written:
@@ -499,7 +508,7 @@ class RedisStore:
             held, self._held = self._held, []
             try:
                 self.release_leases(held, self._token or "")
-            except redis.RedisError:  # they run out on their own
+            except REDIS_ERRORS:  # they run out on their own
                 log.warning("releasing %d leases failed; they expire in %d ms",
                             len(held), self.lease_ms)  # fmt: skip
         self._profiles.clear()
@@ -609,6 +618,26 @@ class RedisStore:
             self._watermark_ms = changes.watermark_ms
 
     def _commit_slot_by_slot(self, writer: ClusterWriter, changes: Changes) -> None:
+        # Every profile written is leased, a new one too (on one primary the commit script
+        # is atomic; here a slot's leases are what its script checks, and what tells a
+        # finishing plan whether the slot was written).
+        touched = {*changes.profiles, *changes.removed, *changes.merged.values()}
+        touched.update(change.profile_id for change in changes.transitions)
+        held = set(self._held)
+        unleased = sorted(self.lease_key(p) for p in touched if self.lease_key(p) not in held)
+        if unleased and self._token is None:  # a commit outside `exclusive`: its own leases
+            self._token = secrets.token_hex(12)
+            try:
+                self._commit_leased(writer, changes, unleased)
+            finally:
+                self._let_go()
+                self._token = None
+        else:
+            self._commit_leased(writer, changes, unleased)
+
+    def _commit_leased(self, writer: ClusterWriter, changes: Changes, unleased: list[str]) -> None:
+        if unleased and self._lease_and_read(unleased, []) is None:
+            raise LeaseLost(f"profiles of {unleased} are leased by another worker")
         plan = writer.plan(changes, self._token or "", self._held)
         try:
             writer.commit(plan, self._applied_seq)
@@ -618,6 +647,17 @@ class RedisStore:
         finally:
             if writer.prepared:  # its leases are released by the plan's scripts (or `finish`)
                 self._held = []
+            if writer.pending:  # cut off half way: finished now if Redis lets us, else at
+                self._finish_quietly(writer)  # the next tick or recovery
+
+    def _finish_quietly(self, writer: ClusterWriter) -> None:
+        try:
+            writer.finish()
+        except REDIS_ERRORS as error:
+            log.info("finishing a commit cut off half way waits for Redis: %s", error)
+
+    def forget_plan(self) -> None:
+        self.client.hdel(self._worker_key, "plan", "plan_prepared")
 
     def existed(self, profile_id: str) -> bool:
         """Whether Redis held the profile before this commit (read under its lease)."""
@@ -701,15 +741,26 @@ class RedisStore:
         """Nothing deleted stays readable in Redis's memory; its append-only file keeps
         deleted values until rewritten, so a rewrite is started when the file is on."""
         done: Future[None] = Future()
-        try:
-            if self.client.config_get("appendonly").get("appendonly") == "yes":
-                self.client.bgrewriteaof()
-        except redis.ResponseError as error:  # a rewrite already running, or CONFIG renamed
-            log.info("AOF rewrite after an erasure not started: %s", error)
+        for server in self._servers():
+            try:
+                if server.config_get("appendonly").get("appendonly") == "yes":
+                    server.bgrewriteaof()
+            except redis.ResponseError as error:  # a rewrite already running, or CONFIG renamed
+                log.info("AOF rewrite after an erasure not started: %s", error)
         done.set_result(None)
         return done
 
+    def _servers(self) -> list[redis.Redis]:
+        """A client of each server holding data: the one, or each primary of a Cluster."""
+        if not self.cluster:
+            return [self.client]
+        cluster: Any = self.client
+        return [cluster.get_redis_connection(node) for node in cluster.get_primaries()]
+
     def tick(self) -> None:
+        # A Cluster's commit cut off half way, not finished since: its profiles wait.
+        if self._writer is not None and self._writer.pending:
+            self._finish_quietly(self._writer)
         # Every commit is written at once; logs derived from events (experiments) are
         # made durable about once a second (docs/operations.md, "Scale-out").
         for wait in self.before_write:
@@ -738,7 +789,7 @@ def _where(client: redis.Redis) -> str:
     """host:port (or the socket path) of the client's server, for messages."""
     if is_cluster_client(client):
         node: Any = client.get_default_node()  # type: ignore[attr-defined]
-        return f"the Redis Cluster at {node.host}:{node.port}"
+        return f"{node.host}:{node.port} (a Redis Cluster node)"
     kwargs = client.connection_pool.connection_kwargs
     if "path" in kwargs:
         return str(kwargs["path"])
