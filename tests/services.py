@@ -43,15 +43,16 @@ def redis_client() -> redis.Redis:
 
 
 @contextmanager
-def redis_namespace() -> Iterator[str]:
-    """A key prefix of this test's own on the shared Redis, removed afterwards."""
-    client = redis_client()
+def redis_namespace(client: Any = None) -> Iterator[str]:
+    """A key prefix of this test's own on the shared Redis (or on `client`'s server, a
+    Cluster's too), its keys removed afterwards."""
+    client = redis_client() if client is None else client
     prefix = f"intently-test:{uuid.uuid4().hex[:12]}:"
     try:
         yield prefix
     finally:
         for key in client.scan_iter(match=f"{prefix}*", count=1000):
-            client.delete(key)
+            client.delete(key)  # (one at a time: on a Cluster the keys span slots)
         client.close()
 
 
@@ -96,19 +97,11 @@ class PrivateRedis:
             self.process = None
 
 
-@contextmanager
-def cluster_namespace(url: str) -> Iterator[str]:
-    """A key prefix of this test's own on a Redis Cluster, its keys removed afterwards."""
+def cluster_namespace(url: str) -> Any:
+    """A key prefix of this test's own on the Redis Cluster at `url` (a context)."""
     from redis.cluster import RedisCluster
 
-    client = RedisCluster.from_url(url)
-    prefix = f"intently-test:{uuid.uuid4().hex[:12]}:"
-    try:
-        yield prefix
-    finally:
-        for key in client.scan_iter(match=f"{prefix}*", count=1000):
-            client.delete(key)
-        client.close()
+    return redis_namespace(RedisCluster.from_url(url))
 
 
 class PrivateCluster:

@@ -126,25 +126,33 @@ def expected_after_merge(opened: Callable[[], RedisStore]) -> dict[str, Any]:
     return found
 
 
-def stop_at(store: RedisStore, script: str, call: int) -> None:
-    """The worker stops (as if killed) at the `call`-th run of one of its commit
-    scripts: that run and everything after it never reach Redis (nor does what the
-    worker would do about it: releasing leases, dropping or finishing the plan)."""
+def cut(store: RedisStore, script: str, failing: Callable[[int], bool]) -> None:
+    """Redis away for the runs of one of the store's commit scripts that `failing` names
+    (by their number, from 1): the run raises a ConnectionError; the rest go through."""
     writer = store._writer  # type: ignore[attr-defined]
     real = getattr(writer, script)
     runs = 0
 
-    def stopping(*args: Any, **kwargs: Any) -> Any:
+    def run(*args: Any, **kwargs: Any) -> Any:
         nonlocal runs
         runs += 1
-        if runs >= call:
-            raise redis.ConnectionError("killed")
+        if failing(runs):
+            raise redis.ConnectionError("cut off")
         return real(*args, **kwargs)
+
+    setattr(writer, script, run)
+
+
+def stop_at(store: RedisStore, script: str, call: int) -> None:
+    """The worker stops (as if killed) at the `call`-th run of one of its commit
+    scripts: that run and everything after it never reach Redis (nor does what the
+    worker would do about it: releasing leases, dropping or finishing the plan)."""
+    cut(store, script, lambda run: run >= call)
 
     def gone(*args: Any, **kwargs: Any) -> None:
         raise redis.ConnectionError("killed")
 
-    setattr(writer, script, stopping)
+    writer = store._writer  # type: ignore[attr-defined]
     store.release_leases = gone  # type: ignore[method-assign]
     store.forget_plan = gone  # type: ignore[method-assign]
     writer.finish = gone
@@ -228,16 +236,8 @@ def test_a_commit_cut_by_an_outage_is_finished_when_redis_answers_again(
     store = RedisStore(opened().client, prefix=opened().prefix + "cut:", worker="w1")
     seed(store, first, second)
     writer = store._writer  # type: ignore[attr-defined]
-    real, calls, down = writer._data, 0, True
-
-    def cut_off(*args: Any, **kwargs: Any) -> Any:  # Redis away from the second slot on
-        nonlocal calls
-        calls += 1
-        if calls >= 2 and down:
-            raise redis.ConnectionError("cut off")
-        return real(*args, **kwargs)
-
-    writer._data = cut_off
+    down = True
+    cut(store, "_data", lambda run: run >= 2 and down)  # away from the second slot on
     with pytest.raises(StoreUnavailable), store.exclusive(["a:two", "u:kim"], [first, second]):
         store.commit(merge(first, second))
     assert writer.pending  # (finishing at once failed too: Redis still away)
@@ -281,17 +281,7 @@ def test_a_commit_after_one_that_failed_half_way_finishes_that_one_first(
     seed(store, first, second)
     store = RedisStore(store.client, prefix=store.prefix, worker="w1")
     writer = store._writer  # type: ignore[attr-defined]
-    real = writer._data
-    calls = 0
-
-    def cut_off(*args: Any, **kwargs: Any) -> Any:  # Redis away for the second slot
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            raise redis.ConnectionError("cut off")
-        return real(*args, **kwargs)
-
-    writer._data = cut_off
+    cut(store, "_data", lambda run: run == 2)  # Redis away for the second slot only
     with pytest.raises(StoreUnavailable), store.exclusive(["a:two", "u:kim"], [first, second]):
         store.commit(merge(first, second))
     # (finished at once, Redis answering again: the third call goes through)
@@ -311,18 +301,7 @@ def test_a_failed_prepare_lets_go_of_the_leases_at_once(opened: Callable[[], Red
     first, second = two_slots()
     store = opened()
     seed(store, first, second)
-    writer = store._writer  # type: ignore[attr-defined]
-    real = writer._prepare
-    calls = 0
-
-    def refused(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            raise redis.ConnectionError("cut off")
-        return real(*args, **kwargs)
-
-    writer._prepare = refused
+    cut(store, "_prepare", lambda run: run == 2)
     with pytest.raises(StoreUnavailable), store.exclusive(["a:two", "u:kim"], [first, second]):
         store.commit(merge(first, second))
     # Not held for the minute a prepared lease holds: another worker may go on at once.

@@ -61,29 +61,34 @@ COMMIT_LEASE_MS = 60_000
 
 Value = str | bytes | int
 
-# Check that every lease in KEYS[1..n] (n = ARGV[2]) holds token ARGV[1]; lengthen them
-# to ARGV[3] ms.
-_PREPARE = """
-local n = tonumber(ARGV[2])
-for i = 1, n do
-  if redis.call('GET', KEYS[i]) ~= ARGV[1] then
-    return redis.error_reply('LEASE_LOST ' .. KEYS[i])
-  end
-end
-for i = 1, n do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
-return 1
-"""
-
-# One slot's data. ARGV[1] token, ARGV[2] n (KEYS[1..n] are leases that must hold it, and
-# are released after writing), ARGV[3] history cap; then operations: S key value (SET),
-# D key (DEL), A key value (append to a history, keeping the last cap).
-_DATA = """
-local token, n, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+# Lua: refuse (LEASE_LOST) unless every lease in KEYS[1..n] holds `token`: the first
+# lines of every script that writes under leases (here and stores/redisstate.py).
+LEASES_HELD = """
 for i = 1, n do
   if redis.call('GET', KEYS[i]) ~= token then
     return redis.error_reply('LEASE_LOST ' .. KEYS[i])
   end
 end
+"""
+
+# Check that every lease in KEYS[1..n] (n = ARGV[2]) holds token ARGV[1]; lengthen them
+# to ARGV[3] ms.
+_PREPARE = (
+    "local token, n = ARGV[1], tonumber(ARGV[2])"
+    + LEASES_HELD
+    + """
+for i = 1, n do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
+return 1
+"""
+)
+
+# One slot's data. ARGV[1] token, ARGV[2] n (KEYS[1..n] are leases that must hold it, and
+# are released after writing), ARGV[3] history cap; then operations: S key value (SET),
+# D key (DEL), A key value (append to a history, keeping the last cap).
+_DATA = (
+    "local token, n, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])"
+    + LEASES_HELD
+    + """
 local i = 4
 while i <= #ARGV do
   local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
@@ -104,6 +109,7 @@ end
 for j = 1, n do redis.call('DEL', KEYS[j]) end
 return 1
 """
+)
 
 # The shared keys' part, once per commit: KEYS[1] the stamps (worker -> last commit id),
 # KEYS[2] the profile count; ARGV[1] worker, ARGV[2] commit id, ARGV[3] count change;

@@ -50,7 +50,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
 from intently.context.profile import Profile, SegmentChange
-from intently.stores.clustered import ClusterWriter, group_by_slot
+from intently.stores.clustered import LEASES_HELD, ClusterWriter, group_by_slot
 from intently.stores.codec import decode_change, decode_profile, encode_change, encode_profile
 from intently.stores.layout import shared_key
 from intently.stores.protocol import Changes, StoreUnavailable
@@ -77,13 +77,10 @@ return values
 # ARGV[5] the KEYS index of the worker's hash and ARGV[6] the position this worker last
 # wrote there (Redis must hold at least that); then operations, each an opcode, a KEYS
 # index and its arguments (see `_Ops`). Every check comes before the first write.
-_COMMIT = """
-local token, n, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])
-for i = 1, n do
-  if redis.call('GET', KEYS[i]) ~= token then
-    return redis.error_reply('LEASE_LOST ' .. KEYS[i])
-  end
-end
+_COMMIT = (
+    "local token, n, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])"
+    + LEASES_HELD
+    + """
 local held = tonumber(redis.call('HGET', KEYS[tonumber(ARGV[5])], 'applied_seq') or '0')
 if held < tonumber(ARGV[6]) then
   return redis.error_reply('POSITION_LOST ' .. held)
@@ -147,6 +144,7 @@ if ARGV[3] == '1' then
 end
 return 1
 """
+)
 
 # Release the leases in KEYS that still hold token ARGV[1].
 _RELEASE = """
