@@ -123,6 +123,13 @@ class PrivateCluster:
         self.url = self.servers[0].url
 
     def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:  # (no node left running when the cluster never came up)
+            self.stop()
+            raise
+
+    def _start(self) -> None:
         for server in self.servers:
             server.start()
         cli = shutil.which("redis-cli")
