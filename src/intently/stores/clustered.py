@@ -49,6 +49,7 @@ from redis.exceptions import RedisClusterException
 
 from intently.stores.codec import encode_change, encode_profile
 from intently.stores.protocol import Changes
+from intently.stores.redisops import LEASES_HELD, Ops, Value, run_operations
 
 if TYPE_CHECKING:
     from intently.stores.redisstate import RedisStore
@@ -58,18 +59,6 @@ log = logging.getLogger(__name__)
 # How long the leases of a commit in progress hold: past a restart of the worker that
 # was killed in the middle of one, which then finishes it.
 COMMIT_LEASE_MS = 60_000
-
-Value = str | bytes | int
-
-# Lua: refuse (LEASE_LOST) unless every lease in KEYS[1..n] holds `token`: the first
-# lines of every script that writes under leases (here and stores/redisstate.py).
-LEASES_HELD = """
-for i = 1, n do
-  if redis.call('GET', KEYS[i]) ~= token then
-    return redis.error_reply('LEASE_LOST ' .. KEYS[i])
-  end
-end
-"""
 
 # Check that every lease in KEYS[1..n] (n = ARGV[2]) holds token ARGV[1]; lengthen them
 # to ARGV[3] ms.
@@ -88,24 +77,8 @@ return 1
 _DATA = (
     "local token, n, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])"
     + LEASES_HELD
+    + run_operations(4, "SDA")
     + """
-local i = 4
-while i <= #ARGV do
-  local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
-  if op == 'S' then
-    redis.call('SET', key, ARGV[i + 2])
-    i = i + 3
-  elseif op == 'D' then
-    redis.call('DEL', key)
-    i = i + 2
-  elseif op == 'A' then
-    redis.call('RPUSH', key, ARGV[i + 2])
-    redis.call('LTRIM', key, -cap, -1)
-    i = i + 3
-  else
-    return redis.error_reply('unknown operation ' .. op)
-  end
-end
 for j = 1, n do redis.call('DEL', KEYS[j]) end
 return 1
 """
@@ -115,30 +88,17 @@ return 1
 # KEYS[2] the profile count; ARGV[1] worker, ARGV[2] commit id, ARGV[3] count change;
 # then operations: Z key member score (ZADD), R key member (ZREM), E key maxlen worker seq
 # event (XADD).
-_SHARED = """
+_SHARED = (
+    """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return 0 end
 local change = tonumber(ARGV[3])
-if change ~= 0 then redis.call('INCRBY', KEYS[2], change) end
-local i = 4
-while i <= #ARGV do
-  local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
-  if op == 'Z' then
-    redis.call('ZADD', key, ARGV[i + 3], ARGV[i + 2])
-    i = i + 4
-  elseif op == 'R' then
-    redis.call('ZREM', key, ARGV[i + 2])
-    i = i + 3
-  elseif op == 'E' then
-    redis.call('XADD', key, 'MAXLEN', '~', ARGV[i + 2], '*', 'worker', ARGV[i + 3],
-               'seq', ARGV[i + 4], 'event', ARGV[i + 5])
-    i = i + 6
-  else
-    return redis.error_reply('unknown operation ' .. op)
-  end
-end
+if change ~= 0 then redis.call('INCRBY', KEYS[2], change) end"""
+    + run_operations(4, "ZRE")
+    + """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
+)
 
 # Write the plan ARGV[2] into the worker's hash KEYS[1], unprepared, if Redis holds at
 # least the position ARGV[1] this worker last wrote, and no plan is there still (one a
@@ -155,19 +115,15 @@ redis.call('HSET', KEYS[1], 'plan', ARGV[2], 'plan_prepared', '0')
 return 1
 """
 
-# The end of a plan: the position (never back) and the plan gone. KEYS[1] the worker's
-# hash; ARGV[1] seq, ARGV[2] watermark.
-_DONE = """
-local seq, mark = tonumber(ARGV[1]), tonumber(ARGV[2])
-if seq > tonumber(redis.call('HGET', KEYS[1], 'applied_seq') or '0') then
-  redis.call('HSET', KEYS[1], 'applied_seq', seq)
-end
-if mark > tonumber(redis.call('HGET', KEYS[1], 'watermark_ms') or '0') then
-  redis.call('HSET', KEYS[1], 'watermark_ms', mark)
-end
+# The end of a plan: the position (a Q operation, as on one primary: never back) and the
+# plan gone. KEYS[1] the worker's hash; ARGV: Q 1 seq watermark.
+_DONE = (
+    run_operations(1, "Q")
+    + """
 redis.call('HDEL', KEYS[1], 'plan', 'plan_prepared')
 return 1
 """
+)
 
 
 class Call(msgspec.Struct, array_like=True):
@@ -193,27 +149,6 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(Plan).decode
 
 
-class _Slot:
-    """The operations of one script: keys numbered once, operations refer to them."""
-
-    __slots__ = ("args", "index", "keys")
-
-    def __init__(self, leases: Iterable[str] = ()) -> None:
-        self.keys: list[str] = list(leases)
-        self.index = {key: n + 1 for n, key in enumerate(self.keys)}
-        self.args: list[Value] = []
-
-    def key(self, key: str) -> int:
-        number = self.index.get(key)
-        if number is None:
-            self.keys.append(key)
-            number = self.index[key] = len(self.keys)
-        return number
-
-    def add(self, op: str, key: str, *values: Value) -> None:
-        self.args += [op, self.key(key), *values]
-
-
 class ClusterWriter:
     """Commits of a `RedisStore` whose client is a Redis Cluster's."""
 
@@ -233,20 +168,20 @@ class ClusterWriter:
 
     def plan(self, changes: Changes, token: str, held: list[str]) -> Plan:
         store = self.store
-        leased = {key_slot(lease.encode()): _Slot() for lease in held}
+        leased = {key_slot(lease.encode()): Ops() for lease in held}
         for lease in held:
             leased[key_slot(lease.encode())].key(lease)
         leases_of = {slot: len(group.keys) for slot, group in leased.items()}
-        free: dict[int, _Slot] = {}
+        free: dict[int, Ops] = {}
 
         def data(op: str, key: str, *values: Value) -> None:
             slot = key_slot(key.encode())
             group = leased.get(slot)
             if group is None:
-                group = free.setdefault(slot, _Slot())
+                group = free.setdefault(slot, Ops())
             group.add(op, key, *values)
 
-        shared = _Slot([self.stamps_key, store.count_key])
+        shared = Ops([self.stamps_key, store.count_key])
         count = 0
         for profile_id, profile in changes.profiles.items():
             if not store.existed(profile_id):
@@ -349,7 +284,7 @@ class ClusterWriter:
                     )  # fmt: skip
         if plan.shared is not None:
             self._shared(keys=plan.shared.keys, args=plan.shared.args)
-        self._done(keys=[self.store.worker_key], args=[plan.seq, plan.watermark_ms])
+        self._done(keys=[self.store.worker_key], args=["Q", 1, plan.seq, plan.watermark_ms])
 
     def finish(self) -> bool:
         """Carry out the plan this worker left unfinished, if any (at start, and when

@@ -39,7 +39,7 @@ import random
 import re
 import secrets
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -50,10 +50,11 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
 from intently.context.profile import Profile, SegmentChange
-from intently.stores.clustered import LEASES_HELD, ClusterWriter, group_by_slot
+from intently.stores.clustered import ClusterWriter, group_by_slot
 from intently.stores.codec import decode_change, decode_profile, encode_change, encode_profile
 from intently.stores.layout import shared_key
 from intently.stores.protocol import Changes, StoreUnavailable
+from intently.stores.redisops import LEASES_HELD, Ops, run_operations
 
 log = logging.getLogger(__name__)
 _to_json = msgspec.json.Encoder().encode
@@ -76,7 +77,7 @@ return values
 # the token's), ARGV[3] "1" to release those leases after writing, ARGV[4] history cap,
 # ARGV[5] the KEYS index of the worker's hash and ARGV[6] the position this worker last
 # wrote there (Redis must hold at least that); then operations, each an opcode, a KEYS
-# index and its arguments (see `_Ops`). Every check comes before the first write.
+# index and its arguments (stores/redisops.py). Every check comes before the first write.
 _COMMIT = (
     "local token, n, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])"
     + LEASES_HELD
@@ -84,61 +85,9 @@ _COMMIT = (
 local held = tonumber(redis.call('HGET', KEYS[tonumber(ARGV[5])], 'applied_seq') or '0')
 if held < tonumber(ARGV[6]) then
   return redis.error_reply('POSITION_LOST ' .. held)
-end
-local i = 7
-while i <= #ARGV do
-  local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
-  if op == 'P' then
-    local count = KEYS[tonumber(ARGV[i + 3])]
-    if redis.call('EXISTS', key) == 0 then redis.call('INCR', count) end
-    redis.call('SET', key, ARGV[i + 2])
-    i = i + 4
-  elseif op == 'X' then
-    local count = KEYS[tonumber(ARGV[i + 2])]
-    if redis.call('DEL', key) == 1 then redis.call('DECR', count) end
-    i = i + 3
-  elseif op == 'S' then
-    redis.call('SET', key, ARGV[i + 2])
-    i = i + 3
-  elseif op == 'D' then
-    redis.call('DEL', key)
-    i = i + 2
-  elseif op == 'Z' then
-    redis.call('ZADD', key, ARGV[i + 3], ARGV[i + 2])
-    i = i + 4
-  elseif op == 'R' then
-    redis.call('ZREM', key, ARGV[i + 2])
-    i = i + 3
-  elseif op == 'A' then
-    redis.call('RPUSH', key, ARGV[i + 2])
-    redis.call('LTRIM', key, -cap, -1)
-    i = i + 3
-  elseif op == 'M' then
-    local into = KEYS[tonumber(ARGV[i + 2])]
-    local moved = redis.call('LRANGE', key, 0, -1)
-    if #moved > 0 then
-      redis.call('RPUSH', into, unpack(moved))
-      redis.call('LTRIM', into, -cap, -1)
-      redis.call('DEL', key)
-    end
-    i = i + 3
-  elseif op == 'E' then
-    redis.call('XADD', key, 'MAXLEN', '~', ARGV[i + 2], '*', 'worker', ARGV[i + 3],
-               'seq', ARGV[i + 4], 'event', ARGV[i + 5])
-    i = i + 6
-  elseif op == 'Q' then
-    local seq, mark = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
-    if seq > tonumber(redis.call('HGET', key, 'applied_seq') or '0') then
-      redis.call('HSET', key, 'applied_seq', seq)
-    end
-    if mark > tonumber(redis.call('HGET', key, 'watermark_ms') or '0') then
-      redis.call('HSET', key, 'watermark_ms', mark)
-    end
-    i = i + 4
-  else
-    return redis.error_reply('unknown operation ' .. op)
-  end
-end
+end"""
+    + run_operations(7, "PXSDZRAMEQ")
+    + """
 if ARGV[3] == '1' then
   for j = 1, n do redis.call('DEL', KEYS[j]) end
 end
@@ -232,29 +181,6 @@ class LeaseTimeout(StoreUnavailable):
     """The leases an event needs stayed taken for longer than the wait allows (a worker
     killed while holding them: they run out after `lease_ms`). Handled as an outage: the
     event waits in the log and is applied by the next recovery."""
-
-
-class _Ops:
-    """A commit script's arguments: keys are numbered once, operations refer to them."""
-
-    __slots__ = ("args", "index", "keys")
-
-    def __init__(self, leases: Sequence[str]) -> None:
-        self.keys: list[str] = list(leases)
-        self.index: dict[str, int] = {key: n + 1 for n, key in enumerate(self.keys)}
-        self.args: list[str | bytes | int] = []
-
-    def key(self, key: str) -> int:
-        number = self.index.get(key)
-        if number is None:
-            self.keys.append(key)
-            number = self.index[key] = len(self.keys)
-        return number
-
-    def add(self, op: str, key: str, *values: str | bytes | int) -> None:
-        self.args.append(op)
-        self.args.append(self.key(key))
-        self.args.extend(values)
 
 
 class RedisStore:
@@ -669,7 +595,7 @@ class RedisStore:
     def encode_event(self, event: object) -> bytes:
         return _to_json(event)
 
-    def index_ops(self, ops: Any, profile: Profile) -> None:
+    def index_ops(self, ops: Ops, profile: Profile) -> None:
         self._index(ops, profile)
 
     def _refused(self, error: redis.ResponseError) -> None:
@@ -683,7 +609,7 @@ class RedisStore:
             ) from None
 
     def _commit_at_once(self, changes: Changes) -> None:
-        ops = _Ops(self._held)
+        ops = Ops(self._held)
         position = ops.key(self._worker_key)
         for profile_id, profile in changes.profiles.items():
             ops.add("P", self.profile_key(profile_id), encode_profile(profile),
@@ -707,7 +633,7 @@ class RedisStore:
         if release == "1":
             self._held = []
 
-    def _index(self, ops: _Ops, profile: Profile) -> None:
+    def _index(self, ops: Ops, profile: Profile) -> None:
         profile_id = profile.id
         if profile.session is not None:
             ops.add("Z", self._live_key, profile_id, profile.session.last_ms)
@@ -718,7 +644,7 @@ class RedisStore:
         else:
             ops.add("Z", self._anonymous_key, profile_id, profile.last_ms)
 
-    def _commit_rest(self, ops: _Ops, changes: Changes) -> None:
+    def _commit_rest(self, ops: Ops, changes: Changes) -> None:
         # In the embedded store's order: entries and exits, then merged histories follow
         # their profile, then removed profiles (and what is left of their history) go.
         for change in changes.transitions:
