@@ -39,6 +39,8 @@ from typing import Any
 import msgspec
 import redis
 
+from intently.stores.stream import as_text
+
 log = logging.getLogger(__name__)
 
 INTERVAL_SECONDS = 0.02
@@ -135,7 +137,7 @@ class LearningBus:
         found: Any = self.client.xrevrange(self.key, count=1)
         if not found:
             return "0-0"
-        return _name(found[0][0])
+        return as_text(found[0][0])
 
     def holds(self, entry_id: str) -> bool:
         """Whether the stream still holds entry `entry_id` (and so all after it)."""
@@ -195,7 +197,7 @@ class LearningBus:
         me = self.identity.encode()
         for _, entries in found or ():
             for entry_id, fields in entries:
-                self._last_id = _name(entry_id)
+                self._last_id = as_text(entry_id)
                 maker = fields[b"worker"]
                 if maker == me:
                     continue
@@ -238,7 +240,3 @@ class LearningBus:
         self.received += applied
         self.through = self._read_through
         return applied
-
-
-def _name(entry_id: bytes | str) -> str:
-    return entry_id.decode() if isinstance(entry_id, bytes) else entry_id

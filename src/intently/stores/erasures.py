@@ -16,6 +16,7 @@ import msgspec
 import redis
 
 from intently.stores.layout import shared_key
+from intently.stores.stream import as_text
 
 
 class Erasure(msgspec.Struct, frozen=True):
@@ -54,26 +55,22 @@ class ErasureBroadcast:
     def since(self, entry_id: str | None, limit: int = 1000) -> list[tuple[str, Erasure]]:
         """Every announcement after `entry_id` (all for None), this worker's own too, in
         order, at most `limit`."""
-        start = "-" if entry_id is None else "(" + entry_id
-        entries: Any = self.client.xrange(self.key, min=start, count=limit)
-        return [(_name(entry_id), _decode(fields[b"erasure"])) for entry_id, fields in entries]
+        return [(name, _decode(body)) for name, _, body in self._after(entry_id, limit)]
 
     def pending(self, limit: int = 100) -> list[tuple[str, Erasure | None]]:
         """Announcements not yet carried out by this worker, in order; None for this
         worker's own (done before announcing: mark them done in turn)."""
-        done = self.client.hget(self._progress_key, "erased_up_to")
-        start = "(" + done.decode() if isinstance(done, bytes) else "-"
-        found: list[tuple[str, Erasure | None]] = []
+        me = self.worker.encode()
+        return [
+            (name, None if worker == me else _decode(body))
+            for name, worker, body in self._after(self.carried_out_through(), limit)
+        ]
+
+    def _after(self, entry_id: str | None, limit: int) -> list[tuple[str, bytes, bytes]]:
+        """(id, announcing worker, erasure) of the announcements after `entry_id`."""
+        start = "-" if entry_id is None else "(" + entry_id
         entries: Any = self.client.xrange(self.key, min=start, count=limit)
-        for entry_id, fields in entries:
-            name = _name(entry_id)
-            mine = fields[b"worker"] == self.worker.encode()
-            found.append((name, None if mine else _decode(fields[b"erasure"])))
-        return found
+        return [(as_text(name), fields[b"worker"], fields[b"erasure"]) for name, fields in entries]
 
     def done(self, entry_id: str) -> None:
         self.client.hset(self._progress_key, "erased_up_to", entry_id)
-
-
-def _name(entry_id: bytes | str) -> str:
-    return entry_id.decode() if isinstance(entry_id, bytes) else entry_id

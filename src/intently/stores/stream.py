@@ -103,7 +103,7 @@ class EventStream:
                 erased += int(self.client.xdel(self.key, *doomed))
             if len(rows) < page:
                 return erased
-            start = "(" + _text(rows[-1][0])
+            start = "(" + as_text(rows[-1][0])
 
 
 def _entries(rows: Any) -> list[StreamEntry]:
@@ -111,8 +111,8 @@ def _entries(rows: Any) -> list[StreamEntry]:
     for entry_id, fields in rows:
         if not fields:  # trimmed away while pending
             continue
-        worker, seq = _text(fields[b"worker"]), int(fields[b"seq"])
-        found.append(StreamEntry(_text(entry_id), worker, seq, _decode_event(fields[b"event"])))
+        worker, seq = as_text(fields[b"worker"]), int(fields[b"seq"])
+        found.append(StreamEntry(as_text(entry_id), worker, seq, _decode_event(fields[b"event"])))
     return found
 
 
@@ -123,5 +123,6 @@ def _theirs(event: dict[str, Any], anonymous: set[str], users: set[str]) -> bool
     return event.get("anonymousId") in anonymous
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A reply's text: a stream entry's id, a field (the client does not decode replies)."""
     return value.decode() if isinstance(value, bytes) else str(value)
