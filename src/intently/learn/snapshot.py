@@ -76,15 +76,19 @@ class Snapshot(msgspec.Struct):
 _encode = msgspec.msgpack.Encoder().encode
 
 
+class _Format(msgspec.Struct):
+    """A snapshot's format alone (the rest is skipped over, not decoded): checked before
+    the whole is decoded as this version's."""
+
+    format: int | None = None
+
+
 def decode(body: bytes) -> Snapshot:
     """Raises ValueError for anything but a snapshot of this format."""
     try:
-        header = msgspec.msgpack.decode(body, type=dict[str, Any])
-    except msgspec.DecodeError as error:
-        raise ValueError(f"not a snapshot: {error}") from None
-    if header.get("format") != FORMAT:
-        raise ValueError(f"a snapshot of format {header.get('format')!r}, not {FORMAT}")
-    try:
+        found = msgspec.msgpack.decode(body, type=_Format).format
+        if found != FORMAT:
+            raise ValueError(f"a snapshot of format {found!r}, not {FORMAT}")
         return msgspec.msgpack.decode(body, type=Snapshot)
     except msgspec.DecodeError as error:
         raise ValueError(f"not a snapshot: {error}") from None
