@@ -348,3 +348,30 @@ async def test_a_cluster_gone_is_an_outage_not_a_bug(tmp_path: Path) -> None:
 def view(n: int) -> dict[str, object]:
     return {"type": "track", "event": "Product Viewed", "anonymousId": "v1",
             "messageId": f"m{n}", "properties": {"product_id": f"p{n}"}}  # fmt: skip
+
+
+def test_a_new_plan_is_not_written_over_one_left_unfinished(
+    opened: Callable[[], RedisStore],
+) -> None:
+    # The half-done plan could not be finished at once (Redis still away) and no tick has
+    # come since: the next commit, of other profiles, finishes it before writing its own.
+    expected = expected_after_merge(opened)
+    first, second = two_slots()
+    store = RedisStore(opened().client, prefix=opened().prefix + "over:", worker="w1")
+    seed(store, first, second)
+    down = True
+    cut(store, "_data", lambda run: run >= 2 and down)
+    with pytest.raises(StoreUnavailable), store.exclusive(["a:two", "u:kim"], [first, second]):
+        store.commit(merge(first, second))
+    assert store._writer.pending  # type: ignore[union-attr]
+    down = False
+    store._closed_after = 0.0  # (the circuit the failure opened: half a second)
+    other = Changes(3, watermark_ms=T0 + 2)
+    other.put(profile("p_other", 1))
+    other.link("a:other", "p_other")
+    with store.exclusive(["a:other"]):
+        store.commit(other)
+    assert store.commits_finished == 1
+    assert store.resolve("a:other") == "p_other"
+    found = state(store, first, second)
+    assert found == {**expected, "count": 2, "position": 3, "anonymous": ["p_other"]}

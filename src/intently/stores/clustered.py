@@ -309,8 +309,8 @@ class ClusterWriter:
             for call in plan.leased
             for lease in call.keys[: call.leases]
         )
-        self.unfinished += 1
         self._carry_out(plan, links=untouched, finishing=True)
+        self.unfinished += 1  # (once it is finished: a try that fails is tried again)
         self.pending = False
         log.warning("finished the commit of event %d that this worker left unfinished",
                     plan.seq)  # fmt: skip
