@@ -548,7 +548,7 @@ class RedisStore:
         touched = {*changes.profiles, *changes.removed, *changes.merged.values()}
         touched.update(change.profile_id for change in changes.transitions)
         held = set(self._held)
-        unleased = sorted(self.lease_key(p) for p in touched if self.lease_key(p) not in held)
+        unleased = sorted(p for p in touched if self.lease_key(p) not in held)
         if unleased and self._token is None:  # a commit outside `exclusive`: its own leases
             self._token = secrets.token_hex(12)
             try:
@@ -560,8 +560,17 @@ class RedisStore:
             self._commit_leased(writer, changes, unleased)
 
     def _commit_leased(self, writer: ClusterWriter, changes: Changes, unleased: list[str]) -> None:
-        if unleased and self._lease_and_read(unleased, []) is None:
-            raise LeaseLost(f"profiles of {unleased} are leased by another worker")
+        """Lease the profiles in `unleased`, reading them under the leases (whether each
+        existed, for the profile count), then write the plan."""
+        if unleased:
+            leases = [self.lease_key(profile_id) for profile_id in unleased]
+            bodies = self._lease_and_read(leases, [self.profile_key(p) for p in unleased])
+            if bodies is None:
+                raise LeaseLost(f"profiles {unleased} are leased by another worker")
+            for profile_id, body in zip(unleased, bodies, strict=True):
+                self._profiles.setdefault(
+                    profile_id, None if body is None else decode_profile(body)
+                )
         plan = writer.plan(changes, self._token or "", self._held)
         try:
             writer.commit(plan, self._applied_seq)
